@@ -1,0 +1,151 @@
+//! pagewatch's eBPF programs: one classic tracepoint program per hook, all
+//! sharing [`emit`], which applies the tgid filter, copies the fields that
+//! userspace configured for the hook into a [`RawEvent`] and submits it to
+//! the `EVENTS` ring buffer, counting a per-CPU drop when it is full.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    macros::{map, tracepoint},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+};
+use pagewatch_common::{
+    event::{EventHeader, MAX_ARGS, RAW_EVENT_SIZE, RawEvent},
+    hook::{Hook, HookConfig, MAX_HOOKS},
+};
+
+/// The event stream. Its size is set by userspace at load time.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Field offsets per hook, written by userspace from tracefs `format` files.
+#[map]
+static HOOKS: Array<HookConfig> = Array::with_max_entries(MAX_HOOKS, 0);
+
+/// Tgids to record when filtering is on (value unused).
+#[map]
+static TGIDS: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
+
+/// Records that could not be reserved, per hook, per CPU.
+#[map]
+static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_HOOKS, 0);
+
+/// Set to 1 by userspace (at load time) when `TGIDS` filters per-process hooks.
+#[unsafe(no_mangle)]
+static FILTER_TGIDS: u8 = 0;
+
+#[inline(always)]
+fn read_field(ctx: &TracePointContext, offset: u16, size: u8) -> u64 {
+    let off = offset as usize;
+    // SAFETY: bpf_probe_read_kernel on the tracepoint record; a bad offset
+    // yields an error (mapped to 0), never a fault.
+    unsafe {
+        match size {
+            1 => ctx.read_at::<u8>(off).map(u64::from),
+            2 => ctx.read_at::<u16>(off).map(u64::from),
+            4 => ctx.read_at::<u32>(off).map(u64::from),
+            8 => ctx.read_at::<u64>(off),
+            _ => Ok(0),
+        }
+        .unwrap_or(0)
+    }
+}
+
+#[inline(always)]
+fn emit(ctx: &TracePointContext, hook: Hook) -> u32 {
+    let index = hook as u32;
+    let Some(cfg) = HOOKS.get(index) else {
+        return 0;
+    };
+    let tgid = ctx.tgid();
+    // SAFETY: FILTER_TGIDS is a load-time constant; read_volatile keeps the
+    // compiler from folding away the value userspace patches in.
+    let filtering = unsafe { core::ptr::read_volatile(&FILTER_TGIDS) } != 0;
+    // SAFETY: the value is only tested for presence, never held.
+    if filtering && cfg.per_process != 0 && unsafe { TGIDS.get(&tgid) }.is_none() {
+        return 0;
+    }
+    let Some(mut entry) = EVENTS.reserve::<RawEvent>(0) else {
+        if let Some(drops) = DROPS.get_ptr_mut(index) {
+            // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+            unsafe { *drops += 1 };
+        }
+        return 0;
+    };
+    let mut args = [0u64; MAX_ARGS];
+    for (i, arg) in args.iter_mut().enumerate() {
+        *arg = read_field(ctx, cfg.offsets[i], cfg.sizes[i]);
+    }
+    entry.write(RawEvent {
+        header: EventHeader {
+            hook: hook as u16,
+            size: RAW_EVENT_SIZE as u16,
+            // SAFETY: plain helper calls.
+            cpu: unsafe { bpf_get_smp_processor_id() },
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+            tgid,
+            tid: ctx.pid(),
+        },
+        args,
+    });
+    entry.submit(0);
+    0
+}
+
+#[tracepoint]
+pub fn page_fault_user(ctx: TracePointContext) -> u32 {
+    emit(&ctx, Hook::PageFaultUser)
+}
+
+#[tracepoint]
+pub fn kswapd_wake(ctx: TracePointContext) -> u32 {
+    emit(&ctx, Hook::KswapdWake)
+}
+
+#[tracepoint]
+pub fn kswapd_sleep(ctx: TracePointContext) -> u32 {
+    emit(&ctx, Hook::KswapdSleep)
+}
+
+#[tracepoint]
+pub fn direct_reclaim_begin(ctx: TracePointContext) -> u32 {
+    emit(&ctx, Hook::DirectReclaimBegin)
+}
+
+#[tracepoint]
+pub fn direct_reclaim_end(ctx: TracePointContext) -> u32 {
+    emit(&ctx, Hook::DirectReclaimEnd)
+}
+
+#[tracepoint]
+pub fn memcg_reclaim_begin(ctx: TracePointContext) -> u32 {
+    emit(&ctx, Hook::MemcgReclaimBegin)
+}
+
+#[tracepoint]
+pub fn memcg_reclaim_end(ctx: TracePointContext) -> u32 {
+    emit(&ctx, Hook::MemcgReclaimEnd)
+}
+
+#[tracepoint]
+pub fn lru_shrink_inactive(ctx: TracePointContext) -> u32 {
+    emit(&ctx, Hook::LruShrinkInactive)
+}
+
+#[tracepoint]
+pub fn write_folio(ctx: TracePointContext) -> u32 {
+    emit(&ctx, Hook::WriteFolio)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,310 @@
+//! Tallies of decoded events per interval: per process (faults by kind,
+//! reclaim stalls) and system-wide (reclaim work and time), plus running
+//! totals for the end-of-run summary.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use crate::event::{Event, EventKind, fault_bits};
+
+/// Page faults split the ways a developer asks about them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct FaultStats {
+    /// All user-mode page faults.
+    pub faults: u64,
+    /// Data reads (neither write nor instruction fetch).
+    pub read: u64,
+    pub write: u64,
+    /// Instruction fetches.
+    pub ifetch: u64,
+    /// Protection faults on a present page (e.g. copy-on-write).
+    pub protection: u64,
+    /// Faulting address in the user half of the address space.
+    pub user_addr: u64,
+    /// Faulting address in the kernel half (always a bug or an exploit).
+    pub kernel_addr: u64,
+}
+
+/// Reclaim time and work, per process or system-wide.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ReclaimStats {
+    /// Direct reclaim episodes that ended in the interval.
+    pub direct_reclaims: u64,
+    pub direct_reclaim_ns: u64,
+    pub direct_reclaimed: u64,
+    /// Memory-cgroup reclaim episodes that ended in the interval.
+    pub memcg_reclaims: u64,
+    pub memcg_reclaim_ns: u64,
+    pub memcg_reclaimed: u64,
+}
+
+/// One process's figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ProcessStats {
+    #[serde(flatten)]
+    pub faults: FaultStats,
+    #[serde(flatten)]
+    pub reclaim: ReclaimStats,
+}
+
+/// System-wide reclaim figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SystemStats {
+    #[serde(flatten)]
+    pub reclaim: ReclaimStats,
+    pub kswapd_wakes: u64,
+    /// Time kswapd threads spent awake (wake to sleep) in episodes that ended.
+    pub kswapd_ns: u64,
+    /// From mm_vmscan_lru_shrink_inactive, all reclaimers.
+    pub pages_scanned: u64,
+    pub pages_reclaimed: u64,
+    /// Folios written out by reclaim (mm_vmscan_write_folio).
+    pub pages_written: u64,
+}
+
+/// Everything counted over one interval (or a whole run).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub events: u64,
+    pub processes: BTreeMap<u32, ProcessStats>,
+    pub system: SystemStats,
+}
+
+impl Tally {
+    fn merge(&mut self, other: &Tally) {
+        self.events += other.events;
+        for (pid, s) in &other.processes {
+            let t = self.processes.entry(*pid).or_default();
+            add_faults(&mut t.faults, &s.faults);
+            add_reclaim(&mut t.reclaim, &s.reclaim);
+        }
+        let (t, s) = (&mut self.system, &other.system);
+        add_reclaim(&mut t.reclaim, &s.reclaim);
+        t.kswapd_wakes += s.kswapd_wakes;
+        t.kswapd_ns += s.kswapd_ns;
+        t.pages_scanned += s.pages_scanned;
+        t.pages_reclaimed += s.pages_reclaimed;
+        t.pages_written += s.pages_written;
+    }
+}
+
+fn add_faults(t: &mut FaultStats, s: &FaultStats) {
+    t.faults += s.faults;
+    t.read += s.read;
+    t.write += s.write;
+    t.ifetch += s.ifetch;
+    t.protection += s.protection;
+    t.user_addr += s.user_addr;
+    t.kernel_addr += s.kernel_addr;
+}
+
+fn add_reclaim(t: &mut ReclaimStats, s: &ReclaimStats) {
+    t.direct_reclaims += s.direct_reclaims;
+    t.direct_reclaim_ns += s.direct_reclaim_ns;
+    t.direct_reclaimed += s.direct_reclaimed;
+    t.memcg_reclaims += s.memcg_reclaims;
+    t.memcg_reclaim_ns += s.memcg_reclaim_ns;
+    t.memcg_reclaimed += s.memcg_reclaimed;
+}
+
+/// Which kind of reclaim a begin/end pair belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Episode {
+    Direct,
+    Memcg,
+}
+
+/// Folds events into the current interval and the run's totals.
+#[derive(Debug, Default)]
+pub struct Aggregator {
+    current: Tally,
+    total: Tally,
+    /// Reclaim episodes begun and not yet ended: (kind, tid) -> begin ns.
+    open: HashMap<(Episode, u32), u64>,
+    /// kswapd threads awake: nid -> wake ns.
+    kswapd_awake: HashMap<i64, u64>,
+}
+
+impl Aggregator {
+    /// Counts one event.
+    pub fn add(&mut self, e: &Event) {
+        self.current.events += 1;
+        match e.kind {
+            EventKind::PageFault {
+                address,
+                error_code,
+                ..
+            } => {
+                let f = &mut self.current.processes.entry(e.tgid).or_default().faults;
+                f.faults += 1;
+                if error_code & fault_bits::WRITE != 0 {
+                    f.write += 1;
+                } else if error_code & fault_bits::INSTRUCTION != 0 {
+                    f.ifetch += 1;
+                } else {
+                    f.read += 1;
+                }
+                if error_code & fault_bits::PROTECTION != 0 {
+                    f.protection += 1;
+                }
+                // The top bit splits user and kernel halves on x86-64 and arm64.
+                if address >> 63 == 0 {
+                    f.user_addr += 1;
+                } else {
+                    f.kernel_addr += 1;
+                }
+            }
+            EventKind::KswapdWake { nid, .. } => {
+                self.current.system.kswapd_wakes += 1;
+                self.kswapd_awake.entry(nid).or_insert(e.ts_ns);
+            }
+            EventKind::KswapdSleep { nid } => {
+                if let Some(start) = self.kswapd_awake.remove(&nid) {
+                    self.current.system.kswapd_ns += e.ts_ns.saturating_sub(start);
+                }
+            }
+            EventKind::DirectReclaimBegin { .. } => {
+                self.open.insert((Episode::Direct, e.tid), e.ts_ns);
+            }
+            EventKind::MemcgReclaimBegin { .. } => {
+                self.open.insert((Episode::Memcg, e.tid), e.ts_ns);
+            }
+            EventKind::DirectReclaimEnd { nr_reclaimed } => {
+                self.end_episode(e, Episode::Direct, nr_reclaimed)
+            }
+            EventKind::MemcgReclaimEnd { nr_reclaimed } => {
+                self.end_episode(e, Episode::Memcg, nr_reclaimed)
+            }
+            EventKind::LruShrinkInactive {
+                nr_scanned,
+                nr_reclaimed,
+                ..
+            } => {
+                self.current.system.pages_scanned += nr_scanned;
+                self.current.system.pages_reclaimed += nr_reclaimed;
+            }
+            EventKind::WriteFolio { .. } => self.current.system.pages_written += 1,
+        }
+    }
+
+    fn end_episode(&mut self, e: &Event, kind: Episode, nr_reclaimed: u64) {
+        // An end without its begin (pagewatch attached mid-episode) still
+        // counts the pages, with no duration.
+        let ns = self
+            .open
+            .remove(&(kind, e.tid))
+            .map_or(0, |start| e.ts_ns.saturating_sub(start));
+        let proc_reclaim = &mut self.current.processes.entry(e.tgid).or_default().reclaim;
+        for r in [proc_reclaim, &mut self.current.system.reclaim] {
+            match kind {
+                Episode::Direct => {
+                    r.direct_reclaims += 1;
+                    r.direct_reclaim_ns += ns;
+                    r.direct_reclaimed += nr_reclaimed;
+                }
+                Episode::Memcg => {
+                    r.memcg_reclaims += 1;
+                    r.memcg_reclaim_ns += ns;
+                    r.memcg_reclaimed += nr_reclaimed;
+                }
+            }
+        }
+    }
+
+    /// Ends the current interval: returns its tally and adds it to the totals.
+    pub fn take_interval(&mut self) -> Tally {
+        let interval = std::mem::take(&mut self.current);
+        self.total.merge(&interval);
+        interval
+    }
+
+    /// Whether the current interval has counted anything yet.
+    pub fn has_events(&self) -> bool {
+        self.current.events > 0
+    }
+
+    /// Totals of every interval taken so far.
+    pub fn total(&self) -> &Tally {
+        &self.total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(ts_ns: u64, tgid: u32, tid: u32, kind: EventKind) -> Event {
+        Event {
+            ts_ns,
+            cpu: 0,
+            tgid,
+            tid,
+            kind,
+        }
+    }
+
+    fn fault(tgid: u32, address: u64, error_code: u64) -> Event {
+        ev(
+            0,
+            tgid,
+            tgid,
+            EventKind::PageFault {
+                address,
+                ip: 0,
+                error_code,
+            },
+        )
+    }
+
+    #[test]
+    fn faults_split_by_access_and_address_half() {
+        let mut a = Aggregator::default();
+        a.add(&fault(10, 0x1000, 0b00100)); // user read
+        a.add(&fault(10, 0x2000, 0b00111)); // user write, protection
+        a.add(&fault(10, 0x3000, 0b10100)); // instruction fetch
+        a.add(&fault(11, 0xffff_8880_0000_0000, 0)); // kernel address
+        let t = a.take_interval();
+        let p = t.processes[&10].faults;
+        assert_eq!(
+            (p.faults, p.read, p.write, p.ifetch, p.protection),
+            (3, 1, 1, 1, 1)
+        );
+        assert_eq!((p.user_addr, p.kernel_addr), (3, 0));
+        assert_eq!(t.processes[&11].faults.kernel_addr, 1);
+        assert_eq!(t.events, 4);
+        assert_eq!(a.total().processes[&10].faults.faults, 3);
+    }
+
+    #[test]
+    fn reclaim_episodes_are_timed_per_thread_and_kswapd_per_node() {
+        let mut a = Aggregator::default();
+        let begin = EventKind::DirectReclaimBegin {
+            order: 0,
+            gfp_flags: 0,
+        };
+        a.add(&ev(100, 5, 6, begin));
+        a.add(&ev(150, 5, 7, begin));
+        a.add(&ev(
+            400,
+            5,
+            6,
+            EventKind::DirectReclaimEnd { nr_reclaimed: 32 },
+        ));
+        a.add(&ev(1000, 1, 1, EventKind::KswapdWake { nid: 0, order: 0 }));
+        a.add(&ev(3000, 1, 1, EventKind::KswapdSleep { nid: 0 }));
+        let t = a.take_interval();
+        assert_eq!(t.processes[&5].reclaim.direct_reclaim_ns, 300);
+        assert_eq!(t.system.reclaim.direct_reclaimed, 32);
+        assert_eq!(t.system.kswapd_ns, 2000);
+        // tid 7 is still in reclaim; it ends in the next interval.
+        a.add(&ev(
+            650,
+            5,
+            7,
+            EventKind::DirectReclaimEnd { nr_reclaimed: 1 },
+        ));
+        assert_eq!(a.take_interval().system.reclaim.direct_reclaim_ns, 500);
+        assert_eq!(a.total().system.reclaim.direct_reclaims, 2);
+    }
+}

@@ -1,0 +1,50 @@
+//! The library's error type: one variant per thing that can go wrong while
+//! loading hooks or reading the event stream, each naming what was wrong.
+
+use std::path::PathBuf;
+
+/// Errors from pagewatch's event side (hooks, tracefs, ring buffer).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Loading eBPF programs needs privileges the caller does not have.
+    #[error(
+        "pagewatch needs root (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN) to load its eBPF programs; run it as root"
+    )]
+    NotRoot,
+    /// tracefs is neither mounted nor mountable.
+    #[error("tracefs is not mounted and mounting it on /sys/kernel/tracing failed: {0}")]
+    Tracefs(std::io::Error),
+    /// A file under /proc, /sys or tracefs could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A tracepoint `format` file did not parse.
+    #[error("cannot parse tracepoint format {path}: {reason}")]
+    Format { path: PathBuf, reason: String },
+    /// The eBPF object did not load (verifier, map creation, BTF...).
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    /// A map the object must contain is missing or of the wrong type.
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+    /// None of the requested hooks could be attached on this kernel.
+    #[error("no hook could be attached on this kernel (see the messages above)")]
+    NoHooks,
+    /// No process has the given pid.
+    #[error("no process with pid {0}")]
+    UnknownPid(u32),
+    /// No running process has the given command name.
+    #[error("no running process is named {0:?} (names are matched against /proc/PID/comm)")]
+    UnknownComm(String),
+    /// The ring buffer could not be registered with the async runtime.
+    #[error("cannot poll the ring buffer: {0}")]
+    Poll(std::io::Error),
+}
+
+/// Result alias for the library.
+pub type Result<T> = std::result::Result<T, Error>;

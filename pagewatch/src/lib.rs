@@ -1,0 +1,19 @@
+//! pagewatch: which process a page-state change happened to, and why.
+//!
+//! The library is organised by concern:
+//! - [`tracefs`]: finding tracefs and parsing tracepoint `format` files;
+//! - [`hooks`]: the table of kernel hooks and what each needs;
+//! - [`probe`]: loading the eBPF object, configuring and attaching hooks;
+//! - [`event`]: decoding ring-buffer records into typed events;
+//! - [`aggregate`]: per-process and system-wide tallies per interval;
+//! - [`proc`]: small /proc readers (process names, privileges);
+//! - [`snapshot`]: pagemap/kpageflags page census.
+
+pub mod aggregate;
+pub mod error;
+pub mod event;
+pub mod hooks;
+pub mod probe;
+pub mod proc;
+pub mod snapshot;
+pub mod tracefs;

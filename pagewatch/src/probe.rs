@@ -1,0 +1,222 @@
+//! Loading pagewatch's eBPF object, configuring each hook from the running
+//! kernel's tracepoint formats, and attaching what this kernel has.
+//!
+//! A hook whose tracepoint is missing, whose format lacks a field, or whose
+//! attach fails is skipped with a one-line reason; the rest keep working.
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use pagewatch_common::{
+    event::MAX_ARGS,
+    hook::{Hook, HookConfig},
+};
+
+use crate::{
+    error::{Error, Result},
+    hooks::{Family, HOOKS, HookSpec},
+    tracefs::Tracefs,
+};
+
+/// The compiled eBPF object, built by build.rs.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pagewatch"));
+
+/// What the caller wants loaded.
+#[derive(Debug, Clone)]
+pub struct ProbeOptions {
+    /// Ring buffer size in bytes: a power of two, a multiple of the page size.
+    pub ring_buffer_bytes: u32,
+    /// Record per-process hooks only for tgids in the filter map.
+    pub filter_tgids: bool,
+    /// Which hook families to attach.
+    pub families: Vec<Family>,
+}
+
+/// How to widen one hook's raw `args` back into the kernel's values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FieldLayout {
+    pub sizes: [u8; MAX_ARGS],
+    pub signed: [bool; MAX_ARGS],
+}
+
+/// A hook that is attached.
+#[derive(Debug, Clone)]
+pub struct AttachedHook {
+    pub hook: Hook,
+    /// `category/name` of the tracepoint it sits on.
+    pub tracepoint: String,
+    pub layout: FieldLayout,
+}
+
+/// A hook that could not be attached, and why.
+#[derive(Debug, Clone)]
+pub struct SkippedHook {
+    pub program: &'static str,
+    pub reason: String,
+}
+
+/// The loaded object with its control maps. The event ring buffer is handed
+/// out separately by [`Probe::load`], so the collector can own it.
+pub struct Probe {
+    /// Keeps the programs and their links alive.
+    _ebpf: Ebpf,
+    drops: PerCpuArray<MapData, u64>,
+    tgids: HashMap<MapData, u32, u8>,
+    pub attached: Vec<AttachedHook>,
+    pub skipped: Vec<SkippedHook>,
+    /// Set when pagewatch had to mount tracefs itself.
+    pub mounted_tracefs: bool,
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> Error {
+    move |source| Error::Map { name, source }
+}
+
+fn missing_map(name: &'static str) -> Error {
+    Error::Map {
+        name,
+        source: aya::maps::MapError::InvalidName {
+            name: name.to_owned(),
+        },
+    }
+}
+
+impl Probe {
+    /// Loads the object and attaches every hook of `opts.families` this
+    /// kernel has; returns the probe and the ring buffer of events.
+    pub fn load(opts: &ProbeOptions) -> Result<(Self, RingBuf<MapData>)> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(Error::NotRoot);
+        }
+        let (tracefs, mounted_tracefs) = Tracefs::find_or_mount()?;
+        let filter = u8::from(opts.filter_tgids);
+        let mut ebpf =
+            EbpfLoader::new()
+                .map_max_entries("EVENTS", opts.ring_buffer_bytes)
+                .override_global("FILTER_TGIDS", &filter, true)
+                .load(EBPF_OBJECT)
+                .map_err(|e| match e {
+                    aya::EbpfError::MapError(aya::maps::MapError::CreateError {
+                        io_error, ..
+                    }) if io_error.raw_os_error() == Some(libc::EPERM) => Error::NotRoot,
+                    e => Error::Load(e),
+                })?;
+
+        let mut attached = Vec::new();
+        let mut skipped = Vec::new();
+        for spec in HOOKS.iter().filter(|s| opts.families.contains(&s.family)) {
+            match attach(&mut ebpf, &tracefs, spec) {
+                Ok(hook) => attached.push(hook),
+                Err(reason) => skipped.push(SkippedHook {
+                    program: spec.program,
+                    reason,
+                }),
+            }
+        }
+        if attached.is_empty() {
+            return Err(Error::NoHooks);
+        }
+
+        let take = |ebpf: &mut Ebpf, name: &'static str| {
+            ebpf.take_map(name).ok_or_else(|| missing_map(name))
+        };
+        let events = RingBuf::try_from(take(&mut ebpf, "EVENTS")?).map_err(map_err("EVENTS"))?;
+        let drops = PerCpuArray::try_from(take(&mut ebpf, "DROPS")?).map_err(map_err("DROPS"))?;
+        let tgids = HashMap::try_from(take(&mut ebpf, "TGIDS")?).map_err(map_err("TGIDS"))?;
+        let probe = Self {
+            _ebpf: ebpf,
+            drops,
+            tgids,
+            attached,
+            skipped,
+            mounted_tracefs,
+        };
+        Ok((probe, events))
+    }
+
+    /// Adds `tgid` to the in-kernel filter.
+    pub fn track_tgid(&mut self, tgid: u32) -> Result<()> {
+        self.tgids.insert(tgid, 1, 0).map_err(map_err("TGIDS"))
+    }
+
+    /// Records dropped so far for `hook`, one entry per possible CPU.
+    pub fn drops(&self, hook: Hook) -> Result<Vec<u64>> {
+        let values = self
+            .drops
+            .get(&(hook as u32), 0)
+            .map_err(map_err("DROPS"))?;
+        Ok(values.iter().copied().collect())
+    }
+}
+
+/// Configures and attaches one hook, or says why it cannot be.
+fn attach(
+    ebpf: &mut Ebpf,
+    tracefs: &Tracefs,
+    spec: &HookSpec,
+) -> std::result::Result<AttachedHook, String> {
+    let Some(name) = spec
+        .names
+        .iter()
+        .find(|n| tracefs.has_event(spec.category, n))
+    else {
+        return Err(format!(
+            "this kernel has no tracepoint {}/{}",
+            spec.category,
+            spec.names.join(" or ")
+        ));
+    };
+    let format = tracefs
+        .format(spec.category, name)
+        .map_err(|e| e.to_string())?;
+    let mut config = HookConfig {
+        per_process: u8::from(spec.per_process),
+        ..HookConfig::default()
+    };
+    let mut layout = FieldLayout::default();
+    for (i, field_name) in spec.fields.iter().enumerate() {
+        let field = format.field(field_name).ok_or_else(|| {
+            format!(
+                "{}/{name} has no field {field_name:?} on this kernel",
+                spec.category
+            )
+        })?;
+        if !matches!(field.size, 1 | 2 | 4 | 8) {
+            return Err(format!(
+                "{}/{name} field {field_name} has size {}, not a scalar",
+                spec.category, field.size
+            ));
+        }
+        config.offsets[i] = field.offset;
+        config.sizes[i] = field.size;
+        layout.sizes[i] = field.size;
+        layout.signed[i] = field.signed;
+    }
+    let mut hooks: Array<_, HookConfig> = ebpf
+        .map_mut("HOOKS")
+        .ok_or("eBPF object has no HOOKS map")?
+        .try_into()
+        .map_err(|e: aya::maps::MapError| e.to_string())?;
+    hooks
+        .set(spec.hook as u32, config, 0)
+        .map_err(|e| format!("writing the HOOKS map: {e}"))?;
+    let program: &mut TracePoint = ebpf
+        .program_mut(spec.program)
+        .ok_or_else(|| format!("eBPF object has no program {}", spec.program))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+    program
+        .load()
+        .map_err(|e| format!("loading {}: {e}", spec.program))?;
+    program
+        .attach(spec.category, name)
+        .map_err(|e| format!("attaching to {}/{name}: {e}", spec.category))?;
+    Ok(AttachedHook {
+        hook: spec.hook,
+        tracepoint: format!("{}/{name}", spec.category),
+        layout,
+    })
+}

@@ -1,0 +1,104 @@
+//! Small /proc readers for the event side: process names (cached, so a
+//! name outlives its process) and pid lookups. Every reader takes the proc
+//! root, so tests can point it at a captured tree.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
+
+/// A /proc mount (normally `/proc`).
+#[derive(Debug, Clone)]
+pub struct ProcRoot(PathBuf);
+
+impl Default for ProcRoot {
+    fn default() -> Self {
+        Self(PathBuf::from("/proc"))
+    }
+}
+
+impl ProcRoot {
+    /// A proc tree rooted at `path`.
+    pub fn at(path: impl Into<PathBuf>) -> Self {
+        Self(path.into())
+    }
+
+    fn pid_dir(&self, pid: u32) -> PathBuf {
+        self.0.join(pid.to_string())
+    }
+
+    /// Whether a process with this pid exists now.
+    pub fn pid_exists(&self, pid: u32) -> bool {
+        self.pid_dir(pid).is_dir()
+    }
+
+    /// The command name of `pid` (`/proc/PID/comm`), if it still exists.
+    pub fn comm(&self, pid: u32) -> Option<String> {
+        let text = std::fs::read_to_string(self.pid_dir(pid).join("comm")).ok()?;
+        Some(text.trim_end_matches('\n').to_owned())
+    }
+
+    /// The pids of every process whose comm is `name`.
+    pub fn pids_named(&self, name: &str) -> Vec<u32> {
+        let Ok(dir) = std::fs::read_dir(&self.0) else {
+            return Vec::new();
+        };
+        let mut pids: Vec<u32> = dir
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|&pid| self.comm(pid).as_deref() == Some(name))
+            .collect();
+        pids.sort_unstable();
+        pids
+    }
+
+    /// The root path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+/// Process names, looked up once per pid and kept after the process exits.
+#[derive(Debug, Default)]
+pub struct CommCache {
+    root: ProcRoot,
+    names: HashMap<u32, String>,
+}
+
+impl CommCache {
+    /// A cache reading names from `root`.
+    pub fn new(root: ProcRoot) -> Self {
+        Self {
+            root,
+            names: HashMap::new(),
+        }
+    }
+
+    /// The name of `pid`; `?` when it exited before it was first seen.
+    pub fn get(&mut self, pid: u32) -> &str {
+        let root = &self.root;
+        self.names
+            .entry(pid)
+            .or_insert_with(|| root.comm(pid).unwrap_or_else(|| "?".to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_names_from_a_proc_tree_and_keeps_them_after_exit() {
+        let dir = std::env::temp_dir().join(format!("pw-proc-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("42")).unwrap();
+        std::fs::write(dir.join("42/comm"), "worker\n").unwrap();
+        let root = ProcRoot::at(&dir);
+        assert!(root.pid_exists(42));
+        assert!(!root.pid_exists(43));
+        assert_eq!(root.pids_named("worker"), vec![42]);
+        let mut cache = CommCache::new(root);
+        assert_eq!(cache.get(42), "worker");
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(cache.get(42), "worker", "name survives the process");
+        assert_eq!(cache.get(43), "?");
+    }
+}

@@ -1,0 +1,130 @@
+//! Fault workload with a known count: maps an anonymous region with
+//! MADV_NOHUGEPAGE and touches each 4 KiB page once, measuring its own
+//! minflt+majflt from /proc/self/stat around the touching.
+//!
+//! `pw-faults window MIB`: prints `pid N` and `ready` after a warm-up that
+//! faults in everything the measured window uses, waits for a line on
+//! stdin, runs the window, prints `delta D pages P`, then waits for stdin
+//! to close before exiting (so a tracer sees no other faults from it).
+//!
+//! `pw-faults rate MIB ROUNDS`: maps, touches and unmaps the region ROUNDS
+//! times as fast as it can and prints `faults F seconds S` (benchmark).
+
+use std::{
+    fs::File,
+    io::{BufRead as _, Read as _, Seek as _, Write as _},
+    time::Instant,
+};
+
+const PAGE: usize = 4096;
+
+/// Sum of minflt and majflt from a /proc/self/stat read into `buf`.
+fn faults(stat: &mut File, buf: &mut [u8]) -> u64 {
+    stat.rewind().expect("rewind stat");
+    let n = stat.read(buf).expect("read stat");
+    let text = std::str::from_utf8(&buf[..n]).expect("utf8 stat");
+    // Fields after the parenthesised comm: state is field 3; minflt 10, majflt 12.
+    // No allocation here: the window must not fault on fresh heap pages.
+    let mut f = text[text.rfind(')').expect("comm end") + 2..].split(' ');
+    let minflt: u64 = f.nth(7).expect("minflt").parse().expect("minflt");
+    let majflt: u64 = f.nth(1).expect("majflt").parse().expect("majflt");
+    minflt + majflt
+}
+
+fn map(len: usize) -> *mut u8 {
+    // SAFETY: anonymous private mapping; checked for MAP_FAILED.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED, "mmap {len} bytes");
+        assert_eq!(libc::madvise(p, len, libc::MADV_NOHUGEPAGE), 0);
+        p.cast()
+    }
+}
+
+fn touch(p: *mut u8, len: usize) {
+    for off in (0..len).step_by(PAGE) {
+        // SAFETY: off < len, inside the mapping.
+        unsafe { p.add(off).write_volatile(1) };
+    }
+}
+
+fn unmap(p: *mut u8, len: usize) {
+    // SAFETY: p/len come from map().
+    unsafe { libc::munmap(p.cast(), len) };
+}
+
+fn window(mib: usize) {
+    use std::fmt::Write as _;
+    let len = mib << 20;
+    let mut stat = File::open("/proc/self/stat").expect("open /proc/self/stat");
+    let mut buf = vec![0u8; 4096];
+    let mut line = String::with_capacity(256);
+    let mut out = String::with_capacity(256);
+    let stdin = std::io::stdin();
+    let mut stdin = stdin.lock();
+    // Warm-up: run the whole window once on a small region so every code
+    // and data page the real window touches is already present.
+    let warm = map(16 * PAGE);
+    let a = faults(&mut stat, &mut buf);
+    touch(warm, 16 * PAGE);
+    let b = faults(&mut stat, &mut buf);
+    unmap(warm, 16 * PAGE);
+    // Write every byte of the line buffers the window uses.
+    line.extend(std::iter::repeat_n(' ', line.capacity()));
+    line.clear();
+    write!(out, "warmup {} {}", b - a, " ".repeat(200)).expect("format");
+    out.clear();
+    let region = map(len);
+    println!("pid {}", std::process::id());
+    println!("ready");
+    std::io::stdout().flush().expect("flush");
+    line.clear();
+    stdin.read_line(&mut line).expect("read go");
+    let before = faults(&mut stat, &mut buf);
+    touch(region, len);
+    let after = faults(&mut stat, &mut buf);
+    write!(out, "delta {} pages {}\n", after - before, len / PAGE).expect("format");
+    std::io::stdout()
+        .write_all(out.as_bytes())
+        .expect("write result");
+    std::io::stdout().flush().expect("flush");
+    // Stay alive and quiet until told to go.
+    while stdin.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {}
+}
+
+fn rate(mib: usize, rounds: usize) {
+    let len = mib << 20;
+    let start = Instant::now();
+    for _ in 0..rounds {
+        let p = map(len);
+        touch(p, len);
+        unmap(p, len);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!("faults {} seconds {secs:.6}", rounds * len / PAGE);
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let num = |i: usize| -> usize {
+        args.get(i).and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            eprintln!("usage: pw-faults window MIB | pw-faults rate MIB ROUNDS");
+            std::process::exit(2)
+        })
+    };
+    match args.get(1).map(String::as_str) {
+        Some("window") => window(num(2)),
+        Some("rate") => rate(num(2), num(3)),
+        _ => {
+            eprintln!("usage: pw-faults window MIB | pw-faults rate MIB ROUNDS");
+            std::process::exit(2)
+        }
+    }
+}
