@@ -1,0 +1,461 @@
+//! `pagewatch snapshot`: page census of processes (per process and per VMA,
+//! equal to smaps), of the whole system (kpageflags combinations like
+//! page-types, hugetlb/THP/vmstat state) and working sets. The clap struct
+//! is turned into a validated [`Config`] before any work is done.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+
+use crate::snapshot::{
+    ProcRoot, SnapshotError,
+    census::{Census, census},
+    columns::PageTable,
+    flags::{FlagExpr, kpf_describe},
+    memcg::MemcgNames,
+    report::{ProcessReport, Usage, process_report},
+    scan::{KpageFiles, ProcessPages, scan_process},
+    select::{Selection, resolve},
+    sysfs::{SystemState, system_state},
+    workingset::{WorkingSet, working_set},
+};
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Human-readable tables.
+    Table,
+    /// One JSON document.
+    Json,
+}
+
+/// Page census of processes and of the whole system.
+///
+/// Flag names for --flags: locked error referenced uptodate dirty lru active
+/// slab writeback reclaim buddy mmap anon swapcache swapbacked compound_head
+/// compound_tail huge unevictable hwpoison nopage ksm thp offline zero_page
+/// idle pgtable, and the kernel-hacking bits reserved mlocked mappedtodisk
+/// private private_2 owner_private arch uncached softdirty arch_2 (or bitN).
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// Processes to snapshot (repeat or comma-separate).
+    #[arg(long, num_args = 1.., value_delimiter = ',', conflicts_with_all = ["comm", "cgroup", "all"])]
+    pub pid: Vec<u32>,
+    /// Every process whose command name (/proc/PID/comm) is NAME.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["cgroup", "all"])]
+    pub comm: Option<String>,
+    /// Every process in this cgroup directory (absolute, or relative to the memory cgroup mount).
+    #[arg(long, value_name = "PATH", conflicts_with = "all")]
+    pub cgroup: Option<PathBuf>,
+    /// Every process with an address space.
+    #[arg(long)]
+    pub all: bool,
+    /// Also report every VMA.
+    #[arg(long)]
+    pub vma: bool,
+    /// Whole-system census (kpageflags), hugetlb pools, THP and vmstat counters.
+    #[arg(long)]
+    pub system: bool,
+    /// Only pages whose flags match EXPR, e.g. `thp,~compound_tail` (implies --system).
+    #[arg(long, value_name = "EXPR")]
+    pub flags: Option<String>,
+    /// List the matching PFN runs, with owners among the selected processes (implies --system).
+    #[arg(long)]
+    pub list: bool,
+    /// Measure the working set over DURATION (e.g. 5s, 500ms, 2m) via clear_refs.
+    #[arg(long, value_name = "DURATION")]
+    pub working_set: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// procfs to read (a captured tree or a guest's).
+    #[arg(long, default_value = "/proc", hide = true)]
+    pub proc_root: PathBuf,
+    /// sysfs to read.
+    #[arg(long, default_value = "/sys", hide = true)]
+    pub sys_root: PathBuf,
+    /// Threads for the system census (default: online CPUs).
+    #[arg(long, hide = true)]
+    pub threads: Option<usize>,
+    /// Sleep this many ms after each VMA (test hook for processes exiting mid-scan).
+    #[arg(long, hide = true)]
+    pub pause_per_vma_ms: Option<u64>,
+}
+
+/// Validated configuration.
+#[derive(Debug)]
+struct Config {
+    root: ProcRoot,
+    selection: Option<Selection>,
+    vma: bool,
+    system: bool,
+    expr: FlagExpr,
+    list: bool,
+    working_set: Option<Duration>,
+    format: Format,
+    threads: usize,
+    pause: Option<Duration>,
+}
+
+/// Parse `5s`, `500ms`, `2m`, `1.5` (seconds).
+fn parse_duration(s: &str) -> Result<Duration> {
+    let s = s.trim();
+    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num
+        .parse()
+        .ok()
+        .filter(|v: &f64| v.is_finite() && *v >= 0.0)
+        .with_context(|| format!("invalid duration {s:?} (use e.g. 5s, 500ms, 2m)"))?;
+    Ok(Duration::from_secs_f64(v * mult))
+}
+
+impl TryFrom<SnapshotArgs> for Config {
+    type Error = anyhow::Error;
+    fn try_from(a: SnapshotArgs) -> Result<Self> {
+        let selection = if !a.pid.is_empty() {
+            Some(Selection::Pids(a.pid))
+        } else if let Some(c) = a.comm {
+            Some(Selection::Comm(c))
+        } else if let Some(c) = a.cgroup {
+            Some(Selection::Cgroup(c))
+        } else if a.all {
+            Some(Selection::All)
+        } else {
+            None
+        };
+        let expr = match &a.flags {
+            Some(e) => FlagExpr::parse(e)?,
+            None => FlagExpr::default(),
+        };
+        let system = a.system || a.flags.is_some() || a.list;
+        if selection.is_none() && !system {
+            bail!("nothing to snapshot: give --pid, --comm, --cgroup, --all or --system");
+        }
+        let working_set = a.working_set.as_deref().map(parse_duration).transpose()?;
+        if working_set.is_some() && selection.is_none() {
+            bail!("--working-set needs processes (--pid, --comm, --cgroup or --all)");
+        }
+        Ok(Config {
+            root: ProcRoot {
+                proc: a.proc_root,
+                sys: a.sys_root,
+            },
+            selection,
+            vma: a.vma,
+            system,
+            expr,
+            list: a.list,
+            working_set,
+            format: a.format,
+            threads: a
+                .threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            pause: a.pause_per_vma_ms.map(Duration::from_millis),
+        })
+    }
+}
+
+/// A listed PFN run with the owners of its first page.
+#[derive(Debug, Serialize)]
+struct ListedRun {
+    pfn: u64,
+    count: u64,
+    flags: String,
+    owners: Vec<String>,
+}
+
+/// The whole output document.
+#[derive(Debug, Serialize)]
+struct Output {
+    processes: Vec<ProcessReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system: Option<SystemOut>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    working_set: Vec<WorkingSet>,
+    /// Per-page state kept for the correlator: pages and bytes per page.
+    page_table: PageTableSummary,
+    notes: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct PageTableSummary {
+    pages: usize,
+    bytes_per_page: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct SystemOut {
+    census: Census,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    list: Vec<ListedRun>,
+    state: SystemState,
+}
+
+/// Run `pagewatch snapshot`.
+pub fn run(args: SnapshotArgs) -> Result<()> {
+    let cfg = Config::try_from(args)?;
+    let kp = KpageFiles::open(&cfg.root);
+    let mut notes: Vec<String> = kp.missing.iter().cloned().collect();
+    let mut scans: Vec<ProcessPages> = Vec::new();
+    let mut working: Vec<WorkingSet> = Vec::new();
+    if let Some(sel) = &cfg.selection {
+        let explicit = matches!(sel, Selection::Pids(_));
+        for pid in resolve(&cfg.root, sel)? {
+            match scan_process(&cfg.root, &kp, pid, cfg.pause) {
+                Ok(p) => scans.push(p),
+                Err(e @ SnapshotError::NoSuchProcess(_)) if explicit => return Err(e.into()),
+                Err(SnapshotError::NoSuchProcess(p)) => {
+                    notes.push(format!("pid {p} exited before it was read"))
+                }
+                Err(e @ SnapshotError::ProcessAccessDenied(_)) if !explicit => {
+                    notes.push(e.to_string())
+                }
+                Err(e) => return Err(e.into()),
+            }
+            if let Some(d) = cfg.working_set {
+                match working_set(&cfg.root, &kp, pid, d) {
+                    Ok(w) => working.push(w),
+                    Err(e) => notes.push(format!("working set of pid {pid}: {e}")),
+                }
+            }
+        }
+    }
+    let names = MemcgNames::load(&cfg.root);
+    let reports: Vec<ProcessReport> = scans
+        .iter()
+        .map(|p| process_report(p, &names, cfg.vma))
+        .collect();
+    for r in &reports {
+        notes.extend(r.notes.iter().cloned());
+    }
+    if !reports.is_empty() && reports.iter().any(|r| !r.pfns_visible) && kp.missing.is_none() {
+        notes.push(
+            "some processes' PFNs were hidden: their Pss and flag-based figures are null".into(),
+        );
+    }
+    let table = PageTable::from_scans(&scans);
+    let system = if cfg.system {
+        let c = census(&cfg.root, cfg.expr, cfg.list, cfg.threads)?;
+        let list = c
+            .runs
+            .iter()
+            .flatten()
+            .map(|r| ListedRun {
+                pfn: r.pfn,
+                count: r.count,
+                flags: kpf_describe(r.flags),
+                owners: (r.pfn..r.pfn + r.count)
+                    .flat_map(|pfn| table.owners(pfn))
+                    .take(8)
+                    .map(|o| format!("{}@{:x}", o.pid, o.va))
+                    .collect(),
+            })
+            .collect();
+        Some(SystemOut {
+            census: c,
+            list,
+            state: system_state(&cfg.root),
+        })
+    } else {
+        None
+    };
+    let out = Output {
+        processes: reports,
+        system,
+        working_set: working,
+        page_table: PageTableSummary {
+            pages: table.len(),
+            bytes_per_page: table.bytes_per_page(),
+        },
+        notes,
+    };
+    match cfg.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&out)?),
+        Format::Table => print_table(&out),
+    }
+    Ok(())
+}
+
+fn opt(v: Option<u64>) -> String {
+    v.map_or_else(|| "?".into(), |v| v.to_string())
+}
+
+fn usage_row(label: &str, u: &Usage) -> String {
+    format!(
+        "{label:<40} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8} {:>10} {:>8}",
+        u.rss,
+        opt(u.pss),
+        u.uss,
+        u.anonymous,
+        u.file,
+        opt(u.shmem),
+        u.swap,
+        u.anon_huge_pages,
+        opt(u.private_hugetlb.zip(u.shared_hugetlb).map(|(a, b)| a + b)),
+    )
+}
+
+fn print_table(o: &Output) {
+    if !o.processes.is_empty() {
+        println!(
+            "{:<40} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8} {:>10} {:>8}",
+            "PROCESS / VMA (kB)",
+            "RSS",
+            "PSS",
+            "USS",
+            "ANON",
+            "FILE",
+            "SHMEM",
+            "SWAP",
+            "ANONHUGE",
+            "HUGETLB"
+        );
+    }
+    for p in &o.processes {
+        let mut label = format!("{} {}", p.pid, p.comm);
+        if p.partial {
+            label.push_str(" (partial)");
+        }
+        println!("{}", usage_row(&label, &p.total));
+        let t = &p.total;
+        println!(
+            "    dirty: private {} shared {} | clean: private {} shared {} | ksm {} | zero-page pages {} | soft-dirty pages {} | exclusive pages {}",
+            opt(t.private_dirty),
+            opt(t.shared_dirty),
+            opt(t.private_clean),
+            opt(t.shared_clean),
+            opt(t.ksm),
+            opt(t.zero_pages),
+            t.soft_dirty_pages,
+            t.exclusive_pages
+        );
+        if !p.memcg.is_empty() {
+            let m: Vec<String> = p.memcg.iter().map(|(k, v)| format!("{k} {v} kB")).collect();
+            println!("    memcg: {}", m.join(", "));
+        }
+        for (sz, kb) in &p.hugetlb_by_size {
+            println!("    hugetlb {sz} kB pages: {kb} kB");
+        }
+        for (kind, map) in [("anon", &p.folios.anon), ("file", &p.folios.file)] {
+            for (sz, b) in map {
+                println!(
+                    "    {kind} folios {sz} kB: {} folios, {} kB (pmd {} kB, pte {} kB, aligned {} kB, unaligned {} kB)",
+                    b.folios,
+                    b.bytes >> 10,
+                    b.pmd_mapped >> 10,
+                    b.pte_mapped >> 10,
+                    b.aligned >> 10,
+                    b.unaligned >> 10
+                );
+            }
+        }
+        for v in p.vmas.iter().flatten() {
+            let label = format!("  {}-{} {} {}", v.start, v.end, v.perms, v.name);
+            println!("{}", usage_row(&label, &v.usage));
+        }
+    }
+    for w in &o.working_set {
+        println!(
+            "\nworking set of pid {} over {:.1}s (kB):",
+            w.pid, w.seconds
+        );
+        println!(
+            "  {:<16} {:>10} {:>12} {:>12} {:>12}  NAME",
+            "START", "RSS", "REFERENCED", "SOFT-DIRTY", "NOT-IDLE"
+        );
+        for v in &w.vmas {
+            println!(
+                "  {:<16} {:>10} {:>12} {:>12} {:>12}  {}",
+                v.start,
+                v.rss_kb,
+                v.referenced_kb,
+                opt(v.soft_dirty_kb),
+                opt(v.accessed_idle_kb),
+                v.name
+            );
+        }
+    }
+    if let Some(s) = &o.system {
+        let c = &s.census;
+        println!(
+            "\nsystem census: {} PFNs read (zoneinfo end of memory {}), {} pages ({:.1} MiB) match",
+            c.pfns_read,
+            c.zoneinfo_end_pfn,
+            c.matched_pages,
+            c.matched_pages as f64 / 256.0
+        );
+        println!("{:>18} {:>10} {:>10}  FLAGS", "RAW", "PAGES", "MiB");
+        for k in &c.combos {
+            println!(
+                "{:>#18x} {:>10} {:>10.1}  {}",
+                k.flags, k.pages, k.mib, k.names
+            );
+        }
+        for r in &s.list {
+            println!(
+                "pfn {:#x}+{} {} {}",
+                r.pfn,
+                r.count,
+                r.flags,
+                r.owners.join(" ")
+            );
+        }
+        println!("\nhugetlb pools (size kB, node, nr, free, surplus, resv):");
+        for h in &s.state.hugetlb {
+            println!(
+                "  {:>8} {:>6} {:>6} {:>6} {:>6} {:>6}",
+                h.size_kb,
+                h.node.map_or_else(|| "all".into(), |n| n.to_string()),
+                h.nr,
+                h.free,
+                h.surplus,
+                opt(h.resv)
+            );
+        }
+        println!(
+            "THP: enabled={} defrag={}",
+            s.state.thp.enabled, s.state.thp.defrag
+        );
+        for (sz, (mode, stats)) in &s.state.thp.sizes {
+            let nz: Vec<String> = stats
+                .iter()
+                .filter(|(_, v)| **v > 0)
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            println!("  {sz} kB: {mode} {}", nz.join(" "));
+        }
+        let vm: Vec<String> = s
+            .state
+            .vmstat
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        println!("vmstat: {}", vm.join(" "));
+    }
+    for n in &o.notes {
+        eprintln!("note: {n}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("soon").is_err());
+    }
+}

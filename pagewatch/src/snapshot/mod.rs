@@ -1,0 +1,34 @@
+//! Page census from /proc/PID/maps, pagemap and /proc/kpage* (issue 4):
+//! what state every page is in right now and whose it is, equal to the
+//! kernel's own smaps accounting and far cheaper than page-types.
+//!
+//! Modules by concern:
+//! - [`source`]: the [`ProcRoot`] every reader takes, batched u64 tables;
+//! - [`maps`], [`flags`], [`pagemap_scan`]: the kernel files and their bits;
+//! - [`scan`]: reading one process's pages (pagemap + kpage*);
+//! - [`account`], [`folios`], [`report`]: smaps-exact accounting,
+//!   thpmaps-like large-folio stats, per-VMA/process reports;
+//! - [`memcg`]: kpagecgroup inodes to cgroup paths;
+//! - [`census`], [`sysfs`]: the whole-system view;
+//! - [`workingset`]: clear_refs / page_idle working set;
+//! - [`columns`]: the compact per-page arrays the correlator keeps;
+//! - [`select`]: which processes to look at.
+
+pub mod account;
+pub mod census;
+pub mod columns;
+pub mod error;
+pub mod flags;
+pub mod folios;
+pub mod maps;
+pub mod memcg;
+pub mod pagemap_scan;
+pub mod report;
+pub mod scan;
+pub mod select;
+pub mod source;
+pub mod sysfs;
+pub mod workingset;
+
+pub use error::{Result, SnapshotError};
+pub use source::ProcRoot;

@@ -1,0 +1,266 @@
+//! Turning scanned pages into per-VMA and per-process reports in smaps
+//! units (kB), with the memcg and large-folio breakdowns. Figures that
+//! need /proc/kpage* are `None` when PFNs were hidden.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::{
+    account::{MemStats, PageFacts},
+    flags::{PagemapEntry, has, kpf},
+    folios::{FolioStats, folio_stats},
+    memcg::MemcgNames,
+    scan::{ProcessPages, VmaPages},
+};
+
+/// smaps-style usage in kB. `None`: needs PFNs, which were hidden.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    /// Rss (with hidden PFNs: every present PTE, zero page included).
+    pub rss: u64,
+    /// Pss, rounded as smaps rounds it.
+    pub pss: Option<u64>,
+    /// Pss_Anon.
+    pub pss_anon: Option<u64>,
+    /// Pss_File.
+    pub pss_file: Option<u64>,
+    /// Pss_Shmem.
+    pub pss_shmem: Option<u64>,
+    /// Pss_Dirty.
+    pub pss_dirty: Option<u64>,
+    /// USS: resident memory mapped only by this process (with hidden PFNs:
+    /// pages pagemap marks exclusive).
+    pub uss: u64,
+    /// Shared_Clean.
+    pub shared_clean: Option<u64>,
+    /// Shared_Dirty.
+    pub shared_dirty: Option<u64>,
+    /// Private_Clean.
+    pub private_clean: Option<u64>,
+    /// Private_Dirty.
+    pub private_dirty: Option<u64>,
+    /// Anonymous.
+    pub anonymous: u64,
+    /// Resident file pages (not shmem).
+    pub file: u64,
+    /// Resident shmem pages.
+    pub shmem: Option<u64>,
+    /// KSM.
+    pub ksm: Option<u64>,
+    /// AnonHugePages.
+    pub anon_huge_pages: u64,
+    /// ShmemPmdMapped.
+    pub shmem_pmd_mapped: Option<u64>,
+    /// FilePmdMapped.
+    pub file_pmd_mapped: Option<u64>,
+    /// Swap.
+    pub swap: u64,
+    /// Private_Hugetlb.
+    pub private_hugetlb: Option<u64>,
+    /// Shared_Hugetlb.
+    pub shared_hugetlb: Option<u64>,
+    /// Pages mapping the (huge) zero page.
+    pub zero_pages: Option<u64>,
+    /// Soft-dirty pages.
+    pub soft_dirty_pages: u64,
+    /// Exclusively mapped pages.
+    pub exclusive_pages: u64,
+    /// Logically offline pages (balloon).
+    pub offline_pages: Option<u64>,
+    /// Swapped pages per swap type.
+    pub swap_pages_by_type: BTreeMap<u8, u64>,
+}
+
+impl Usage {
+    /// Convert raw counters.
+    pub fn from_stats(s: &MemStats, visible: bool) -> Self {
+        let kb = |b: u64| b >> 10;
+        let pss = |raw: u64| raw >> (super::account::PSS_SHIFT + 10);
+        let v = |x: u64| visible.then_some(x);
+        Usage {
+            rss: kb(s.rss),
+            pss: v(pss(s.pss_raw)),
+            pss_anon: v(pss(s.pss_anon_raw)),
+            pss_file: v(pss(s.pss_file_raw)),
+            pss_shmem: v(pss(s.pss_shmem_raw)),
+            pss_dirty: v(pss(s.pss_dirty_raw)),
+            uss: kb(s.uss),
+            shared_clean: v(kb(s.shared_clean)),
+            shared_dirty: v(kb(s.shared_dirty)),
+            private_clean: v(kb(s.private_clean)),
+            private_dirty: v(kb(s.private_dirty)),
+            anonymous: kb(s.anonymous),
+            file: kb(s.file),
+            shmem: v(kb(s.shmem)),
+            ksm: v(kb(s.ksm)),
+            anon_huge_pages: kb(s.anon_huge),
+            shmem_pmd_mapped: v(kb(s.shmem_pmd)),
+            file_pmd_mapped: v(kb(s.file_pmd)),
+            swap: kb(s.swap),
+            private_hugetlb: v(kb(s.private_hugetlb)),
+            shared_hugetlb: v(kb(s.shared_hugetlb)),
+            zero_pages: v(s.zero_pages),
+            soft_dirty_pages: s.soft_dirty_pages,
+            exclusive_pages: s.exclusive_pages,
+            offline_pages: v(s.offline_pages),
+            swap_pages_by_type: s.swap_by_type.clone(),
+        }
+    }
+}
+
+/// One VMA's report.
+#[derive(Debug, Clone, Serialize)]
+pub struct VmaReport {
+    /// First address (hex).
+    pub start: String,
+    /// End address (hex).
+    pub end: String,
+    /// Permissions.
+    pub perms: String,
+    /// Mapped file or pseudo name.
+    pub name: String,
+    /// Size in kB.
+    pub size: u64,
+    /// Usage.
+    pub usage: Usage,
+    /// Hugetlb bytes (kB) by huge page size (kB).
+    pub hugetlb_by_size: BTreeMap<u64, u64>,
+    /// Large folios.
+    pub folios: FolioStats,
+    /// Resident kB per memory cgroup path.
+    pub memcg: BTreeMap<String, u64>,
+}
+
+/// One process's report.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessReport {
+    /// Process id.
+    pub pid: u32,
+    /// Command name.
+    pub comm: String,
+    /// Whether PFN-based figures are present.
+    pub pfns_visible: bool,
+    /// The process exited mid-scan.
+    pub partial: bool,
+    /// Totals over all VMAs (equal smaps_rollup).
+    pub total: Usage,
+    /// Hugetlb kB by huge page size (kB).
+    pub hugetlb_by_size: BTreeMap<u64, u64>,
+    /// Large folios over the process.
+    pub folios: FolioStats,
+    /// Resident kB per memory cgroup path.
+    pub memcg: BTreeMap<String, u64>,
+    /// Per-VMA reports (only with `--vma`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vmas: Option<Vec<VmaReport>>,
+    /// Notes about this scan.
+    pub notes: Vec<String>,
+}
+
+/// Account every page of one VMA.
+pub fn vma_stats(v: &VmaPages, visible: bool) -> MemStats {
+    let mut s = MemStats::default();
+    for k in 0..v.pm.len() {
+        s.add(
+            &PageFacts {
+                pm: v.pm[k],
+                flags: v.flags[k],
+                mapcount: u64::from(v.mapcount[k]),
+                pmd_mapped: v.pmd[k],
+            },
+            visible,
+        );
+    }
+    s
+}
+
+fn hugetlb_sizes(v: &VmaPages) -> BTreeMap<u64, u64> {
+    let mut out = BTreeMap::new();
+    let n = v.pm.len();
+    let mut k = 0;
+    while k < n {
+        let f = v.flags[k];
+        if !(has(f, kpf::HUGE) && has(f, kpf::COMPOUND_HEAD)) {
+            k += 1;
+            continue;
+        }
+        let pfn = v.pfn(k).unwrap_or(0);
+        let mut len = 1;
+        while k + len < n
+            && v.pfn(k + len) == Some(pfn + len as u64)
+            && has(v.flags[k + len], kpf::COMPOUND_TAIL)
+        {
+            len += 1;
+        }
+        *out.entry(len as u64 * 4).or_default() += len as u64 * 4;
+        k += len;
+    }
+    out
+}
+
+fn memcg_kb(v: &VmaPages, names: &MemcgNames, out: &mut BTreeMap<String, u64>) {
+    let mut by_ino: BTreeMap<u64, u64> = BTreeMap::new();
+    for k in 0..v.pm.len() {
+        if PagemapEntry(v.pm[k]).present()
+            && has(v.flags[k], kpf::MMAP)
+            && !has(v.flags[k], kpf::ZERO_PAGE)
+        {
+            *by_ino.entry(v.cgroup[k]).or_default() += 4;
+        }
+    }
+    for (ino, kb) in by_ino {
+        *out.entry(names.name(ino)).or_default() += kb;
+    }
+}
+
+/// Build a process report.
+pub fn process_report(p: &ProcessPages, names: &MemcgNames, with_vmas: bool) -> ProcessReport {
+    let mut total = MemStats::default();
+    let mut folios = FolioStats::default();
+    let mut memcg = BTreeMap::new();
+    let mut hugetlb: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut vmas = Vec::new();
+    for v in &p.vmas {
+        let s = vma_stats(v, p.pfns_visible);
+        total.merge(&s);
+        let f = folio_stats(v);
+        folios.merge(&f);
+        let h = hugetlb_sizes(v);
+        for (k, b) in &h {
+            *hugetlb.entry(*k).or_default() += b;
+        }
+        let mut m = BTreeMap::new();
+        if p.pfns_visible {
+            memcg_kb(v, names, &mut m);
+        }
+        for (k, b) in &m {
+            *memcg.entry(k.clone()).or_default() += b;
+        }
+        if with_vmas {
+            vmas.push(VmaReport {
+                start: format!("{:x}", v.vma.start),
+                end: format!("{:x}", v.vma.end),
+                perms: v.vma.perms.clone(),
+                name: v.vma.name.clone(),
+                size: v.vma.len() >> 10,
+                usage: Usage::from_stats(&s, p.pfns_visible),
+                hugetlb_by_size: h,
+                folios: f,
+                memcg: m,
+            });
+        }
+    }
+    ProcessReport {
+        pid: p.pid,
+        comm: p.comm.clone(),
+        pfns_visible: p.pfns_visible,
+        partial: p.partial,
+        total: Usage::from_stats(&total, p.pfns_visible),
+        hugetlb_by_size: hugetlb,
+        folios,
+        memcg,
+        vmas: with_vmas.then_some(vmas),
+        notes: p.notes.clone(),
+    }
+}
