@@ -1,0 +1,140 @@
+//! `cargo xtask bench`: benchmarks, each as ratios against a baseline run in
+//! the same invocation, printed as Markdown for BENCHMARKS.md (also written
+//! to target/release/bench.md).
+//!
+//! Faults: the pw-faults workload at its peak fault rate (map, touch, unmap
+//! 256 MiB of 4 KiB pages, repeatedly), untraced, traced by `pagewatch top`
+//! (all processes, fault hook) and traced by `perf stat -a -e
+//! exceptions:page_fault_user` (the counting peer), interleaved.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+
+use crate::{build, cmd, setup};
+
+#[derive(Debug, Args)]
+pub struct Options {
+    /// Repetitions of each variant (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Rounds of 256 MiB per fault run (65536 faults each).
+    #[arg(long, default_value_t = 16)]
+    rounds: usize,
+}
+
+pub fn run(opts: Options) -> anyhow::Result<()> {
+    build::run()?;
+    setup::apt_install(&["linux-perf"])?;
+    if !cmd::is_root() {
+        bail!("the benchmarks trace the kernel and need root");
+    }
+    let dir = cmd::release_dir();
+    let markdown = faults(&dir, &opts)?;
+    println!("\n{markdown}");
+    let out = dir.join("bench.md");
+    std::fs::write(&out, &markdown).with_context(|| format!("writing {}", out.display()))?;
+    eprintln!("(also written to {})", out.display());
+    Ok(())
+}
+
+/// Faults per second reported by one `pw-faults rate` run.
+fn rate_of(stdout: &str) -> anyhow::Result<f64> {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("faults "))
+        .with_context(|| format!("no `faults` line in {stdout:?}"))?;
+    let f: Vec<&str> = line.split(' ').collect();
+    let faults: f64 = f[1].parse()?;
+    let secs: f64 = f[3].parse()?;
+    Ok(faults / secs)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn faults(dir: &Path, opts: &Options) -> anyhow::Result<String> {
+    let workload = dir.join("pw-faults");
+    let wl_args = ["rate".to_string(), "256".into(), opts.rounds.to_string()];
+    let (mut plain, mut traced, mut perf, mut drops) = (vec![], vec![], vec![], 0u64);
+    for rep in 1..=opts.reps {
+        cmd::step(&format!("fault benchmark, repetition {rep}/{}", opts.reps));
+        plain.push(rate_of(&cmd::output(
+            Command::new(&workload).args(&wl_args),
+        )?)?);
+
+        let mut pw = Command::new(dir.join("pagewatch"))
+            .args(["top", "--json", "--events", "faults", "--interval", "10s"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting pagewatch")?;
+        let stderr = BufReader::new(pw.stderr.take().expect("piped"));
+        for line in stderr.lines() {
+            if line?.contains("tracing;") {
+                break;
+            }
+        }
+        traced.push(rate_of(&cmd::output(
+            Command::new(&workload).args(&wl_args),
+        )?)?);
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pw.id() as i32, libc::SIGINT) };
+        let out = pw.wait_with_output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let summary = text
+            .lines()
+            .find(|l| l.contains("\"summary\""))
+            .context("pagewatch printed no summary")?;
+        let dropped = summary
+            .split("\"dropped\":")
+            .nth(1)
+            .and_then(|s| s.split([',', '}']).next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .context("no dropped count in the summary")?;
+        drops += dropped;
+
+        let out = cmd::output(
+            Command::new("perf")
+                .args([
+                    "stat",
+                    "-a",
+                    "-x,",
+                    "-e",
+                    "exceptions:page_fault_user",
+                    "--",
+                ])
+                .arg(&workload)
+                .args(&wl_args),
+        )?;
+        perf.push(rate_of(&out)?);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (p, t, f) = (median(plain), median(traced), median(perf));
+    let pct = |x: f64| (p / x - 1.0) * 100.0;
+    Ok(format!(
+        "## Fault tracing overhead\n\n\
+         Command: `cargo xtask bench` (workload `pw-faults rate 256 {rounds}`: {faults} faults per run, \
+         median of {reps} interleaved runs)\n\n\
+         | variant | faults/s (median) | slowdown vs untraced |\n|---|---:|---:|\n\
+         | untraced | {p:.0} | 1.00x |\n\
+         | `pagewatch top --events faults` (all processes) | {t:.0} | {rt:.2}x ({pt:+.1}%) |\n\
+         | `perf stat -a -e exceptions:page_fault_user` | {f:.0} | {rf:.2}x ({pf:+.1}%) |\n\n\
+         pagewatch dropped events over all runs: {drops} (default 4 MiB ring buffer).\n",
+        rounds = opts.rounds,
+        faults = opts.rounds * 65536,
+        reps = opts.reps,
+        rt = p / t,
+        pt = pct(t),
+        rf = p / f,
+        pf = pct(f),
+    ))
+}

@@ -1,0 +1,42 @@
+//! `cargo xtask`: the entry point for people and CI. One subcommand per
+//! module: setup (install what is missing), build, run, test, bench.
+
+mod bench;
+mod build;
+mod cmd;
+mod run;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(about = "Build, run, test and benchmark pagewatch")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install what is missing on this Debian machine (idempotent).
+    Setup,
+    /// Set up, then build the eBPF object and pagewatch (release).
+    Build,
+    /// Build, then run pagewatch as root with ARGS (default: `top`).
+    Run(run::Options),
+    /// Build, then run unit tests, lints and the integration suite.
+    Test(test::Options),
+    /// Build, then run the benchmarks and print Markdown for BENCHMARKS.md.
+    Bench(bench::Options),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::run(),
+        Command::Build => build::run(),
+        Command::Run(opts) => run::run(opts),
+        Command::Test(opts) => test::run(opts),
+        Command::Bench(opts) => bench::run(opts),
+    }
+}
