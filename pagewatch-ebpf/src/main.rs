@@ -2,11 +2,13 @@
 //! sharing [`emit`], which applies the tgid filter, copies the fields that
 //! userspace configured for the hook into a [`RawEvent`] and submits it to
 //! the `EVENTS` ring buffer, counting a per-CPU drop when it is full.
+//! Wakeups are batched (see `WAKEUP_BYTES`).
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     EbpfContext as _,
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::{map, tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
@@ -36,6 +38,12 @@ static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_HOOKS, 0);
 /// Set to 1 by userspace (at load time) when `TGIDS` filters per-process hooks.
 #[unsafe(no_mangle)]
 static FILTER_TGIDS: u8 = 0;
+
+/// Wake the collector only once this many bytes wait in `EVENTS` (set at
+/// load time). A wakeup per record costs more than the record itself under
+/// a fault storm; below the threshold the collector drains on its own timer.
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: u64 = 0;
 
 #[inline(always)]
 fn read_field(ctx: &TracePointContext, offset: u16, size: u8) -> u64 {
@@ -91,7 +99,14 @@ fn emit(ctx: &TracePointContext, hook: Hook) -> u32 {
         },
         args,
     });
-    entry.submit(0);
+    // SAFETY: load-time constant, as FILTER_TGIDS.
+    let threshold = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };
+    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= threshold {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(flags.into());
     0
 }
 

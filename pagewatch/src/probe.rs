@@ -23,6 +23,14 @@ use crate::{
 /// The compiled eBPF object, built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pagewatch"));
 
+/// The eBPF side wakes the collector once 1/WAKEUP_FRACTION of the ring
+/// buffer is filled; below that the collector must drain it on a timer, at
+/// least every [`DRAIN_PERIOD`].
+const WAKEUP_FRACTION: u32 = 8;
+
+/// How often the collector drains the ring buffer without a wakeup.
+pub const DRAIN_PERIOD: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// What the caller wants loaded.
 #[derive(Debug, Clone)]
 pub struct ProbeOptions {
@@ -93,10 +101,12 @@ impl Probe {
         }
         let (tracefs, mounted_tracefs) = Tracefs::find_or_mount()?;
         let filter = u8::from(opts.filter_tgids);
+        let wakeup = u64::from(opts.ring_buffer_bytes / WAKEUP_FRACTION);
         let mut ebpf =
             EbpfLoader::new()
                 .map_max_entries("EVENTS", opts.ring_buffer_bytes)
                 .override_global("FILTER_TGIDS", &filter, true)
+                .override_global("WAKEUP_BYTES", &wakeup, true)
                 .load(EBPF_OBJECT)
                 .map_err(|e| match e {
                     aya::EbpfError::MapError(aya::maps::MapError::CreateError {
@@ -152,13 +162,19 @@ impl Probe {
     }
 }
 
-/// Configures and attaches one hook, or says why it cannot be.
-fn attach(
-    ebpf: &mut Ebpf,
-    tracefs: &Tracefs,
-    spec: &HookSpec,
-) -> std::result::Result<AttachedHook, String> {
-    let Some(name) = spec
+/// Where a hook will sit on this kernel and how its fields are laid out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// The tracepoint name chosen among [`HookSpec::names`].
+    pub name: &'static str,
+    pub config: HookConfig,
+    pub layout: FieldLayout,
+}
+
+/// Matches `spec` against the kernel's tracepoints and their formats, or
+/// says in one line why this kernel cannot have it.
+pub fn resolve(tracefs: &Tracefs, spec: &HookSpec) -> std::result::Result<Resolved, String> {
+    let Some(&name) = spec
         .names
         .iter()
         .find(|n| tracefs.has_event(spec.category, n))
@@ -195,6 +211,24 @@ fn attach(
         layout.sizes[i] = field.size;
         layout.signed[i] = field.signed;
     }
+    Ok(Resolved {
+        name,
+        config,
+        layout,
+    })
+}
+
+/// Configures and attaches one hook, or says why it cannot be.
+fn attach(
+    ebpf: &mut Ebpf,
+    tracefs: &Tracefs,
+    spec: &HookSpec,
+) -> std::result::Result<AttachedHook, String> {
+    let Resolved {
+        name,
+        config,
+        layout,
+    } = resolve(tracefs, spec)?;
     let mut hooks: Array<_, HookConfig> = ebpf
         .map_mut("HOOKS")
         .ok_or("eBPF object has no HOOKS map")?
@@ -219,4 +253,51 @@ fn attach(
         tracepoint: format!("{}/{name}", spec.category),
         layout,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hooks::spec;
+    use std::path::Path;
+
+    /// A tracefs tree with the formats of an older kernel: only
+    /// mm_vmscan_writepage (before 5.19), and a kswapd_wake without `order`.
+    fn old_kernel() -> Tracefs {
+        let root = std::env::temp_dir().join(format!("pw-tracefs-{}", std::process::id()));
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("test_data/tracefs");
+        for (event, fixture) in [
+            ("vmscan/mm_vmscan_writepage", "mm_vmscan_writepage.format"),
+            (
+                "vmscan/mm_vmscan_kswapd_wake",
+                "kswapd_wake_no_order.format",
+            ),
+        ] {
+            let dir = root.join("events").join(event);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::copy(fixtures.join(fixture), dir.join("format")).unwrap();
+        }
+        Tracefs::at(root)
+    }
+
+    #[test]
+    fn older_tracepoint_name_is_used_when_the_newer_is_missing() {
+        let r = resolve(&old_kernel(), spec(Hook::WriteFolio)).unwrap();
+        assert_eq!(r.name, "mm_vmscan_writepage");
+        assert_eq!((r.config.offsets[0], r.config.sizes[0]), (8, 8));
+        assert_eq!((r.config.offsets[1], r.layout.signed[1]), (16, true));
+        assert_eq!(r.config.per_process, 0);
+    }
+
+    #[test]
+    fn missing_tracepoint_or_field_is_one_clear_line() {
+        let tracefs = old_kernel();
+        let err = resolve(&tracefs, spec(Hook::PageFaultUser)).unwrap_err();
+        assert_eq!(
+            err,
+            "this kernel has no tracepoint exceptions/page_fault_user"
+        );
+        let err = resolve(&tracefs, spec(Hook::KswapdWake)).unwrap_err();
+        assert!(err.contains("has no field \"order\""), "{err}");
+    }
 }

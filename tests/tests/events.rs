@@ -195,8 +195,9 @@ fn fault_count_is_exact_without_filter() {
     fault_counts_match_the_kernel(false);
 }
 
-/// A one-page ring buffer under a fault storm drops events, counts every
-/// drop, and received + dropped equals the kernel's fault count.
+/// A one-page ring buffer under a fault storm, with the collector stalled
+/// (SIGSTOP) while it happens, drops events, counts every drop, and
+/// received + dropped equals the kernel's fault count.
 #[test]
 fn ring_buffer_drops_are_counted_exactly() {
     if skip_unless_root("ring_buffer_drops_are_counted_exactly") {
@@ -215,7 +216,12 @@ fn ring_buffer_drops_are_counted_exactly() {
         "--interval",
         "5s",
     ]);
+    let pw = tracer.child.id() as i32;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pw, libc::SIGSTOP) };
     let (delta, _) = wl.run_window();
+    // SAFETY: as above.
+    unsafe { libc::kill(pw, libc::SIGCONT) };
     let lines = tracer.stop();
     wl.finish();
     let s = summary(&lines);
