@@ -179,7 +179,7 @@ mod tests {
         assert_eq!((addr.offset, addr.size, addr.signed), (8, 8, false));
         let ec = f.field("error_code").unwrap();
         assert_eq!((ec.offset, ec.size), (24, 8));
-        assert_eq!(f.field("common_pid").unwrap().signed, true);
+        assert!(f.field("common_pid").unwrap().signed);
     }
 
     #[test]

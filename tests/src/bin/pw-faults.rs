@@ -90,7 +90,7 @@ fn window(mib: usize) {
     let before = faults(&mut stat, &mut buf);
     touch(region, len);
     let after = faults(&mut stat, &mut buf);
-    write!(out, "delta {} pages {}\n", after - before, len / PAGE).expect("format");
+    writeln!(out, "delta {} pages {}", after - before, len / PAGE).expect("format");
     std::io::stdout()
         .write_all(out.as_bytes())
         .expect("write result");
