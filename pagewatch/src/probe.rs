@@ -23,13 +23,10 @@ use crate::{
 /// The compiled eBPF object, built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pagewatch"));
 
-/// The eBPF side wakes the collector once 1/WAKEUP_FRACTION of the ring
-/// buffer is filled; below that the collector must drain it on a timer, at
-/// least every [`DRAIN_PERIOD`].
+/// The eBPF side wakes the collector only once 1/WAKEUP_FRACTION of the
+/// ring buffer is filled; below that the collector drains it when it
+/// reports (each interval and at exit).
 const WAKEUP_FRACTION: u32 = 8;
-
-/// How often the collector drains the ring buffer without a wakeup.
-pub const DRAIN_PERIOD: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// What the caller wants loaded.
 #[derive(Debug, Clone)]

@@ -5,11 +5,11 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
-use crate::snapshot::{
+use pagewatch::snapshot::{
     ProcRoot, SnapshotError,
     census::{Census, census},
     columns::PageTable,
@@ -64,7 +64,7 @@ pub struct SnapshotArgs {
     /// List the matching PFN runs, with owners among the selected processes (implies --system).
     #[arg(long)]
     pub list: bool,
-    /// Measure the working set over DURATION (e.g. 5s, 500ms, 2m) via clear_refs.
+    /// Measure the working set over DURATION (e.g. 5s, 500ms) via clear_refs.
     #[arg(long, value_name = "DURATION")]
     pub working_set: Option<String>,
     /// Output format.
@@ -99,26 +99,6 @@ struct Config {
     pause: Option<Duration>,
 }
 
-/// Parse `5s`, `500ms`, `2m`, `1.5` (seconds).
-fn parse_duration(s: &str) -> Result<Duration> {
-    let s = s.trim();
-    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (s, 1.0)
-    };
-    let v: f64 = num
-        .parse()
-        .ok()
-        .filter(|v: &f64| v.is_finite() && *v >= 0.0)
-        .with_context(|| format!("invalid duration {s:?} (use e.g. 5s, 500ms, 2m)"))?;
-    Ok(Duration::from_secs_f64(v * mult))
-}
-
 impl TryFrom<SnapshotArgs> for Config {
     type Error = anyhow::Error;
     fn try_from(a: SnapshotArgs) -> Result<Self> {
@@ -141,7 +121,12 @@ impl TryFrom<SnapshotArgs> for Config {
         if selection.is_none() && !system {
             bail!("nothing to snapshot: give --pid, --comm, --cgroup, --all or --system");
         }
-        let working_set = a.working_set.as_deref().map(parse_duration).transpose()?;
+        let working_set = a
+            .working_set
+            .as_deref()
+            .map(super::parse_duration)
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
         if working_set.is_some() && selection.is_none() {
             bail!("--working-set needs processes (--pid, --comm, --cgroup or --all)");
         }
@@ -444,18 +429,5 @@ fn print_table(o: &Output) {
     }
     for n in &o.notes {
         eprintln!("note: {n}");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
-        assert!(parse_duration("soon").is_err());
     }
 }

@@ -16,7 +16,7 @@ use pagewatch::{
     error::Error,
     event::Decoder,
     hooks::{self, Family},
-    probe::{DRAIN_PERIOD, Probe, ProbeOptions},
+    probe::{Probe, ProbeOptions},
     proc::{CommCache, ProcRoot},
 };
 use pagewatch_common::hook::Hook;
@@ -232,8 +232,6 @@ impl Session {
             }
         };
         tokio::pin!(stop);
-        let mut drain_timer = tokio::time::interval(DRAIN_PERIOD);
-        drain_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let ring = self
             .ring
             .take()
@@ -250,7 +248,6 @@ impl Session {
                     self.drain(guard.get_inner_mut());
                     guard.clear_ready();
                 }
-                _ = drain_timer.tick() => self.drain(ring.get_mut()),
                 _ = ticker.tick() => {
                     self.drain(ring.get_mut());
                     self.report_interval()?;
