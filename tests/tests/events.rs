@@ -249,30 +249,60 @@ fn ring_buffer_drops_are_counted_exactly() {
     );
 }
 
-/// A memory cgroup v1 with a small limit, removed on drop.
+/// A memory cgroup with a small limit, removed on drop: v1 where the memory
+/// controller is mounted there (these hosts), else v2 (enabling the memory
+/// controller in the parent's subtree_control for the test, and restoring it).
 struct MemCgroup {
     dir: std::path::PathBuf,
+    /// The v2 parent whose subtree_control we changed.
+    enabled_in: Option<std::path::PathBuf>,
 }
 
 impl MemCgroup {
     fn create(limit: u64) -> Option<Self> {
-        let base = std::path::Path::new("/sys/fs/cgroup/memory");
-        if !base.join("memory.limit_in_bytes").exists() {
+        let name = format!("pagewatch-test-{}", std::process::id());
+        let v1 = std::path::Path::new("/sys/fs/cgroup/memory");
+        if v1.join("memory.limit_in_bytes").exists() {
+            let cg = Self {
+                dir: v1.join(name),
+                enabled_in: None,
+            };
+            std::fs::create_dir_all(&cg.dir).expect("create memory cgroup");
+            std::fs::write(cg.dir.join("memory.limit_in_bytes"), limit.to_string())
+                .expect("set memory.limit_in_bytes");
+            return Some(cg);
+        }
+        let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+        let root = mounts.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| std::path::PathBuf::from(f[1]))
+        })?;
+        let controllers = std::fs::read_to_string(root.join("cgroup.controllers")).ok()?;
+        if !controllers.split_whitespace().any(|c| c == "memory") {
             return None;
         }
-        let dir = base.join(format!("pagewatch-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create memory cgroup");
-        let cg = Self { dir };
-        std::fs::write(cg.dir.join("memory.limit_in_bytes"), limit.to_string())
-            .expect("set memory.limit_in_bytes");
+        let subtree = std::fs::read_to_string(root.join("cgroup.subtree_control")).ok()?;
+        let mut cg = Self {
+            dir: root.join(name),
+            enabled_in: None,
+        };
+        if !subtree.split_whitespace().any(|c| c == "memory") {
+            std::fs::write(root.join("cgroup.subtree_control"), "+memory")
+                .expect("enable the memory controller");
+            cg.enabled_in = Some(root.clone());
+        }
+        std::fs::create_dir_all(&cg.dir).expect("create memory cgroup");
+        std::fs::write(cg.dir.join("memory.max"), limit.to_string()).expect("set memory.max");
         Some(cg)
     }
 }
 
 impl Drop for MemCgroup {
     fn drop(&mut self) {
-        let _ = std::fs::write(self.dir.join("memory.force_empty"), "0");
         let _ = std::fs::remove_dir(&self.dir);
+        if let Some(parent) = &self.enabled_in {
+            let _ = std::fs::write(parent.join("cgroup.subtree_control"), "-memory");
+        }
     }
 }
 
@@ -286,10 +316,7 @@ fn memcg_reclaim_totals_match_vmstat() {
         return;
     }
     let Some(cg) = MemCgroup::create(64 << 20) else {
-        pagewatch_tests::skip(
-            name,
-            "no cgroup v1 memory controller at /sys/fs/cgroup/memory",
-        );
+        pagewatch_tests::skip(name, "no memory cgroup controller (v1 or v2)");
         return;
     };
     let file =
