@@ -4,9 +4,13 @@
 //! and its own size, so a reader can skip hooks it does not know and records
 //! from newer programs stay readable.
 
-/// How many tracepoint fields one record carries. Which fields they are is
+/// The most tracepoint fields one record carries. Which fields they are is
 /// decided per hook by userspace (see [`crate::hook::HookConfig`]).
-pub const MAX_ARGS: usize = 4;
+pub const MAX_ARGS: usize = 6;
+
+/// Fields in a narrow record: enough for faults and reclaim, which are the
+/// high-volume hooks and so get the smaller record.
+pub const NARROW_ARGS: usize = 4;
 
 /// Header of every ring-buffer record (24 bytes, no padding).
 #[repr(C)]
@@ -26,23 +30,30 @@ pub struct EventHeader {
     pub tid: u32,
 }
 
-/// A tracepoint record: the header plus up to [`MAX_ARGS`] raw field values,
-/// zero-extended to 64 bits (userspace sign-extends signed fields).
+/// A tracepoint record: the header plus `N` raw field values, zero-extended
+/// to 64 bits (userspace sign-extends signed fields). The header's `size`
+/// says which `N` a record has.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RawEvent {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawEvent<const N: usize> {
     pub header: EventHeader,
-    pub args: [u64; MAX_ARGS],
+    pub args: [u64; N],
 }
 
-/// Size of a [`RawEvent`] as written into the ring buffer.
-pub const RAW_EVENT_SIZE: usize = core::mem::size_of::<RawEvent>();
+/// The record of hooks with at most [`NARROW_ARGS`] fields (56 bytes).
+pub type NarrowEvent = RawEvent<NARROW_ARGS>;
+/// The record of hooks with more fields (72 bytes).
+pub type WideEvent = RawEvent<MAX_ARGS>;
+
+/// Size of the header, which every record starts with.
+pub const HEADER_SIZE: usize = core::mem::size_of::<EventHeader>();
 
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: both are repr(C), Copy, and have no padding (asserted below).
     unsafe impl aya::Pod for super::EventHeader {}
-    unsafe impl aya::Pod for super::RawEvent {}
+    unsafe impl<const N: usize> aya::Pod for super::RawEvent<N> {}
     const _: () = assert!(core::mem::size_of::<super::EventHeader>() == 24);
-    const _: () = assert!(core::mem::size_of::<super::RawEvent>() == 24 + 8 * super::MAX_ARGS);
+    const _: () = assert!(core::mem::size_of::<super::NarrowEvent>() == 56);
+    const _: () = assert!(core::mem::size_of::<super::WideEvent>() == 72);
 }

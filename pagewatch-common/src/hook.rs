@@ -32,11 +32,54 @@ pub enum Hook {
     LruShrinkInactive = 7,
     /// `vmscan/mm_vmscan_write_folio` (`mm_vmscan_writepage` before 5.19): pfn, reclaim_flags.
     WriteFolio = 8,
+    /// `huge_memory/mm_khugepaged_scan_pmd` (khugepaged and MADV_COLLAPSE):
+    /// mm, pfn, referenced, none_or_zero, status, unmapped.
+    ScanPmd = 9,
+    /// `huge_memory/mm_collapse_huge_page`: mm, isolated, status.
+    CollapseHugePage = 10,
+    /// `huge_memory/mm_collapse_huge_page_isolate`: pfn, none_or_zero, referenced, status.
+    CollapseIsolate = 11,
+    /// `huge_memory/mm_collapse_huge_page_swapin`: mm, swapped_in, referenced, ret.
+    CollapseSwapin = 12,
+    /// `huge_memory/mm_khugepaged_scan_file`: mm, pfn, present, swap, result.
+    ScanFile = 13,
+    /// `huge_memory/mm_khugepaged_collapse_file`: mm, hpfn, index, addr, nr, result.
+    CollapseFile = 14,
+    /// `compaction/mm_compaction_begin`: zone_start, migrate_pfn, free_pfn, zone_end.
+    CompactionBegin = 15,
+    /// `compaction/mm_compaction_end`: zone_start, migrate_pfn, free_pfn, zone_end, status.
+    CompactionEnd = 16,
+    /// `compaction/mm_compaction_migratepages`: nr_migrated, nr_failed.
+    CompactionMigrate = 17,
+    /// `migrate/mm_migrate_pages`: succeeded, failed, thp_succeeded, thp_failed, mode, reason.
+    MigratePages = 18,
+    /// `migrate/set_migration_pte`: addr, pte, order.
+    SetMigrationPte = 19,
+    /// `migrate/remove_migration_pte`: addr, pte, order.
+    RemoveMigrationPte = 20,
+    /// `ksm/ksm_merge_one_page`: pfn, mm, err.
+    KsmMergeOne = 21,
+    /// `ksm/ksm_merge_with_ksm_page`: pfn, mm, err.
+    KsmMergeWithKsm = 22,
+    /// `ksm/ksm_remove_ksm_page`: pfn.
+    KsmRemove = 23,
+    /// `oom/mark_victim`: pid, anon_rss, file_rss, shmem_rss (pages).
+    OomVictim = 24,
+    /// `sched/sched_process_fork`: parent_pid, child_pid.
+    ProcessFork = 25,
+    /// `sched/sched_process_exec`: pid, old_pid.
+    ProcessExec = 26,
+    /// `sched/sched_process_exit`: pid, group_dead (6.10+; 0 before), comm.
+    ProcessExit = 27,
+    /// `kmem/mm_page_alloc`: pfn, order, gfp_flags, migratetype (opt-in: high volume).
+    PageAlloc = 28,
+    /// `kmem/mm_page_free`: pfn, order (opt-in: high volume).
+    PageFree = 29,
 }
 
 impl Hook {
     /// Every hook, in discriminant order.
-    pub const ALL: [Hook; 9] = [
+    pub const ALL: [Hook; 30] = [
         Hook::PageFaultUser,
         Hook::KswapdWake,
         Hook::KswapdSleep,
@@ -46,6 +89,27 @@ impl Hook {
         Hook::MemcgReclaimEnd,
         Hook::LruShrinkInactive,
         Hook::WriteFolio,
+        Hook::ScanPmd,
+        Hook::CollapseHugePage,
+        Hook::CollapseIsolate,
+        Hook::CollapseSwapin,
+        Hook::ScanFile,
+        Hook::CollapseFile,
+        Hook::CompactionBegin,
+        Hook::CompactionEnd,
+        Hook::CompactionMigrate,
+        Hook::MigratePages,
+        Hook::SetMigrationPte,
+        Hook::RemoveMigrationPte,
+        Hook::KsmMergeOne,
+        Hook::KsmMergeWithKsm,
+        Hook::KsmRemove,
+        Hook::OomVictim,
+        Hook::ProcessFork,
+        Hook::ProcessExec,
+        Hook::ProcessExit,
+        Hook::PageAlloc,
+        Hook::PageFree,
     ];
 
     /// The hook with discriminant `value`, if there is one.
@@ -57,7 +121,7 @@ impl Hook {
 /// Number of slots in the per-hook maps; room for hooks added later.
 pub const MAX_HOOKS: u32 = 64;
 
-/// Where one hook's fields live in its tracepoint record (16 bytes).
+/// Where one hook's fields live in its tracepoint record (20 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HookConfig {
@@ -68,12 +132,14 @@ pub struct HookConfig {
     /// 1: record only tasks whose tgid is in the `TGIDS` filter map (when
     /// filtering is on); 0: always record (system-wide events such as kswapd).
     pub per_process: u8,
-    pub _pad: [u8; 3],
+    /// 1: the hook uses more than [`crate::event::NARROW_ARGS`] fields and
+    /// writes a [`crate::event::WideEvent`]; 0: a [`crate::event::NarrowEvent`].
+    pub wide: u8,
 }
 
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: repr(C), Copy, no padding (asserted below).
     unsafe impl aya::Pod for super::HookConfig {}
-    const _: () = assert!(core::mem::size_of::<super::HookConfig>() == 16);
+    const _: () = assert!(core::mem::size_of::<super::HookConfig>() == 20);
 }

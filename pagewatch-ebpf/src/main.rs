@@ -1,6 +1,7 @@
 //! pagewatch's eBPF programs: one classic tracepoint program per hook, all
 //! sharing [`emit`], which applies the tgid filter, copies the fields that
-//! userspace configured for the hook into a [`RawEvent`] and submits it to
+//! userspace configured for the hook into a narrow or wide [`RawEvent`] and
+//! submits it to
 //! the `EVENTS` ring buffer, counting a per-CPU drop when it is full.
 //! Wakeups are batched (see `WAKEUP_BYTES`).
 #![no_std]
@@ -15,7 +16,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use pagewatch_common::{
-    event::{EventHeader, MAX_ARGS, RAW_EVENT_SIZE, RawEvent},
+    event::{EventHeader, MAX_ARGS, NARROW_ARGS, RawEvent},
     hook::{Hook, HookConfig, MAX_HOOKS},
 };
 
@@ -76,21 +77,31 @@ fn emit(ctx: &TracePointContext, hook: Hook) -> u32 {
     if filtering && cfg.per_process != 0 && unsafe { TGIDS.get(&tgid) }.is_none() {
         return 0;
     }
-    let Some(mut entry) = EVENTS.reserve::<RawEvent>(0) else {
-        if let Some(drops) = DROPS.get_ptr_mut(index) {
+    if cfg.wide != 0 {
+        submit::<MAX_ARGS>(ctx, hook, cfg, tgid)
+    } else {
+        submit::<NARROW_ARGS>(ctx, hook, cfg, tgid)
+    }
+}
+
+/// Reserves, fills and submits one `RawEvent<N>`, or counts a drop.
+#[inline(always)]
+fn submit<const N: usize>(ctx: &TracePointContext, hook: Hook, cfg: &HookConfig, tgid: u32) -> u32 {
+    let Some(mut entry) = EVENTS.reserve::<RawEvent<N>>(0) else {
+        if let Some(drops) = DROPS.get_ptr_mut(hook as u32) {
             // SAFETY: per-CPU slot, no concurrent writer on this CPU.
             unsafe { *drops += 1 };
         }
         return 0;
     };
-    let mut args = [0u64; MAX_ARGS];
+    let mut args = [0u64; N];
     for (i, arg) in args.iter_mut().enumerate() {
         *arg = read_field(ctx, cfg.offsets[i], cfg.sizes[i]);
     }
     entry.write(RawEvent {
         header: EventHeader {
             hook: hook as u16,
-            size: RAW_EVENT_SIZE as u16,
+            size: core::mem::size_of::<RawEvent<N>>() as u16,
             // SAFETY: plain helper calls.
             cpu: unsafe { bpf_get_smp_processor_id() },
             ts_ns: unsafe { bpf_ktime_get_ns() },
@@ -110,49 +121,47 @@ fn emit(ctx: &TracePointContext, hook: Hook) -> u32 {
     0
 }
 
-#[tracepoint]
-pub fn page_fault_user(ctx: TracePointContext) -> u32 {
-    emit(&ctx, Hook::PageFaultUser)
+/// One `#[tracepoint]` program per hook, all calling [`emit`].
+macro_rules! programs {
+    ($($name:ident => $hook:ident),* $(,)?) => {$(
+        #[tracepoint]
+        pub fn $name(ctx: TracePointContext) -> u32 {
+            emit(&ctx, Hook::$hook)
+        }
+    )*};
 }
 
-#[tracepoint]
-pub fn kswapd_wake(ctx: TracePointContext) -> u32 {
-    emit(&ctx, Hook::KswapdWake)
-}
-
-#[tracepoint]
-pub fn kswapd_sleep(ctx: TracePointContext) -> u32 {
-    emit(&ctx, Hook::KswapdSleep)
-}
-
-#[tracepoint]
-pub fn direct_reclaim_begin(ctx: TracePointContext) -> u32 {
-    emit(&ctx, Hook::DirectReclaimBegin)
-}
-
-#[tracepoint]
-pub fn direct_reclaim_end(ctx: TracePointContext) -> u32 {
-    emit(&ctx, Hook::DirectReclaimEnd)
-}
-
-#[tracepoint]
-pub fn memcg_reclaim_begin(ctx: TracePointContext) -> u32 {
-    emit(&ctx, Hook::MemcgReclaimBegin)
-}
-
-#[tracepoint]
-pub fn memcg_reclaim_end(ctx: TracePointContext) -> u32 {
-    emit(&ctx, Hook::MemcgReclaimEnd)
-}
-
-#[tracepoint]
-pub fn lru_shrink_inactive(ctx: TracePointContext) -> u32 {
-    emit(&ctx, Hook::LruShrinkInactive)
-}
-
-#[tracepoint]
-pub fn write_folio(ctx: TracePointContext) -> u32 {
-    emit(&ctx, Hook::WriteFolio)
+programs! {
+    page_fault_user => PageFaultUser,
+    kswapd_wake => KswapdWake,
+    kswapd_sleep => KswapdSleep,
+    direct_reclaim_begin => DirectReclaimBegin,
+    direct_reclaim_end => DirectReclaimEnd,
+    memcg_reclaim_begin => MemcgReclaimBegin,
+    memcg_reclaim_end => MemcgReclaimEnd,
+    lru_shrink_inactive => LruShrinkInactive,
+    write_folio => WriteFolio,
+    scan_pmd => ScanPmd,
+    collapse_huge_page => CollapseHugePage,
+    collapse_isolate => CollapseIsolate,
+    collapse_swapin => CollapseSwapin,
+    scan_file => ScanFile,
+    collapse_file => CollapseFile,
+    compaction_begin => CompactionBegin,
+    compaction_end => CompactionEnd,
+    compaction_migrate => CompactionMigrate,
+    migrate_pages => MigratePages,
+    set_migration_pte => SetMigrationPte,
+    remove_migration_pte => RemoveMigrationPte,
+    ksm_merge_one => KsmMergeOne,
+    ksm_merge_with_ksm => KsmMergeWithKsm,
+    ksm_remove => KsmRemove,
+    oom_victim => OomVictim,
+    process_fork => ProcessFork,
+    process_exec => ProcessExec,
+    process_exit => ProcessExit,
+    page_alloc => PageAlloc,
+    page_free => PageFree,
 }
 
 #[cfg(not(test))]

@@ -46,6 +46,34 @@ pub struct ProcessStats {
     pub faults: FaultStats,
     #[serde(flatten)]
     pub reclaim: ReclaimStats,
+    /// PMD ranges scanned / collapsed into THPs in this process's own
+    /// context (MADV_COLLAPSE; khugepaged's work counts under khugepaged).
+    pub thp_scans: u64,
+    pub thp_collapses: u64,
+}
+
+/// THP, compaction, migration, KSM, OOM and process-tree counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PageEventStats {
+    /// huge_memory: PMD ranges scanned (anon + file) and collapse outcomes.
+    pub thp_scans: u64,
+    pub thp_collapses: u64,
+    pub thp_collapse_failed: u64,
+    /// compaction: runs ended, pages migrated / failed by compaction.
+    pub compactions: u64,
+    pub compaction_migrated: u64,
+    pub compaction_failed: u64,
+    /// migrate: pages migrated / failed by any migrate_pages() call.
+    pub pages_migrated: u64,
+    pub migrate_failed: u64,
+    pub ksm_merges: u64,
+    pub oom_kills: u64,
+    pub forks: u64,
+    pub execs: u64,
+    pub exits: u64,
+    /// kmem (opt-in): pages allocated / freed (4 KiB units).
+    pub pages_allocated: u64,
+    pub pages_freed: u64,
 }
 
 /// System-wide reclaim figures.
@@ -61,6 +89,8 @@ pub struct SystemStats {
     pub pages_reclaimed: u64,
     /// Folios written out by reclaim (mm_vmscan_write_folio).
     pub pages_written: u64,
+    #[serde(flatten)]
+    pub page_events: PageEventStats,
 }
 
 /// Everything counted over one interval (or a whole run).
@@ -69,6 +99,9 @@ pub struct Tally {
     pub events: u64,
     pub processes: BTreeMap<u32, ProcessStats>,
     pub system: SystemStats,
+    /// khugepaged/MADV_COLLAPSE scan results by the kernel's status code:
+    /// why ranges did (1) or did not collapse.
+    pub scan_status: BTreeMap<i64, u64>,
 }
 
 impl Tally {
@@ -78,6 +111,11 @@ impl Tally {
             let t = self.processes.entry(*pid).or_default();
             add_faults(&mut t.faults, &s.faults);
             add_reclaim(&mut t.reclaim, &s.reclaim);
+            t.thp_scans += s.thp_scans;
+            t.thp_collapses += s.thp_collapses;
+        }
+        for (status, n) in &other.scan_status {
+            *self.scan_status.entry(*status).or_default() += n;
         }
         let (t, s) = (&mut self.system, &other.system);
         add_reclaim(&mut t.reclaim, &s.reclaim);
@@ -86,7 +124,26 @@ impl Tally {
         t.pages_scanned += s.pages_scanned;
         t.pages_reclaimed += s.pages_reclaimed;
         t.pages_written += s.pages_written;
+        add_page_events(&mut t.page_events, &s.page_events);
     }
+}
+
+fn add_page_events(t: &mut PageEventStats, s: &PageEventStats) {
+    t.thp_scans += s.thp_scans;
+    t.thp_collapses += s.thp_collapses;
+    t.thp_collapse_failed += s.thp_collapse_failed;
+    t.compactions += s.compactions;
+    t.compaction_migrated += s.compaction_migrated;
+    t.compaction_failed += s.compaction_failed;
+    t.pages_migrated += s.pages_migrated;
+    t.migrate_failed += s.migrate_failed;
+    t.ksm_merges += s.ksm_merges;
+    t.oom_kills += s.oom_kills;
+    t.forks += s.forks;
+    t.execs += s.execs;
+    t.exits += s.exits;
+    t.pages_allocated += s.pages_allocated;
+    t.pages_freed += s.pages_freed;
 }
 
 fn add_faults(t: &mut FaultStats, s: &FaultStats) {
@@ -185,6 +242,66 @@ impl Aggregator {
                 self.current.system.pages_reclaimed += nr_reclaimed;
             }
             EventKind::WriteFolio { .. } => self.current.system.pages_written += 1,
+            EventKind::ScanPmd { status, .. } => {
+                self.current.system.page_events.thp_scans += 1;
+                *self.current.scan_status.entry(status).or_default() += 1;
+                self.current.processes.entry(e.tgid).or_default().thp_scans += 1;
+            }
+            EventKind::ScanFile { .. } => self.current.system.page_events.thp_scans += 1,
+            // khugepaged's result codes: 1 is SCAN_SUCCEED on every 6.x kernel.
+            EventKind::CollapseHugePage { status, .. } => self.collapse(e.tgid, status == 1),
+            EventKind::CollapseFile { result, .. } => self.collapse(e.tgid, result == 1),
+            EventKind::CollapseIsolate { .. }
+            | EventKind::CollapseSwapin { .. }
+            | EventKind::CompactionBegin { .. }
+            | EventKind::SetMigrationPte { .. }
+            | EventKind::RemoveMigrationPte { .. }
+            | EventKind::KsmRemove { .. } => {}
+            EventKind::CompactionEnd { .. } => self.current.system.page_events.compactions += 1,
+            EventKind::CompactionMigrate {
+                nr_migrated,
+                nr_failed,
+            } => {
+                let p = &mut self.current.system.page_events;
+                p.compaction_migrated += nr_migrated;
+                p.compaction_failed += nr_failed;
+            }
+            EventKind::MigratePages {
+                succeeded, failed, ..
+            } => {
+                let p = &mut self.current.system.page_events;
+                p.pages_migrated += succeeded;
+                p.migrate_failed += failed;
+            }
+            EventKind::KsmMerge { err, .. } => {
+                if err == 0 {
+                    self.current.system.page_events.ksm_merges += 1;
+                }
+            }
+            EventKind::OomVictim { .. } => self.current.system.page_events.oom_kills += 1,
+            EventKind::ProcessFork { .. } => self.current.system.page_events.forks += 1,
+            EventKind::ProcessExec { .. } => self.current.system.page_events.execs += 1,
+            EventKind::ProcessExit { .. } => self.current.system.page_events.exits += 1,
+            EventKind::PageAlloc { order, .. } => {
+                self.current.system.page_events.pages_allocated += 1 << order.min(20)
+            }
+            EventKind::PageFree { order, .. } => {
+                self.current.system.page_events.pages_freed += 1 << order.min(20)
+            }
+        }
+    }
+
+    fn collapse(&mut self, tgid: u32, ok: bool) {
+        let p = &mut self.current.system.page_events;
+        if ok {
+            p.thp_collapses += 1;
+            self.current
+                .processes
+                .entry(tgid)
+                .or_default()
+                .thp_collapses += 1;
+        } else {
+            p.thp_collapse_failed += 1;
         }
     }
 

@@ -5,11 +5,14 @@
 //! decoder how to widen them back.
 
 use pagewatch_common::{
-    event::{EventHeader, MAX_ARGS, RAW_EVENT_SIZE, RawEvent},
+    event::{EventHeader, HEADER_SIZE, MAX_ARGS},
     hook::Hook,
 };
 
-use crate::probe::{AttachedHook, FieldLayout};
+use crate::{
+    probe::{AttachedHook, FieldLayout},
+    tracefs::EventFormat,
+};
 
 /// x86 page fault error code bits (arch/x86/include/asm/trap_pf.h).
 pub mod fault_bits {
@@ -71,6 +74,125 @@ pub enum EventKind {
         pfn: u64,
         reclaim_flags: i64,
     },
+    /// A PMD range scanned for collapse (khugepaged or MADV_COLLAPSE);
+    /// `status` is the kernel's `scan_result` code ([`Decoder::symbol`] names it).
+    ScanPmd {
+        mm: u64,
+        pfn: u64,
+        referenced: i64,
+        none_or_zero: i64,
+        status: i64,
+        unmapped: i64,
+    },
+    /// An anonymous collapse attempt finished; status 1 is success.
+    CollapseHugePage {
+        mm: u64,
+        isolated: i64,
+        status: i64,
+    },
+    CollapseIsolate {
+        pfn: u64,
+        none_or_zero: i64,
+        referenced: i64,
+        status: i64,
+    },
+    CollapseSwapin {
+        mm: u64,
+        swapped_in: i64,
+        referenced: i64,
+        ret: i64,
+    },
+    ScanFile {
+        mm: u64,
+        pfn: u64,
+        present: i64,
+        swap: i64,
+        result: i64,
+    },
+    CollapseFile {
+        mm: u64,
+        hpfn: u64,
+        index: u64,
+        addr: u64,
+        nr: i64,
+        result: i64,
+    },
+    CompactionBegin {
+        zone_start: u64,
+        migrate_pfn: u64,
+        free_pfn: u64,
+        zone_end: u64,
+    },
+    CompactionEnd {
+        zone_start: u64,
+        migrate_pfn: u64,
+        free_pfn: u64,
+        zone_end: u64,
+        status: i64,
+    },
+    CompactionMigrate {
+        nr_migrated: u64,
+        nr_failed: u64,
+    },
+    /// One migrate_pages() call; `reason` is the kernel's `migrate_reason`.
+    MigratePages {
+        succeeded: u64,
+        failed: u64,
+        thp_succeeded: u64,
+        thp_failed: u64,
+        mode: u64,
+        reason: i64,
+    },
+    SetMigrationPte {
+        addr: u64,
+        order: i64,
+    },
+    RemoveMigrationPte {
+        addr: u64,
+        order: i64,
+    },
+    KsmMerge {
+        pfn: u64,
+        mm: u64,
+        err: i64,
+        /// Merged with an existing KSM page rather than a new pair.
+        with_ksm_page: bool,
+    },
+    KsmRemove {
+        pfn: u64,
+    },
+    /// OOM killer chose `pid`; rss fields are pages (0 before 6.2).
+    OomVictim {
+        pid: i64,
+        anon_rss: u64,
+        file_rss: u64,
+        shmem_rss: u64,
+    },
+    ProcessFork {
+        parent_pid: i64,
+        child_pid: i64,
+    },
+    ProcessExec {
+        pid: i64,
+        old_pid: i64,
+    },
+    /// A thread exited; `group_dead` (6.10+, else 0) marks the last thread.
+    ProcessExit {
+        pid: i64,
+        group_dead: u64,
+        /// The task's comm, NUL-padded.
+        comm: [u8; 16],
+    },
+    PageAlloc {
+        pfn: u64,
+        order: u64,
+        gfp_flags: u64,
+        migratetype: i64,
+    },
+    PageFree {
+        pfn: u64,
+        order: u64,
+    },
 }
 
 /// Why a record could not be decoded.
@@ -91,26 +213,36 @@ pub enum DecodeError {
 #[derive(Debug, Clone, Default)]
 pub struct Decoder {
     layouts: Vec<Option<FieldLayout>>,
+    formats: Vec<Option<EventFormat>>,
 }
 
 impl Decoder {
     /// A decoder for the hooks in `attached`.
     pub fn new(attached: &[AttachedHook]) -> Self {
         let mut layouts = vec![None; Hook::ALL.len()];
+        let mut formats = vec![None; Hook::ALL.len()];
         for a in attached {
             layouts[a.hook as usize] = Some(a.layout);
+            formats[a.hook as usize] = Some(a.format.clone());
         }
-        Self { layouts }
+        Self { layouts, formats }
     }
 
-    /// Decodes one ring-buffer record.
+    /// The running kernel's name for code `value` of `field` of `hook`
+    /// (e.g. khugepaged's `status` 5 is `exceed_none_pte` on 6.18).
+    pub fn symbol(&self, hook: Hook, field: &str, value: i64) -> Option<&str> {
+        self.formats[hook as usize].as_ref()?.symbol(field, value)
+    }
+
+    /// Decodes one ring-buffer record (narrow or wide, by its header's size).
     pub fn decode(&self, bytes: &[u8]) -> Result<Event, DecodeError> {
-        if bytes.len() < RAW_EVENT_SIZE {
-            return Err(DecodeError::Truncated { len: bytes.len() });
+        let truncated = DecodeError::Truncated { len: bytes.len() };
+        if bytes.len() < HEADER_SIZE {
+            return Err(truncated);
         }
-        // SAFETY: RawEvent is Pod and the slice holds at least its size;
+        // SAFETY: EventHeader is Pod and the slice holds at least its size;
         // read_unaligned copes with any alignment.
-        let raw: RawEvent = unsafe { bytes.as_ptr().cast::<RawEvent>().read_unaligned() };
+        let header: EventHeader = unsafe { bytes.as_ptr().cast::<EventHeader>().read_unaligned() };
         let EventHeader {
             hook,
             size,
@@ -118,13 +250,18 @@ impl Decoder {
             ts_ns,
             tgid,
             tid,
-        } = raw.header;
-        if usize::from(size) > bytes.len() {
-            return Err(DecodeError::Truncated { len: bytes.len() });
+        } = header;
+        let size = usize::from(size);
+        if size > bytes.len() || size < HEADER_SIZE {
+            return Err(truncated);
+        }
+        let mut raw = [0u64; MAX_ARGS];
+        for (slot, chunk) in raw.iter_mut().zip(bytes[HEADER_SIZE..size].chunks_exact(8)) {
+            *slot = u64::from_ne_bytes(chunk.try_into().expect("8-byte chunk"));
         }
         let hook = Hook::from_u16(hook).ok_or(DecodeError::UnknownHook(hook))?;
         let layout = self.layouts[hook as usize].ok_or(DecodeError::NotAttached(hook))?;
-        let a = widen(&raw.args, &layout);
+        let a = widen(&raw, &layout);
         let s = |i: usize| a[i] as i64;
         let kind = match hook {
             Hook::PageFaultUser => EventKind::PageFault {
@@ -157,6 +294,120 @@ impl Decoder {
                 pfn: a[0],
                 reclaim_flags: s(1),
             },
+            Hook::ScanPmd => EventKind::ScanPmd {
+                mm: a[0],
+                pfn: a[1],
+                referenced: s(2),
+                none_or_zero: s(3),
+                status: s(4),
+                unmapped: s(5),
+            },
+            Hook::CollapseHugePage => EventKind::CollapseHugePage {
+                mm: a[0],
+                isolated: s(1),
+                status: s(2),
+            },
+            Hook::CollapseIsolate => EventKind::CollapseIsolate {
+                pfn: a[0],
+                none_or_zero: s(1),
+                referenced: s(2),
+                status: s(3),
+            },
+            Hook::CollapseSwapin => EventKind::CollapseSwapin {
+                mm: a[0],
+                swapped_in: s(1),
+                referenced: s(2),
+                ret: s(3),
+            },
+            Hook::ScanFile => EventKind::ScanFile {
+                mm: a[0],
+                pfn: a[1],
+                present: s(2),
+                swap: s(3),
+                result: s(4),
+            },
+            Hook::CollapseFile => EventKind::CollapseFile {
+                mm: a[0],
+                hpfn: a[1],
+                index: a[2],
+                addr: a[3],
+                nr: s(4),
+                result: s(5),
+            },
+            Hook::CompactionBegin => EventKind::CompactionBegin {
+                zone_start: a[0],
+                migrate_pfn: a[1],
+                free_pfn: a[2],
+                zone_end: a[3],
+            },
+            Hook::CompactionEnd => EventKind::CompactionEnd {
+                zone_start: a[0],
+                migrate_pfn: a[1],
+                free_pfn: a[2],
+                zone_end: a[3],
+                status: s(4),
+            },
+            Hook::CompactionMigrate => EventKind::CompactionMigrate {
+                nr_migrated: a[0],
+                nr_failed: a[1],
+            },
+            Hook::MigratePages => EventKind::MigratePages {
+                succeeded: a[0],
+                failed: a[1],
+                thp_succeeded: a[2],
+                thp_failed: a[3],
+                mode: a[4],
+                reason: s(5),
+            },
+            Hook::SetMigrationPte => EventKind::SetMigrationPte {
+                addr: a[0],
+                order: s(2),
+            },
+            Hook::RemoveMigrationPte => EventKind::RemoveMigrationPte {
+                addr: a[0],
+                order: s(2),
+            },
+            Hook::KsmMergeOne | Hook::KsmMergeWithKsm => EventKind::KsmMerge {
+                pfn: a[0],
+                mm: a[1],
+                err: s(2),
+                with_ksm_page: hook == Hook::KsmMergeWithKsm,
+            },
+            Hook::KsmRemove => EventKind::KsmRemove { pfn: a[0] },
+            Hook::OomVictim => EventKind::OomVictim {
+                pid: s(0),
+                anon_rss: a[1],
+                file_rss: a[2],
+                shmem_rss: a[3],
+            },
+            Hook::ProcessFork => EventKind::ProcessFork {
+                parent_pid: s(0),
+                child_pid: s(1),
+            },
+            Hook::ProcessExec => EventKind::ProcessExec {
+                pid: s(0),
+                old_pid: s(1),
+            },
+            Hook::ProcessExit => {
+                let mut comm = [0u8; 16];
+                comm[..8].copy_from_slice(&a[2].to_ne_bytes());
+                comm[8..].copy_from_slice(&a[3].to_ne_bytes());
+                EventKind::ProcessExit {
+                    pid: s(0),
+                    group_dead: a[1],
+                    comm,
+                }
+            }
+            Hook::PageAlloc => EventKind::PageAlloc {
+                pfn: a[0],
+                order: a[1],
+                gfp_flags: a[2],
+                migratetype: s(3),
+            },
+            Hook::PageFree => EventKind::PageFree {
+                pfn: a[0],
+                order: a[1],
+            },
         };
         Ok(Event {
             ts_ns,
@@ -185,11 +436,14 @@ fn widen(args: &[u64; MAX_ARGS], layout: &FieldLayout) -> [u64; MAX_ARGS] {
 mod tests {
     use super::*;
 
-    fn record(hook: Hook, args: [u64; MAX_ARGS]) -> Vec<u8> {
+    use pagewatch_common::event::{NARROW_ARGS, RawEvent};
+
+    fn record<const N: usize>(hook: Hook, args: [u64; N]) -> Vec<u8> {
+        let size = std::mem::size_of::<RawEvent<N>>();
         let raw = RawEvent {
             header: EventHeader {
                 hook: hook as u16,
-                size: RAW_EVENT_SIZE as u16,
+                size: size as u16,
                 cpu: 1,
                 ts_ns: 42,
                 tgid: 7,
@@ -198,17 +452,16 @@ mod tests {
             args,
         };
         // SAFETY: RawEvent is Pod.
-        unsafe {
-            std::slice::from_raw_parts((&raw as *const RawEvent).cast::<u8>(), RAW_EVENT_SIZE)
-        }
-        .to_vec()
+        unsafe { std::slice::from_raw_parts((&raw as *const RawEvent<N>).cast::<u8>(), size) }
+            .to_vec()
     }
 
-    fn attached(hook: Hook, sizes: [u8; 4], signed: [bool; 4]) -> AttachedHook {
+    fn attached(hook: Hook, sizes: [u8; MAX_ARGS], signed: [bool; MAX_ARGS]) -> AttachedHook {
         AttachedHook {
             hook,
             tracepoint: String::new(),
             layout: FieldLayout { sizes, signed },
+            format: EventFormat::default(),
         }
     }
 
@@ -216,11 +469,14 @@ mod tests {
     fn signed_int_fields_are_sign_extended() {
         let d = Decoder::new(&[attached(
             Hook::LruShrinkInactive,
-            [4, 8, 8, 4],
-            [true, false, false, true],
+            [4, 8, 8, 4, 0, 0],
+            [true, false, false, true, false, false],
         )]);
         let e = d
-            .decode(&record(Hook::LruShrinkInactive, [0xffff_ffff, 32, 30, 12]))
+            .decode(&record::<NARROW_ARGS>(
+                Hook::LruShrinkInactive,
+                [0xffff_ffff, 32, 30, 12],
+            ))
             .unwrap();
         assert_eq!(
             e.kind,
@@ -238,18 +494,73 @@ mod tests {
     fn bad_records_are_errors_not_panics() {
         let d = Decoder::new(&[]);
         assert_eq!(d.decode(&[0; 10]), Err(DecodeError::Truncated { len: 10 }));
-        let mut r = record(Hook::PageFaultUser, [0; 4]);
+        let mut r = record(Hook::PageFaultUser, [0u64; NARROW_ARGS]);
         assert_eq!(
             d.decode(&r),
             Err(DecodeError::NotAttached(Hook::PageFaultUser))
         );
         r[0] = 200;
         assert_eq!(d.decode(&r), Err(DecodeError::UnknownHook(200)));
-        let mut short = record(Hook::PageFaultUser, [0; 4]);
+        let mut short = record(Hook::PageFaultUser, [0u64; NARROW_ARGS]);
         short[2] = 255; // size field larger than the record
         assert!(matches!(
             d.decode(&short),
             Err(DecodeError::Truncated { .. })
         ));
+    }
+}
+
+#[cfg(test)]
+mod wide_tests {
+    use super::*;
+    use pagewatch_common::event::WideEvent;
+
+    #[test]
+    fn wide_records_carry_six_fields_and_kernel_status_names() {
+        let raw = WideEvent {
+            header: EventHeader {
+                hook: Hook::ScanPmd as u16,
+                size: std::mem::size_of::<WideEvent>() as u16,
+                ..EventHeader::default()
+            },
+            args: [0xffff_8880_1234_0000, 0x1234, 3, 0x1ff, 5, 0],
+        };
+        // SAFETY: WideEvent is Pod.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&raw as *const WideEvent).cast::<u8>(),
+                std::mem::size_of::<WideEvent>(),
+            )
+        };
+        let format = EventFormat::parse(
+            "field:int status;\toffset:32;\tsize:4;\tsigned:1;\n\
+             print fmt: \"status=%s\", __print_symbolic(REC->status, {1, \"succeeded\"}, {5, \"exceed_none_pte\"})",
+        )
+        .unwrap();
+        let d = Decoder::new(&[AttachedHook {
+            hook: Hook::ScanPmd,
+            tracepoint: String::new(),
+            layout: FieldLayout {
+                sizes: [8, 8, 4, 4, 4, 4],
+                signed: [false, false, true, true, true, true],
+            },
+            format,
+        }]);
+        let EventKind::ScanPmd {
+            pfn,
+            none_or_zero,
+            status,
+            ..
+        } = d.decode(bytes).unwrap().kind
+        else {
+            panic!("not a ScanPmd");
+        };
+        assert_eq!((pfn, none_or_zero), (0x1234, 511));
+        assert_eq!(
+            d.symbol(Hook::ScanPmd, "status", status),
+            Some("exceed_none_pte")
+        );
+        assert_eq!(d.symbol(Hook::ScanPmd, "status", 99), None);
+        assert_eq!(d.symbol(Hook::PageFaultUser, "status", 1), None);
     }
 }

@@ -11,6 +11,34 @@ pub enum Family {
     Fault,
     /// vmscan reclaim: kswapd, direct and memcg reclaim, LRU shrinking, write-out.
     Reclaim,
+    /// THP collapse by khugepaged and MADV_COLLAPSE (huge_memory/).
+    Thp,
+    /// Memory compaction (compaction/).
+    Compaction,
+    /// Page migration (migrate/): NUMA balancing, migrate_pages, compaction.
+    Migration,
+    /// KSM merging (ksm/).
+    Ksm,
+    /// OOM kills (oom/mark_victim).
+    Oom,
+    /// Process fork/exec/exit (sched/), to follow process trees.
+    Process,
+    /// Every page allocation and free (kmem/): high volume, opt-in.
+    PageAlloc,
+}
+
+impl Family {
+    /// Families attached when the user does not choose (all but PageAlloc).
+    pub const DEFAULT: [Family; 8] = [
+        Family::Fault,
+        Family::Reclaim,
+        Family::Thp,
+        Family::Compaction,
+        Family::Migration,
+        Family::Ksm,
+        Family::Oom,
+        Family::Process,
+    ];
 }
 
 /// One hook: an eBPF program and the tracepoint(s) it can attach to.
@@ -24,8 +52,10 @@ pub struct HookSpec {
     pub category: &'static str,
     /// Tracepoint names to try, in order; the first the kernel has is used.
     pub names: &'static [&'static str],
-    /// Record fields copied into the event's `args`, in order. Every one
-    /// must exist in the kernel's format, or the hook is skipped.
+    /// Record fields copied into the event's `args`, in order. Each must
+    /// exist in the kernel's format, or the hook is skipped; a name ending
+    /// in `?` is optional (absent on some kernels, then read as 0), and
+    /// `name+K` is the 8 bytes at byte K of an array field.
     pub fields: &'static [&'static str],
     /// Whether the `--pid`/`--comm` filter applies (false for system-wide
     /// events such as kswapd's).
@@ -115,6 +145,218 @@ pub const HOOKS: &[HookSpec] = &[
         names: &["mm_vmscan_write_folio", "mm_vmscan_writepage"],
         fields: &["pfn", "reclaim_flags"],
         per_process: false,
+    },
+    HookSpec {
+        hook: Hook::ScanPmd,
+        family: Family::Thp,
+        program: "scan_pmd",
+        category: "huge_memory",
+        names: &["mm_khugepaged_scan_pmd"],
+        fields: &[
+            "mm",
+            "pfn",
+            "referenced",
+            "none_or_zero",
+            "status",
+            "unmapped",
+        ],
+        per_process: false,
+    },
+    HookSpec {
+        hook: Hook::CollapseHugePage,
+        family: Family::Thp,
+        program: "collapse_huge_page",
+        category: "huge_memory",
+        names: &["mm_collapse_huge_page"],
+        fields: &["mm", "isolated", "status"],
+        per_process: false,
+    },
+    HookSpec {
+        hook: Hook::CollapseIsolate,
+        family: Family::Thp,
+        program: "collapse_isolate",
+        category: "huge_memory",
+        names: &["mm_collapse_huge_page_isolate"],
+        fields: &["pfn", "none_or_zero", "referenced", "status"],
+        per_process: false,
+    },
+    HookSpec {
+        hook: Hook::CollapseSwapin,
+        family: Family::Thp,
+        program: "collapse_swapin",
+        category: "huge_memory",
+        names: &["mm_collapse_huge_page_swapin"],
+        fields: &["mm", "swapped_in", "referenced", "ret"],
+        per_process: false,
+    },
+    HookSpec {
+        hook: Hook::ScanFile,
+        family: Family::Thp,
+        program: "scan_file",
+        category: "huge_memory",
+        names: &["mm_khugepaged_scan_file"],
+        fields: &["mm", "pfn", "present", "swap", "result"],
+        per_process: false,
+    },
+    HookSpec {
+        hook: Hook::CollapseFile,
+        family: Family::Thp,
+        program: "collapse_file",
+        category: "huge_memory",
+        names: &["mm_khugepaged_collapse_file"],
+        fields: &["mm", "hpfn", "index", "addr", "nr", "result"],
+        per_process: false,
+    },
+    HookSpec {
+        hook: Hook::CompactionBegin,
+        family: Family::Compaction,
+        program: "compaction_begin",
+        category: "compaction",
+        names: &["mm_compaction_begin"],
+        fields: &["zone_start", "migrate_pfn", "free_pfn", "zone_end"],
+        per_process: false,
+    },
+    HookSpec {
+        hook: Hook::CompactionEnd,
+        family: Family::Compaction,
+        program: "compaction_end",
+        category: "compaction",
+        names: &["mm_compaction_end"],
+        fields: &[
+            "zone_start",
+            "migrate_pfn",
+            "free_pfn",
+            "zone_end",
+            "status",
+        ],
+        per_process: false,
+    },
+    HookSpec {
+        hook: Hook::CompactionMigrate,
+        family: Family::Compaction,
+        program: "compaction_migrate",
+        category: "compaction",
+        names: &["mm_compaction_migratepages"],
+        fields: &["nr_migrated", "nr_failed"],
+        per_process: false,
+    },
+    HookSpec {
+        hook: Hook::MigratePages,
+        family: Family::Migration,
+        program: "migrate_pages",
+        category: "migrate",
+        names: &["mm_migrate_pages"],
+        fields: &[
+            "succeeded",
+            "failed",
+            "thp_succeeded",
+            "thp_failed",
+            "mode",
+            "reason",
+        ],
+        per_process: false,
+    },
+    HookSpec {
+        hook: Hook::SetMigrationPte,
+        family: Family::Migration,
+        program: "set_migration_pte",
+        category: "migrate",
+        names: &["set_migration_pte"],
+        fields: &["addr", "pte", "order"],
+        per_process: true,
+    },
+    HookSpec {
+        hook: Hook::RemoveMigrationPte,
+        family: Family::Migration,
+        program: "remove_migration_pte",
+        category: "migrate",
+        names: &["remove_migration_pte"],
+        fields: &["addr", "pte", "order"],
+        per_process: true,
+    },
+    HookSpec {
+        hook: Hook::KsmMergeOne,
+        family: Family::Ksm,
+        program: "ksm_merge_one",
+        category: "ksm",
+        names: &["ksm_merge_one_page"],
+        fields: &["pfn", "mm", "err"],
+        per_process: false,
+    },
+    HookSpec {
+        hook: Hook::KsmMergeWithKsm,
+        family: Family::Ksm,
+        program: "ksm_merge_with_ksm",
+        category: "ksm",
+        names: &["ksm_merge_with_ksm_page"],
+        fields: &["pfn", "mm", "err"],
+        per_process: false,
+    },
+    HookSpec {
+        hook: Hook::KsmRemove,
+        family: Family::Ksm,
+        program: "ksm_remove",
+        category: "ksm",
+        names: &["ksm_remove_ksm_page"],
+        fields: &["pfn"],
+        per_process: false,
+    },
+    HookSpec {
+        hook: Hook::OomVictim,
+        family: Family::Oom,
+        program: "oom_victim",
+        category: "oom",
+        names: &["mark_victim"],
+        // Before 6.2 mark_victim carried only the pid.
+        fields: &["pid", "anon_rss?", "file_rss?", "shmem_rss?"],
+        per_process: false,
+    },
+    HookSpec {
+        hook: Hook::ProcessFork,
+        family: Family::Process,
+        program: "process_fork",
+        category: "sched",
+        names: &["sched_process_fork"],
+        fields: &["parent_pid", "child_pid"],
+        per_process: false,
+    },
+    HookSpec {
+        hook: Hook::ProcessExec,
+        family: Family::Process,
+        program: "process_exec",
+        category: "sched",
+        names: &["sched_process_exec"],
+        fields: &["pid", "old_pid"],
+        per_process: false,
+    },
+    HookSpec {
+        hook: Hook::ProcessExit,
+        family: Family::Process,
+        program: "process_exit",
+        category: "sched",
+        names: &["sched_process_exit"],
+        // comm[16] as two 8-byte slices: the name of a process that
+        // exits before /proc/PID/comm could be read.
+        fields: &["pid", "group_dead?", "comm+0", "comm+8"],
+        per_process: false,
+    },
+    HookSpec {
+        hook: Hook::PageAlloc,
+        family: Family::PageAlloc,
+        program: "page_alloc",
+        category: "kmem",
+        names: &["mm_page_alloc"],
+        fields: &["pfn", "order", "gfp_flags", "migratetype"],
+        per_process: true,
+    },
+    HookSpec {
+        hook: Hook::PageFree,
+        family: Family::PageAlloc,
+        program: "page_free",
+        category: "kmem",
+        names: &["mm_page_free"],
+        fields: &["pfn", "order"],
+        per_process: true,
     },
 ];
 

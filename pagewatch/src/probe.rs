@@ -10,14 +10,14 @@ use aya::{
     programs::TracePoint,
 };
 use pagewatch_common::{
-    event::MAX_ARGS,
+    event::{MAX_ARGS, NARROW_ARGS},
     hook::{Hook, HookConfig},
 };
 
 use crate::{
     error::{Error, Result},
     hooks::{Family, HOOKS, HookSpec},
-    tracefs::Tracefs,
+    tracefs::{EventFormat, Tracefs},
 };
 
 /// The compiled eBPF object, built by build.rs.
@@ -53,6 +53,8 @@ pub struct AttachedHook {
     /// `category/name` of the tracepoint it sits on.
     pub tracepoint: String,
     pub layout: FieldLayout,
+    /// The kernel's format of that tracepoint (field layout, code names).
+    pub format: EventFormat,
 }
 
 /// A hook that could not be attached, and why.
@@ -166,6 +168,7 @@ pub struct Resolved {
     pub name: &'static str,
     pub config: HookConfig,
     pub layout: FieldLayout,
+    pub format: EventFormat,
 }
 
 /// Matches `spec` against the kernel's tracepoints and their formats, or
@@ -187,31 +190,55 @@ pub fn resolve(tracefs: &Tracefs, spec: &HookSpec) -> std::result::Result<Resolv
         .map_err(|e| e.to_string())?;
     let mut config = HookConfig {
         per_process: u8::from(spec.per_process),
+        wide: u8::from(spec.fields.len() > NARROW_ARGS),
         ..HookConfig::default()
     };
     let mut layout = FieldLayout::default();
-    for (i, field_name) in spec.fields.iter().enumerate() {
-        let field = format.field(field_name).ok_or_else(|| {
-            format!(
+    for (i, wanted) in spec.fields.iter().enumerate() {
+        let (wanted, optional) = match wanted.strip_suffix('?') {
+            Some(name) => (name, true),
+            None => (*wanted, false),
+        };
+        // `name+K` takes 8 bytes at byte K of an array field (e.g. comm).
+        let (field_name, slice) = match wanted.split_once('+') {
+            Some((name, k)) => (name, k.parse::<u16>().ok()),
+            None => (wanted, None),
+        };
+        let Some(field) = format.field(field_name) else {
+            if optional {
+                continue;
+            }
+            return Err(format!(
                 "{}/{name} has no field {field_name:?} on this kernel",
                 spec.category
-            )
-        })?;
-        if !matches!(field.size, 1 | 2 | 4 | 8) {
-            return Err(format!(
-                "{}/{name} field {field_name} has size {}, not a scalar",
-                spec.category, field.size
             ));
-        }
-        config.offsets[i] = field.offset;
-        config.sizes[i] = field.size;
-        layout.sizes[i] = field.size;
-        layout.signed[i] = field.signed;
+        };
+        let (offset, size) = match slice {
+            Some(k) if u16::from(field.size) >= k + 8 => (field.offset + k, 8),
+            Some(_) => {
+                return Err(format!(
+                    "{}/{name} field {field_name} is too short for {wanted}",
+                    spec.category
+                ));
+            }
+            None if matches!(field.size, 1 | 2 | 4 | 8) => (field.offset, field.size),
+            None => {
+                return Err(format!(
+                    "{}/{name} field {field_name} has size {}, not a scalar",
+                    spec.category, field.size
+                ));
+            }
+        };
+        config.offsets[i] = offset;
+        config.sizes[i] = size;
+        layout.sizes[i] = size;
+        layout.signed[i] = field.signed && slice.is_none();
     }
     Ok(Resolved {
         name,
         config,
         layout,
+        format,
     })
 }
 
@@ -225,6 +252,7 @@ fn attach(
         name,
         config,
         layout,
+        format,
     } = resolve(tracefs, spec)?;
     let mut hooks: Array<_, HookConfig> = ebpf
         .map_mut("HOOKS")
@@ -249,6 +277,7 @@ fn attach(
         hook: spec.hook,
         tracepoint: format!("{}/{name}", spec.category),
         layout,
+        format,
     })
 }
 

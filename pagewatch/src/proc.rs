@@ -73,6 +73,17 @@ impl CommCache {
         }
     }
 
+    /// Records the name an exiting process reported (from its exit event),
+    /// replacing a `?` left by a lookup that came too late.
+    pub fn learn(&mut self, pid: u32, comm: &[u8]) {
+        let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+        let name = String::from_utf8_lossy(&comm[..end]).into_owned();
+        let slot = self.names.entry(pid).or_insert_with(|| "?".to_owned());
+        if slot == "?" && !name.is_empty() {
+            *slot = name;
+        }
+    }
+
     /// The name of `pid`; `?` when it exited before it was first seen.
     pub fn get(&mut self, pid: u32) -> &str {
         let root = &self.root;
@@ -100,5 +111,13 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(cache.get(42), "worker", "name survives the process");
         assert_eq!(cache.get(43), "?");
+        cache.learn(43, b"short-lived\0\0\0\0\0");
+        assert_eq!(
+            cache.get(43),
+            "short-lived",
+            "exit event fills in a missed name"
+        );
+        cache.learn(42, b"renamed\0");
+        assert_eq!(cache.get(42), "worker", "a name read from /proc is kept");
     }
 }

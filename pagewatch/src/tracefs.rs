@@ -25,6 +25,10 @@ pub struct Field {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct EventFormat {
     pub fields: Vec<Field>,
+    /// Value names from the print format's `__print_symbolic(REC->field,
+    /// {0, "name"}, ...)`, per field: the kernel's own names for status and
+    /// reason codes, which change between versions.
+    pub symbols: Vec<(String, Vec<(i64, String)>)>,
 }
 
 impl EventFormat {
@@ -66,13 +70,58 @@ impl EventFormat {
         if fields.is_empty() {
             return Err("no field lines".into());
         }
-        Ok(Self { fields })
+        let symbols = text
+            .lines()
+            .find_map(|l| l.strip_prefix("print fmt:"))
+            .map(parse_symbolic)
+            .unwrap_or_default();
+        Ok(Self { fields, symbols })
+    }
+
+    /// The kernel's name for `value` of `field`, if the print format has one.
+    pub fn symbol(&self, field: &str, value: i64) -> Option<&str> {
+        let (_, table) = self.symbols.iter().find(|(f, _)| f == field)?;
+        table
+            .iter()
+            .find(|(v, _)| *v == value)
+            .map(|(_, name)| name.as_str())
     }
 
     /// The field called `name`, if the kernel's record has it.
     pub fn field(&self, name: &str) -> Option<&Field> {
         self.fields.iter().find(|f| f.name == name)
     }
+}
+
+/// Extracts every `__print_symbolic(REC->field, {v, "name"}, ...)` table.
+fn parse_symbolic(fmt: &str) -> Vec<(String, Vec<(i64, String)>)> {
+    let mut out = Vec::new();
+    for chunk in fmt.split("__print_symbolic(REC->").skip(1) {
+        let Some((field, rest)) = chunk.split_once(',') else {
+            continue;
+        };
+        let mut table = Vec::new();
+        // Entries look like `{5, "exceed_none_pte"}`; stop at the closing paren.
+        for entry in rest.split('{').skip(1) {
+            let Some((body, after)) = entry.split_once('}') else {
+                break;
+            };
+            let Some((value, name)) = body.split_once(',') else {
+                break;
+            };
+            let Ok(value) = value.trim().parse::<i64>() else {
+                break;
+            };
+            table.push((value, name.trim().trim_matches('"').to_owned()));
+            if after.trim_start().starts_with(')') {
+                break;
+            }
+        }
+        if !table.is_empty() {
+            out.push((field.trim().to_owned(), table));
+        }
+    }
+    out
 }
 
 /// The identifier of a C declaration such as `unsigned long address` or
@@ -188,6 +237,18 @@ mod tests {
         let prio = f.field("priority").unwrap();
         assert_eq!((prio.offset, prio.size, prio.signed), (88, 4, true));
         assert_eq!(f.field("nr_reclaimed").unwrap().offset, 24);
+    }
+
+    #[test]
+    fn symbolic_status_names_come_from_the_print_format() {
+        let f = EventFormat::parse(&fixture("mm_khugepaged_scan_pmd.format")).unwrap();
+        assert_eq!(f.symbol("status", 5), Some("exceed_none_pte"));
+        assert_eq!(f.symbol("status", 1), Some("succeeded"));
+        assert_eq!(f.symbol("status", 999), None);
+        assert_eq!(f.symbol("unmapped", 0), None);
+        let m = EventFormat::parse(&fixture("mm_migrate_pages.format")).unwrap();
+        assert_eq!(m.symbol("reason", 5), Some("numa_misplaced"));
+        assert_eq!(m.symbol("mode", 2), Some("MIGRATE_SYNC"));
     }
 
     #[test]

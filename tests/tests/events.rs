@@ -426,3 +426,61 @@ fn non_root_run_names_the_missing_privilege() {
     assert!(err.contains("needs root"), "stderr: {err}");
     assert!(!err.contains("panicked"), "stderr: {err}");
 }
+
+/// MADV_COLLAPSE of a region built from 4 KiB pages: the collapse events
+/// are counted for the process that asked, one per 2 MiB range, and agree
+/// with the kernel's smaps AnonHugePages before and after.
+#[test]
+fn madvise_collapse_is_counted_for_the_calling_process() {
+    let name = "madvise_collapse_is_counted_for_the_calling_process";
+    if skip_unless_root(name) {
+        return;
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pw-thp"))
+        .arg("8")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn pw-thp");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut next = || lines.next().expect("a line").expect("read");
+    let pid: u32 = next()
+        .strip_prefix("pid ")
+        .and_then(|p| p.parse().ok())
+        .expect("pid");
+    next(); // region
+    assert_eq!(next(), "ready");
+    let tracer = Tracer::start(&["--events", "thp", "--pid", &pid.to_string()]);
+    writeln!(stdin, "go").expect("go");
+    let result = next();
+    let lines = tracer.stop();
+    drop(stdin);
+    let _ = child.wait();
+    let f: Vec<&str> = result.split(' ').collect();
+    let (rc, errno): (i32, i32) = (f[1].parse().unwrap(), f[2].parse().unwrap());
+    if rc != 0 && errno == libc::EINVAL {
+        pagewatch_tests::skip(name, "MADV_COLLAPSE is not supported by this kernel");
+        return;
+    }
+    assert_eq!(rc, 0, "MADV_COLLAPSE failed with errno {errno}");
+    let (before, after): (u64, u64) = (f[4].parse().unwrap(), f[6].parse().unwrap());
+    let collapsed_by_smaps = (after - before) / 2048;
+    assert_eq!(collapsed_by_smaps, 4, "smaps: 8 MiB became four 2 MiB THPs");
+    let mine: u64 = lines
+        .iter()
+        .filter(|l| l["pid"].as_u64() == Some(u64::from(pid)))
+        .map(|l| l["thp_collapses"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        mine, collapsed_by_smaps,
+        "pagewatch collapse count for pid {pid}"
+    );
+    let s = summary(&lines);
+    assert!(s["system"]["thp_collapses"].as_u64().unwrap() >= collapsed_by_smaps);
+    assert!(
+        s["thp_scan_results"]["succeeded"].as_u64().unwrap_or(0) >= collapsed_by_smaps,
+        "scan results name the kernel's `succeeded` status: {}",
+        s["thp_scan_results"]
+    );
+}

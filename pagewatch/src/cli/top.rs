@@ -14,7 +14,7 @@ use clap::{Args, ValueEnum};
 use pagewatch::{
     aggregate::{Aggregator, ProcessStats, SystemStats, Tally},
     error::Error,
-    event::Decoder,
+    event::{Decoder, EventKind},
     hooks::{self, Family},
     probe::{Probe, ProbeOptions},
     proc::{CommCache, ProcRoot},
@@ -33,6 +33,30 @@ use super::{parse_duration, parse_size};
 enum FamilyArg {
     Faults,
     Reclaim,
+    Thp,
+    Compaction,
+    Migration,
+    Ksm,
+    Oom,
+    Process,
+    /// kmem/mm_page_alloc and mm_page_free: every page, high volume.
+    PageAlloc,
+}
+
+impl From<FamilyArg> for Family {
+    fn from(f: FamilyArg) -> Self {
+        match f {
+            FamilyArg::Faults => Family::Fault,
+            FamilyArg::Reclaim => Family::Reclaim,
+            FamilyArg::Thp => Family::Thp,
+            FamilyArg::Compaction => Family::Compaction,
+            FamilyArg::Migration => Family::Migration,
+            FamilyArg::Ksm => Family::Ksm,
+            FamilyArg::Oom => Family::Oom,
+            FamilyArg::Process => Family::Process,
+            FamilyArg::PageAlloc => Family::PageAlloc,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -55,8 +79,8 @@ pub struct TopArgs {
     /// Ring buffer size: a power of two of at least one page, e.g. 4M.
     #[arg(long, default_value = "4M", value_parser = parse_size)]
     ring_buffer_size: u64,
-    /// Event families to attach.
-    #[arg(long, value_delimiter = ',', default_value = "faults,reclaim")]
+    /// Event families to attach (default: all but page-alloc).
+    #[arg(long, value_delimiter = ',')]
     events: Vec<FamilyArg>,
     /// Rows per interval in the table.
     #[arg(long, default_value_t = 10)]
@@ -104,14 +128,11 @@ impl TopConfig {
             }
             Target::Pids(args.pids.into_iter().collect())
         };
-        let families = args
-            .events
-            .iter()
-            .map(|f| match f {
-                FamilyArg::Faults => Family::Fault,
-                FamilyArg::Reclaim => Family::Reclaim,
-            })
-            .collect();
+        let families = if args.events.is_empty() {
+            Family::DEFAULT.to_vec()
+        } else {
+            args.events.iter().map(|&f| f.into()).collect()
+        };
         Ok(Self {
             interval: args.interval,
             duration: args.duration,
@@ -273,8 +294,14 @@ impl Session {
             match self.decoder.decode(&item) {
                 Ok(event) => {
                     // Look the name up on first sight, while the process
-                    // most likely still exists.
+                    // most likely still exists; an exit event names those
+                    // that were gone already.
                     self.comms.get(event.tgid);
+                    if let EventKind::ProcessExit { pid, comm, .. } = event.kind
+                        && pid == i64::from(event.tgid)
+                    {
+                        self.comms.learn(event.tgid, &comm);
+                    }
                     self.aggregator.add(&event);
                 }
                 Err(e) => {
@@ -297,6 +324,21 @@ impl Session {
             }
         }
         Ok(per_cpu)
+    }
+
+    /// khugepaged scan results by the running kernel's names for them.
+    fn scan_results(&self, tally: &Tally) -> BTreeMap<String, u64> {
+        tally
+            .scan_status
+            .iter()
+            .map(|(&status, &n)| {
+                let name = self
+                    .decoder
+                    .symbol(Hook::ScanPmd, "status", status)
+                    .map_or_else(|| format!("status_{status}"), str::to_owned);
+                (name, n)
+            })
+            .collect()
     }
 
     fn shown(&self, pid: u32) -> bool {
@@ -330,7 +372,11 @@ impl Session {
             }
             let mut system = json!({"interval": self.intervals, "t": round3(t),
                 "events": tally.events, "dropped": dropped});
-            merge(&mut system, json!({"system": tally.system}));
+            merge(
+                &mut system,
+                json!({"system": tally.system,
+                       "thp_scan_results": self.scan_results(&tally)}),
+            );
             writeln!(out, "{system}")?;
         } else {
             writeln!(
@@ -341,6 +387,9 @@ impl Session {
                 dropped,
                 reclaim_line(&tally.system)
             )?;
+            if let Some(line) = page_events_line(&tally.system, &self.scan_results(&tally)) {
+                writeln!(out, "{:>9} {line}", "")?;
+            }
             write_table(&mut out, &rows, self.config.limit, &mut self.comms)?;
         }
         out.flush()?;
@@ -390,6 +439,7 @@ impl Session {
                 "faults": faults,
                 "processes": processes.len(),
                 "system": total.system,
+                "thp_scan_results": self.scan_results(&total),
                 "hooks": hooks,
                 "skipped_hooks": skipped,
             }});
@@ -406,6 +456,9 @@ impl Session {
                 processes.len()
             )?;
             writeln!(out, "{}", reclaim_line(&total.system))?;
+            if let Some(line) = page_events_line(&total.system, &self.scan_results(&total)) {
+                writeln!(out, "{line}")?;
+            }
             let mut rows = processes;
             rows.sort_by_key(|(pid, s)| (std::cmp::Reverse(s.faults.faults), *pid));
             write_table(&mut out, &rows, self.config.limit, &mut self.comms)?;
@@ -449,6 +502,58 @@ fn reclaim_line(s: &SystemStats) -> String {
     )
 }
 
+/// THP, compaction, migration, KSM, OOM and process counts, when any.
+fn page_events_line(s: &SystemStats, scans: &BTreeMap<String, u64>) -> Option<String> {
+    let p = &s.page_events;
+    let any = [
+        p.thp_scans,
+        p.compactions,
+        p.pages_migrated + p.migrate_failed,
+        p.ksm_merges,
+        p.oom_kills,
+        p.forks + p.execs + p.exits,
+        p.pages_allocated + p.pages_freed,
+    ]
+    .iter()
+    .any(|&n| n > 0);
+    if !any {
+        return None;
+    }
+    let mut reasons: Vec<(&String, &u64)> = scans.iter().collect();
+    reasons.sort_by_key(|(name, n)| (std::cmp::Reverse(**n), *name));
+    let reasons: Vec<String> = reasons
+        .iter()
+        .take(3)
+        .map(|(name, n)| format!("{name} {n}"))
+        .collect();
+    Some(format!(
+        "thp: scans {} ({}) collapsed {} failed {} | compaction {} migrated {} failed {} | \
+         migrate ok {} failed {} | ksm merges {} | oom kills {} | fork {} exec {} exit {}{}",
+        p.thp_scans,
+        reasons.join(", "),
+        p.thp_collapses,
+        p.thp_collapse_failed,
+        p.compactions,
+        p.compaction_migrated,
+        p.compaction_failed,
+        p.pages_migrated,
+        p.migrate_failed,
+        p.ksm_merges,
+        p.oom_kills,
+        p.forks,
+        p.execs,
+        p.exits,
+        if p.pages_allocated + p.pages_freed > 0 {
+            format!(
+                " | pages alloc {} free {}",
+                p.pages_allocated, p.pages_freed
+            )
+        } else {
+            String::new()
+        }
+    ))
+}
+
 fn write_table(
     out: &mut impl std::io::Write,
     rows: &[(u32, ProcessStats)],
@@ -460,7 +565,7 @@ fn write_table(
     }
     writeln!(
         out,
-        "{:>8} {:<16} {:>9} {:>9} {:>9} {:>7} {:>7} {:>6} {:>10} {:>10}",
+        "{:>8} {:<16} {:>9} {:>9} {:>9} {:>7} {:>7} {:>6} {:>10} {:>10} {:>8}",
         "PID",
         "COMM",
         "FAULTS",
@@ -470,13 +575,14 @@ fn write_table(
         "PROT",
         "KADDR",
         "DIRECT_MS",
-        "MEMCG_MS"
+        "MEMCG_MS",
+        "THP_COLL"
     )?;
     for (pid, s) in rows.iter().take(limit) {
         let f = &s.faults;
         writeln!(
             out,
-            "{:>8} {:<16} {:>9} {:>9} {:>9} {:>7} {:>7} {:>6} {:>10.1} {:>10.1}",
+            "{:>8} {:<16} {:>9} {:>9} {:>9} {:>7} {:>7} {:>6} {:>10.1} {:>10.1} {:>8}",
             pid,
             comms.get(*pid),
             f.faults,
@@ -486,7 +592,8 @@ fn write_table(
             f.protection,
             f.kernel_addr,
             ms(s.reclaim.direct_reclaim_ns),
-            ms(s.reclaim.memcg_reclaim_ns)
+            ms(s.reclaim.memcg_reclaim_ns),
+            s.thp_collapses
         )?;
     }
     if rows.len() > limit {

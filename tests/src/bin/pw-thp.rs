@@ -1,0 +1,93 @@
+//! THP workload: builds a 2 MiB-aligned anonymous region out of 4 KiB pages
+//! (MADV_NOHUGEPAGE while touching), then on a line from stdin asks for it
+//! to be collapsed with MADV_HUGEPAGE + MADV_COLLAPSE (6.1+), and reports
+//! the region's smaps AnonHugePages before and after.
+//!
+//! `pw-thp MIB`: prints `pid N`, `region START LEN` and `ready`; after a
+//! line on stdin prints `collapse RC ERRNO before KB after KB`; exits when
+//! stdin closes.
+
+use std::io::{BufRead as _, Write as _};
+
+const PMD: usize = 2 << 20;
+const MADV_COLLAPSE: libc::c_int = 25;
+
+/// AnonHugePages (kB) of the VMA starting at `start`, from /proc/self/smaps.
+fn anon_huge_kb(start: usize) -> u64 {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").expect("read smaps");
+    let mut in_vma = false;
+    for line in smaps.lines() {
+        // VMA header lines start with `lo-hi`, both hex.
+        if let Some((range, _)) = line.split_once(' ')
+            && let Some((lo, hi)) = range.split_once('-')
+            && let (Ok(lo), Ok(_)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+        {
+            in_vma = lo == start;
+        } else if in_vma && let Some(v) = line.strip_prefix("AnonHugePages:") {
+            return v.trim().trim_end_matches(" kB").trim().parse().expect("kB");
+        }
+    }
+    panic!("no VMA at {start:#x} in smaps")
+}
+
+fn main() {
+    let mib: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            eprintln!("usage: pw-thp MIB");
+            std::process::exit(2)
+        });
+    let len = mib << 20;
+    // SAFETY: anonymous mapping with room to align; checked for failure.
+    let raw = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len + PMD,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(raw, libc::MAP_FAILED);
+    let start = (raw as usize).next_multiple_of(PMD);
+    // Trim the slack so the region is exactly one VMA of `len` bytes.
+    // SAFETY: both trimmed ranges lie inside the mapping above.
+    unsafe {
+        if start > raw as usize {
+            libc::munmap(raw, start - raw as usize);
+        }
+        let end = start + len;
+        let raw_end = raw as usize + len + PMD;
+        if raw_end > end {
+            libc::munmap(end as *mut libc::c_void, raw_end - end);
+        }
+        assert_eq!(
+            libc::madvise(start as *mut _, len, libc::MADV_NOHUGEPAGE),
+            0
+        );
+    }
+    for off in (0..len).step_by(4096) {
+        // SAFETY: inside the region.
+        unsafe { ((start + off) as *mut u8).write_volatile(1) };
+    }
+    println!("pid {}", std::process::id());
+    println!("region {start} {len}");
+    println!("ready");
+    std::io::stdout().flush().expect("flush");
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    let _ = lines.next();
+    let before = anon_huge_kb(start);
+    // SAFETY: madvise on our own region.
+    let (rc, errno) = unsafe {
+        libc::madvise(start as *mut _, len, libc::MADV_HUGEPAGE);
+        let rc = libc::madvise(start as *mut _, len, MADV_COLLAPSE);
+        (rc, *libc::__errno_location())
+    };
+    let after = anon_huge_kb(start);
+    println!("collapse {rc} {errno} before {before} after {after}");
+    std::io::stdout().flush().expect("flush");
+    for _ in lines {}
+}
