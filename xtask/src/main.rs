@@ -1,5 +1,6 @@
 //! `cargo xtask`: the entry point for people and CI. One subcommand per
-//! module: setup (install what is missing), build, run, test, bench.
+//! module: setup (install what is missing), build, run, test, bench, and the
+//! test-VM commands (vm-setup, balloon; `run --vm`, `test --vm`).
 
 mod bench;
 mod build;
@@ -7,6 +8,7 @@ mod cmd;
 mod run;
 mod setup;
 mod test;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -29,6 +31,10 @@ enum Command {
     Test(test::Options),
     /// Build, then run the benchmarks and print Markdown for BENCHMARKS.md.
     Bench(bench::Options),
+    /// Install QEMU and virtme-ng and fetch the test kernels (idempotent).
+    VmSetup(vm::setup::Options),
+    /// Set (or query) the guest size of a `run --vm --balloon` guest.
+    Balloon(vm::balloon::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,5 +44,7 @@ fn main() -> anyhow::Result<()> {
         Command::Run(opts) => run::run(opts),
         Command::Test(opts) => test::run(opts),
         Command::Bench(opts) => bench::run(opts),
+        Command::VmSetup(opts) => vm::setup::run(opts),
+        Command::Balloon(opts) => vm::balloon::run(opts),
     }
 }

@@ -9,12 +9,17 @@ use crate::{build, cmd};
 
 #[derive(Debug, Args)]
 pub struct Options {
+    #[command(flatten)]
+    vm: crate::vm::run::VmOptions,
     /// Arguments for pagewatch (after `--`).
     #[arg(last = true)]
     args: Vec<String>,
 }
 
 pub fn run(opts: Options) -> anyhow::Result<()> {
+    if opts.vm.vm {
+        return crate::vm::run::run(opts.vm, opts.args);
+    }
     build::run()?;
     let bin = cmd::release_dir().join("pagewatch");
     let mut command = if cmd::is_root() {

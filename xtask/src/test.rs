@@ -19,12 +19,26 @@ pub struct Options {
     /// Skip `cargo fmt --check` and clippy.
     #[arg(long)]
     no_lint: bool,
+    #[command(flatten)]
+    vm: crate::vm::suite::VmTestOptions,
     /// Extra arguments for the test binaries (after `--`), e.g. a name filter.
     #[arg(last = true)]
     args: Vec<String>,
 }
 
 pub fn run(opts: Options) -> anyhow::Result<()> {
+    if opts.vm.vm_only {
+        return crate::vm::suite::run(&opts.vm, &opts.args);
+    }
+    host(&opts)?;
+    if opts.vm.wanted() {
+        crate::vm::suite::run(&opts.vm, &opts.args)?;
+    }
+    Ok(())
+}
+
+/// The host suite.
+fn host(opts: &Options) -> anyhow::Result<()> {
     build::run()?;
     if !opts.no_lint {
         cmd::step("checking formatting");
@@ -87,7 +101,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
 }
 
 /// Reads cargo's `test result: ok. 6 passed; 0 failed; ...` line.
-fn parse_result(line: &str) -> Option<(u64, u64)> {
+pub(crate) fn parse_result(line: &str) -> Option<(u64, u64)> {
     let rest = line.strip_prefix("test result: ")?;
     let num = |word: &str| {
         rest.split(';')

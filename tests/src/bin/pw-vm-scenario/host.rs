@@ -1,0 +1,147 @@
+//! What the guest asks of the host and of pagewatch: QMP requests through
+//! the harness (a marker line on the console, the answer as a file in the
+//! `--rwdir`), pagewatch snapshots as JSON, and small /proc and sysfs
+//! readers, plus the [`Checks`] list every scenario reports.
+
+use std::{
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub type Result<T = ()> = std::result::Result<T, String>;
+
+/// Asks the host harness to run `request` against QEMU's QMP and returns
+/// its JSON answer (`balloon BYTES`, `query-balloon`, `wait-balloon BYTES SECS`).
+pub fn qmp(request: &str) -> Result<Value> {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let rw = std::env::var("PW_VM_RWDIR")
+        .map_err(|_| "PW_VM_RWDIR is not set: run this through `cargo xtask test --vm`")?;
+    let seq = format!(
+        "{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    let reply = std::path::Path::new(&rw).join(format!("qmp-{seq}.json"));
+    println!("@@pw-vm qmp {seq} {request}");
+    let start = Instant::now();
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&reply)
+            && let Ok(v) = serde_json::from_str::<Value>(&text)
+        {
+            if let Some(e) = v.get("error") {
+                return Err(format!("QMP {request}: {e}"));
+            }
+            return Ok(v);
+        }
+        if start.elapsed() > Duration::from_secs(240) {
+            return Err(format!("no answer from the host to QMP {request}"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The configured guest memory (`PW_VM_MEMORY_MIB`), in bytes.
+pub fn guest_bytes() -> Result<u64> {
+    std::env::var("PW_VM_MEMORY_MIB")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .map(|m| m << 20)
+        .ok_or_else(|| "PW_VM_MEMORY_MIB is not set".to_string())
+}
+
+/// Runs `pagewatch ARGS --format json` and parses its output.
+pub fn snapshot(args: &[&str]) -> Result<Value> {
+    let mut all = vec!["snapshot"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--format", "json"]);
+    let (status, out, err) = pagewatch_tests::run_pagewatch(&all);
+    if !status.success() {
+        return Err(format!(
+            "pagewatch {} failed: {}",
+            all.join(" "),
+            err.trim()
+        ));
+    }
+    serde_json::from_str(&out).map_err(|e| format!("pagewatch {}: bad JSON: {e}", all.join(" ")))
+}
+
+/// OFFLINE pages in the whole-system census (balloon pages are PageOffline).
+pub fn census_offline() -> Result<u64> {
+    let v = snapshot(&["--system", "--flags", "offline"])?;
+    v["system"]["census"]["matched_pages"]
+        .as_u64()
+        .ok_or_else(|| format!("no system.census.matched_pages in the snapshot: {v}"))
+}
+
+/// A `Name: N kB` field of a /proc file such as meminfo or smaps_rollup.
+pub fn kb_field(path: &str, name: &str) -> Result<u64> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("read {path}: {e}"))?;
+    text.lines()
+        .find_map(|l| {
+            let rest = l.strip_prefix(name)?.strip_prefix(':')?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+        .ok_or_else(|| format!("no {name} in {path}"))
+}
+
+/// Reads a number from a sysfs file.
+pub fn read_num(path: &str) -> Result<u64> {
+    std::fs::read_to_string(path)
+        .map_err(|e| format!("read {path}: {e}"))?
+        .trim()
+        .parse()
+        .map_err(|e| format!("{path}: {e}"))
+}
+
+/// Writes a sysfs/proc file.
+pub fn write(path: &str, value: &str) -> Result {
+    std::fs::write(path, value).map_err(|e| format!("write {value:?} to {path}: {e}"))
+}
+
+/// Polls `f` every 100 ms until it returns true or `secs` pass.
+pub fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(secs) {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f()
+}
+
+/// Comparisons a scenario made: all are printed, any mismatch fails it.
+#[derive(Default)]
+pub struct Checks(Vec<String>);
+
+impl Checks {
+    /// Records `what`: `got` must equal `want`.
+    pub fn eq(&mut self, what: &str, got: u64, want: u64) {
+        let ok = got == want;
+        println!(
+            "  {} {what}: {got} (expected {want})",
+            if ok { "ok  " } else { "FAIL" }
+        );
+        if !ok {
+            self.0.push(format!("{what}: {got} != {want}"));
+        }
+    }
+
+    /// Records a condition.
+    pub fn that(&mut self, what: &str, ok: bool) {
+        println!("  {} {what}", if ok { "ok  " } else { "FAIL" });
+        if !ok {
+            self.0.push(what.to_string());
+        }
+    }
+
+    pub fn result(self) -> Result {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(self.0.join("; "))
+        }
+    }
+}

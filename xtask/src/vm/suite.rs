@@ -1,0 +1,486 @@
+//! `cargo xtask test --vm`: the integration suite and the VM scenarios in
+//! guests, one boot per kernel of the set (booting costs ~20 s under TCG,
+//! so everything for a kernel runs in one boot), with a per-boot timeout,
+//! one retry on vng's exit 255, and a per-kernel summary.
+//!
+//! The test binaries are built on the host (cargo is not on the guest's
+//! PATH) and run by path from a generated script in the kernel's results
+//! directory, which is also the guest's `--rwdir`: skip log, QMP replies.
+//! While the guest runs, this side is the scenario harness's QMP proxy:
+//! the guest program `pw-vm-scenario` prints `@@pw-vm qmp SEQ REQUEST`,
+//! this side drives QEMU and writes the answer to `qmp-SEQ.json` in the
+//! results directory, which the guest reads back (9p, uncached).
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use serde_json::{Value, json};
+
+use super::{
+    guest::{self, Guest},
+    kernels::{self, Kernel},
+    qmp::Qmp,
+    run::shell_quote,
+    setup, vm_dir,
+};
+use crate::cmd::{self, step};
+
+/// Guest size for the suite: 2 GiB in two 1 GiB NUMA nodes, 2 CPUs, a balloon.
+const MEMORY_MIB: u64 = 2048;
+const CPUS: u32 = 2;
+
+/// The scenarios `pw-vm-scenario` knows, in the order they run.
+const SCENARIOS: &[&str] = &["balloon", "balloon-pressure", "numa-hugetlb", "thp"];
+
+/// The VM options of `cargo xtask test`.
+#[derive(Debug, Args)]
+pub struct VmTestOptions {
+    /// Also run the integration suite and the VM scenarios in guests, one
+    /// boot per kernel of the set (see `cargo xtask vm-setup`).
+    #[arg(long)]
+    pub vm: bool,
+    /// Only the guests: skip lints and the host suite (implies --vm).
+    #[arg(long, conflicts_with = "host_only")]
+    pub vm_only: bool,
+    /// Only the host suite, never the guests.
+    #[arg(long)]
+    pub host_only: bool,
+    /// Only this guest kernel: a vmlinuz, a kernel build tree, or a
+    /// fetched release prefix such as 6.12.
+    #[arg(long, value_name = "K")]
+    pub kernel: Option<String>,
+    /// Time limit per guest boot, in seconds.
+    #[arg(long, default_value_t = 900)]
+    pub boot_timeout: u64,
+    /// Skip the VM scenarios (balloon, NUMA hugetlb, THP).
+    #[arg(long)]
+    pub no_scenarios: bool,
+}
+
+impl VmTestOptions {
+    /// Whether the guests run.
+    pub fn wanted(&self) -> bool {
+        !self.host_only && (self.vm || self.vm_only || self.kernel.is_some())
+    }
+}
+
+/// One kernel's results.
+#[derive(Debug, Default)]
+struct Tally {
+    kernel: String,
+    passed: u64,
+    failed: u64,
+    skipped: u64,
+    scenarios_passed: Vec<String>,
+    scenarios_failed: Vec<String>,
+    scenarios_skipped: Vec<String>,
+    failures: Vec<String>,
+    skips: Vec<String>,
+    finished: bool,
+    exit: Option<i32>,
+    retries: u32,
+    elapsed: Duration,
+}
+
+pub fn run(opts: &VmTestOptions, test_args: &[String]) -> anyhow::Result<()> {
+    let start = Instant::now();
+    setup::host()?;
+    let kernels = kernels::selected(opts.kernel.as_deref())?;
+    let accel = guest::accelerator(opts.kernel.as_deref())?;
+    let binaries = test_binaries()?;
+    step(&format!(
+        "VM suite: {} test binaries and {} scenarios on {} kernel(s) under {accel}",
+        binaries.len(),
+        if opts.no_scenarios {
+            0
+        } else {
+            SCENARIOS.len()
+        },
+        kernels.len()
+    ));
+    let mut tallies = Vec::new();
+    for kernel in kernels {
+        tallies.push(run_kernel(kernel, accel, opts, &binaries, test_args)?);
+    }
+    let retries: u32 = tallies.iter().map(|t| t.retries).sum();
+    println!("\nxtask test --vm ({accel}):");
+    println!(
+        "  {:<24} {:>6} {:>6} {:>7}  {:<22} {:>7} {:>7}",
+        "kernel", "passed", "failed", "skipped", "scenarios p/f/s", "time", "retries"
+    );
+    for t in &tallies {
+        println!(
+            "  {:<24} {:>6} {:>6} {:>7}  {:<22} {:>6.0}s {:>7}{}",
+            t.kernel,
+            t.passed,
+            t.failed,
+            t.skipped,
+            format!(
+                "{}/{}/{}",
+                t.scenarios_passed.len(),
+                t.scenarios_failed.len(),
+                t.scenarios_skipped.len()
+            ),
+            t.elapsed.as_secs_f64(),
+            t.retries,
+            if t.finished {
+                String::new()
+            } else {
+                format!(
+                    "  INCOMPLETE ({})",
+                    match t.exit {
+                        Some(c) => format!("guest exited {c}"),
+                        None => "timed out".into(),
+                    }
+                )
+            }
+        );
+    }
+    for t in &tallies {
+        for s in &t.skips {
+            println!("  SKIPPED on {}: {s}", t.kernel);
+        }
+        for f in &t.failures {
+            println!("  FAILED on {}: {f}", t.kernel);
+        }
+    }
+    println!(
+        "xtask test --vm: {} kernels in {:.0}s, {retries} retries after exit 255",
+        tallies.len(),
+        start.elapsed().as_secs_f64()
+    );
+    if tallies
+        .iter()
+        .any(|t| !t.finished || t.failed > 0 || !t.scenarios_failed.is_empty())
+    {
+        bail!("the VM suite failed");
+    }
+    Ok(())
+}
+
+/// A test binary built on the host: (label, path).
+type Binary = (String, PathBuf);
+
+/// Builds the test binaries (and pagewatch and the workloads) and learns
+/// their paths from cargo's JSON messages.
+fn test_binaries() -> anyhow::Result<Vec<Binary>> {
+    crate::build::run()?;
+    step("building the test binaries (cargo test --release --no-run)");
+    let out =
+        cmd::output(cmd::cargo().args(["test", "--release", "--no-run", "--message-format=json"]))?;
+    let mut bins = Vec::new();
+    for line in out.lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if v["reason"] != "compiler-artifact" || v["profile"]["test"] != true {
+            continue;
+        }
+        let Some(exe) = v["executable"].as_str() else {
+            continue;
+        };
+        let package = v["package_id"].as_str().unwrap_or_default();
+        // The xtask's own unit tests are about the host.
+        if package.contains("/xtask#") {
+            continue;
+        }
+        let label = format!(
+            "{}:{}",
+            v["target"]["kind"][0].as_str().unwrap_or("?"),
+            v["target"]["name"].as_str().unwrap_or("?")
+        );
+        bins.push((label, PathBuf::from(exe)));
+    }
+    if bins.is_empty() {
+        bail!("cargo test --no-run reported no test binaries");
+    }
+    Ok(bins)
+}
+
+/// The guest script: every test binary, then every scenario, with marker
+/// lines this side parses.
+fn script(rw: &Path, binaries: &[Binary], scenarios: &[&str], test_args: &[String]) -> String {
+    let release = cmd::release_dir();
+    let mut s = String::from("#!/bin/sh\n# Generated by `cargo xtask test --vm`.\n");
+    let _ = writeln!(
+        s,
+        "export PAGEWATCH_BIN={} PAGEWATCH_SKIP_LOG={} PW_VM_RWDIR={} PW_VM_MEMORY_MIB={MEMORY_MIB}",
+        shell_quote(&release.join("pagewatch").display().to_string()),
+        shell_quote(&rw.join("skips.log").display().to_string()),
+        shell_quote(&rw.display().to_string()),
+    );
+    let _ = writeln!(
+        s,
+        "cd {}\necho \"@@pw-vm begin $(uname -r)\"",
+        shell_quote(&cmd::workspace().display().to_string())
+    );
+    let args: String = test_args
+        .iter()
+        .map(|a| format!(" {}", shell_quote(a)))
+        .collect();
+    for (label, path) in binaries {
+        let _ = writeln!(
+            s,
+            "echo '@@pw-vm binary {label}'\n{} --test-threads=1{args} 2>&1\necho \"@@pw-vm binary-exit {label} $?\"",
+            shell_quote(&path.display().to_string())
+        );
+    }
+    let scenario_bin = release.join("pw-vm-scenario");
+    for name in scenarios {
+        let _ = writeln!(
+            s,
+            "echo '@@pw-vm scenario {name}'\n{} {name} 2>&1\necho \"@@pw-vm scenario-exit {name} $?\"",
+            shell_quote(&scenario_bin.display().to_string())
+        );
+    }
+    s.push_str("echo '@@pw-vm end'\n");
+    s
+}
+
+fn run_kernel(
+    kernel: Kernel,
+    accel: guest::Accel,
+    opts: &VmTestOptions,
+    binaries: &[Binary],
+    test_args: &[String],
+) -> anyhow::Result<Tally> {
+    let slug: String = kernel
+        .name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || ".-+_".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let rw = vm_dir()
+        .join("results")
+        .join(slug.trim_start_matches(['.', '_']));
+    let scenarios: &[&str] = if opts.no_scenarios || !test_args.is_empty() {
+        &[]
+    } else {
+        SCENARIOS
+    };
+    let mut g = Guest::new(kernel.clone(), MEMORY_MIB, CPUS, accel);
+    g.numa = true;
+    g.balloon = true;
+    g.qmp = Some(rw.join("qmp.sock"));
+    g.rwdirs = vec![rw.clone()];
+    g.timeout = Duration::from_secs(opts.boot_timeout);
+    let mut tally = Tally {
+        kernel: kernel.name.clone(),
+        ..Tally::default()
+    };
+    let reset = |rw: &Path| -> anyhow::Result<()> {
+        if rw.exists() {
+            std::fs::remove_dir_all(rw)
+                .with_context(|| format!("cannot clear {}", rw.display()))?;
+        }
+        std::fs::create_dir_all(rw).with_context(|| format!("cannot create {}", rw.display()))?;
+        let sh = rw.join("run.sh");
+        std::fs::write(&sh, script(rw, binaries, scenarios, test_args))
+            .with_context(|| format!("cannot write {}", sh.display()))
+    };
+    reset(&rw)?;
+    step(&format!(
+        "booting {} ({MEMORY_MIB} MiB in 2 NUMA nodes, {CPUS} CPUs, balloon); output in {}",
+        kernel.name,
+        rw.display()
+    ));
+    let log_path = rw.join("console.log");
+    let qmp = g.qmp.clone().expect("set above");
+    let mut state = Harness::new(kernel.name.clone(), rw.clone(), qmp);
+    let start = Instant::now();
+    let script_cmd = format!(
+        "sh {}",
+        shell_quote(&rw.join("run.sh").display().to_string())
+    );
+    let mut console = String::new();
+    let mut retries = 0;
+    let outcome = {
+        let mut on_line = |line: &str| {
+            console.push_str(line);
+            console.push('\n');
+            println!("[{}] {line}", state.kernel);
+            state.line(line);
+        };
+        let mut before_retry = || {
+            let _ = std::fs::remove_file(rw.join("skips.log"));
+        };
+        g.boot_retrying(&script_cmd, &mut on_line, &mut before_retry, &mut retries)?
+    };
+    tally.retries = retries;
+    tally.elapsed = start.elapsed();
+    tally.exit = outcome.code;
+    let _ = std::fs::write(&log_path, console);
+    // The retry reran everything: count only the last boot's results.
+    let skips = std::fs::read_to_string(rw.join("skips.log")).unwrap_or_default();
+    for line in skips.lines() {
+        let (name, reason) = line.split_once('\t').unwrap_or((line, ""));
+        tally.skips.push(format!("{name}: {reason}"));
+    }
+    tally.finish(state, scenarios);
+    Ok(tally)
+}
+
+/// What the console has told us so far in one boot.
+struct Harness {
+    kernel: String,
+    finished: bool,
+    rw: PathBuf,
+    qmp_path: PathBuf,
+    qmp: Option<Qmp>,
+    binary: Option<String>,
+    failures_before: usize,
+    scenario_exits: Vec<(String, i32)>,
+    passed: u64,
+    failed: u64,
+    failed_tests: Vec<String>,
+}
+
+impl Harness {
+    fn new(kernel: String, rw: PathBuf, qmp_path: PathBuf) -> Self {
+        Self {
+            kernel,
+            finished: false,
+            rw,
+            qmp_path,
+            qmp: None,
+            binary: None,
+            failures_before: 0,
+            scenario_exits: Vec::new(),
+            passed: 0,
+            failed: 0,
+            failed_tests: Vec::new(),
+        }
+    }
+
+    fn line(&mut self, line: &str) {
+        if let Some(at) = line.find("@@pw-vm ") {
+            let words: Vec<&str> = line[at + 8..].split_whitespace().collect();
+            match words.as_slice() {
+                ["begin", ..] => {
+                    // A retried boot starts over.
+                    *self =
+                        Harness::new(self.kernel.clone(), self.rw.clone(), self.qmp_path.clone());
+                }
+                ["binary", label] => {
+                    self.binary = Some(label.to_string());
+                    self.failures_before = self.failed_tests.len();
+                }
+                ["binary-exit", label, code]
+                    if *code != "0" && self.failed_tests.len() == self.failures_before =>
+                {
+                    // A binary that died without a failing test line (a crash, a panic in setup).
+                    self.failed_tests.push(format!("{label} exited {code}"));
+                    self.failed += 1;
+                }
+                ["scenario-exit", name, code] => {
+                    self.scenario_exits
+                        .push((name.to_string(), code.parse().unwrap_or(-1)));
+                    // Whatever the scenario did, the next one starts from a full guest.
+                    let _ = self.qmp_request(&["balloon", &(MEMORY_MIB << 20).to_string()]);
+                }
+                ["qmp", seq, request @ ..] => {
+                    let reply = match self.qmp_request(request) {
+                        Ok(v) => v,
+                        Err(e) => json!({ "error": format!("{e:#}") }),
+                    };
+                    eprintln!("[{}] qmp {seq} {request:?} -> {reply}", self.kernel);
+                    let tmp = self.rw.join(format!(".qmp-{seq}.json"));
+                    let dst = self.rw.join(format!("qmp-{seq}.json"));
+                    if std::fs::write(&tmp, reply.to_string()).is_ok() {
+                        let _ = std::fs::rename(&tmp, &dst);
+                    }
+                }
+                ["end"] => self.finished = true,
+                _ => {}
+            }
+            return;
+        }
+        if let Some(name) = line
+            .strip_prefix("test ")
+            .and_then(|l| l.strip_suffix(" ... FAILED"))
+        {
+            self.failed_tests
+                .push(format!("{} {name}", self.binary.as_deref().unwrap_or("?")));
+        }
+        if let Some((p, f)) = crate::test::parse_result(line.trim()) {
+            self.passed += p;
+            self.failed += f;
+        }
+    }
+
+    fn qmp_request(&mut self, request: &[&str]) -> anyhow::Result<Value> {
+        if self.qmp.is_none() {
+            self.qmp = Some(Qmp::connect(&self.qmp_path, Duration::from_secs(5))?);
+        }
+        let qmp = self.qmp.as_mut().expect("connected above");
+        let bytes = |s: &str| -> anyhow::Result<u64> {
+            s.parse()
+                .with_context(|| format!("bad byte count {s:?} in a QMP request"))
+        };
+        match request {
+            ["balloon", b] => {
+                qmp.set_balloon(bytes(b)?)?;
+                Ok(json!({ "ok": true }))
+            }
+            ["query-balloon"] => Ok(json!({ "actual": qmp.balloon_actual()? })),
+            ["wait-balloon", b, secs] => {
+                let actual = qmp.wait_balloon(bytes(b)?, Duration::from_secs(bytes(secs)?))?;
+                let changes = qmp
+                    .events
+                    .iter()
+                    .filter(|e| e["event"] == "BALLOON_CHANGE")
+                    .count();
+                Ok(json!({ "actual": actual, "balloon_change_events": changes }))
+            }
+            other => bail!("unknown QMP request {other:?}"),
+        }
+    }
+}
+
+impl Tally {
+    fn finish(&mut self, h: Harness, scenarios: &[&str]) {
+        self.finished = h.finished;
+        let skipped_names: Vec<&str> = self
+            .skips
+            .iter()
+            .filter_map(|s| s.split(':').next())
+            .collect();
+        // Skipped tests return early and count as passed in cargo's tally.
+        let scenario_skips = scenarios
+            .iter()
+            .filter(|s| skipped_names.iter().any(|n| *n == format!("vm-{s}")))
+            .count() as u64;
+        self.skipped = (skipped_names.len() as u64).saturating_sub(scenario_skips);
+        self.passed = h.passed.saturating_sub(self.skipped);
+        self.failed = h.failed;
+        self.failures.extend(h.failed_tests);
+        for name in scenarios {
+            let skipped = skipped_names.iter().any(|n| *n == format!("vm-{name}"));
+            match h.scenario_exits.iter().find(|(n, _)| n == name) {
+                Some((_, 0)) if skipped => self.scenarios_skipped.push(name.to_string()),
+                Some((_, 0)) => self.scenarios_passed.push(name.to_string()),
+                Some((_, code)) => {
+                    self.scenarios_failed.push(name.to_string());
+                    self.failures.push(format!(
+                        "scenario {name} exited {code} (see the console above)"
+                    ));
+                }
+                None => {
+                    self.scenarios_failed.push(name.to_string());
+                    self.failures
+                        .push(format!("scenario {name} did not run to the end"));
+                }
+            }
+        }
+    }
+}
