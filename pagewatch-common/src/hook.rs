@@ -75,11 +75,15 @@ pub enum Hook {
     PageAlloc = 28,
     /// `kmem/mm_page_free`: pfn, order (opt-in: high volume).
     PageFree = 29,
+    /// fentry on `balloon_page_enqueue`: a page went into the balloon: pfn, struct page *.
+    BalloonInflate = 30,
+    /// fexit on `balloon_page_dequeue`: a page came back out: pfn, struct page *.
+    BalloonDeflate = 31,
 }
 
 impl Hook {
     /// Every hook, in discriminant order.
-    pub const ALL: [Hook; 30] = [
+    pub const ALL: [Hook; 32] = [
         Hook::PageFaultUser,
         Hook::KswapdWake,
         Hook::KswapdSleep,
@@ -110,6 +114,8 @@ impl Hook {
         Hook::ProcessExit,
         Hook::PageAlloc,
         Hook::PageFree,
+        Hook::BalloonInflate,
+        Hook::BalloonDeflate,
     ];
 
     /// The hook with discriminant `value`, if there is one.

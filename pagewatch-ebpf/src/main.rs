@@ -10,10 +10,12 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
-    macros::{map, tracepoint},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
+    macros::{fentry, fexit, map, tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    programs::{FEntryContext, FExitContext, TracePointContext},
 };
 use pagewatch_common::{
     event::{EventHeader, MAX_ARGS, NARROW_ARGS, RawEvent},
@@ -77,16 +79,22 @@ fn emit(ctx: &TracePointContext, hook: Hook) -> u32 {
     if filtering && cfg.per_process != 0 && unsafe { TGIDS.get(&tgid) }.is_none() {
         return 0;
     }
+    let tid = ctx.pid();
     if cfg.wide != 0 {
-        submit::<MAX_ARGS>(ctx, hook, cfg, tgid)
+        submit::<MAX_ARGS>(hook, tgid, tid, |i| {
+            read_field(ctx, cfg.offsets[i], cfg.sizes[i])
+        })
     } else {
-        submit::<NARROW_ARGS>(ctx, hook, cfg, tgid)
+        submit::<NARROW_ARGS>(hook, tgid, tid, |i| {
+            read_field(ctx, cfg.offsets[i], cfg.sizes[i])
+        })
     }
 }
 
-/// Reserves, fills and submits one `RawEvent<N>`, or counts a drop.
+/// Reserves one `RawEvent<N>`, fills argument `i` with `arg(i)` and
+/// submits it, or counts a drop.
 #[inline(always)]
-fn submit<const N: usize>(ctx: &TracePointContext, hook: Hook, cfg: &HookConfig, tgid: u32) -> u32 {
+fn submit<const N: usize>(hook: Hook, tgid: u32, tid: u32, arg: impl Fn(usize) -> u64) -> u32 {
     let Some(mut entry) = EVENTS.reserve::<RawEvent<N>>(0) else {
         if let Some(drops) = DROPS.get_ptr_mut(hook as u32) {
             // SAFETY: per-CPU slot, no concurrent writer on this CPU.
@@ -95,8 +103,8 @@ fn submit<const N: usize>(ctx: &TracePointContext, hook: Hook, cfg: &HookConfig,
         return 0;
     };
     let mut args = [0u64; N];
-    for (i, arg) in args.iter_mut().enumerate() {
-        *arg = read_field(ctx, cfg.offsets[i], cfg.sizes[i]);
+    for (i, slot) in args.iter_mut().enumerate() {
+        *slot = arg(i);
     }
     entry.write(RawEvent {
         header: EventHeader {
@@ -106,7 +114,7 @@ fn submit<const N: usize>(ctx: &TracePointContext, hook: Hook, cfg: &HookConfig,
             cpu: unsafe { bpf_get_smp_processor_id() },
             ts_ns: unsafe { bpf_ktime_get_ns() },
             tgid,
-            tid: ctx.pid(),
+            tid,
         },
         args,
     });
@@ -162,6 +170,76 @@ programs! {
     process_exit => ProcessExit,
     page_alloc => PageAlloc,
     page_free => PageFree,
+}
+
+/// Address of the kernel's `vmemmap_base` variable (from /proc/kallsyms,
+/// CONFIG_RANDOMIZE_MEMORY kernels), or 0 to use [`VMEMMAP_START`].
+#[unsafe(no_mangle)]
+static VMEMMAP_BASE_SYM: u64 = 0;
+
+/// The fixed start of the struct page array when memory is not randomised.
+#[unsafe(no_mangle)]
+static VMEMMAP_START: u64 = 0;
+
+/// sizeof(struct page) on this kernel.
+#[unsafe(no_mangle)]
+static PAGE_STRUCT_SIZE: u64 = 64;
+
+/// PFN of a `struct page *`: its index in the vmemmap array.
+#[inline(always)]
+fn page_to_pfn(page: u64) -> u64 {
+    // SAFETY: load-time constants; the kernel variable is read with
+    // bpf_probe_read_kernel, which fails cleanly.
+    let (sym, start, size) = unsafe {
+        (
+            core::ptr::read_volatile(&VMEMMAP_BASE_SYM),
+            core::ptr::read_volatile(&VMEMMAP_START),
+            core::ptr::read_volatile(&PAGE_STRUCT_SIZE),
+        )
+    };
+    let base = if sym != 0 {
+        unsafe { bpf_probe_read_kernel(sym as *const u64) }.unwrap_or(start)
+    } else {
+        start
+    };
+    if size == 0 || page < base {
+        return 0;
+    }
+    (page - base) / size
+}
+
+/// A page entering or leaving a balloon, always recorded (not filtered).
+#[inline(always)]
+fn emit_page(hook: Hook, page: u64) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let pfn = page_to_pfn(page);
+    submit::<NARROW_ARGS>(
+        hook,
+        (pid_tgid >> 32) as u32,
+        pid_tgid as u32,
+        |i| match i {
+            0 => pfn,
+            1 => page,
+            _ => 0,
+        },
+    )
+}
+
+/// `balloon_page_enqueue(struct balloon_dev_info *, struct page *)`.
+#[fentry(function = "balloon_page_enqueue")]
+pub fn balloon_inflate(ctx: FEntryContext) -> u32 {
+    emit_page(Hook::BalloonInflate, ctx.arg::<u64>(1))
+}
+
+/// `struct page *balloon_page_dequeue(struct balloon_dev_info *)`: the
+/// return value follows the one argument.
+#[fexit(function = "balloon_page_dequeue")]
+pub fn balloon_deflate(ctx: FExitContext) -> u32 {
+    let page = ctx.arg::<u64>(1);
+    if page == 0 {
+        return 0;
+    }
+    emit_page(Hook::BalloonDeflate, page)
 }
 
 #[cfg(not(test))]

@@ -74,6 +74,9 @@ pub struct PageEventStats {
     /// kmem (opt-in): pages allocated / freed (4 KiB units).
     pub pages_allocated: u64,
     pub pages_freed: u64,
+    /// Pages put into / taken out of balloons (fentry hooks).
+    pub balloon_inflated: u64,
+    pub balloon_deflated: u64,
 }
 
 /// System-wide reclaim figures.
@@ -144,6 +147,8 @@ fn add_page_events(t: &mut PageEventStats, s: &PageEventStats) {
     t.exits += s.exits;
     t.pages_allocated += s.pages_allocated;
     t.pages_freed += s.pages_freed;
+    t.balloon_inflated += s.balloon_inflated;
+    t.balloon_deflated += s.balloon_deflated;
 }
 
 fn add_faults(t: &mut FaultStats, s: &FaultStats) {
@@ -287,6 +292,12 @@ impl Aggregator {
             }
             EventKind::PageFree { order, .. } => {
                 self.current.system.page_events.pages_freed += 1 << order.min(20)
+            }
+            EventKind::Balloon { inflate: true, .. } => {
+                self.current.system.page_events.balloon_inflated += 1
+            }
+            EventKind::Balloon { inflate: false, .. } => {
+                self.current.system.page_events.balloon_deflated += 1
             }
         }
     }

@@ -193,6 +193,13 @@ pub enum EventKind {
         pfn: u64,
         order: u64,
     },
+    /// A page went into (`inflate`) or came out of a balloon.
+    Balloon {
+        pfn: u64,
+        /// The `struct page *` the PFN was computed from.
+        page: u64,
+        inflate: bool,
+    },
 }
 
 /// Why a record could not be decoded.
@@ -407,6 +414,11 @@ impl Decoder {
             Hook::PageFree => EventKind::PageFree {
                 pfn: a[0],
                 order: a[1],
+            },
+            Hook::BalloonInflate | Hook::BalloonDeflate => EventKind::Balloon {
+                pfn: a[0],
+                page: a[1],
+                inflate: hook == Hook::BalloonInflate,
             },
         };
         Ok(Event {

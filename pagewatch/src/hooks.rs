@@ -25,11 +25,24 @@ pub enum Family {
     Process,
     /// Every page allocation and free (kmem/): high volume, opt-in.
     PageAlloc,
+    /// Balloon inflation and deflation (fentry/fexit on the balloon core).
+    Balloon,
+}
+
+/// How a hook's program attaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attach {
+    /// A classic tracepoint, configured from its tracefs format.
+    Tracepoint,
+    /// fentry on a kernel function (BTF); refused on locked-down kernels.
+    FEntry,
+    /// fexit on a kernel function (BTF); refused on locked-down kernels.
+    FExit,
 }
 
 impl Family {
     /// Families attached when the user does not choose (all but PageAlloc).
-    pub const DEFAULT: [Family; 8] = [
+    pub const DEFAULT: [Family; 9] = [
         Family::Fault,
         Family::Reclaim,
         Family::Thp,
@@ -38,6 +51,7 @@ impl Family {
         Family::Ksm,
         Family::Oom,
         Family::Process,
+        Family::Balloon,
     ];
 }
 
@@ -48,9 +62,11 @@ pub struct HookSpec {
     pub family: Family,
     /// Name of the `#[tracepoint]` function in pagewatch-ebpf.
     pub program: &'static str,
-    /// Tracepoint category (tracefs `events/` subdirectory).
+    /// Tracepoint category (tracefs `events/` subdirectory); empty for
+    /// fentry/fexit hooks.
     pub category: &'static str,
-    /// Tracepoint names to try, in order; the first the kernel has is used.
+    /// Tracepoint (or kernel function) names to try, in order; the first
+    /// the kernel has is used.
     pub names: &'static [&'static str],
     /// Record fields copied into the event's `args`, in order. Each must
     /// exist in the kernel's format, or the hook is skipped; a name ending
@@ -60,6 +76,7 @@ pub struct HookSpec {
     /// Whether the `--pid`/`--comm` filter applies (false for system-wide
     /// events such as kswapd's).
     pub per_process: bool,
+    pub attach: Attach,
 }
 
 /// Every hook pagewatch knows, in [`Hook`] order.
@@ -72,6 +89,7 @@ pub const HOOKS: &[HookSpec] = &[
         names: &["page_fault_user"],
         fields: &["address", "ip", "error_code"],
         per_process: true,
+        attach: Attach::Tracepoint,
     },
     HookSpec {
         hook: Hook::KswapdWake,
@@ -81,6 +99,7 @@ pub const HOOKS: &[HookSpec] = &[
         names: &["mm_vmscan_kswapd_wake"],
         fields: &["nid", "order"],
         per_process: false,
+        attach: Attach::Tracepoint,
     },
     HookSpec {
         hook: Hook::KswapdSleep,
@@ -90,6 +109,7 @@ pub const HOOKS: &[HookSpec] = &[
         names: &["mm_vmscan_kswapd_sleep"],
         fields: &["nid"],
         per_process: false,
+        attach: Attach::Tracepoint,
     },
     HookSpec {
         hook: Hook::DirectReclaimBegin,
@@ -99,6 +119,7 @@ pub const HOOKS: &[HookSpec] = &[
         names: &["mm_vmscan_direct_reclaim_begin"],
         fields: &["order", "gfp_flags"],
         per_process: false,
+        attach: Attach::Tracepoint,
     },
     HookSpec {
         hook: Hook::DirectReclaimEnd,
@@ -108,6 +129,7 @@ pub const HOOKS: &[HookSpec] = &[
         names: &["mm_vmscan_direct_reclaim_end"],
         fields: &["nr_reclaimed"],
         per_process: false,
+        attach: Attach::Tracepoint,
     },
     HookSpec {
         hook: Hook::MemcgReclaimBegin,
@@ -117,6 +139,7 @@ pub const HOOKS: &[HookSpec] = &[
         names: &["mm_vmscan_memcg_reclaim_begin"],
         fields: &["order", "gfp_flags"],
         per_process: false,
+        attach: Attach::Tracepoint,
     },
     HookSpec {
         hook: Hook::MemcgReclaimEnd,
@@ -126,6 +149,7 @@ pub const HOOKS: &[HookSpec] = &[
         names: &["mm_vmscan_memcg_reclaim_end"],
         fields: &["nr_reclaimed"],
         per_process: false,
+        attach: Attach::Tracepoint,
     },
     HookSpec {
         hook: Hook::LruShrinkInactive,
@@ -135,6 +159,7 @@ pub const HOOKS: &[HookSpec] = &[
         names: &["mm_vmscan_lru_shrink_inactive"],
         fields: &["nid", "nr_scanned", "nr_reclaimed", "priority"],
         per_process: false,
+        attach: Attach::Tracepoint,
     },
     HookSpec {
         hook: Hook::WriteFolio,
@@ -145,6 +170,7 @@ pub const HOOKS: &[HookSpec] = &[
         names: &["mm_vmscan_write_folio", "mm_vmscan_writepage"],
         fields: &["pfn", "reclaim_flags"],
         per_process: false,
+        attach: Attach::Tracepoint,
     },
     HookSpec {
         hook: Hook::ScanPmd,
@@ -161,6 +187,7 @@ pub const HOOKS: &[HookSpec] = &[
             "unmapped",
         ],
         per_process: false,
+        attach: Attach::Tracepoint,
     },
     HookSpec {
         hook: Hook::CollapseHugePage,
@@ -170,6 +197,7 @@ pub const HOOKS: &[HookSpec] = &[
         names: &["mm_collapse_huge_page"],
         fields: &["mm", "isolated", "status"],
         per_process: false,
+        attach: Attach::Tracepoint,
     },
     HookSpec {
         hook: Hook::CollapseIsolate,
@@ -179,6 +207,7 @@ pub const HOOKS: &[HookSpec] = &[
         names: &["mm_collapse_huge_page_isolate"],
         fields: &["pfn", "none_or_zero", "referenced", "status"],
         per_process: false,
+        attach: Attach::Tracepoint,
     },
     HookSpec {
         hook: Hook::CollapseSwapin,
@@ -188,6 +217,7 @@ pub const HOOKS: &[HookSpec] = &[
         names: &["mm_collapse_huge_page_swapin"],
         fields: &["mm", "swapped_in", "referenced", "ret"],
         per_process: false,
+        attach: Attach::Tracepoint,
     },
     HookSpec {
         hook: Hook::ScanFile,
@@ -197,6 +227,7 @@ pub const HOOKS: &[HookSpec] = &[
         names: &["mm_khugepaged_scan_file"],
         fields: &["mm", "pfn", "present", "swap", "result"],
         per_process: false,
+        attach: Attach::Tracepoint,
     },
     HookSpec {
         hook: Hook::CollapseFile,
@@ -206,6 +237,7 @@ pub const HOOKS: &[HookSpec] = &[
         names: &["mm_khugepaged_collapse_file"],
         fields: &["mm", "hpfn", "index", "addr", "nr", "result"],
         per_process: false,
+        attach: Attach::Tracepoint,
     },
     HookSpec {
         hook: Hook::CompactionBegin,
@@ -215,6 +247,7 @@ pub const HOOKS: &[HookSpec] = &[
         names: &["mm_compaction_begin"],
         fields: &["zone_start", "migrate_pfn", "free_pfn", "zone_end"],
         per_process: false,
+        attach: Attach::Tracepoint,
     },
     HookSpec {
         hook: Hook::CompactionEnd,
@@ -230,6 +263,7 @@ pub const HOOKS: &[HookSpec] = &[
             "status",
         ],
         per_process: false,
+        attach: Attach::Tracepoint,
     },
     HookSpec {
         hook: Hook::CompactionMigrate,
@@ -239,6 +273,7 @@ pub const HOOKS: &[HookSpec] = &[
         names: &["mm_compaction_migratepages"],
         fields: &["nr_migrated", "nr_failed"],
         per_process: false,
+        attach: Attach::Tracepoint,
     },
     HookSpec {
         hook: Hook::MigratePages,
@@ -255,6 +290,7 @@ pub const HOOKS: &[HookSpec] = &[
             "reason",
         ],
         per_process: false,
+        attach: Attach::Tracepoint,
     },
     HookSpec {
         hook: Hook::SetMigrationPte,
@@ -264,6 +300,7 @@ pub const HOOKS: &[HookSpec] = &[
         names: &["set_migration_pte"],
         fields: &["addr", "pte", "order"],
         per_process: true,
+        attach: Attach::Tracepoint,
     },
     HookSpec {
         hook: Hook::RemoveMigrationPte,
@@ -273,6 +310,7 @@ pub const HOOKS: &[HookSpec] = &[
         names: &["remove_migration_pte"],
         fields: &["addr", "pte", "order"],
         per_process: true,
+        attach: Attach::Tracepoint,
     },
     HookSpec {
         hook: Hook::KsmMergeOne,
@@ -282,6 +320,7 @@ pub const HOOKS: &[HookSpec] = &[
         names: &["ksm_merge_one_page"],
         fields: &["pfn", "mm", "err"],
         per_process: false,
+        attach: Attach::Tracepoint,
     },
     HookSpec {
         hook: Hook::KsmMergeWithKsm,
@@ -291,6 +330,7 @@ pub const HOOKS: &[HookSpec] = &[
         names: &["ksm_merge_with_ksm_page"],
         fields: &["pfn", "mm", "err"],
         per_process: false,
+        attach: Attach::Tracepoint,
     },
     HookSpec {
         hook: Hook::KsmRemove,
@@ -300,6 +340,7 @@ pub const HOOKS: &[HookSpec] = &[
         names: &["ksm_remove_ksm_page"],
         fields: &["pfn"],
         per_process: false,
+        attach: Attach::Tracepoint,
     },
     HookSpec {
         hook: Hook::OomVictim,
@@ -310,6 +351,7 @@ pub const HOOKS: &[HookSpec] = &[
         // Before 6.2 mark_victim carried only the pid.
         fields: &["pid", "anon_rss?", "file_rss?", "shmem_rss?"],
         per_process: false,
+        attach: Attach::Tracepoint,
     },
     HookSpec {
         hook: Hook::ProcessFork,
@@ -319,6 +361,7 @@ pub const HOOKS: &[HookSpec] = &[
         names: &["sched_process_fork"],
         fields: &["parent_pid", "child_pid"],
         per_process: false,
+        attach: Attach::Tracepoint,
     },
     HookSpec {
         hook: Hook::ProcessExec,
@@ -328,6 +371,7 @@ pub const HOOKS: &[HookSpec] = &[
         names: &["sched_process_exec"],
         fields: &["pid", "old_pid"],
         per_process: false,
+        attach: Attach::Tracepoint,
     },
     HookSpec {
         hook: Hook::ProcessExit,
@@ -339,6 +383,7 @@ pub const HOOKS: &[HookSpec] = &[
         // exits before /proc/PID/comm could be read.
         fields: &["pid", "group_dead?", "comm+0", "comm+8"],
         per_process: false,
+        attach: Attach::Tracepoint,
     },
     HookSpec {
         hook: Hook::PageAlloc,
@@ -348,6 +393,7 @@ pub const HOOKS: &[HookSpec] = &[
         names: &["mm_page_alloc"],
         fields: &["pfn", "order", "gfp_flags", "migratetype"],
         per_process: true,
+        attach: Attach::Tracepoint,
     },
     HookSpec {
         hook: Hook::PageFree,
@@ -357,6 +403,31 @@ pub const HOOKS: &[HookSpec] = &[
         names: &["mm_page_free"],
         fields: &["pfn", "order"],
         per_process: true,
+        attach: Attach::Tracepoint,
+    },
+    // No tracepoint marks balloon inflation: fentry/fexit on the balloon
+    // core (mm/balloon_compaction.c), which virtio-balloon, vmw_balloon and
+    // hv_balloon's page migration use. The program turns the struct page
+    // pointer into a PFN (see VMEMMAP_* in pagewatch-ebpf).
+    HookSpec {
+        hook: Hook::BalloonInflate,
+        family: Family::Balloon,
+        program: "balloon_inflate",
+        category: "",
+        names: &["balloon_page_enqueue"],
+        fields: &[],
+        per_process: false,
+        attach: Attach::FEntry,
+    },
+    HookSpec {
+        hook: Hook::BalloonDeflate,
+        family: Family::Balloon,
+        program: "balloon_deflate",
+        category: "",
+        names: &["balloon_page_dequeue"],
+        fields: &[],
+        per_process: false,
+        attach: Attach::FExit,
     },
 ];
 

@@ -7,7 +7,7 @@
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{FEntry, FExit, ProgramError, TracePoint},
 };
 use pagewatch_common::{
     event::{MAX_ARGS, NARROW_ARGS},
@@ -16,12 +16,23 @@ use pagewatch_common::{
 
 use crate::{
     error::{Error, Result},
-    hooks::{Family, HOOKS, HookSpec},
+    hooks::{Attach, Family, HOOKS, HookSpec},
+    proc::ProcRoot,
     tracefs::{EventFormat, Tracefs},
 };
 
 /// The compiled eBPF object, built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pagewatch"));
+
+/// x86-64's struct page array when memory layout randomisation is off
+/// (4-level paging); kernels with CONFIG_RANDOMIZE_MEMORY export
+/// `vmemmap_base` instead, which is preferred.
+const X86_64_VMEMMAP_START: u64 = 0xffff_ea00_0000_0000;
+
+/// sizeof(struct page) on x86-64 in every distribution configuration
+/// (the kernel asserts it for the common layouts); debug builds with
+/// larger struct pages would mis-number balloon PFNs.
+const STRUCT_PAGE_SIZE: u64 = 64;
 
 /// The eBPF side wakes the collector only once 1/WAKEUP_FRACTION of the
 /// ring buffer is filled; below that the collector drains it when it
@@ -101,11 +112,25 @@ impl Probe {
         let (tracefs, mounted_tracefs) = Tracefs::find_or_mount()?;
         let filter = u8::from(opts.filter_tgids);
         let wakeup = u64::from(opts.ring_buffer_bytes / WAKEUP_FRACTION);
+        let proc = ProcRoot::default();
+        let wants_btf_hooks = HOOKS
+            .iter()
+            .any(|s| s.attach != Attach::Tracepoint && opts.families.contains(&s.family));
+        // Where struct pages live, to turn a `struct page *` into a PFN:
+        // the randomised base's variable when the kernel has one.
+        let vmemmap_base_sym = if wants_btf_hooks {
+            proc.kallsyms(&["vmemmap_base"])[0].unwrap_or(0)
+        } else {
+            0
+        };
         let mut ebpf =
             EbpfLoader::new()
                 .map_max_entries("EVENTS", opts.ring_buffer_bytes)
                 .override_global("FILTER_TGIDS", &filter, true)
                 .override_global("WAKEUP_BYTES", &wakeup, true)
+                .override_global("VMEMMAP_BASE_SYM", &vmemmap_base_sym, true)
+                .override_global("VMEMMAP_START", &X86_64_VMEMMAP_START, true)
+                .override_global("PAGE_STRUCT_SIZE", &STRUCT_PAGE_SIZE, true)
                 .load(EBPF_OBJECT)
                 .map_err(|e| match e {
                     aya::EbpfError::MapError(aya::maps::MapError::CreateError {
@@ -116,8 +141,13 @@ impl Probe {
 
         let mut attached = Vec::new();
         let mut skipped = Vec::new();
+        let mut btf = None;
         for spec in HOOKS.iter().filter(|s| opts.families.contains(&s.family)) {
-            match attach(&mut ebpf, &tracefs, spec) {
+            let result = match spec.attach {
+                Attach::Tracepoint => attach(&mut ebpf, &tracefs, spec),
+                Attach::FEntry | Attach::FExit => attach_btf(&mut ebpf, &mut btf, &proc, spec),
+            };
+            match result {
                 Ok(hook) => attached.push(hook),
                 Err(reason) => skipped.push(SkippedHook {
                     program: spec.program,
@@ -239,6 +269,84 @@ pub fn resolve(tracefs: &Tracefs, spec: &HookSpec) -> std::result::Result<Resolv
         config,
         layout,
         format,
+    })
+}
+
+/// Loads and attaches one fentry/fexit hook, or says why it cannot be:
+/// no BTF, the function is not in this kernel (absent or inlined), or the
+/// kernel refuses fentry (lockdown, as on this project's hosts).
+fn attach_btf(
+    ebpf: &mut Ebpf,
+    btf: &mut Option<std::result::Result<aya::Btf, String>>,
+    proc: &ProcRoot,
+    spec: &HookSpec,
+) -> std::result::Result<AttachedHook, String> {
+    let btf = btf
+        .get_or_insert_with(|| {
+            aya::Btf::from_sys_fs()
+                .map_err(|e| format!("no kernel BTF (/sys/kernel/btf/vmlinux): {e}"))
+        })
+        .as_ref()
+        .map_err(Clone::clone)?;
+    let addrs = proc.kallsyms(spec.names);
+    let Some(function) = spec
+        .names
+        .iter()
+        .zip(addrs)
+        .find_map(|(n, a)| a.map(|_| *n))
+    else {
+        return Err(format!(
+            "this kernel has no function {} (absent, or inlined)",
+            spec.names.join(" or ")
+        ));
+    };
+    let explain = |e: aya::programs::ProgramError| {
+        let text = e.to_string();
+        if format!("{e:?}").contains("PermissionDenied") || text.contains("Operation not permitted")
+        {
+            format!(
+                "the kernel refused fentry/fexit on {function} (EPERM: kernel lockdown or \
+                 ftrace hooks disabled); balloon pages are still counted by the OFFLINE census \
+                 and /proc/vmstat balloon_inflate/balloon_deflate"
+            )
+        } else {
+            format!("{function}: {text}")
+        }
+    };
+    let program = ebpf
+        .program_mut(spec.program)
+        .ok_or_else(|| format!("eBPF object has no program {}", spec.program))?;
+    match spec.attach {
+        Attach::FEntry => {
+            let p: &mut FEntry = program
+                .try_into()
+                .map_err(|e: ProgramError| e.to_string())?;
+            p.load(function, btf).map_err(explain)?;
+            p.attach().map_err(explain)?;
+        }
+        _ => {
+            let p: &mut FExit = program
+                .try_into()
+                .map_err(|e: ProgramError| e.to_string())?;
+            p.load(function, btf).map_err(explain)?;
+            p.attach().map_err(explain)?;
+        }
+    }
+    Ok(AttachedHook {
+        hook: spec.hook,
+        tracepoint: format!(
+            "{}:{function}",
+            if spec.attach == Attach::FEntry {
+                "fentry"
+            } else {
+                "fexit"
+            }
+        ),
+        layout: FieldLayout {
+            sizes: [8, 8, 0, 0, 0, 0],
+            signed: [false; MAX_ARGS],
+        },
+        format: EventFormat::default(),
     })
 }
 

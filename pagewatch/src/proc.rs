@@ -51,6 +51,28 @@ impl ProcRoot {
         pids
     }
 
+    /// Addresses of kernel symbols in `names` from `kallsyms` (root only:
+    /// others read zeros, returned as None), in the order asked.
+    pub fn kallsyms(&self, names: &[&str]) -> Vec<Option<u64>> {
+        let mut found = vec![None; names.len()];
+        let Ok(text) = std::fs::read_to_string(self.0.join("kallsyms")) else {
+            return found;
+        };
+        for line in text.lines() {
+            let mut f = line.split_whitespace();
+            let (Some(addr), Some(_kind), Some(name)) = (f.next(), f.next(), f.next()) else {
+                continue;
+            };
+            if let Some(i) = names.iter().position(|n| *n == name)
+                && let Ok(addr) = u64::from_str_radix(addr, 16)
+                && addr != 0
+            {
+                found[i] = Some(addr);
+            }
+        }
+        found
+    }
+
     /// The root path.
     pub fn path(&self) -> &Path {
         &self.0
@@ -102,7 +124,16 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("pw-proc-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("42")).unwrap();
         std::fs::write(dir.join("42/comm"), "worker\n").unwrap();
+        std::fs::write(
+            dir.join("kallsyms"),
+            "ffffffff81699db0 T balloon_page_enqueue\n0000000000000000 T hidden\n",
+        )
+        .unwrap();
         let root = ProcRoot::at(&dir);
+        assert_eq!(
+            root.kallsyms(&["hidden", "balloon_page_enqueue", "absent"]),
+            vec![None, Some(0xffff_ffff_8169_9db0), None]
+        );
         assert!(root.pid_exists(42));
         assert!(!root.pid_exists(43));
         assert_eq!(root.pids_named("worker"), vec![42]);

@@ -484,3 +484,61 @@ fn madvise_collapse_is_counted_for_the_calling_process() {
         s["thp_scan_results"]
     );
 }
+
+/// Balloon hooks use fentry/fexit, which locked-down kernels (these hosts)
+/// refuse: the run goes on with the other hooks and says why, once per hook,
+/// in stderr and in the summary. Where fentry loads (the test VM's kernels)
+/// the hooks are attached instead.
+#[test]
+fn refused_fentry_is_reported_and_the_rest_keeps_working() {
+    if skip_unless_root("refused_fentry_is_reported_and_the_rest_keeps_working") {
+        return;
+    }
+    let (status, out, err) = run_pagewatch(&[
+        "top",
+        "--json",
+        "--events",
+        "faults,balloon",
+        "--duration",
+        "500ms",
+    ]);
+    assert!(status.success(), "stderr: {err}");
+    let summary: Value = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find_map(|l| l.get("summary").cloned())
+        .expect("summary");
+    let hooks: Vec<&str> = summary["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_str().unwrap())
+        .collect();
+    assert!(hooks.contains(&"exceptions/page_fault_user"), "{hooks:?}");
+    let skipped = summary["skipped_hooks"].as_array().unwrap();
+    for program in ["balloon_inflate", "balloon_deflate"] {
+        let attached = hooks
+            .iter()
+            .any(|h| h.starts_with("fentry:") || h.starts_with("fexit:"));
+        let reason = skipped
+            .iter()
+            .find(|s| s["hook"] == program)
+            .map(|s| s["reason"].as_str().unwrap().to_owned());
+        match reason {
+            Some(reason) => {
+                assert!(
+                    reason.contains("refused")
+                        || reason.contains("no function")
+                        || reason.contains("BTF"),
+                    "{program}: unclear reason {reason:?}"
+                );
+                assert_eq!(
+                    err.matches(&format!("skipping hook {program}:")).count(),
+                    1,
+                    "said once on stderr: {err}"
+                );
+            }
+            None => assert!(attached, "{program} neither attached nor skipped"),
+        }
+    }
+}

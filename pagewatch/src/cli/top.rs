@@ -41,6 +41,8 @@ enum FamilyArg {
     Process,
     /// kmem/mm_page_alloc and mm_page_free: every page, high volume.
     PageAlloc,
+    /// Balloon inflate/deflate (fentry; refused on locked-down kernels).
+    Balloon,
 }
 
 impl From<FamilyArg> for Family {
@@ -55,6 +57,7 @@ impl From<FamilyArg> for Family {
             FamilyArg::Oom => Family::Oom,
             FamilyArg::Process => Family::Process,
             FamilyArg::PageAlloc => Family::PageAlloc,
+            FamilyArg::Balloon => Family::Balloon,
         }
     }
 }
@@ -513,6 +516,7 @@ fn page_events_line(s: &SystemStats, scans: &BTreeMap<String, u64>) -> Option<St
         p.oom_kills,
         p.forks + p.execs + p.exits,
         p.pages_allocated + p.pages_freed,
+        p.balloon_inflated + p.balloon_deflated,
     ]
     .iter()
     .any(|&n| n > 0);
@@ -528,7 +532,7 @@ fn page_events_line(s: &SystemStats, scans: &BTreeMap<String, u64>) -> Option<St
         .collect();
     Some(format!(
         "thp: scans {} ({}) collapsed {} failed {} | compaction {} migrated {} failed {} | \
-         migrate ok {} failed {} | ksm merges {} | oom kills {} | fork {} exec {} exit {}{}",
+         migrate ok {} failed {} | ksm merges {} | oom kills {} | fork {} exec {} exit {}{}{}",
         p.thp_scans,
         reasons.join(", "),
         p.thp_collapses,
@@ -547,6 +551,14 @@ fn page_events_line(s: &SystemStats, scans: &BTreeMap<String, u64>) -> Option<St
             format!(
                 " | pages alloc {} free {}",
                 p.pages_allocated, p.pages_freed
+            )
+        } else {
+            String::new()
+        },
+        if p.balloon_inflated + p.balloon_deflated > 0 {
+            format!(
+                " | balloon +{} -{} pages",
+                p.balloon_inflated, p.balloon_deflated
             )
         } else {
             String::new()
