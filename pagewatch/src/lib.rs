@@ -7,7 +7,9 @@
 //! - [`event`]: decoding ring-buffer records into typed events;
 //! - [`aggregate`]: per-process and system-wide tallies per interval;
 //! - [`proc`]: small /proc readers (process names, privileges);
-//! - [`snapshot`]: pagemap/kpageflags page census.
+//! - [`snapshot`]: pagemap/kpageflags page census;
+//! - [`transition`]: page state transitions and their causes;
+//! - [`record`]: the recording file format (writer and reader).
 
 pub mod aggregate;
 pub mod error;
@@ -15,5 +17,7 @@ pub mod event;
 pub mod hooks;
 pub mod probe;
 pub mod proc;
+pub mod record;
 pub mod snapshot;
 pub mod tracefs;
+pub mod transition;

@@ -1,0 +1,1 @@
+//! The recording file format: writer and reader (see the record issue).

@@ -1,0 +1,149 @@
+//! Page state transitions: what the correlator concludes when it joins the
+//! difference between two snapshots with the events in between. A
+//! transition group says: in this interval, `pages` pages of process `pid`
+//! in VMA `vma` went through `kind`, because of `cause`.
+
+use serde::Serialize;
+
+/// What happened to a virtual page between two snapshots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum TransitionKind {
+    /// Not present before, present now.
+    FaultedIn = 0,
+    /// Present before, swapped now.
+    SwappedOut = 1,
+    /// Swapped before, present now.
+    SwappedIn = 2,
+    /// Mapped before, gone now (unmapped, freed, or the process exited).
+    Unmapped = 3,
+    /// Present before and now, on a different PFN.
+    Migrated = 4,
+    /// Present before and now, on a PFN of a different NUMA node.
+    NodeChanged = 5,
+    /// Now part of a THP (PMD-mapped), was not.
+    CollapsedToThp = 6,
+    /// Was part of a THP, now is not (split or partially unmapped).
+    SplitFromThp = 7,
+    /// Now a KSM page, was not.
+    KsmMerged = 8,
+    /// Was a KSM page, now is not.
+    KsmUnmerged = 9,
+    /// Now mapped to the shared zero page.
+    ZeroPageMapped = 10,
+    /// Now backed by a hugetlb page.
+    BecameHugetlb = 11,
+}
+
+impl TransitionKind {
+    /// Every kind, in discriminant order.
+    pub const ALL: [TransitionKind; 12] = [
+        Self::FaultedIn,
+        Self::SwappedOut,
+        Self::SwappedIn,
+        Self::Unmapped,
+        Self::Migrated,
+        Self::NodeChanged,
+        Self::CollapsedToThp,
+        Self::SplitFromThp,
+        Self::KsmMerged,
+        Self::KsmUnmerged,
+        Self::ZeroPageMapped,
+        Self::BecameHugetlb,
+    ];
+
+    /// The kind with discriminant `v`.
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(v)).copied()
+    }
+}
+
+/// Why it happened, from the events in the interval. `Unexplained` when no
+/// event explains it: the correlator never guesses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum Cause {
+    Unexplained = 0,
+    /// A page fault of the process itself.
+    Fault = 1,
+    KswapdReclaim = 2,
+    DirectReclaim = 3,
+    MemcgReclaim = 4,
+    Khugepaged = 5,
+    MadvCollapse = 6,
+    Compaction = 7,
+    /// NUMA balancing (migrate reason numa_misplaced).
+    NumaBalancing = 8,
+    /// migrate_pages/move_pages/mbind (migrate reason syscall or mbind).
+    MigrateSyscall = 9,
+    Ksm = 10,
+    /// Reclaim while a balloon was inflating.
+    BalloonPressure = 11,
+    Oom = 12,
+    /// The process exited.
+    Exit = 13,
+}
+
+impl Cause {
+    /// Every cause, in discriminant order.
+    pub const ALL: [Cause; 14] = [
+        Self::Unexplained,
+        Self::Fault,
+        Self::KswapdReclaim,
+        Self::DirectReclaim,
+        Self::MemcgReclaim,
+        Self::Khugepaged,
+        Self::MadvCollapse,
+        Self::Compaction,
+        Self::NumaBalancing,
+        Self::MigrateSyscall,
+        Self::Ksm,
+        Self::BalloonPressure,
+        Self::Oom,
+        Self::Exit,
+    ];
+
+    /// The cause with discriminant `v`.
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(v)).copied()
+    }
+}
+
+/// Pages of one process and VMA that went through the same transition for
+/// the same cause in one interval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TransitionGroup {
+    /// CLOCK_MONOTONIC ns at the end of the interval (the later snapshot).
+    pub ts_ns: u64,
+    pub pid: u32,
+    /// The VMA's start address and its name as /proc/PID/maps shows it
+    /// (path, `[heap]`, `[stack]`, or empty for anonymous).
+    pub vma_start: u64,
+    pub vma: String,
+    pub kind: TransitionKind,
+    pub cause: Cause,
+    /// 4 KiB pages.
+    pub pages: u64,
+    /// NUMA node before and after, for `NodeChanged` (else -1).
+    pub from_node: i32,
+    pub to_node: i32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discriminants_round_trip() {
+        for k in TransitionKind::ALL {
+            assert_eq!(TransitionKind::from_u8(k as u8), Some(k));
+        }
+        for c in Cause::ALL {
+            assert_eq!(Cause::from_u8(c as u8), Some(c));
+        }
+        assert_eq!(TransitionKind::from_u8(200), None);
+        assert_eq!(Cause::from_u8(200), None);
+    }
+}
