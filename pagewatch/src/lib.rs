@@ -6,12 +6,14 @@
 //! - [`probe`]: loading the eBPF object, configuring and attaching hooks;
 //! - [`event`]: decoding ring-buffer records into typed events;
 //! - [`aggregate`]: per-process and system-wide tallies per interval;
+//! - [`correlate`]: snapshot diffs joined with events into attributed transitions;
 //! - [`proc`]: small /proc readers (process names, privileges);
 //! - [`snapshot`]: pagemap/kpageflags page census;
 //! - [`transition`]: page state transitions and their causes;
 //! - [`record`]: the recording file format (writer and reader).
 
 pub mod aggregate;
+pub mod correlate;
 pub mod error;
 pub mod event;
 pub mod hooks;

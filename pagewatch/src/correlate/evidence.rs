@@ -1,0 +1,312 @@
+//! What the events of one interval say happened, in the form the
+//! correlator asks about: did this process fault, was reclaim running and
+//! of which kind, which PMD ranges did khugepaged or MADV_COLLAPSE collapse,
+//! which pages did KSM merge, which migrations for which reason, which
+//! processes exited or were OOM-killed, was a balloon inflating.
+//!
+//! Events that name a PFN rather than a process (khugepaged's scans, KSM
+//! merges) are turned into (pid, address) through the PFN -> owner map of
+//! the snapshot taken before the interval ([`Evidence::resolve_pfns`]).
+
+use std::collections::{BTreeMap, HashSet};
+
+use pagewatch_common::hook::Hook;
+
+use crate::{
+    event::{Decoder, Event, EventKind},
+    snapshot::columns::PageTable,
+    transition::{Cause, TransitionKind},
+};
+
+const PMD_SIZE: u64 = 2 << 20;
+
+/// Migration causes by the kernel's `migrate_reason` name.
+fn migrate_cause(reason: &str) -> Cause {
+    match reason {
+        "numa_misplaced" => Cause::NumaBalancing,
+        "syscall_or_cpuset" | "mempolicy_mbind" => Cause::MigrateSyscall,
+        "compaction" => Cause::Compaction,
+        _ => Cause::Unexplained,
+    }
+}
+
+/// Evidence gathered from one interval's events.
+#[derive(Debug, Default)]
+pub struct Evidence {
+    faulted: HashSet<u32>,
+    direct_reclaimers: HashSet<u32>,
+    memcg_reclaimers: HashSet<u32>,
+    kswapd_ran: bool,
+    balloon_inflating: bool,
+    /// Processes that collapsed their own ranges (MADV_COLLAPSE).
+    madv_collapsers: HashSet<u32>,
+    /// PFNs khugepaged scanned with success, before resolution.
+    khugepaged_pfns: Vec<u64>,
+    /// (pid, PMD-aligned address) khugepaged collapsed, after resolution.
+    khugepaged_ranges: HashSet<(u32, u64)>,
+    ksm_pfns: Vec<u64>,
+    ksm_pages: HashSet<(u32, u64)>,
+    /// Pages migrated per cause in the interval.
+    migrations: BTreeMap<Cause, u64>,
+    exited: HashSet<u32>,
+    oom_victims: HashSet<u32>,
+}
+
+impl Evidence {
+    /// Takes one event into account. `is_khugepaged(tgid)` tells khugepaged's
+    /// thread from a process collapsing its own memory with MADV_COLLAPSE.
+    pub fn add(&mut self, e: &Event, decoder: &Decoder, is_khugepaged: impl Fn(u32) -> bool) {
+        match e.kind {
+            EventKind::PageFault { .. } => {
+                self.faulted.insert(e.tgid);
+            }
+            EventKind::DirectReclaimBegin { .. } | EventKind::DirectReclaimEnd { .. } => {
+                self.direct_reclaimers.insert(e.tgid);
+            }
+            EventKind::MemcgReclaimBegin { .. } | EventKind::MemcgReclaimEnd { .. } => {
+                self.memcg_reclaimers.insert(e.tgid);
+            }
+            EventKind::KswapdWake { .. } | EventKind::KswapdSleep { .. } => self.kswapd_ran = true,
+            EventKind::LruShrinkInactive { .. } | EventKind::WriteFolio { .. } => {}
+            // khugepaged's scan_result 1 is SCAN_SUCCEED on every 6.x kernel.
+            EventKind::ScanPmd { pfn, status, .. } if status == 1 => {
+                if is_khugepaged(e.tgid) {
+                    self.khugepaged_pfns.push(pfn);
+                } else {
+                    self.madv_collapsers.insert(e.tgid);
+                }
+            }
+            EventKind::CollapseHugePage { status, .. } if status == 1 => {
+                if !is_khugepaged(e.tgid) {
+                    self.madv_collapsers.insert(e.tgid);
+                }
+            }
+            EventKind::KsmMerge { pfn, err: 0, .. } => self.ksm_pfns.push(pfn),
+            EventKind::MigratePages {
+                succeeded, reason, ..
+            } => {
+                let cause = decoder
+                    .symbol(Hook::MigratePages, "reason", reason)
+                    .map_or(Cause::Unexplained, migrate_cause);
+                *self.migrations.entry(cause).or_default() += succeeded;
+            }
+            EventKind::ProcessExit {
+                pid, group_dead, ..
+            } => {
+                // group_dead exists from 6.10; before, the leader's exit
+                // (pid == tgid) stands for the process.
+                if group_dead != 0 || pid == i64::from(e.tgid) {
+                    self.exited.insert(e.tgid);
+                }
+            }
+            EventKind::OomVictim { pid, .. } => {
+                if let Ok(pid) = u32::try_from(pid) {
+                    self.oom_victims.insert(pid);
+                }
+            }
+            EventKind::Balloon { inflate: true, .. } => self.balloon_inflating = true,
+            _ => {}
+        }
+    }
+
+    /// Marks a balloon inflation seen by other means (vmstat balloon_inflate
+    /// delta) where the balloon hooks cannot attach.
+    pub fn set_balloon_inflating(&mut self) {
+        self.balloon_inflating = true;
+    }
+
+    /// Resolves PFN-named evidence to (pid, address) with the PFN -> owner
+    /// map of the snapshot taken before the interval.
+    pub fn resolve_pfns(&mut self, before: &PageTable) {
+        for pfn in self.khugepaged_pfns.drain(..) {
+            for o in before.owners(pfn) {
+                self.khugepaged_ranges
+                    .insert((o.pid, o.va & !(PMD_SIZE - 1)));
+            }
+        }
+        for pfn in self.ksm_pfns.drain(..) {
+            for o in before.owners(pfn) {
+                self.ksm_pages.insert((o.pid, o.va));
+            }
+        }
+    }
+
+    /// Why page `va` of `pid` went through `kind`, or `Unexplained`.
+    pub fn cause(&self, pid: u32, va: u64, kind: TransitionKind) -> Cause {
+        use TransitionKind::*;
+        let faulted = || {
+            if self.faulted.contains(&pid) {
+                Cause::Fault
+            } else {
+                Cause::Unexplained
+            }
+        };
+        match kind {
+            FaultedIn | SwappedIn | ZeroPageMapped | BecameHugetlb | KsmUnmerged => faulted(),
+            SwappedOut => self.reclaim_cause(pid),
+            Unmapped if self.oom_victims.contains(&pid) => Cause::Oom,
+            Unmapped if self.exited.contains(&pid) => Cause::Exit,
+            Unmapped | SplitFromThp => Cause::Unexplained,
+            CollapsedToThp => {
+                if self.madv_collapsers.contains(&pid) {
+                    Cause::MadvCollapse
+                } else if self
+                    .khugepaged_ranges
+                    .contains(&(pid, va & !(PMD_SIZE - 1)))
+                {
+                    Cause::Khugepaged
+                } else {
+                    Cause::Unexplained
+                }
+            }
+            KsmMerged => {
+                // The merge event names the page before the merge.
+                if self.ksm_pages.contains(&(pid, va)) {
+                    Cause::Ksm
+                } else {
+                    Cause::Unexplained
+                }
+            }
+            Migrated | NodeChanged => {
+                // Only one cause of migration in the interval identifies it.
+                let mut causes = self.migrations.iter().filter(|(_, n)| **n > 0);
+                match (causes.next(), causes.next()) {
+                    (Some((cause, _)), None) => *cause,
+                    _ => Cause::Unexplained,
+                }
+            }
+        }
+    }
+
+    fn reclaim_cause(&self, pid: u32) -> Cause {
+        let any_reclaim = self.kswapd_ran
+            || !self.direct_reclaimers.is_empty()
+            || !self.memcg_reclaimers.is_empty();
+        if self.balloon_inflating && any_reclaim {
+            Cause::BalloonPressure
+        } else if self.memcg_reclaimers.contains(&pid) {
+            Cause::MemcgReclaim
+        } else if self.direct_reclaimers.contains(&pid) {
+            Cause::DirectReclaim
+        } else if self.kswapd_ran {
+            Cause::KswapdReclaim
+        } else {
+            // Reclaim by others: attributable only when of one kind.
+            match (
+                self.memcg_reclaimers.is_empty(),
+                self.direct_reclaimers.is_empty(),
+            ) {
+                (false, true) => Cause::MemcgReclaim,
+                (true, false) => Cause::DirectReclaim,
+                _ => Cause::Unexplained,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(tgid: u32, kind: EventKind) -> Event {
+        Event {
+            ts_ns: 0,
+            cpu: 0,
+            tgid,
+            tid: tgid,
+            kind,
+        }
+    }
+
+    fn evidence(events: &[Event]) -> Evidence {
+        let mut e = Evidence::default();
+        for x in events {
+            e.add(x, &Decoder::default(), |tgid| tgid == 77);
+        }
+        e
+    }
+
+    #[test]
+    fn no_event_means_unexplained_never_a_guess() {
+        let e = evidence(&[]);
+        for kind in TransitionKind::ALL {
+            assert_eq!(e.cause(1, 0x1000, kind), Cause::Unexplained, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn faults_reclaim_exit_and_collapse_are_attributed() {
+        let fault = EventKind::PageFault {
+            address: 0x1000,
+            ip: 0,
+            error_code: 2,
+        };
+        let e = evidence(&[
+            ev(1, fault),
+            ev(2, EventKind::MemcgReclaimEnd { nr_reclaimed: 32 }),
+            ev(
+                3,
+                EventKind::ScanPmd {
+                    mm: 0,
+                    pfn: 0,
+                    referenced: 0,
+                    none_or_zero: 0,
+                    status: 1,
+                    unmapped: 0,
+                },
+            ),
+            ev(
+                4,
+                EventKind::ProcessExit {
+                    pid: 4,
+                    group_dead: 1,
+                    comm: [0; 16],
+                },
+            ),
+        ]);
+        assert_eq!(e.cause(1, 0, TransitionKind::FaultedIn), Cause::Fault);
+        assert_eq!(e.cause(9, 0, TransitionKind::FaultedIn), Cause::Unexplained);
+        assert_eq!(
+            e.cause(2, 0, TransitionKind::SwappedOut),
+            Cause::MemcgReclaim
+        );
+        // Someone else's memcg reclaim, and no other kind: memcg reclaim.
+        assert_eq!(
+            e.cause(9, 0, TransitionKind::SwappedOut),
+            Cause::MemcgReclaim
+        );
+        assert_eq!(
+            e.cause(3, 0, TransitionKind::CollapsedToThp),
+            Cause::MadvCollapse
+        );
+        assert_eq!(e.cause(4, 0, TransitionKind::Unmapped), Cause::Exit);
+        assert_eq!(e.cause(1, 0, TransitionKind::Unmapped), Cause::Unexplained);
+    }
+
+    #[test]
+    fn reclaim_while_a_balloon_inflates_is_balloon_pressure() {
+        let mut e = evidence(&[ev(100, EventKind::KswapdWake { nid: 0, order: 0 })]);
+        assert_eq!(
+            e.cause(5, 0, TransitionKind::SwappedOut),
+            Cause::KswapdReclaim
+        );
+        e.set_balloon_inflating();
+        assert_eq!(
+            e.cause(5, 0, TransitionKind::SwappedOut),
+            Cause::BalloonPressure
+        );
+    }
+
+    #[test]
+    fn migrations_of_two_kinds_are_not_guessed_between() {
+        let mut e = Evidence::default();
+        e.migrations.insert(Cause::NumaBalancing, 10);
+        assert_eq!(
+            e.cause(1, 0, TransitionKind::NodeChanged),
+            Cause::NumaBalancing
+        );
+        e.migrations.insert(Cause::Compaction, 3);
+        assert_eq!(e.cause(1, 0, TransitionKind::Migrated), Cause::Unexplained);
+        assert_eq!(migrate_cause("syscall_or_cpuset"), Cause::MigrateSyscall);
+    }
+}

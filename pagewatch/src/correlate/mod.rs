@@ -1,0 +1,294 @@
+//! The correlator: joins the difference between two page snapshots with the
+//! events recorded in between into attributed transitions. Each changed
+//! virtual page gets a [`TransitionKind`] from its before/after state and a
+//! [`Cause`] from the interval's [`Evidence`]; where no event explains the
+//! change the cause is `Unexplained` — it never guesses.
+//!
+//! - [`numa`]: PFN -> NUMA node from sysfs memory blocks;
+//! - [`evidence`]: what the events of one interval say happened;
+//! - this module: page states, classification and the snapshot diff.
+
+pub mod evidence;
+pub mod numa;
+
+use std::collections::BTreeMap;
+
+use crate::{
+    snapshot::{
+        columns::PageTable,
+        flags::{PM_PFN_MASK, PM_PRESENT, PM_SWAP, has, kpf},
+    },
+    transition::{Cause, TransitionGroup, TransitionKind},
+};
+use evidence::Evidence;
+use numa::NodeMap;
+
+/// What one virtual page looked like in a snapshot: its pagemap entry and
+/// the kpageflags of its PFN (0 when not present).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageState {
+    pub pagemap: u64,
+    pub kflags: u64,
+}
+
+impl PageState {
+    fn present(self) -> bool {
+        self.pagemap & PM_PRESENT != 0
+    }
+    fn swapped(self) -> bool {
+        self.pagemap & PM_SWAP != 0
+    }
+    fn pfn(self) -> Option<u64> {
+        let pfn = self.pagemap & PM_PFN_MASK;
+        (self.present() && pfn != 0).then_some(pfn)
+    }
+    fn thp(self) -> bool {
+        self.present() && has(self.kflags, kpf::THP)
+    }
+    fn ksm(self) -> bool {
+        self.present() && has(self.kflags, kpf::KSM)
+    }
+    fn zero(self) -> bool {
+        self.present() && has(self.kflags, kpf::ZERO_PAGE)
+    }
+    fn hugetlb(self) -> bool {
+        self.present() && has(self.kflags, kpf::HUGE)
+    }
+}
+
+/// A transition of one page, with NUMA nodes for node changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageChange {
+    pub kind: TransitionKind,
+    pub from_node: i32,
+    pub to_node: i32,
+}
+
+/// The transition a page went through between two snapshots, if any.
+/// `None` states mean "neither present nor swapped" (not in the snapshot).
+pub fn classify(
+    before: Option<PageState>,
+    after: Option<PageState>,
+    nodes: &NodeMap,
+) -> Option<PageChange> {
+    let change = |kind| PageChange {
+        kind,
+        from_node: -1,
+        to_node: -1,
+    };
+    let before = before.filter(|b| b.present() || b.swapped());
+    let after = after.filter(|a| a.present() || a.swapped());
+    let kind = match (before, after) {
+        (None, None) => return None,
+        (Some(_), None) => TransitionKind::Unmapped,
+        (None, Some(a)) if a.swapped() => return None,
+        (None, Some(a)) => appeared(a),
+        (Some(b), Some(a)) if b.swapped() && a.present() => TransitionKind::SwappedIn,
+        (Some(b), Some(a)) if b.present() && a.swapped() => TransitionKind::SwappedOut,
+        (Some(b), Some(_)) if b.swapped() => return None,
+        (Some(b), Some(a)) => {
+            if a.thp() && !b.thp() {
+                TransitionKind::CollapsedToThp
+            } else if b.thp() && !a.thp() {
+                TransitionKind::SplitFromThp
+            } else if a.ksm() && !b.ksm() {
+                TransitionKind::KsmMerged
+            } else if b.ksm() && !a.ksm() {
+                TransitionKind::KsmUnmerged
+            } else if a.zero() && !b.zero() {
+                TransitionKind::ZeroPageMapped
+            } else if a.hugetlb() && !b.hugetlb() {
+                TransitionKind::BecameHugetlb
+            } else if b.zero() && !a.zero() {
+                // Write to a zero-page mapping: a fresh page faulted in.
+                TransitionKind::FaultedIn
+            } else if a.pfn() != b.pfn() {
+                let (from, to) = (
+                    b.pfn().map_or(-1, |p| nodes.node_of(p)),
+                    a.pfn().map_or(-1, |p| nodes.node_of(p)),
+                );
+                if from != to && from >= 0 && to >= 0 {
+                    return Some(PageChange {
+                        kind: TransitionKind::NodeChanged,
+                        from_node: from,
+                        to_node: to,
+                    });
+                }
+                TransitionKind::Migrated
+            } else {
+                return None;
+            }
+        }
+    };
+    Some(change(kind))
+}
+
+fn appeared(a: PageState) -> TransitionKind {
+    if a.zero() {
+        TransitionKind::ZeroPageMapped
+    } else if a.hugetlb() {
+        TransitionKind::BecameHugetlb
+    } else {
+        TransitionKind::FaultedIn
+    }
+}
+
+/// One page of a snapshot in (pid, address) order.
+#[derive(Debug, Clone, Copy)]
+struct Row {
+    pid: u32,
+    va: u64,
+    vma: u32,
+    state: PageState,
+}
+
+fn rows(t: &PageTable) -> impl Iterator<Item = Row> + '_ {
+    (0..t.len()).map(move |i| {
+        let o = t.owner(i);
+        Row {
+            pid: o.pid,
+            va: o.va,
+            vma: o.vma,
+            state: PageState {
+                pagemap: t.pagemap(i),
+                kflags: t.flags(i),
+            },
+        }
+    })
+}
+
+/// Key of a transition group within one interval.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct GroupKey {
+    pid: u32,
+    vma_start: u64,
+    vma: String,
+    kind: TransitionKind,
+    cause: Cause,
+    from_node: i32,
+    to_node: i32,
+}
+
+/// Diffs two snapshots of the same processes (each built from processes in
+/// ascending pid order, as [`PageTable::from_scans`] keeps them) and
+/// attributes every change with `evidence` (already resolved against
+/// `before` with [`Evidence::resolve_pfns`]). `ts_ns` stamps the groups.
+pub fn diff(
+    before: &PageTable,
+    after: &PageTable,
+    evidence: &Evidence,
+    nodes: &NodeMap,
+    ts_ns: u64,
+) -> Vec<TransitionGroup> {
+    let mut groups: BTreeMap<GroupKey, u64> = BTreeMap::new();
+    let mut add = |table: &PageTable, row: Row, change: PageChange| {
+        let meta = &table.vmas[row.vma as usize];
+        let cause = evidence.cause(row.pid, row.va, change.kind);
+        *groups
+            .entry(GroupKey {
+                pid: row.pid,
+                vma_start: meta.start,
+                vma: meta.name.clone(),
+                kind: change.kind,
+                cause,
+                from_node: change.from_node,
+                to_node: change.to_node,
+            })
+            .or_default() += 1;
+    };
+    let mut b = rows(before).peekable();
+    let mut a = rows(after).peekable();
+    loop {
+        let order = match (b.peek(), a.peek()) {
+            (None, None) => break,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some(x), Some(y)) => (x.pid, x.va).cmp(&(y.pid, y.va)),
+        };
+        match order {
+            std::cmp::Ordering::Less => {
+                let row = b.next().expect("peeked");
+                if let Some(c) = classify(Some(row.state), None, nodes) {
+                    add(before, row, c);
+                }
+            }
+            std::cmp::Ordering::Greater => {
+                let row = a.next().expect("peeked");
+                if let Some(c) = classify(None, Some(row.state), nodes) {
+                    add(after, row, c);
+                }
+            }
+            std::cmp::Ordering::Equal => {
+                let (x, y) = (b.next().expect("peeked"), a.next().expect("peeked"));
+                if let Some(c) = classify(Some(x.state), Some(y.state), nodes) {
+                    add(after, y, c);
+                }
+            }
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(k, pages)| TransitionGroup {
+            ts_ns,
+            pid: k.pid,
+            vma_start: k.vma_start,
+            vma: k.vma,
+            kind: k.kind,
+            cause: k.cause,
+            pages,
+            from_node: k.from_node,
+            to_node: k.to_node,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const THP: u64 = 1 << kpf::THP;
+    const KSM: u64 = 1 << kpf::KSM;
+    const ZERO: u64 = 1 << kpf::ZERO_PAGE;
+
+    fn present(pfn: u64, kflags: u64) -> Option<PageState> {
+        Some(PageState {
+            pagemap: PM_PRESENT | pfn,
+            kflags,
+        })
+    }
+
+    fn swapped() -> Option<PageState> {
+        Some(PageState {
+            pagemap: PM_SWAP | (123 << 5),
+            kflags: 0,
+        })
+    }
+
+    fn kind(b: Option<PageState>, a: Option<PageState>) -> Option<TransitionKind> {
+        classify(b, a, &NodeMap::default()).map(|c| c.kind)
+    }
+
+    #[test]
+    fn every_kind_is_classified_from_page_states() {
+        use TransitionKind::*;
+        assert_eq!(kind(None, present(10, 0)), Some(FaultedIn));
+        assert_eq!(kind(None, present(10, ZERO)), Some(ZeroPageMapped));
+        assert_eq!(kind(None, present(10, 1 << kpf::HUGE)), Some(BecameHugetlb));
+        assert_eq!(kind(present(10, 0), swapped()), Some(SwappedOut));
+        assert_eq!(kind(swapped(), present(11, 0)), Some(SwappedIn));
+        assert_eq!(kind(present(10, 0), None), Some(Unmapped));
+        assert_eq!(kind(swapped(), None), Some(Unmapped));
+        assert_eq!(
+            kind(present(10, 0), present(512, THP)),
+            Some(CollapsedToThp)
+        );
+        assert_eq!(kind(present(512, THP), present(512, 0)), Some(SplitFromThp));
+        assert_eq!(kind(present(10, 0), present(99, KSM)), Some(KsmMerged));
+        assert_eq!(kind(present(99, KSM), present(10, 0)), Some(KsmUnmerged));
+        assert_eq!(kind(present(10, 0), present(11, 0)), Some(Migrated));
+        assert_eq!(kind(present(10, ZERO), present(11, 0)), Some(FaultedIn));
+        assert_eq!(kind(present(10, 0), present(10, 0)), None);
+        assert_eq!(kind(swapped(), swapped()), None);
+        assert_eq!(kind(None, None), None);
+    }
+}
