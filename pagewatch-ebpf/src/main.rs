@@ -139,6 +139,25 @@ macro_rules! programs {
     )*};
 }
 
+/// `sched/sched_process_fork`: besides the event, a child of a filtered
+/// process joins the filter here, in the kernel, before it can run — so
+/// `record -- CMD` follows the whole process tree without losing the
+/// child's first faults.
+#[tracepoint]
+pub fn process_fork(ctx: TracePointContext) -> u32 {
+    // SAFETY: load-time constant (see emit).
+    let filtering = unsafe { core::ptr::read_volatile(&FILTER_TGIDS) } != 0;
+    if filtering
+        // SAFETY: presence test only.
+        && unsafe { TGIDS.get(&ctx.tgid()) }.is_some()
+        && let Some(cfg) = HOOKS.get(Hook::ProcessFork as u32)
+    {
+        let child = read_field(&ctx, cfg.offsets[1], cfg.sizes[1]) as u32;
+        let _ = TGIDS.insert(&child, &1, 0);
+    }
+    emit(&ctx, Hook::ProcessFork)
+}
+
 programs! {
     page_fault_user => PageFaultUser,
     kswapd_wake => KswapdWake,
@@ -165,7 +184,6 @@ programs! {
     ksm_merge_with_ksm => KsmMergeWithKsm,
     ksm_remove => KsmRemove,
     oom_victim => OomVictim,
-    process_fork => ProcessFork,
     process_exec => ProcessExec,
     process_exit => ProcessExit,
     page_alloc => PageAlloc,

@@ -451,7 +451,14 @@ fn madvise_collapse_is_counted_for_the_calling_process() {
         .expect("pid");
     next(); // region
     assert_eq!(next(), "ready");
-    let tracer = Tracer::start(&["--events", "thp", "--pid", &pid.to_string()]);
+    let tracer = Tracer::start(&[
+        "--events",
+        "thp,faults",
+        "--pid",
+        &pid.to_string(),
+        "--interval",
+        "300ms",
+    ]);
     writeln!(stdin, "go").expect("go");
     let result = next();
     let lines = tracer.stop();
@@ -475,6 +482,23 @@ fn madvise_collapse_is_counted_for_the_calling_process() {
     assert_eq!(
         mine, collapsed_by_smaps,
         "pagewatch collapse count for pid {pid}"
+    );
+    // The correlator saw the same in the snapshots: the region's 4 KiB
+    // pages became THP pages, attributed to MADV_COLLAPSE.
+    let collapsed: Vec<&Value> = lines
+        .iter()
+        .filter_map(|l| l.get("transition"))
+        .filter(|t| t["pid"].as_u64() == Some(u64::from(pid)) && t["kind"] == "collapsed_to_thp")
+        .collect();
+    let pages: u64 = collapsed.iter().map(|t| t["pages"].as_u64().unwrap()).sum();
+    assert_eq!(
+        pages,
+        (after - before) / 4,
+        "transition pages vs smaps: {collapsed:?}"
+    );
+    assert!(
+        collapsed.iter().all(|t| t["cause"] == "madv_collapse"),
+        "{collapsed:?}"
     );
     let s = summary(&lines);
     assert!(s["system"]["thp_collapses"].as_u64().unwrap() >= collapsed_by_smaps);

@@ -1,6 +1,7 @@
 //! Command-line interface: one module per subcommand, each a clap struct
 //! validated into a config before any work starts; shared value parsers.
 
+mod session;
 mod snapshot;
 mod top;
 
@@ -34,6 +35,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Top(args)) => top::run(args),
         Some(Command::Snapshot(args)) => snapshot::run(args),
     }
+}
+
+/// Runs `f` to completion on a single-threaded tokio runtime.
+pub fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    use anyhow::Context as _;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?
+        .block_on(f)
 }
 
 /// Parses a positive duration such as `1s`, `250ms` or `2m`.

@@ -55,7 +55,12 @@ pub struct Evidence {
 impl Evidence {
     /// Takes one event into account. `is_khugepaged(tgid)` tells khugepaged's
     /// thread from a process collapsing its own memory with MADV_COLLAPSE.
-    pub fn add(&mut self, e: &Event, decoder: &Decoder, is_khugepaged: impl Fn(u32) -> bool) {
+    pub fn add(
+        &mut self,
+        e: &Event,
+        decoder: &Decoder,
+        mut is_khugepaged: impl FnMut(u32) -> bool,
+    ) {
         match e.kind {
             EventKind::PageFault { .. } => {
                 self.faulted.insert(e.tgid);

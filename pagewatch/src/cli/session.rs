@@ -1,0 +1,542 @@
+//! The tracing session shared by `top` and `record`: load the hooks, stream
+//! the ring buffer through tokio's AsyncFd, fold events into per-interval
+//! tallies and correlator evidence, snapshot the tracked processes every
+//! interval and diff them into attributed transitions, and hand each
+//! interval to a [`Sink`] (a table, JSON lines, a recording) until Ctrl-C,
+//! SIGTERM, `--duration` or the caller's own stop condition.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    future::Future,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use aya::maps::{MapData, RingBuf};
+use clap::{Args, ValueEnum};
+use pagewatch::{
+    aggregate::{Aggregator, Tally},
+    correlate::{self, evidence::Evidence, numa::NodeMap},
+    error::Error,
+    event::{Decoder, Event, EventKind},
+    hooks::Family,
+    probe::{Probe, ProbeOptions},
+    proc::{CommCache, ProcRoot},
+    snapshot::{
+        self,
+        columns::PageTable,
+        scan::{KpageFiles, scan_process},
+    },
+    transition::TransitionGroup,
+};
+use pagewatch_common::hook::Hook;
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+};
+
+use super::{parse_duration, parse_size};
+
+/// Event families selectable with `--events`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FamilyArg {
+    Faults,
+    Reclaim,
+    Thp,
+    Compaction,
+    Migration,
+    Ksm,
+    Oom,
+    Process,
+    /// kmem/mm_page_alloc and mm_page_free: every page, high volume.
+    PageAlloc,
+    /// Balloon inflate/deflate (fentry; refused on locked-down kernels).
+    Balloon,
+}
+
+impl From<FamilyArg> for Family {
+    fn from(f: FamilyArg) -> Self {
+        match f {
+            FamilyArg::Faults => Family::Fault,
+            FamilyArg::Reclaim => Family::Reclaim,
+            FamilyArg::Thp => Family::Thp,
+            FamilyArg::Compaction => Family::Compaction,
+            FamilyArg::Migration => Family::Migration,
+            FamilyArg::Ksm => Family::Ksm,
+            FamilyArg::Oom => Family::Oom,
+            FamilyArg::Process => Family::Process,
+            FamilyArg::PageAlloc => Family::PageAlloc,
+            FamilyArg::Balloon => Family::Balloon,
+        }
+    }
+}
+
+/// Options every tracing subcommand takes.
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// Time between reports and snapshots, e.g. 1s or 500ms.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Stop after this long (default: run until Ctrl-C or SIGTERM).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Only these processes and their descendants (repeatable); filtered in
+    /// the kernel, children joining at fork.
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Only processes with this command name (/proc/PID/comm), rescanned every interval.
+    #[arg(long, conflicts_with = "pids")]
+    pub comm: Option<String>,
+    /// Event families to attach (default: all but page-alloc).
+    #[arg(long, value_delimiter = ',')]
+    pub events: Vec<FamilyArg>,
+    /// Ring buffer size: a power of two of at least one page, e.g. 4M.
+    #[arg(long, default_value = "4M", value_parser = parse_size)]
+    pub ring_buffer_size: u64,
+}
+
+/// Which processes to show, snapshot and record.
+#[derive(Debug, Clone)]
+pub enum Target {
+    All,
+    Pids(BTreeSet<u32>),
+    Comm(String),
+}
+
+/// Validated session options.
+#[derive(Debug)]
+pub struct SessionConfig {
+    pub interval: Duration,
+    pub duration: Option<Duration>,
+    pub target: Target,
+    pub probe: ProbeOptions,
+    /// Snapshot the tracked processes each interval and report transitions.
+    pub snapshots: bool,
+}
+
+impl SessionConfig {
+    /// Checks `args` against the system; `extra_pids` (a command started by
+    /// `record`) join the target.
+    pub fn validate(args: TraceArgs, proc: &ProcRoot, extra_pids: &[u32]) -> anyhow::Result<Self> {
+        let page = page_size();
+        let rb = args.ring_buffer_size;
+        if !rb.is_power_of_two() || rb < page || rb > 1 << 30 {
+            bail!(
+                "--ring-buffer-size {rb} must be a power of two between the page size ({page}) and 1G"
+            );
+        }
+        let target = if let Some(name) = args.comm {
+            if proc.pids_named(&name).is_empty() {
+                return Err(Error::UnknownComm(name).into());
+            }
+            Target::Comm(name)
+        } else if args.pids.is_empty() && extra_pids.is_empty() {
+            Target::All
+        } else {
+            if let Some(&pid) = args.pids.iter().find(|&&p| !proc.pid_exists(p)) {
+                return Err(Error::UnknownPid(pid).into());
+            }
+            Target::Pids(args.pids.iter().chain(extra_pids).copied().collect())
+        };
+        let families = if args.events.is_empty() {
+            Family::DEFAULT.to_vec()
+        } else {
+            args.events.iter().map(|&f| f.into()).collect()
+        };
+        Ok(Self {
+            interval: args.interval,
+            duration: args.duration,
+            probe: ProbeOptions {
+                ring_buffer_bytes: u32::try_from(rb).expect("bounded above"),
+                filter_tgids: !matches!(target, Target::All),
+                families,
+            },
+            snapshots: !matches!(target, Target::All),
+            target,
+        })
+    }
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
+}
+
+/// One finished interval.
+pub struct IntervalReport {
+    pub index: u64,
+    /// Seconds since the session started.
+    pub t: f64,
+    /// CLOCK_MONOTONIC ns at the end of the interval.
+    pub ts_ns: u64,
+    pub tally: Tally,
+    /// Drops since the previous interval.
+    pub dropped: u64,
+    /// Attributed transitions between this interval's snapshots.
+    pub transitions: Vec<TransitionGroup>,
+}
+
+/// End-of-session totals.
+pub struct Summary {
+    pub total: Tally,
+    pub dropped_per_cpu: Vec<u64>,
+    pub dropped_per_hook: BTreeMap<&'static str, u64>,
+    pub decode_errors: u64,
+    pub intervals: u64,
+    pub duration_s: f64,
+    pub transitions: Vec<TransitionGroup>,
+}
+
+/// Where a session's results go.
+pub trait Sink {
+    /// Every decoded record, with its raw bytes (for recordings).
+    fn event(&mut self, _raw: &[u8], _event: &Event) -> anyhow::Result<()> {
+        Ok(())
+    }
+    /// One finished interval.
+    fn interval(
+        &mut self,
+        session: &mut SessionView<'_>,
+        report: &IntervalReport,
+    ) -> anyhow::Result<()>;
+    /// The end of the session.
+    fn finish(&mut self, session: &mut SessionView<'_>, summary: &Summary) -> anyhow::Result<()>;
+}
+
+/// What a sink may consult about the session.
+pub struct SessionView<'a> {
+    pub probe: &'a Probe,
+    pub decoder: &'a Decoder,
+    pub comms: &'a mut CommCache,
+    /// Processes followed (empty when tracing everything).
+    pub tracked: &'a BTreeSet<u32>,
+    pub target: &'a Target,
+}
+
+impl SessionView<'_> {
+    /// Whether `pid` is one the user asked about.
+    pub fn shown(&self, pid: u32) -> bool {
+        matches!(self.target, Target::All) || self.tracked.contains(&pid)
+    }
+
+    /// khugepaged scan results by the running kernel's names for them.
+    pub fn scan_results(&self, tally: &Tally) -> BTreeMap<String, u64> {
+        tally
+            .scan_status
+            .iter()
+            .map(|(&status, &n)| {
+                let name = self
+                    .decoder
+                    .symbol(Hook::ScanPmd, "status", status)
+                    .map_or_else(|| format!("status_{status}"), str::to_owned);
+                (name, n)
+            })
+            .collect()
+    }
+}
+
+/// A running session.
+pub struct Session {
+    config: SessionConfig,
+    probe: Probe,
+    ring: Option<RingBuf<MapData>>,
+    decoder: Decoder,
+    aggregator: Aggregator,
+    evidence: Evidence,
+    comms: CommCache,
+    proc: ProcRoot,
+    tracked: BTreeSet<u32>,
+    kpage: KpageFiles,
+    nodes: NodeMap,
+    last_snapshot: Option<PageTable>,
+    all_transitions: Vec<TransitionGroup>,
+    started: Instant,
+    intervals: u64,
+    decode_errors: u64,
+    dropped_reported: u64,
+}
+
+/// CLOCK_MONOTONIC now, in ns (the clock of the events' timestamps).
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+impl Session {
+    /// Loads and attaches the hooks, saying on stderr what was skipped.
+    pub fn start(config: SessionConfig) -> anyhow::Result<Self> {
+        let proc = ProcRoot::default();
+        let (probe, ring) = Probe::load(&config.probe)?;
+        if probe.mounted_tracefs {
+            eprintln!("pagewatch: mounted tracefs on /sys/kernel/tracing");
+        }
+        for s in &probe.skipped {
+            eprintln!("pagewatch: skipping hook {}: {}", s.program, s.reason);
+        }
+        let names: Vec<&str> = probe
+            .attached
+            .iter()
+            .map(|a| a.tracepoint.as_str())
+            .collect();
+        eprintln!(
+            "pagewatch: attached {} hooks: {}",
+            names.len(),
+            names.join(", ")
+        );
+        let snap_root = snapshot::ProcRoot::default();
+        let mut session = Self {
+            decoder: Decoder::new(&probe.attached),
+            probe,
+            ring: Some(ring),
+            aggregator: Aggregator::default(),
+            evidence: Evidence::default(),
+            comms: CommCache::new(proc.clone()),
+            proc,
+            tracked: BTreeSet::new(),
+            kpage: KpageFiles::open(&snap_root),
+            nodes: NodeMap::read(std::path::Path::new("/sys")),
+            last_snapshot: None,
+            all_transitions: Vec::new(),
+            started: Instant::now(),
+            intervals: 0,
+            decode_errors: 0,
+            dropped_reported: 0,
+            config,
+        };
+        session.refresh_targets()?;
+        if session.config.snapshots {
+            session.last_snapshot = Some(session.snapshot());
+        }
+        Ok(session)
+    }
+
+    /// The probe (hooks attached and skipped).
+    pub fn probe(&self) -> &Probe {
+        &self.probe
+    }
+
+    fn view(&mut self) -> SessionView<'_> {
+        SessionView {
+            probe: &self.probe,
+            decoder: &self.decoder,
+            comms: &mut self.comms,
+            tracked: &self.tracked,
+            target: &self.config.target,
+        }
+    }
+
+    /// Adds newly matching processes to the in-kernel filter.
+    fn refresh_targets(&mut self) -> anyhow::Result<()> {
+        let wanted: Vec<u32> = match &self.config.target {
+            Target::All => return Ok(()),
+            Target::Pids(pids) => pids.iter().copied().collect(),
+            Target::Comm(name) => self.proc.pids_named(name),
+        };
+        for pid in wanted {
+            self.track(pid)?;
+        }
+        Ok(())
+    }
+
+    fn track(&mut self, pid: u32) -> anyhow::Result<()> {
+        if self.tracked.insert(pid) {
+            self.probe.track_tgid(pid)?;
+            self.comms.get(pid);
+        }
+        Ok(())
+    }
+
+    /// Snapshot of the tracked processes that still exist, in pid order.
+    fn snapshot(&mut self) -> PageTable {
+        let root = snapshot::ProcRoot::default();
+        let scans: Vec<_> = self
+            .tracked
+            .iter()
+            .filter_map(|&pid| scan_process(&root, &self.kpage, pid, None).ok())
+            .collect();
+        PageTable::from_scans(&scans)
+    }
+
+    /// Runs until a signal, `--duration`, or `stop` completes.
+    pub async fn run(
+        mut self,
+        sink: &mut impl Sink,
+        stop: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+        let mut sigterm =
+            signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+        let mut ticker = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.config.interval,
+            self.config.interval,
+        );
+        let stop_at = self
+            .config
+            .duration
+            .map(|d| tokio::time::Instant::now() + d);
+        let deadline = async {
+            match stop_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(deadline);
+        tokio::pin!(stop);
+        let ring = self
+            .ring
+            .take()
+            .context("internal: ring buffer already polled")?;
+        // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged,
+        // for as long as the AsyncFd owns the RingBuf.
+        let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(|e| Error::Poll(e.into_parts().1))?;
+        eprintln!("pagewatch: tracing; Ctrl-C to stop");
+        loop {
+            tokio::select! {
+                guard = ring.readable_mut() => {
+                    let mut guard = guard.map_err(Error::Poll)?;
+                    self.drain(guard.get_inner_mut(), sink)?;
+                    guard.clear_ready();
+                }
+                _ = ticker.tick() => {
+                    self.drain(ring.get_mut(), sink)?;
+                    self.end_interval(sink)?;
+                    self.refresh_targets()?;
+                }
+                _ = sigint.recv() => break,
+                _ = sigterm.recv() => break,
+                () = &mut deadline => break,
+                () = &mut stop => break,
+            }
+        }
+        self.drain(ring.get_mut(), sink)?;
+        // The last, partial interval, unless the stop fell on a tick.
+        if self.aggregator.has_events()
+            || self.dropped_reported != self.drops_per_cpu()?.iter().sum::<u64>()
+        {
+            self.end_interval(sink)?;
+        }
+        self.finish(sink)
+    }
+
+    fn drain(&mut self, ring: &mut RingBuf<MapData>, sink: &mut impl Sink) -> anyhow::Result<()> {
+        while let Some(item) = ring.next() {
+            let event = match self.decoder.decode(&item) {
+                Ok(event) => event,
+                Err(e) => {
+                    self.decode_errors += 1;
+                    log::debug!("undecodable record: {e}");
+                    continue;
+                }
+            };
+            // Look the name up on first sight, while the process most
+            // likely still exists; an exit event names those already gone.
+            self.comms.get(event.tgid);
+            match event.kind {
+                EventKind::ProcessExit { pid, comm, .. } if pid == i64::from(event.tgid) => {
+                    self.comms.learn(event.tgid, &comm);
+                }
+                // Children of followed processes are followed too (the
+                // kernel filter already took them in at fork).
+                EventKind::ProcessFork {
+                    parent_pid,
+                    child_pid,
+                } if !matches!(self.config.target, Target::All)
+                    && u32::try_from(parent_pid).is_ok_and(|p| self.tracked.contains(&p)) =>
+                {
+                    if let Ok(child) = u32::try_from(child_pid) {
+                        self.tracked.insert(child);
+                    }
+                }
+                _ => {}
+            }
+            let comms = &mut self.comms;
+            self.evidence.add(&event, &self.decoder, |tgid| {
+                comms.get(tgid) == "khugepaged"
+            });
+            self.aggregator.add(&event);
+            sink.event(&item, &event)?;
+        }
+        Ok(())
+    }
+
+    /// Drops per CPU summed over every hook.
+    fn drops_per_cpu(&self) -> anyhow::Result<Vec<u64>> {
+        let mut per_cpu: Vec<u64> = Vec::new();
+        for hook in Hook::ALL {
+            for (cpu, n) in self.probe.drops(hook)?.into_iter().enumerate() {
+                if per_cpu.len() <= cpu {
+                    per_cpu.resize(cpu + 1, 0);
+                }
+                per_cpu[cpu] += n;
+            }
+        }
+        Ok(per_cpu)
+    }
+
+    fn end_interval(&mut self, sink: &mut impl Sink) -> anyhow::Result<()> {
+        let tally = self.aggregator.take_interval();
+        self.intervals += 1;
+        let dropped_total: u64 = self.drops_per_cpu()?.iter().sum();
+        let dropped = dropped_total - self.dropped_reported;
+        self.dropped_reported = dropped_total;
+        let ts_ns = monotonic_ns();
+        let mut evidence = std::mem::take(&mut self.evidence);
+        let transitions = match self.last_snapshot.take() {
+            Some(before) => {
+                let after = self.snapshot();
+                evidence.resolve_pfns(&before);
+                let t = correlate::diff(&before, &after, &evidence, &self.nodes, ts_ns);
+                self.last_snapshot = Some(after);
+                t
+            }
+            None => Vec::new(),
+        };
+        self.all_transitions.extend(transitions.iter().cloned());
+        let report = IntervalReport {
+            index: self.intervals,
+            t: self.started.elapsed().as_secs_f64(),
+            ts_ns,
+            tally,
+            dropped,
+            transitions,
+        };
+        let mut view = self.view();
+        sink.interval(&mut view, &report)
+    }
+
+    fn finish(mut self, sink: &mut impl Sink) -> anyhow::Result<()> {
+        let dropped_per_cpu = self.drops_per_cpu()?;
+        let mut dropped_per_hook = BTreeMap::new();
+        for hook in Hook::ALL {
+            let n: u64 = self.probe.drops(hook)?.iter().sum();
+            if n > 0 {
+                dropped_per_hook.insert(pagewatch::hooks::spec(hook).program, n);
+            }
+        }
+        let summary = Summary {
+            total: self.aggregator.total().clone(),
+            dropped_per_cpu,
+            dropped_per_hook,
+            decode_errors: self.decode_errors,
+            intervals: self.intervals,
+            duration_s: self.started.elapsed().as_secs_f64(),
+            transitions: std::mem::take(&mut self.all_transitions),
+        };
+        let mut view = self.view();
+        sink.finish(&mut view, &summary)?;
+        let dropped: u64 = summary.dropped_per_cpu.iter().sum();
+        if dropped > 0 {
+            eprintln!(
+                "pagewatch: {dropped} events were dropped because the ring buffer was full; \
+                 raise --ring-buffer-size"
+            );
+        }
+        Ok(())
+    }
+}
