@@ -81,7 +81,8 @@ pub fn classify(
     let kind = match (before, after) {
         (None, None) => return None,
         (Some(_), None) => TransitionKind::Unmapped,
-        (None, Some(a)) if a.swapped() => return None,
+        // Faulted in and swapped out again within the interval.
+        (None, Some(a)) if a.swapped() => TransitionKind::SwappedOut,
         (None, Some(a)) => appeared(a),
         (Some(b), Some(a)) if b.swapped() && a.present() => TransitionKind::SwappedIn,
         (Some(b), Some(a)) if b.present() && a.swapped() => TransitionKind::SwappedOut,
@@ -275,6 +276,7 @@ mod tests {
         assert_eq!(kind(None, present(10, ZERO)), Some(ZeroPageMapped));
         assert_eq!(kind(None, present(10, 1 << kpf::HUGE)), Some(BecameHugetlb));
         assert_eq!(kind(present(10, 0), swapped()), Some(SwappedOut));
+        assert_eq!(kind(None, swapped()), Some(SwappedOut));
         assert_eq!(kind(swapped(), present(11, 0)), Some(SwappedIn));
         assert_eq!(kind(present(10, 0), None), Some(Unmapped));
         assert_eq!(kind(swapped(), None), Some(Unmapped));
