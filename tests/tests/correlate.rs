@@ -203,3 +203,115 @@ fn swap_out_under_a_memcg_limit_is_attributed_and_matches_smaps() {
         "swap-outs under the cgroup limit are memcg reclaim: {causes:?}"
     );
 }
+
+/// KSM's knobs, set for a fast scan and restored on drop.
+struct KsmKnobs(Vec<(PathBuf, String)>);
+
+impl KsmKnobs {
+    fn fast() -> Option<Self> {
+        let dir = Path::new("/sys/kernel/mm/ksm");
+        let mut saved = Vec::new();
+        for (knob, value) in [
+            ("pages_to_scan", "5000"),
+            ("sleep_millisecs", "10"),
+            ("run", "1"),
+        ] {
+            let path = dir.join(knob);
+            saved.push((
+                path.clone(),
+                std::fs::read_to_string(&path).ok()?.trim().to_owned(),
+            ));
+            std::fs::write(&path, value).ok()?;
+        }
+        Some(Self(saved))
+    }
+}
+
+impl Drop for KsmKnobs {
+    fn drop(&mut self) {
+        for (path, value) in self.0.iter().rev() {
+            let _ = std::fs::write(path, value);
+        }
+    }
+}
+
+/// Pages of `pid` currently merged by KSM (/proc/PID/ksm_merging_pages).
+fn ksm_merging(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/ksm_merging_pages"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Two processes with identical MADV_MERGEABLE pages: both get ksm_merged
+/// transitions caused by KSM, as many as the kernel says each has merged.
+#[test]
+fn ksm_merge_between_two_processes_is_reported_for_both() {
+    let name = "ksm_merge_between_two_processes_is_reported_for_both";
+    if skip_unless_root(name) {
+        return;
+    }
+    if !Path::new("/proc/self/ksm_merging_pages").exists() {
+        return skip(
+            name,
+            "no CONFIG_KSM (or a kernel before 5.19 without ksm_merging_pages)",
+        );
+    }
+    let start = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_pw-ksm"))
+            .arg("4")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn pw-ksm");
+        let mut out = BufReader::new(c.stdout.take().unwrap()).lines();
+        let pid: u32 = out.next().unwrap().unwrap()[4..].parse().unwrap();
+        assert_eq!(out.next().unwrap().unwrap(), "ready");
+        (c, pid)
+    };
+    let (mut a, pa) = start();
+    let (mut b, pb) = start();
+    let tracer = Tracer::start(&[
+        "--pid",
+        &pa.to_string(),
+        "--pid",
+        &pb.to_string(),
+        "--events",
+        "ksm,faults",
+        "--interval",
+        "300ms",
+    ]);
+    let Some(knobs) = KsmKnobs::fast() else {
+        return skip(name, "cannot set /sys/kernel/mm/ksm knobs");
+    };
+    let want = 1024; // 4 MiB of pages, each identical to the other process's
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while (ksm_merging(pa) < want || ksm_merging(pb) < want) && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (ma, mb) = (ksm_merging(pa), ksm_merging(pb));
+    // Freeze the state: stop ksmd (merged pages stay merged), let two
+    // snapshots see it.
+    drop(knobs);
+    std::thread::sleep(Duration::from_millis(900));
+    let lines = tracer.stop();
+    for c in [&mut a, &mut b] {
+        drop(c.stdin.take());
+        let _ = c.wait();
+    }
+    assert!(
+        ma >= want && mb >= want,
+        "KSM merged {ma} and {mb} pages, wanted {want} each"
+    );
+    for (pid, merged) in [(pa, ma), (pb, mb)] {
+        let t = transitions(&lines, pid, "ksm_merged");
+        assert_eq!(
+            pages(&t),
+            merged,
+            "pid {pid}: ksm_merged pages vs ksm_merging_pages"
+        );
+        let causes: Vec<&Value> = t.iter().map(|t| &t["cause"]).collect();
+        assert!(causes.iter().all(|c| *c == "ksm"), "pid {pid}: {causes:?}");
+    }
+}

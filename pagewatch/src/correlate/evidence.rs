@@ -4,9 +4,11 @@
 //! which pages did KSM merge, which migrations for which reason, which
 //! processes exited or were OOM-killed, was a balloon inflating.
 //!
-//! Events that name a PFN rather than a process (khugepaged's scans, KSM
-//! merges) are turned into (pid, address) through the PFN -> owner map of
-//! the snapshot taken before the interval ([`Evidence::resolve_pfns`]).
+//! Events that name a PFN rather than a process are tied to pages through
+//! it: khugepaged's scans name a page of the range before the collapse,
+//! resolved through the PFN -> owner map of the snapshot taken before the
+//! interval ([`Evidence::resolve_pfns`]); KSM's merges name the KSM page,
+//! which the merged pages map afterwards.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -44,8 +46,8 @@ pub struct Evidence {
     khugepaged_pfns: Vec<u64>,
     /// (pid, PMD-aligned address) khugepaged collapsed, after resolution.
     khugepaged_ranges: HashSet<(u32, u64)>,
-    ksm_pfns: Vec<u64>,
-    ksm_pages: HashSet<(u32, u64)>,
+    /// KSM pages merged into (the events name the resulting KSM page).
+    ksm_pfns: HashSet<u64>,
     /// Pages migrated per cause in the interval.
     migrations: BTreeMap<Cause, u64>,
     exited: HashSet<u32>,
@@ -86,7 +88,9 @@ impl Evidence {
                     self.madv_collapsers.insert(e.tgid);
                 }
             }
-            EventKind::KsmMerge { pfn, err: 0, .. } => self.ksm_pfns.push(pfn),
+            EventKind::KsmMerge { pfn, err: 0, .. } => {
+                self.ksm_pfns.insert(pfn);
+            }
             EventKind::MigratePages {
                 succeeded, reason, ..
             } => {
@@ -129,15 +133,11 @@ impl Evidence {
                     .insert((o.pid, o.va & !(PMD_SIZE - 1)));
             }
         }
-        for pfn in self.ksm_pfns.drain(..) {
-            for o in before.owners(pfn) {
-                self.ksm_pages.insert((o.pid, o.va));
-            }
-        }
     }
 
-    /// Why page `va` of `pid` went through `kind`, or `Unexplained`.
-    pub fn cause(&self, pid: u32, va: u64, kind: TransitionKind) -> Cause {
+    /// Why page `va` of `pid` (on `pfn` afterwards, if present) went
+    /// through `kind`, or `Unexplained`.
+    pub fn cause(&self, pid: u32, va: u64, pfn: Option<u64>, kind: TransitionKind) -> Cause {
         use TransitionKind::*;
         let faulted = || {
             if self.faulted.contains(&pid) {
@@ -164,14 +164,9 @@ impl Evidence {
                     Cause::Unexplained
                 }
             }
-            KsmMerged => {
-                // The merge event names the page before the merge.
-                if self.ksm_pages.contains(&(pid, va)) {
-                    Cause::Ksm
-                } else {
-                    Cause::Unexplained
-                }
-            }
+            // The merge events name the KSM page the page now maps.
+            KsmMerged if pfn.is_some_and(|p| self.ksm_pfns.contains(&p)) => Cause::Ksm,
+            KsmMerged => Cause::Unexplained,
             Migrated | NodeChanged => {
                 // Only one cause of migration in the interval identifies it.
                 let mut causes = self.migrations.iter().filter(|(_, n)| **n > 0);
@@ -235,7 +230,11 @@ mod tests {
     fn no_event_means_unexplained_never_a_guess() {
         let e = evidence(&[]);
         for kind in TransitionKind::ALL {
-            assert_eq!(e.cause(1, 0x1000, kind), Cause::Unexplained, "{kind:?}");
+            assert_eq!(
+                e.cause(1, 0x1000, Some(7), kind),
+                Cause::Unexplained,
+                "{kind:?}"
+            );
         }
     }
 
@@ -269,35 +268,41 @@ mod tests {
                 },
             ),
         ]);
-        assert_eq!(e.cause(1, 0, TransitionKind::FaultedIn), Cause::Fault);
-        assert_eq!(e.cause(9, 0, TransitionKind::FaultedIn), Cause::Unexplained);
+        assert_eq!(e.cause(1, 0, None, TransitionKind::FaultedIn), Cause::Fault);
         assert_eq!(
-            e.cause(2, 0, TransitionKind::SwappedOut),
+            e.cause(9, 0, None, TransitionKind::FaultedIn),
+            Cause::Unexplained
+        );
+        assert_eq!(
+            e.cause(2, 0, None, TransitionKind::SwappedOut),
             Cause::MemcgReclaim
         );
         // Someone else's memcg reclaim, and no other kind: memcg reclaim.
         assert_eq!(
-            e.cause(9, 0, TransitionKind::SwappedOut),
+            e.cause(9, 0, None, TransitionKind::SwappedOut),
             Cause::MemcgReclaim
         );
         assert_eq!(
-            e.cause(3, 0, TransitionKind::CollapsedToThp),
+            e.cause(3, 0, None, TransitionKind::CollapsedToThp),
             Cause::MadvCollapse
         );
-        assert_eq!(e.cause(4, 0, TransitionKind::Unmapped), Cause::Exit);
-        assert_eq!(e.cause(1, 0, TransitionKind::Unmapped), Cause::Unexplained);
+        assert_eq!(e.cause(4, 0, None, TransitionKind::Unmapped), Cause::Exit);
+        assert_eq!(
+            e.cause(1, 0, None, TransitionKind::Unmapped),
+            Cause::Unexplained
+        );
     }
 
     #[test]
     fn reclaim_while_a_balloon_inflates_is_balloon_pressure() {
         let mut e = evidence(&[ev(100, EventKind::KswapdWake { nid: 0, order: 0 })]);
         assert_eq!(
-            e.cause(5, 0, TransitionKind::SwappedOut),
+            e.cause(5, 0, None, TransitionKind::SwappedOut),
             Cause::KswapdReclaim
         );
         e.set_balloon_inflating();
         assert_eq!(
-            e.cause(5, 0, TransitionKind::SwappedOut),
+            e.cause(5, 0, None, TransitionKind::SwappedOut),
             Cause::BalloonPressure
         );
     }
@@ -307,11 +312,35 @@ mod tests {
         let mut e = Evidence::default();
         e.migrations.insert(Cause::NumaBalancing, 10);
         assert_eq!(
-            e.cause(1, 0, TransitionKind::NodeChanged),
+            e.cause(1, 0, None, TransitionKind::NodeChanged),
             Cause::NumaBalancing
         );
         e.migrations.insert(Cause::Compaction, 3);
-        assert_eq!(e.cause(1, 0, TransitionKind::Migrated), Cause::Unexplained);
+        assert_eq!(
+            e.cause(1, 0, None, TransitionKind::Migrated),
+            Cause::Unexplained
+        );
         assert_eq!(migrate_cause("syscall_or_cpuset"), Cause::MigrateSyscall);
+    }
+
+    #[test]
+    fn ksm_merges_are_matched_through_the_ksm_page() {
+        let e = evidence(&[ev(
+            50,
+            EventKind::KsmMerge {
+                pfn: 0x777,
+                mm: 0,
+                err: 0,
+                with_ksm_page: true,
+            },
+        )]);
+        assert_eq!(
+            e.cause(3, 0, Some(0x777), TransitionKind::KsmMerged),
+            Cause::Ksm
+        );
+        assert_eq!(
+            e.cause(3, 0, Some(0x778), TransitionKind::KsmMerged),
+            Cause::Unexplained
+        );
     }
 }

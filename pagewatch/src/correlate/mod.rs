@@ -184,7 +184,7 @@ pub fn diff(
     let mut groups: BTreeMap<GroupKey, u64> = BTreeMap::new();
     let mut add = |table: &PageTable, row: Row, change: PageChange| {
         let meta = &table.vmas[row.vma as usize];
-        let cause = evidence.cause(row.pid, row.va, change.kind);
+        let cause = evidence.cause(row.pid, row.va, row.state.pfn(), change.kind);
         *groups
             .entry(GroupKey {
                 pid: row.pid,
