@@ -315,3 +315,147 @@ fn ksm_merge_between_two_processes_is_reported_for_both() {
         assert!(causes.iter().all(|c| *c == "ksm"), "pid {pid}: {causes:?}");
     }
 }
+
+/// khugepaged's knobs set for a fast scan, restored on drop.
+struct KhugepagedKnobs(Vec<(PathBuf, String)>);
+
+impl KhugepagedKnobs {
+    fn fast(max_ptes_none: &str) -> Option<Self> {
+        let dir = Path::new("/sys/kernel/mm/transparent_hugepage/khugepaged");
+        let mut saved = Vec::new();
+        for (knob, value) in [
+            ("scan_sleep_millisecs", "50"),
+            ("alloc_sleep_millisecs", "50"),
+            ("pages_to_scan", "8192"),
+            ("max_ptes_none", max_ptes_none),
+        ] {
+            let path = dir.join(knob);
+            saved.push((
+                path.clone(),
+                std::fs::read_to_string(&path).ok()?.trim().to_owned(),
+            ));
+            std::fs::write(&path, value).ok()?;
+        }
+        Some(Self(saved))
+    }
+}
+
+impl Drop for KhugepagedKnobs {
+    fn drop(&mut self) {
+        for (path, value) in self.0.iter().rev() {
+            let _ = std::fs::write(path, value);
+        }
+    }
+}
+
+/// Runs pw-thp in khugepaged mode under a tracer, waiting up to `wait_s`
+/// for the collapse; returns (pid, region start, smaps AnonHugePages
+/// before and after in kB, the tracer's lines).
+fn khugepaged_run(touch_pct: &str, wait_s: &str) -> (u32, u64, u64, u64, Vec<Value>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pw-thp"))
+        .args(["8", "khugepaged", touch_pct, wait_s])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn pw-thp");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let pid: u32 = out.next().unwrap().unwrap()[4..].parse().unwrap();
+    let region: u64 = out
+        .next()
+        .unwrap()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(out.next().unwrap().unwrap(), "ready");
+    let tracer = Tracer::start(&[
+        "--pid",
+        &pid.to_string(),
+        "--events",
+        "thp,faults",
+        "--interval",
+        "300ms",
+    ]);
+    writeln!(stdin, "go").unwrap();
+    let result = out.next().unwrap().unwrap();
+    // Two more snapshots see the final state.
+    std::thread::sleep(Duration::from_millis(700));
+    let lines = tracer.stop();
+    drop(stdin);
+    let _ = child.wait();
+    let f: Vec<&str> = result.split(' ').collect();
+    (
+        pid,
+        region,
+        f[4].parse().unwrap(),
+        f[6].parse().unwrap(),
+        lines,
+    )
+}
+
+/// khugepaged collapses a region built from 4 KiB pages: its events name
+/// an mm and a PFN, not the process, yet the collapse is attributed to the
+/// right pid and VMA, with smaps AnonHugePages as the oracle.
+#[test]
+fn khugepaged_collapse_is_attributed_to_the_right_process() {
+    let name = "khugepaged_collapse_is_attributed_to_the_right_process";
+    if skip_unless_root(name) {
+        return;
+    }
+    let Some(_knobs) = KhugepagedKnobs::fast("511") else {
+        return skip(
+            name,
+            "no khugepaged knobs in /sys/kernel/mm/transparent_hugepage",
+        );
+    };
+    let (pid, region, before, after, lines) = khugepaged_run("100", "20");
+    assert_eq!(before, 0);
+    assert_eq!(
+        after, 8192,
+        "khugepaged collapsed the 8 MiB region within 20 s"
+    );
+    let t = transitions(&lines, pid, "collapsed_to_thp");
+    assert_eq!(pages(&t), after / 4, "collapsed pages vs smaps: {t:?}");
+    for x in &t {
+        assert_eq!(x["cause"], "khugepaged", "{x}");
+        assert_eq!(x["vma_start"].as_u64(), Some(region), "{x}");
+    }
+}
+
+/// A region too sparse for max_ptes_none=0 is scanned and refused: the
+/// per-VMA scan results name the kernel's reason, exceed_none_pte.
+#[test]
+fn refused_collapse_shows_the_kernels_reason_per_vma() {
+    let name = "refused_collapse_shows_the_kernels_reason_per_vma";
+    if skip_unless_root(name) {
+        return;
+    }
+    let Some(_knobs) = KhugepagedKnobs::fast("0") else {
+        return skip(
+            name,
+            "no khugepaged knobs in /sys/kernel/mm/transparent_hugepage",
+        );
+    };
+    // Half of each 2 MiB range touched; the workload waits 3 s for a
+    // collapse that never comes, while khugepaged scans (every 50 ms) and
+    // refuses.
+    let (pid, region, _, after, lines) = khugepaged_run("50", "3");
+    assert_eq!(after, 0, "nothing collapses with max_ptes_none=0");
+    let refused: u64 = lines
+        .iter()
+        .filter_map(|l| l.get("thp_scans"))
+        .filter(|s| {
+            s["pid"].as_u64() == Some(u64::from(pid)) && s["vma_start"].as_u64() == Some(region)
+        })
+        .filter(|s| s["result"] == "exceed_none_pte")
+        .map(|s| s["scans"].as_u64().unwrap())
+        .sum();
+    assert!(
+        refused >= 4,
+        "each of the 4 ranges refused at least once, saw {refused}"
+    );
+    assert!(transitions(&lines, pid, "collapsed_to_thp").is_empty());
+}

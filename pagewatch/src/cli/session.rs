@@ -174,6 +174,19 @@ pub struct IntervalReport {
     pub dropped: u64,
     /// Attributed transitions between this interval's snapshots.
     pub transitions: Vec<TransitionGroup>,
+    /// khugepaged's scans of followed processes' memory, per VMA and result.
+    pub thp_scans: Vec<ThpScans>,
+}
+
+/// khugepaged scans of one VMA that ended with one result.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ThpScans {
+    pub pid: u32,
+    pub vma_start: u64,
+    pub vma: String,
+    /// The running kernel's name for the scan result.
+    pub result: String,
+    pub scans: u64,
 }
 
 /// End-of-session totals.
@@ -487,10 +500,30 @@ impl Session {
         self.dropped_reported = dropped_total;
         let ts_ns = monotonic_ns();
         let mut evidence = std::mem::take(&mut self.evidence);
+        let mut thp_scans = Vec::new();
         let transitions = match self.last_snapshot.take() {
             Some(before) => {
                 let after = self.snapshot();
                 evidence.resolve_pfns(&before);
+                for (&(pid, vma_start, status), &scans) in evidence.scan_results() {
+                    let vma = before
+                        .vmas
+                        .iter()
+                        .find(|v| v.pid == pid && v.start == vma_start)
+                        .map(|v| v.name.clone())
+                        .unwrap_or_default();
+                    let result = self
+                        .decoder
+                        .symbol(Hook::ScanPmd, "status", status)
+                        .map_or_else(|| format!("status_{status}"), str::to_owned);
+                    thp_scans.push(ThpScans {
+                        pid,
+                        vma_start,
+                        vma,
+                        result,
+                        scans,
+                    });
+                }
                 let t = correlate::diff(&before, &after, &evidence, &self.nodes, ts_ns);
                 self.last_snapshot = Some(after);
                 t
@@ -505,6 +538,7 @@ impl Session {
             tally,
             dropped,
             transitions,
+            thp_scans,
         };
         let mut view = self.view();
         sink.interval(&mut view, &report)

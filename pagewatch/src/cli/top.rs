@@ -81,6 +81,14 @@ impl Sink for TopSink {
                     "comm": view.comms.get(t.pid), "transition": t})
                 )?;
             }
+            for s in &r.thp_scans {
+                writeln!(
+                    out,
+                    "{}",
+                    json!({"interval": r.index, "t": round3(r.t),
+                    "comm": view.comms.get(s.pid), "thp_scans": s})
+                )?;
+            }
             writeln!(
                 out,
                 "{}",
@@ -102,6 +110,24 @@ impl Sink for TopSink {
             }
             write_table(&mut out, &rows, self.limit, view.comms)?;
             write_transitions(&mut out, &r.transitions, self.limit, view.comms)?;
+            for s in r.thp_scans.iter().take(self.limit) {
+                let vma = if s.vma.is_empty() {
+                    "[anon]"
+                } else {
+                    s.vma.as_str()
+                };
+                writeln!(
+                    out,
+                    "{:>9} pid {} ({}) {} {:#x}: khugepaged scanned {} times: {}",
+                    "",
+                    s.pid,
+                    view.comms.get(s.pid),
+                    vma,
+                    s.vma_start,
+                    s.scans,
+                    s.result
+                )?;
+            }
         }
         out.flush()?;
         Ok(())

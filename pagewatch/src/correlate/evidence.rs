@@ -42,8 +42,10 @@ pub struct Evidence {
     balloon_inflating: bool,
     /// Processes that collapsed their own ranges (MADV_COLLAPSE).
     madv_collapsers: HashSet<u32>,
-    /// PFNs khugepaged scanned with success, before resolution.
-    khugepaged_pfns: Vec<u64>,
+    /// (PFN, scan status) of khugepaged's scans, before resolution.
+    khugepaged_scans: Vec<(u64, i64)>,
+    /// khugepaged scan results per (pid, VMA start), after resolution.
+    scan_results: BTreeMap<(u32, u64, i64), u64>,
     /// (pid, PMD-aligned address) khugepaged collapsed, after resolution.
     khugepaged_ranges: HashSet<(u32, u64)>,
     /// KSM pages merged into (the events name the resulting KSM page).
@@ -76,10 +78,10 @@ impl Evidence {
             EventKind::KswapdWake { .. } | EventKind::KswapdSleep { .. } => self.kswapd_ran = true,
             EventKind::LruShrinkInactive { .. } | EventKind::WriteFolio { .. } => {}
             // khugepaged's scan_result 1 is SCAN_SUCCEED on every 6.x kernel.
-            EventKind::ScanPmd { pfn, status, .. } if status == 1 => {
+            EventKind::ScanPmd { pfn, status, .. } => {
                 if is_khugepaged(e.tgid) {
-                    self.khugepaged_pfns.push(pfn);
-                } else {
+                    self.khugepaged_scans.push((pfn, status));
+                } else if status == 1 {
                     self.madv_collapsers.insert(e.tgid);
                 }
             }
@@ -127,12 +129,26 @@ impl Evidence {
     /// Resolves PFN-named evidence to (pid, address) with the PFN -> owner
     /// map of the snapshot taken before the interval.
     pub fn resolve_pfns(&mut self, before: &PageTable) {
-        for pfn in self.khugepaged_pfns.drain(..) {
+        for (pfn, status) in self.khugepaged_scans.drain(..) {
             for o in before.owners(pfn) {
-                self.khugepaged_ranges
-                    .insert((o.pid, o.va & !(PMD_SIZE - 1)));
+                if status == 1 {
+                    self.khugepaged_ranges
+                        .insert((o.pid, o.va & !(PMD_SIZE - 1)));
+                }
+                let vma_start = before.vmas[o.vma as usize].start;
+                *self
+                    .scan_results
+                    .entry((o.pid, vma_start, status))
+                    .or_default() += 1;
             }
         }
+    }
+
+    /// khugepaged's scans of the followed processes' memory in the interval:
+    /// (pid, VMA start, kernel status code) -> scans. Says why a range did
+    /// or did not collapse, e.g. 40 scans refused for `exceed_none_pte`.
+    pub fn scan_results(&self) -> &BTreeMap<(u32, u64, i64), u64> {
+        &self.scan_results
     }
 
     /// Why page `va` of `pid` (on `pfn` afterwards, if present) went

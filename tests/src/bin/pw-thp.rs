@@ -3,9 +3,13 @@
 //! to be collapsed with MADV_HUGEPAGE + MADV_COLLAPSE (6.1+), and reports
 //! the region's smaps AnonHugePages before and after.
 //!
-//! `pw-thp MIB`: prints `pid N`, `region START LEN` and `ready`; after a
-//! line on stdin prints `collapse RC ERRNO before KB after KB`; exits when
-//! stdin closes.
+//! `pw-thp MIB [madvise|khugepaged] [TOUCH_PCT] [WAIT_S]`: touches
+//! TOUCH_PCT percent (default 100) of each 2 MiB range, prints `pid N`,
+//! `region START LEN` and `ready`; after a line on stdin, with `madvise`
+//! (the default) calls MADV_COLLAPSE, with `khugepaged` only MADV_HUGEPAGE
+//! and then waits up to WAIT_S (default 20) seconds for khugepaged to
+//! collapse the whole region; prints
+//! `collapse RC ERRNO before KB after KB`; exits when stdin closes.
 
 use std::io::{BufRead as _, Write as _};
 
@@ -31,13 +35,26 @@ fn anon_huge_kb(start: usize) -> u64 {
 }
 
 fn main() {
-    let mib: usize = std::env::args()
-        .nth(1)
+    let args: Vec<String> = std::env::args().collect();
+    let usage = || -> ! {
+        eprintln!("usage: pw-thp MIB [madvise|khugepaged] [TOUCH_PCT] [WAIT_S]");
+        std::process::exit(2)
+    };
+    let mib: usize = args
+        .get(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            eprintln!("usage: pw-thp MIB");
-            std::process::exit(2)
-        });
+        .unwrap_or_else(|| usage());
+    let khugepaged = match args.get(2).map(String::as_str) {
+        None | Some("madvise") => false,
+        Some("khugepaged") => true,
+        Some(_) => usage(),
+    };
+    let touch_pct: usize = args
+        .get(3)
+        .map_or(100, |s| s.parse().unwrap_or_else(|_| usage()));
+    let wait_s: u64 = args
+        .get(4)
+        .map_or(20, |s| s.parse().unwrap_or_else(|_| usage()));
     let len = mib << 20;
     // SAFETY: anonymous mapping with room to align; checked for failure.
     let raw = unsafe {
@@ -69,8 +86,10 @@ fn main() {
         );
     }
     for off in (0..len).step_by(4096) {
-        // SAFETY: inside the region.
-        unsafe { ((start + off) as *mut u8).write_volatile(1) };
+        if off % PMD < PMD * touch_pct / 100 {
+            // SAFETY: inside the region.
+            unsafe { ((start + off) as *mut u8).write_volatile(1) };
+        }
     }
     println!("pid {}", std::process::id());
     println!("region {start} {len}");
@@ -83,9 +102,19 @@ fn main() {
     // SAFETY: madvise on our own region.
     let (rc, errno) = unsafe {
         libc::madvise(start as *mut _, len, libc::MADV_HUGEPAGE);
-        let rc = libc::madvise(start as *mut _, len, MADV_COLLAPSE);
-        (rc, *libc::__errno_location())
+        if khugepaged {
+            (0, 0)
+        } else {
+            let rc = libc::madvise(start as *mut _, len, MADV_COLLAPSE);
+            (rc, *libc::__errno_location())
+        }
     };
+    if khugepaged {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait_s);
+        while anon_huge_kb(start) < (len as u64 >> 10) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
     let after = anon_huge_kb(start);
     println!("collapse {rc} {errno} before {before} after {after}");
     std::io::stdout().flush().expect("flush");
