@@ -101,7 +101,7 @@ fn host(opts: &Options) -> anyhow::Result<()> {
 }
 
 /// Reads cargo's `test result: ok. 6 passed; 0 failed; ...` line.
-pub(crate) fn parse_result(line: &str) -> Option<(u64, u64)> {
+fn parse_result(line: &str) -> Option<(u64, u64)> {
     let rest = line.strip_prefix("test result: ")?;
     let num = |word: &str| {
         rest.split(';')

@@ -89,7 +89,7 @@ impl Guest {
 
     /// The `timeout ... vng ...` command running `script` in the guest.
     fn command(&self, script: &str) -> anyhow::Result<Command> {
-        if self.numa && (self.cpus < 2 || self.memory_mib % 2 != 0) {
+        if self.numa && (self.cpus < 2 || !self.memory_mib.is_multiple_of(2)) {
             bail!("--numa needs at least 2 CPUs and an even memory size");
         }
         let mut c = Command::new("timeout");

@@ -34,6 +34,19 @@ use crate::cmd::{self, step};
 const MEMORY_MIB: u64 = 2048;
 const CPUS: u32 = 2;
 
+/// The guest's /var/tmp and /tmp are tmpfs: file pages there are shmem,
+/// which memcg cannot reclaim without swap, and the host's are disk-backed.
+/// Give the tests a real filesystem (ext4 on zram1) as /var/tmp and TMPDIR.
+const SCRATCH: &str = r#"if modprobe zram num_devices=2 2>/dev/null && [ -e /sys/block/zram1 ] \
+  && echo 1G > /sys/block/zram1/disksize && mkfs.ext4 -q /dev/zram1 \
+  && mount /dev/zram1 /var/tmp && chmod 1777 /var/tmp; then
+  export TMPDIR=/var/tmp
+  echo "@@pw-vm note /var/tmp and TMPDIR are ext4 on zram1"
+else
+  echo "@@pw-vm note no zram: /var/tmp stays tmpfs"
+fi
+"#;
+
 /// The scenarios `pw-vm-scenario` knows, in the order they run.
 const SCENARIOS: &[&str] = &["balloon", "balloon-pressure", "numa-hugetlb", "thp"];
 
@@ -219,6 +232,7 @@ fn script(rw: &Path, binaries: &[Binary], scenarios: &[&str], test_args: &[Strin
         "cd {}\necho \"@@pw-vm begin $(uname -r)\"",
         shell_quote(&cmd::workspace().display().to_string())
     );
+    s.push_str(SCRATCH);
     let args: String = test_args
         .iter()
         .map(|a| format!(" {}", shell_quote(a)))
@@ -412,7 +426,7 @@ impl Harness {
             self.failed_tests
                 .push(format!("{} {name}", self.binary.as_deref().unwrap_or("?")));
         }
-        if let Some((p, f)) = crate::test::parse_result(line.trim()) {
+        if let Some((p, f)) = test_result(line.trim()) {
             self.passed += p;
             self.failed += f;
         }
@@ -445,6 +459,16 @@ impl Harness {
             other => bail!("unknown QMP request {other:?}"),
         }
     }
+}
+
+/// Reads libtest's `test result: ok. 6 passed; 1 failed; ...` line.
+fn test_result(line: &str) -> Option<(u64, u64)> {
+    let rest = line.strip_prefix("test result: ")?;
+    let num = |word: &str| {
+        rest.split([';', '.'])
+            .find_map(|part| part.trim().strip_suffix(word)?.trim().parse().ok())
+    };
+    Some((num("passed")?, num("failed")?))
 }
 
 impl Tally {
@@ -482,5 +506,17 @@ impl Tally {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_libtest_result_lines() {
+        let line = "test result: FAILED. 6 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 4.16s";
+        assert_eq!(super::test_result(line), Some((6, 1)));
+        let ok = "test result: ok. 27 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.23s";
+        assert_eq!(super::test_result(ok), Some((27, 0)));
+        assert_eq!(super::test_result("running 6 tests"), None);
     }
 }
