@@ -119,7 +119,7 @@ pub fn folio_stats(v: &VmaPages) -> FolioStats {
             } else {
                 b.pte_mapped += bytes;
             }
-            if (first_vpn + u64::from(v.idx[k])) % len as u64 == 0 {
+            if (first_vpn + u64::from(v.idx[k])).is_multiple_of(len as u64) {
                 b.aligned += bytes;
             } else {
                 b.unaligned += bytes;

@@ -269,7 +269,7 @@ fn read_vma(pagemap: &U64Table, vma: Vma, scan_ok: &mut bool) -> io::Result<Opti
 fn has_huge_candidate(v: &VmaPages, first: u64) -> bool {
     let n = v.pm.len();
     (0..n).any(|k| {
-        (first + u64::from(v.idx[k])) % PMD_PAGES == 0
+        (first + u64::from(v.idx[k])).is_multiple_of(PMD_PAGES)
             && v.pm[k] & PM_PRESENT != 0
             && k + 511 < n
             && v.idx[k + 511] == v.idx[k] + 511
@@ -309,7 +309,7 @@ fn fill_kpage(kp: &KpageFiles, vmas: &mut [VmaPages]) -> io::Result<()> {
                 continue;
             };
             if v.pmd[k]
-                && pfn % PMD_PAGES == 0
+                && pfn.is_multiple_of(PMD_PAGES)
                 && k + 511 < n
                 && v.idx[k + 511] == v.idx[k] + 511
                 && v.pm[k + 511] & PM_PFN_MASK == pfn + 511

@@ -114,39 +114,9 @@ impl U64Table {
     }
 }
 
-/// Coalesce sorted indices into `(first, count)` runs, merging runs closer
-/// than `gap` entries (reading a few unneeded entries is cheaper than a
-/// syscall).
-pub fn coalesce(sorted: &[u64], gap: u64) -> Vec<(u64, u64)> {
-    let mut runs: Vec<(u64, u64)> = Vec::new();
-    for &i in sorted {
-        match runs.last_mut() {
-            Some((first, count)) if i < *first + *count + gap => {
-                *count = (*count).max(i - *first + 1);
-            }
-            _ => runs.push((i, 1)),
-        }
-    }
-    runs
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn coalesce_merges_near_indices() {
-        assert_eq!(
-            coalesce(&[1, 2, 3, 10, 11, 100], 4),
-            vec![(1, 3), (10, 2), (100, 1)]
-        );
-        assert_eq!(
-            coalesce(&[1, 2, 3, 10, 11, 100], 8),
-            vec![(1, 11), (100, 1)]
-        );
-        assert_eq!(coalesce(&[5, 5, 6], 1), vec![(5, 2)]);
-        assert!(coalesce(&[], 1).is_empty());
-    }
 
     #[test]
     fn reads_u64_table_batches() {

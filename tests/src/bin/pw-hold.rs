@@ -25,9 +25,17 @@ fn main() {
             0,
         )
     };
-    assert!(raw != libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+    assert!(
+        raw != libc::MAP_FAILED,
+        "mmap: {}",
+        std::io::Error::last_os_error()
+    );
     let p = ((raw as usize + huge - 1) & !(huge - 1)) as *mut u8;
-    let advice = if thp { libc::MADV_HUGEPAGE } else { libc::MADV_NOHUGEPAGE };
+    let advice = if thp {
+        libc::MADV_HUGEPAGE
+    } else {
+        libc::MADV_NOHUGEPAGE
+    };
     // SAFETY: p..p+len lies inside the mapping.
     let r = unsafe { libc::madvise(p.cast(), len, advice) };
     assert_eq!(r, 0, "madvise: {}", std::io::Error::last_os_error());

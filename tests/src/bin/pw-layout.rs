@@ -20,26 +20,45 @@ use std::{
 
 const MIB: usize = 1 << 20;
 
+/// Map `len` bytes followed by a PROT_NONE guard, so that regions mapped
+/// next to each other stay separate VMAs.
 fn map(len: usize, flags: i32) -> *mut u8 {
+    let guard = if flags & libc::MAP_HUGETLB != 0 {
+        2 * MIB
+    } else {
+        4096
+    };
     // SAFETY: anonymous mapping request with no address hint.
     let p = unsafe {
         libc::mmap(
             ptr::null_mut(),
-            len,
+            len + guard,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | flags,
             -1,
             0,
         )
     };
-    assert!(p != libc::MAP_FAILED, "mmap {len}: {}", std::io::Error::last_os_error());
+    assert!(
+        p != libc::MAP_FAILED,
+        "mmap {len}: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: the guard lies inside the mapping just made.
+    let r = unsafe { libc::mprotect(p.cast::<u8>().add(len).cast(), guard, libc::PROT_NONE) };
+    assert_eq!(r, 0, "mprotect guard: {}", std::io::Error::last_os_error());
     p.cast()
 }
 
 fn madvise(p: *mut u8, len: usize, advice: i32) {
     // SAFETY: p..p+len is a mapping we own.
     let r = unsafe { libc::madvise(p.cast(), len, advice) };
-    assert_eq!(r, 0, "madvise {advice}: {}", std::io::Error::last_os_error());
+    assert_eq!(
+        r,
+        0,
+        "madvise {advice}: {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 fn region(name: &str, p: *const u8, len: usize) {
@@ -79,7 +98,11 @@ fn map_file(path: &str, len: usize) -> *mut u8 {
             0,
         )
     };
-    assert!(p != libc::MAP_FAILED, "mmap file: {}", std::io::Error::last_os_error());
+    assert!(
+        p != libc::MAP_FAILED,
+        "mmap file: {}",
+        std::io::Error::last_os_error()
+    );
     p.cast()
 }
 
@@ -92,7 +115,11 @@ fn many_vmas(n: usize, exit_after_ms: u64) {
     for i in 0..n {
         let p = map(4096, 0);
         // Alternate protections so neighbouring mappings never merge.
-        let prot = if i % 2 == 0 { libc::PROT_READ } else { libc::PROT_READ | libc::PROT_WRITE };
+        let prot = if i % 2 == 0 {
+            libc::PROT_READ
+        } else {
+            libc::PROT_READ | libc::PROT_WRITE
+        };
         // SAFETY: p is our 4 KiB mapping.
         unsafe { libc::mprotect(p.cast(), 4096, prot) };
     }
@@ -103,7 +130,11 @@ fn many_vmas(n: usize, exit_after_ms: u64) {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let opt = |name: &str| args.iter().position(|a| a == name).map(|i| args[i + 1].clone());
+    let opt = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .map(|i| args[i + 1].clone())
+    };
     if let Some(n) = opt("--vmas") {
         let ms = opt("--exit-after-ms").map_or(300, |s| s.parse().unwrap());
         many_vmas(n.parse().unwrap(), ms);
@@ -133,6 +164,8 @@ fn main() {
         // its own copy of the mapping and sleeps.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
+            // SAFETY: prctl with PR_SET_PDEATHSIG has no memory arguments.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
             read_pages(p, len);
             loop {
                 // SAFETY: pause has no preconditions.

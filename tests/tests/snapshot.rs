@@ -1,0 +1,667 @@
+//! Integration tests of `pagewatch snapshot` against the running kernel,
+//! with the kernel's own accounting as the oracle: /proc/PID/smaps per VMA,
+//! smaps_rollup per process, /proc/zoneinfo and the hugetlb sysfs pools for
+//! the system census. The pw-layout workload builds the known layout; tests
+//! that change the hugetlb pool or the KSM knobs restore them on drop.
+
+use std::{
+    collections::{HashMap, HashSet},
+    io::{BufRead, BufReader},
+    os::unix::process::CommandExt as _,
+    process::{Child, ChildStdin, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use pagewatch_tests::{pagewatch_bin, run_pagewatch, skip, skip_unless_root};
+use serde_json::Value;
+
+/// A running pw-layout and the regions it reported.
+struct Layout {
+    child: Child,
+    _stdin: ChildStdin,
+    pid: u32,
+    regions: HashMap<String, u64>,
+}
+
+impl Layout {
+    fn start(args: &[&str], uid: Option<u32>) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pw-layout"));
+        cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped());
+        if let Some(u) = uid {
+            cmd.uid(u).gid(u);
+        }
+        let mut child = cmd.spawn().expect("spawn pw-layout");
+        let stdin = child.stdin.take().unwrap();
+        let mut regions = HashMap::new();
+        let mut pid = child.id();
+        for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+            let line = line.unwrap();
+            let w: Vec<&str> = line.split_whitespace().collect();
+            match w.as_slice() {
+                ["region", name, start, _] => {
+                    regions.insert(name.to_string(), u64::from_str_radix(start, 16).unwrap());
+                }
+                ["pid", p] => pid = p.parse().unwrap(),
+                ["ready"] => break,
+                _ => {}
+            }
+        }
+        Layout {
+            child,
+            _stdin: stdin,
+            pid,
+            regions,
+        }
+    }
+}
+
+impl Drop for Layout {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sets sysfs knobs and puts the old values back on drop.
+struct Knobs(Vec<(String, String)>);
+
+impl Knobs {
+    fn set(&mut self, path: &str, value: &str) -> bool {
+        let Ok(old) = std::fs::read_to_string(path) else {
+            return false;
+        };
+        if std::fs::write(path, value).is_err() {
+            return false;
+        }
+        self.0.push((path.to_string(), old.trim().to_string()));
+        true
+    }
+}
+
+impl Drop for Knobs {
+    fn drop(&mut self) {
+        for (path, old) in self.0.iter().rev() {
+            let _ = std::fs::write(path, old);
+        }
+    }
+}
+
+const HUGETLB_2M: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages";
+
+/// Reserve `n` more 2 MiB hugetlb pages; None if the pool would not grow.
+fn reserve_hugetlb(knobs: &mut Knobs, n: u64) -> bool {
+    let Ok(old) = std::fs::read_to_string(HUGETLB_2M) else {
+        return false;
+    };
+    let old: u64 = old.trim().parse().unwrap();
+    knobs.set(HUGETLB_2M, &(old + n).to_string())
+        && std::fs::read_to_string(HUGETLB_2M)
+            .is_ok_and(|s| s.trim().parse::<u64>().unwrap() >= old + n)
+}
+
+/// One VMA of /proc/PID/smaps: start, name, inode and its kB fields.
+#[derive(Debug)]
+struct SmapsVma {
+    start: u64,
+    name: String,
+    inode: u64,
+    kb: HashMap<String, u64>,
+}
+
+fn smaps(pid: u32) -> Vec<SmapsVma> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut out: Vec<SmapsVma> = Vec::new();
+    for line in text.lines() {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        if let Some((a, _)) = w[0].split_once('-')
+            && let Ok(start) = u64::from_str_radix(a, 16)
+            && w.len() >= 5
+        {
+            out.push(SmapsVma {
+                start,
+                name: w.get(5..).map(|n| n.join(" ")).unwrap_or_default(),
+                inode: w[4].parse().unwrap_or(0),
+                kb: HashMap::new(),
+            });
+        } else if w.len() == 3 && w[2] == "kB" {
+            let v = out.last_mut().unwrap();
+            v.kb.insert(
+                w[0].trim_end_matches(':').to_string(),
+                w[1].parse().unwrap(),
+            );
+        }
+    }
+    out
+}
+
+fn rollup(pid: u32) -> HashMap<String, u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w.len() == 3 && w[2] == "kB").then(|| {
+                (
+                    w[0].trim_end_matches(':').to_string(),
+                    w[1].parse().unwrap(),
+                )
+            })
+        })
+        .collect()
+}
+
+/// smaps field -> pagewatch JSON usage field.
+const FIELDS: [(&str, &str); 17] = [
+    ("Rss", "rss"),
+    ("Pss", "pss"),
+    ("Pss_Anon", "pss_anon"),
+    ("Pss_File", "pss_file"),
+    ("Pss_Shmem", "pss_shmem"),
+    ("Pss_Dirty", "pss_dirty"),
+    ("Shared_Clean", "shared_clean"),
+    ("Shared_Dirty", "shared_dirty"),
+    ("Private_Clean", "private_clean"),
+    ("Private_Dirty", "private_dirty"),
+    ("Anonymous", "anonymous"),
+    ("KSM", "ksm"),
+    ("Swap", "swap"),
+    ("AnonHugePages", "anon_huge_pages"),
+    ("Private_Hugetlb", "private_hugetlb"),
+    ("Shared_Hugetlb", "shared_hugetlb"),
+    ("FilePmdMapped", "file_pmd_mapped"),
+];
+
+/// Fields that change while pagewatch runs: its own mappings of the same
+/// shared-library file pages raise their mapcount by one (anonymous and
+/// dirty pages are never shared with it).
+const SHARING: [&str; 4] = ["Pss", "Pss_File", "Shared_Clean", "Private_Clean"];
+
+/// Files the pagewatch process maps itself (libc, ld.so, libgcc_s: the same
+/// inodes this test binary maps) and the vdso: while pagewatch runs, their
+/// pages have one more mapping than when smaps is read after it exits.
+fn mapped_by_pagewatch_too(v: &SmapsVma, own: &HashSet<u64>) -> bool {
+    (v.inode != 0 && own.contains(&v.inode)) || v.name == "[vdso]"
+}
+
+fn own_inodes() -> HashSet<u64> {
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4)?.parse().ok())
+        .filter(|i| *i != 0)
+        .collect()
+}
+
+fn snapshot_json(args: &[&str]) -> Value {
+    let (status, out, err) = run_pagewatch(args);
+    assert!(status.success(), "pagewatch {args:?} failed: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON ({e}): {out}"))
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < timeout {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("gave up waiting for {what}");
+    false
+}
+
+fn vma_at(vmas: &[SmapsVma], start: u64) -> &SmapsVma {
+    vmas.iter()
+        .find(|v| v.start == start)
+        .expect("region VMA in smaps")
+}
+
+#[test]
+fn every_vma_and_the_rollup_equal_smaps() {
+    let test = "every_vma_and_the_rollup_equal_smaps";
+    if skip_unless_root(test) {
+        return;
+    }
+    let mut knobs = Knobs(Vec::new());
+    let hugetlb = reserve_hugetlb(&mut knobs, 2);
+    if !hugetlb {
+        skip(
+            &format!("{test} (hugetlb part)"),
+            "cannot grow the 2 MiB hugetlb pool",
+        );
+    }
+    let ksm = knobs.set("/sys/kernel/mm/ksm/pages_to_scan", "5000")
+        && knobs.set("/sys/kernel/mm/ksm/sleep_millisecs", "10")
+        && knobs.set("/sys/kernel/mm/ksm/run", "1");
+    if !ksm {
+        skip(
+            &format!("{test} (KSM part)"),
+            "no /sys/kernel/mm/ksm (CONFIG_KSM off)",
+        );
+    }
+    let file = std::env::temp_dir().join(format!("pw-layout-{}.dat", std::process::id()));
+    let data: Vec<u8> = (0..1 << 20).map(|i: u32| (i * 7 + 3) as u8).collect();
+    std::fs::write(&file, &data).unwrap();
+    std::fs::File::open(&file).unwrap().sync_all().unwrap();
+    let mut args = vec!["--file", file.to_str().unwrap()];
+    if hugetlb {
+        args.push("--hugetlb");
+    }
+    if ksm {
+        args.push("--ksm");
+    }
+    let w = Layout::start(&args, None);
+    let _ = std::fs::remove_file(&file);
+    let pid = w.pid;
+
+    // Confirm the layout with the kernel before comparing anything.
+    let before = smaps(pid);
+    let thp = vma_at(&before, w.regions["thp"]);
+    if thp.kb["AnonHugePages"] != 2048 {
+        skip(
+            &format!("{test} (THP part)"),
+            "the MADV_HUGEPAGE region got no PMD THP",
+        );
+    }
+    if ksm {
+        let start = w.regions["ksm"];
+        assert!(
+            wait_for("KSM merge", Duration::from_secs(20), || vma_at(
+                &smaps(pid),
+                start
+            )
+            .kb["KSM"]
+                > 0),
+            "KSM never merged the identical pages"
+        );
+    }
+    if hugetlb {
+        assert_eq!(
+            vma_at(&before, w.regions["hugetlb"]).kb["Private_Hugetlb"],
+            2048
+        );
+    }
+
+    let j = snapshot_json(&[
+        "snapshot",
+        "--pid",
+        &pid.to_string(),
+        "--vma",
+        "--format",
+        "json",
+    ]);
+    let sm = smaps(pid);
+    let roll = rollup(pid);
+    let p = &j["processes"][0];
+    assert_eq!(p["pfns_visible"], true);
+    assert_eq!(p["partial"], false);
+    let own = own_inodes();
+    let vmas = p["vmas"].as_array().unwrap();
+    let mut compared = 0;
+    let mut affected = HashSet::new();
+    for v in vmas {
+        let start = u64::from_str_radix(v["start"].as_str().unwrap(), 16).unwrap();
+        let Some(s) = sm.iter().find(|s| s.start == start) else {
+            continue;
+        };
+        let skip_sharing = mapped_by_pagewatch_too(s, &own);
+        if skip_sharing {
+            affected.insert(start);
+        }
+        for (smaps_name, ours) in FIELDS {
+            if skip_sharing && SHARING.contains(&smaps_name) {
+                continue;
+            }
+            let Some(expect) = s.kb.get(smaps_name) else {
+                continue;
+            };
+            assert_eq!(
+                v["usage"][ours].as_u64(),
+                Some(*expect),
+                "{smaps_name} of VMA {:x} {} (smaps {expect})",
+                s.start,
+                s.name
+            );
+            compared += 1;
+        }
+    }
+    assert_eq!(
+        vmas.len(),
+        sm.iter().filter(|s| s.name != "[vsyscall]").count()
+    );
+    assert!(compared > 100, "compared only {compared} fields");
+
+    // Totals equal smaps_rollup exactly, except the fields pagewatch's own
+    // library mappings change: those equal the smaps sums over the other VMAs.
+    let is_affected = |v: &Value| {
+        affected.contains(&u64::from_str_radix(v["start"].as_str().unwrap(), 16).unwrap())
+    };
+    for (smaps_name, ours) in FIELDS {
+        let Some(expect) = roll.get(smaps_name) else {
+            continue;
+        };
+        if !SHARING.contains(&smaps_name) {
+            assert_eq!(
+                p["total"][ours].as_u64(),
+                Some(*expect),
+                "rollup {smaps_name}"
+            );
+            continue;
+        }
+        if smaps_name == "Pss_File" {
+            continue; // not printed per VMA
+        }
+        let ours_rest: u64 = vmas
+            .iter()
+            .filter(|v| !is_affected(v))
+            .map(|v| v["usage"][ours].as_u64().unwrap())
+            .sum();
+        let smaps_rest: u64 = sm
+            .iter()
+            .filter(|s| !affected.contains(&s.start))
+            .map(|s| s.kb.get(smaps_name).copied().unwrap_or(0))
+            .sum();
+        assert_eq!(
+            ours_rest, smaps_rest,
+            "{smaps_name} summed over VMAs not mapped by pagewatch"
+        );
+    }
+
+    // The layout's own regions, named.
+    let by_start = |name: &str| {
+        let s = format!("{:x}", w.regions[name]);
+        vmas.iter()
+            .find(|v| v["start"] == s.as_str())
+            .unwrap()
+            .clone()
+    };
+    let zero = by_start("zero");
+    assert_eq!(zero["usage"]["rss"], 0);
+    assert_eq!(zero["usage"]["zero_pages"], 256);
+    let file_vma = by_start("file");
+    assert_eq!(file_vma["usage"]["rss"], 1024);
+    assert!(file_vma["usage"]["shared_dirty"].as_u64().unwrap() >= 4);
+    if thp.kb["AnonHugePages"] == 2048 {
+        let f = &by_start("thp")["folios"]["anon"]["2048"];
+        assert_eq!(f["pmd_mapped"], 2 << 20, "{f}");
+        assert_eq!(f["aligned"], 2 << 20, "{f}");
+    }
+    if hugetlb {
+        assert_eq!(by_start("hugetlb")["hugetlb_by_size"]["2048"], 2048);
+    }
+    if ksm {
+        assert!(by_start("ksm")["usage"]["ksm"].as_u64().unwrap() > 0);
+    }
+    assert!(p["memcg"].as_object().is_some_and(|m| !m.is_empty()));
+}
+
+#[test]
+fn system_census_covers_every_pfn_and_counts_hugetlb_heads() {
+    let test = "system_census_covers_every_pfn_and_counts_hugetlb_heads";
+    if skip_unless_root(test) {
+        return;
+    }
+    let mut knobs = Knobs(Vec::new());
+    if !reserve_hugetlb(&mut knobs, 3) {
+        skip(test, "cannot grow the 2 MiB hugetlb pool");
+        return;
+    }
+    // Oracle: end of memory from zoneinfo, computed here independently.
+    let zi = std::fs::read_to_string("/proc/zoneinfo").unwrap();
+    let mut end = 0u64;
+    let mut spanned = 0u64;
+    for l in zi.lines() {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        match w.as_slice() {
+            ["spanned", v] => spanned = v.parse().unwrap(),
+            ["start_pfn:", v] if spanned > 0 => end = end.max(v.parse::<u64>().unwrap() + spanned),
+            _ => {}
+        }
+    }
+    let j = snapshot_json(&["snapshot", "--system", "--format", "json"]);
+    let c = &j["system"]["census"];
+    let read = c["pfns_read"].as_u64().unwrap();
+    assert!(read >= end, "read {read} PFNs, memory ends at {end}");
+    let sum: u64 = c["combos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["pages"].as_u64().unwrap())
+        .sum();
+    assert_eq!(sum, read, "every PFN read is in exactly one combination");
+
+    let pools: u64 = std::fs::read_dir("/sys/kernel/mm/hugepages")
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let nr: u64 = std::fs::read_to_string(e.path().join("nr_hugepages"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            nr
+        })
+        .sum();
+    let j = snapshot_json(&[
+        "snapshot",
+        "--flags",
+        "huge,compound_head",
+        "--format",
+        "json",
+    ]);
+    let heads = j["system"]["census"]["matched_pages"].as_u64().unwrap();
+    assert_eq!(heads, pools, "hugetlb heads vs sysfs nr_hugepages");
+    let pool = j["system"]["state"]["hugetlb"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["size_kb"] == 2048 && p["node"].is_null())
+        .unwrap()
+        .clone();
+    assert_eq!(
+        pool["nr"].as_u64().unwrap(),
+        std::fs::read_to_string(HUGETLB_2M)
+            .unwrap()
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    );
+}
+
+#[test]
+fn flag_filter_and_list_name_the_owner() {
+    let test = "flag_filter_and_list_name_the_owner";
+    if skip_unless_root(test) {
+        return;
+    }
+    let mut knobs = Knobs(Vec::new());
+    if !reserve_hugetlb(&mut knobs, 1) {
+        skip(test, "cannot grow the 2 MiB hugetlb pool");
+        return;
+    }
+    let w = Layout::start(&["--hugetlb"], None);
+    let pid = w.pid.to_string();
+    let j = snapshot_json(&[
+        "snapshot",
+        "--pid",
+        &pid,
+        "--flags",
+        "huge,compound_head",
+        "--list",
+        "--format",
+        "json",
+    ]);
+    for k in j["system"]["census"]["combos"].as_array().unwrap() {
+        let f = k["flags"].as_u64().unwrap();
+        assert!(f & (1 << 17) != 0 && f & (1 << 15) != 0, "{k}");
+    }
+    let owner = format!("{}@{:x}", w.pid, w.regions["hugetlb"]);
+    let listed = j["system"]["list"].as_array().unwrap();
+    assert!(
+        listed.iter().any(|r| r["owners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o == owner.as_str())),
+        "no listed run is owned by {owner}: {listed:?}"
+    );
+    let j = snapshot_json(&[
+        "snapshot",
+        "--flags",
+        "thp,~compound_tail",
+        "--format",
+        "json",
+    ]);
+    for k in j["system"]["census"]["combos"].as_array().unwrap() {
+        let f = k["flags"].as_u64().unwrap();
+        assert!(f & (1 << 22) != 0 && f & (1 << 16) == 0, "{k}");
+    }
+}
+
+#[test]
+fn process_exiting_mid_scan_gives_a_partial_result() {
+    let test = "process_exiting_mid_scan_gives_a_partial_result";
+    if skip_unless_root(test) {
+        return;
+    }
+    let w = Layout::start(&["--vmas", "2000", "--exit-after-ms", "300"], None);
+    let j = snapshot_json(&[
+        "snapshot",
+        "--pid",
+        &w.pid.to_string(),
+        "--pause-per-vma-ms",
+        "1",
+        "--format",
+        "json",
+    ]);
+    let p = &j["processes"][0];
+    assert_eq!(p["partial"], true, "{p}");
+    assert!(
+        j["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n.as_str().unwrap().contains("exited during the scan"))
+    );
+}
+
+#[test]
+fn unknown_pid_is_one_clear_error() {
+    let pid_max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let pid = (pid_max + 1).to_string();
+    let (status, out, err) = run_pagewatch(&["snapshot", "--pid", &pid]);
+    assert!(!status.success());
+    assert!(out.is_empty(), "{out}");
+    assert!(err.contains(&format!("no process with pid {pid}")), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(!err.contains("panicked"));
+    let (status, _, err) = run_pagewatch(&["snapshot", "--flags", "thp,bogus"]);
+    assert!(!status.success());
+    assert!(err.contains("unknown page flag \"bogus\""), "{err}");
+}
+
+#[test]
+fn non_root_run_reports_what_it_can_and_says_why_once() {
+    let test = "non_root_run_reports_what_it_can_and_says_why_once";
+    if skip_unless_root(test) {
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    let w = Layout::start(&[], Some(NOBODY));
+    let out = Command::new(pagewatch_bin())
+        .args([
+            "snapshot",
+            "--pid",
+            &w.pid.to_string(),
+            "--vma",
+            "--format",
+            "json",
+        ])
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawn pagewatch as nobody");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let j: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let notes: Vec<&str> = j["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        notes.iter().filter(|n| n.contains("needs root")).count(),
+        1,
+        "{notes:?}"
+    );
+    let p = &j["processes"][0];
+    assert_eq!(p["pfns_visible"], false);
+    assert!(p["total"]["pss"].is_null());
+    let roll = rollup(w.pid);
+    // Rss degrades to every present PTE: smaps' Rss plus the zero-page
+    // mappings (1 MiB region) and PFN mappings such as [vvar].
+    let rss = p["total"]["rss"].as_u64().unwrap();
+    assert!(
+        rss >= roll["Rss"] + 1024,
+        "rss {rss} vs smaps {}",
+        roll["Rss"]
+    );
+    assert_eq!(p["total"]["swap"].as_u64(), Some(roll["Swap"]));
+    assert_eq!(
+        p["total"]["anon_huge_pages"].as_u64(),
+        Some(roll["AnonHugePages"])
+    );
+    let anon = format!("{:x}", w.regions["anon"]);
+    let v = p["vmas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["start"] == anon.as_str())
+        .unwrap();
+    assert_eq!(v["usage"]["rss"], 4096);
+    assert_eq!(
+        v["usage"]["uss"], 4096,
+        "exclusive pages are known without PFNs"
+    );
+}
+
+#[test]
+fn working_set_reports_referenced_pages_and_missing_mechanisms() {
+    let test = "working_set_reports_referenced_pages_and_missing_mechanisms";
+    if skip_unless_root(test) {
+        return;
+    }
+    let w = Layout::start(&[], None);
+    let j = snapshot_json(&[
+        "snapshot",
+        "--pid",
+        &w.pid.to_string(),
+        "--working-set",
+        "300ms",
+        "--format",
+        "json",
+    ]);
+    let ws = &j["working_set"][0];
+    let anon = format!("{:x}", w.regions["anon"]);
+    let v = ws["vmas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["start"] == anon.as_str())
+        .unwrap();
+    // The workload sleeps on stdin: nothing in its anon region was touched.
+    assert_eq!(v["rss_kb"], 4096);
+    assert_eq!(v["referenced_kb"], 0, "{v}");
+    let notes = ws["notes"].to_string();
+    if !std::path::Path::new("/sys/kernel/mm/page_idle/bitmap").exists() {
+        assert!(notes.contains("idle page tracking is missing"), "{notes}");
+        assert!(v["accessed_idle_kb"].is_null());
+    }
+}
