@@ -188,6 +188,10 @@ mod tests {
     #[test]
     fn a_full_disk_is_reported_as_disk_full_naming_the_path() {
         let path = Path::new("/dev/full");
+        if !path.exists() {
+            eprintln!("skipping test - no /dev/full to fill");
+            return;
+        }
         let file = OpenOptions::new().write(true).open(path).unwrap();
         let meta = super::super::tests::metadata();
         let mut w = RecordWriter::from_file(file, path.to_owned(), &meta).unwrap();
