@@ -458,3 +458,39 @@ fn the_v1_layout_matches_the_captured_recording() {
     let (records, cut, _) = read_all(&captured).unwrap();
     assert_eq!((records, cut), (one_of_each(), None));
 }
+
+#[test]
+fn a_recorder_killed_after_a_flush_leaves_everything_flushed() {
+    let dir = temp_dir("killed");
+    let header_only = dir.join("header-only");
+    // mem::forget stands for SIGKILL: no destructor, no final flush.
+    std::mem::forget(RecordWriter::create(&header_only, &metadata()).unwrap());
+    let (records, cut, ends) = read_all(&std::fs::read(&header_only).unwrap()).unwrap();
+    assert_eq!(records, []);
+    assert_eq!(cut.map(|c| c.reason), Some(CutReason::NoEnd));
+
+    let path = dir.join("killed");
+    let mut w = RecordWriter::create(&path, &metadata()).unwrap();
+    for r in &one_of_each()[..3] {
+        w.write(r).unwrap();
+    }
+    w.flush().unwrap();
+    w.write(&one_of_each()[3]).unwrap(); // buffered, never flushed
+    std::mem::forget(w);
+    let bytes = std::fs::read(&path).unwrap();
+    let (records, cut, _) = read_all(&bytes).unwrap();
+    assert_eq!(records, one_of_each()[..3]);
+    let cut = cut.unwrap();
+    assert_eq!(
+        (cut.offset, cut.reason),
+        (bytes.len() as u64, CutReason::NoEnd)
+    );
+    assert!(cut.offset > ends[0]);
+    assert_eq!(
+        cut.to_string(),
+        format!(
+            "recording stops at byte {} without an End record (the recorder was killed?)",
+            bytes.len()
+        )
+    );
+}
