@@ -27,14 +27,28 @@ fn test_data(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// An empty directory of this call's own.
-fn temp_dir(test: &str) -> PathBuf {
-    static CALLS: AtomicUsize = AtomicUsize::new(0);
-    let n = CALLS.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("pw-record-{}-{test}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// An empty directory of this call's own, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(test: &str) -> Self {
+        static CALLS: AtomicUsize = AtomicUsize::new(0);
+        let n = CALLS.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("pw-record-{}-{test}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// khugepaged's scan hook, with the format captured on 6.18.
@@ -150,7 +164,8 @@ pub(super) fn one_of_each() -> Vec<Record> {
 
 /// The bytes of a recording of [`one_of_each`], written through a file.
 fn recording_bytes() -> Vec<u8> {
-    let path = temp_dir("bytes").join("r.pwrec");
+    let dir = TempDir::new("bytes");
+    let path = dir.join("r.pwrec");
     let mut w = RecordWriter::create(&path, &metadata()).unwrap();
     let records = one_of_each();
     let (last, rest) = records.split_last().unwrap();
@@ -189,7 +204,7 @@ fn read_all(bytes: &[u8]) -> Result<ReadBack, HeaderError> {
 
 #[test]
 fn every_kind_round_trips_through_a_file() {
-    let dir = temp_dir("round-trip");
+    let dir = TempDir::new("round-trip");
     let path = dir.join("r.pwrec");
     let mut w = RecordWriter::create(&path, &metadata()).unwrap();
     assert_eq!(w.path(), path);
@@ -281,7 +296,7 @@ fn a_flipped_bit_anywhere_gives_an_error_or_the_records_before_it() {
 
 #[test]
 fn foreign_empty_and_newer_files_are_clear_errors() {
-    let dir = temp_dir("foreign");
+    let dir = TempDir::new("foreign");
     let elf = dir.join("a.out");
     std::fs::write(&elf, b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0").unwrap();
     let err = RecordReader::open(&elf).unwrap_err();
@@ -366,7 +381,8 @@ fn unknown_kinds_are_skipped_and_counted_absurd_lengths_are_cut() {
 
 #[test]
 fn an_oversized_record_is_refused_and_the_recording_stays_valid() {
-    let path = temp_dir("too-large").join("r.pwrec");
+    let dir = TempDir::new("too-large");
+    let path = dir.join("r.pwrec");
     let mut w = RecordWriter::create(&path, &metadata()).unwrap();
     let huge = Record::Process(Process {
         ts_ns: 0,
@@ -396,7 +412,7 @@ fn an_oversized_record_is_refused_and_the_recording_stays_valid() {
 
 #[test]
 fn the_writer_never_overwrites_and_never_follows_a_symlink() {
-    let dir = temp_dir("no-clobber");
+    let dir = TempDir::new("no-clobber");
     let existing = dir.join("existing");
     std::fs::write(&existing, b"keep me").unwrap();
     let err = RecordWriter::create(&existing, &metadata()).unwrap_err();
@@ -461,7 +477,7 @@ fn the_v1_layout_matches_the_captured_recording() {
 
 #[test]
 fn a_recorder_killed_after_a_flush_leaves_everything_flushed() {
-    let dir = temp_dir("killed");
+    let dir = TempDir::new("killed");
     let header_only = dir.join("header-only");
     // mem::forget stands for SIGKILL: no destructor, no final flush.
     std::mem::forget(RecordWriter::create(&header_only, &metadata()).unwrap());
