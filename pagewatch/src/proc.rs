@@ -51,6 +51,30 @@ impl ProcRoot {
         pids
     }
 
+    /// (ppid, start time in clock ticks since boot) from /proc/PID/stat
+    /// fields 4 and 22; with the pid, the start time tells a reused pid
+    /// from the process it replaced.
+    pub fn stat_fields(&self, pid: u32) -> Option<(u32, u64)> {
+        let text = std::fs::read_to_string(self.pid_dir(pid).join("stat")).ok()?;
+        // Fields after the parenthesised comm, which may contain spaces.
+        let mut f = text.get(text.rfind(')')? + 2..)?.split(' ');
+        let ppid = f.nth(1)?.parse().ok()?;
+        let start = f.nth(17)?.parse().ok()?;
+        Some((ppid, start))
+    }
+
+    /// /proc/PID/cmdline split at NULs (at most 4 KiB of it).
+    pub fn cmdline(&self, pid: u32) -> Vec<String> {
+        let Ok(bytes) = std::fs::read(self.pid_dir(pid).join("cmdline")) else {
+            return Vec::new();
+        };
+        bytes[..bytes.len().min(4096)]
+            .split(|&b| b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect()
+    }
+
     /// Addresses of kernel symbols in `names` from `kallsyms` (root only:
     /// others read zeros, returned as None), in the order asked.
     pub fn kallsyms(&self, names: &[&str]) -> Vec<Option<u64>> {
@@ -125,6 +149,12 @@ mod tests {
         std::fs::create_dir_all(dir.join("42")).unwrap();
         std::fs::write(dir.join("42/comm"), "worker\n").unwrap();
         std::fs::write(
+            dir.join("42/stat"),
+            "42 (a (weird) name) S 7 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 123456 0\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("42/cmdline"), "/bin/worker\0--fast\0").unwrap();
+        std::fs::write(
             dir.join("kallsyms"),
             "ffffffff81699db0 T balloon_page_enqueue\n0000000000000000 T hidden\n",
         )
@@ -135,6 +165,9 @@ mod tests {
             vec![None, Some(0xffff_ffff_8169_9db0), None]
         );
         assert!(root.pid_exists(42));
+        assert_eq!(root.stat_fields(42), Some((7, 123456)));
+        assert_eq!(root.cmdline(42), vec!["/bin/worker", "--fast"]);
+        assert_eq!(root.stat_fields(43), None);
         assert!(!root.pid_exists(43));
         assert_eq!(root.pids_named("worker"), vec![42]);
         let mut cache = CommCache::new(root);

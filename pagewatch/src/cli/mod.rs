@@ -1,6 +1,7 @@
 //! Command-line interface: one module per subcommand, each a clap struct
 //! validated into a config before any work starts; shared value parsers.
 
+mod record;
 mod session;
 mod snapshot;
 mod top;
@@ -26,6 +27,8 @@ enum Command {
     Top(top::TopArgs),
     /// Page census of processes and of the whole system from pagemap and kpageflags.
     Snapshot(snapshot::SnapshotArgs),
+    /// Record events, snapshots and attributed transitions to a file (like perf record).
+    Record(record::RecordArgs),
 }
 
 /// Runs the chosen subcommand.
@@ -34,6 +37,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         None => top::run(cli.top),
         Some(Command::Top(args)) => top::run(args),
         Some(Command::Snapshot(args)) => snapshot::run(args),
+        Some(Command::Record(args)) => record::run(args),
     }
 }
 

@@ -16,7 +16,7 @@ use aya::maps::{MapData, RingBuf};
 use clap::{Args, ValueEnum};
 use pagewatch::{
     aggregate::{Aggregator, Tally},
-    correlate::{self, evidence::Evidence, numa::NodeMap},
+    correlate::{self, ProcessCounters, evidence::Evidence, numa::NodeMap},
     error::Error,
     event::{Decoder, Event, EventKind},
     hooks::Family,
@@ -110,7 +110,8 @@ pub struct SessionConfig {
     pub duration: Option<Duration>,
     pub target: Target,
     pub probe: ProbeOptions,
-    /// Snapshot the tracked processes each interval and report transitions.
+    /// Snapshot the followed processes (all, when tracing everything) each
+    /// interval and report transitions.
     pub snapshots: bool,
 }
 
@@ -172,10 +173,15 @@ pub struct IntervalReport {
     pub tally: Tally,
     /// Drops since the previous interval.
     pub dropped: u64,
+    /// Drops since the start, in total and per CPU.
+    pub dropped_total: u64,
+    pub dropped_per_cpu: Vec<u64>,
     /// Attributed transitions between this interval's snapshots.
     pub transitions: Vec<TransitionGroup>,
     /// khugepaged's scans of followed processes' memory, per VMA and result.
     pub thp_scans: Vec<ThpScans>,
+    /// Page counters of each snapshotted process at the interval's end.
+    pub counters: Vec<ProcessCounters>,
 }
 
 /// khugepaged scans of one VMA that ended with one result.
@@ -191,6 +197,8 @@ pub struct ThpScans {
 
 /// End-of-session totals.
 pub struct Summary {
+    /// CLOCK_MONOTONIC ns at the end.
+    pub end_ns: u64,
     pub total: Tally,
     pub dropped_per_cpu: Vec<u64>,
     pub dropped_per_hook: BTreeMap<&'static str, u64>,
@@ -364,14 +372,20 @@ impl Session {
         Ok(())
     }
 
-    /// Snapshot of the tracked processes that still exist, in pid order.
+    /// Snapshot of the tracked processes (every process when tracing all)
+    /// that still exist, in pid order. One that exits mid-scan is normal:
+    /// it is left out, or kept with what was read before it went.
     fn snapshot(&mut self) -> PageTable {
         let root = snapshot::ProcRoot::default();
-        let scans: Vec<_> = self
-            .tracked
-            .iter()
-            .filter_map(|&pid| scan_process(&root, &self.kpage, pid, None).ok())
+        let pids: Vec<u32> = match self.config.target {
+            Target::All => snapshot::select::all_pids(&root).unwrap_or_default(),
+            _ => self.tracked.iter().copied().collect(),
+        };
+        let mut scans: Vec<_> = pids
+            .into_iter()
+            .filter_map(|pid| scan_process(&root, &self.kpage, pid, None).ok())
             .collect();
+        scans.sort_by_key(|s| s.pid);
         PageTable::from_scans(&scans)
     }
 
@@ -495,12 +509,14 @@ impl Session {
     fn end_interval(&mut self, sink: &mut impl Sink) -> anyhow::Result<()> {
         let tally = self.aggregator.take_interval();
         self.intervals += 1;
-        let dropped_total: u64 = self.drops_per_cpu()?.iter().sum();
+        let dropped_per_cpu = self.drops_per_cpu()?;
+        let dropped_total: u64 = dropped_per_cpu.iter().sum();
         let dropped = dropped_total - self.dropped_reported;
         self.dropped_reported = dropped_total;
         let ts_ns = monotonic_ns();
         let mut evidence = std::mem::take(&mut self.evidence);
         let mut thp_scans = Vec::new();
+        let mut counters = Vec::new();
         let transitions = match self.last_snapshot.take() {
             Some(before) => {
                 let after = self.snapshot();
@@ -525,6 +541,7 @@ impl Session {
                     });
                 }
                 let t = correlate::diff(&before, &after, &evidence, &self.nodes, ts_ns);
+                counters = correlate::counters(&after, &self.nodes);
                 self.last_snapshot = Some(after);
                 t
             }
@@ -537,8 +554,11 @@ impl Session {
             ts_ns,
             tally,
             dropped,
+            dropped_total,
+            dropped_per_cpu,
             transitions,
             thp_scans,
+            counters,
         };
         let mut view = self.view();
         sink.interval(&mut view, &report)
@@ -554,6 +574,7 @@ impl Session {
             }
         }
         let summary = Summary {
+            end_ns: monotonic_ns(),
             total: self.aggregator.total().clone(),
             dropped_per_cpu,
             dropped_per_hook,

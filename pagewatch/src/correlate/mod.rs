@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use crate::{
     snapshot::{
         columns::PageTable,
-        flags::{PM_PFN_MASK, PM_PRESENT, PM_SWAP, has, kpf},
+        flags::{PM_FILE, PM_PFN_MASK, PM_PRESENT, PM_SWAP, has, kpf},
     },
     transition::{Cause, TransitionGroup, TransitionKind},
 };
@@ -132,6 +132,59 @@ fn appeared(a: PageState) -> TransitionKind {
     } else {
         TransitionKind::FaultedIn
     }
+}
+
+/// One process's page counters at a snapshot (4 KiB pages).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessCounters {
+    pub pid: u32,
+    pub rss: u64,
+    pub anon: u64,
+    pub file: u64,
+    pub swap: u64,
+    /// Pages inside transparent huge pages (any size).
+    pub thp: u64,
+    /// hugetlb pages (4 KiB units) by NUMA node.
+    pub hugetlb_per_node: Vec<u64>,
+}
+
+/// Per-process counters of a snapshot, in pid order.
+pub fn counters(table: &PageTable, nodes: &NodeMap) -> Vec<ProcessCounters> {
+    let mut out: Vec<ProcessCounters> = Vec::new();
+    for row in rows(table) {
+        if out.last().is_none_or(|c| c.pid != row.pid) {
+            out.push(ProcessCounters {
+                pid: row.pid,
+                ..ProcessCounters::default()
+            });
+        }
+        let c = out.last_mut().expect("pushed above");
+        let st = row.state;
+        if st.swapped() {
+            c.swap += 1;
+            continue;
+        }
+        if !st.present() {
+            continue;
+        }
+        c.rss += 1;
+        if st.pagemap & PM_FILE != 0 {
+            c.file += 1;
+        } else {
+            c.anon += 1;
+        }
+        if st.thp() {
+            c.thp += 1;
+        }
+        if st.hugetlb() {
+            let node = st.pfn().map_or(0, |p| nodes.node_of(p).max(0)) as usize;
+            if c.hugetlb_per_node.len() <= node {
+                c.hugetlb_per_node.resize(node + 1, 0);
+            }
+            c.hugetlb_per_node[node] += 1;
+        }
+    }
+    out
 }
 
 /// One page of a snapshot in (pid, address) order.

@@ -1,0 +1,277 @@
+//! `pagewatch record -o FILE`: like perf record. Traces the chosen
+//! processes (or a command it starts, with its whole process tree) and
+//! writes every event, interval, attributed transition, per-process page
+//! counters and notes to a recording that `pagewatch report` reads. Ends on
+//! Ctrl-C, SIGTERM, `--duration` or when the command exits, always with a
+//! valid recording.
+
+use std::{collections::BTreeSet, path::PathBuf, process::Command};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use pagewatch::{
+    event::Event,
+    proc::ProcRoot,
+    record::{End, Interval, Metadata, Note, Process, Record, RecordWriter, Sample, Severity},
+};
+
+use super::session::{
+    IntervalReport, Session, SessionConfig, SessionView, Sink, Summary, TraceArgs,
+};
+
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// The recording to write (refuses to overwrite, never follows a symlink).
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
+    /// Replace an existing recording at FILE.
+    #[arg(long)]
+    force: bool,
+    /// Trace and snapshot every process (snapshots cost grows with memory).
+    #[arg(long, conflicts_with_all = ["pids", "comm"])]
+    all: bool,
+    #[command(flatten)]
+    trace: TraceArgs,
+    /// A command to start and record with its whole process tree; recording
+    /// stops when it exits.
+    #[arg(last = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+pub fn run(args: RecordArgs) -> anyhow::Result<()> {
+    let proc = ProcRoot::default();
+    let targeted = args.all || !args.trace.pids.is_empty() || args.trace.comm.is_some();
+    if args.command.is_empty() && !targeted {
+        bail!("say what to record: --pid PID, --comm NAME, --all, or -- CMD ARGS...");
+    }
+    if !args.command.is_empty() && targeted {
+        bail!("give either a command after -- or --pid/--comm/--all, not both");
+    }
+    let command_line: Vec<String> = std::env::args().collect();
+    let target = if args.command.is_empty() {
+        command_line[1..].join(" ")
+    } else {
+        format!("-- {}", args.command.join(" "))
+    };
+    // A command starts stopped, so the hooks are in place before it runs.
+    let child = if args.command.is_empty() {
+        None
+    } else {
+        Some(StoppedChild::spawn(&args.command)?)
+    };
+    let extra: Vec<u32> = child.iter().map(|c| c.pid).collect();
+    let mut config = SessionConfig::validate(args.trace, &proc, &extra)?;
+    config.snapshots = true;
+    let session = Session::start(config)?;
+    let probe = session.probe();
+    let metadata = Metadata::capture(command_line, target, &probe.attached, &probe.skipped);
+    let writer = if args.force {
+        RecordWriter::replace(&args.output, &metadata)
+    } else {
+        RecordWriter::create(&args.output, &metadata)
+    }?;
+    let mut sink = RecordSink {
+        path: writer.path().to_owned(),
+        writer: Some(writer),
+        size: None,
+        seen: BTreeSet::new(),
+        proc,
+        events: 0,
+        transitions: 0,
+    };
+    for s in &probe.skipped {
+        sink.note(
+            Severity::Warning,
+            format!("hook {} skipped: {}", s.program, s.reason),
+        )?;
+    }
+    let result = super::block_on(async {
+        match child {
+            Some(child) => {
+                let exited = child.resume()?;
+                session
+                    .run(&mut sink, async {
+                        let _ = exited.await;
+                    })
+                    .await
+            }
+            None => session.run(&mut sink, std::future::pending()).await,
+        }
+    });
+    match sink.size {
+        Some(bytes) => eprintln!(
+            "pagewatch: recorded {} events and {} transition groups to {} ({:.1} MiB)",
+            sink.events,
+            sink.transitions,
+            sink.path.display(),
+            bytes as f64 / (1 << 20) as f64
+        ),
+        None => eprintln!(
+            "pagewatch: {} holds what was recorded before the error",
+            sink.path.display()
+        ),
+    }
+    result
+}
+
+/// A command started stopped, before it runs any of its own code.
+struct StoppedChild {
+    pid: u32,
+}
+
+impl StoppedChild {
+    fn spawn(argv: &[String]) -> anyhow::Result<Self> {
+        // std's spawn waits for the exec, so the child cannot stop itself
+        // before it: a shell stops itself, then execs the command in place
+        // (same pid) once resumed.
+        let child = Command::new("/bin/sh")
+            .args(["-c", "kill -STOP $$ && exec \"$@\"", "pagewatch-record"])
+            .args(argv)
+            .spawn()
+            .with_context(|| format!("cannot start {:?} through /bin/sh", argv[0]))?;
+        let pid = child.id();
+        // The Child handle is not needed: the pid is waited for directly.
+        std::mem::forget(child);
+        let mut status = 0;
+        // SAFETY: waiting for our own child, WUNTRACED to see it stop.
+        let rc = unsafe { libc::waitpid(pid as i32, &mut status, libc::WUNTRACED) };
+        if rc != pid as i32 || !libc::WIFSTOPPED(status) {
+            bail!("{:?} did not start (wait status {status:#x})", argv[0]);
+        }
+        Ok(Self { pid })
+    }
+
+    /// Lets the command run; the returned future completes when it exits.
+    fn resume(self) -> anyhow::Result<tokio::task::JoinHandle<i32>> {
+        // SAFETY: signalling our own stopped child.
+        if unsafe { libc::kill(self.pid as i32, libc::SIGCONT) } != 0 {
+            bail!(
+                "cannot resume pid {}: {}",
+                self.pid,
+                std::io::Error::last_os_error()
+            );
+        }
+        let pid = self.pid as i32;
+        Ok(tokio::task::spawn_blocking(move || {
+            let mut status = 0;
+            // SAFETY: reaping our own child.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            status
+        }))
+    }
+}
+
+/// Writes the session into a recording.
+struct RecordSink {
+    /// Taken by `finish`, which closes the recording.
+    writer: Option<RecordWriter>,
+    path: PathBuf,
+    /// Bytes written, once finished.
+    size: Option<u64>,
+    /// Processes already described by a Process record.
+    seen: BTreeSet<u32>,
+    proc: ProcRoot,
+    events: u64,
+    transitions: u64,
+}
+
+impl RecordSink {
+    fn writer(&mut self) -> anyhow::Result<&mut RecordWriter> {
+        self.writer
+            .as_mut()
+            .context("internal: the recording is already closed")
+    }
+
+    fn note(&mut self, severity: Severity, text: String) -> anyhow::Result<()> {
+        self.writer()?.write(&Record::Note(Note {
+            ts_ns: 0,
+            severity,
+            text,
+        }))?;
+        Ok(())
+    }
+
+    /// A Process record the first time `pid` appears.
+    fn describe(&mut self, pid: u32, ts_ns: u64, comm: &str) -> anyhow::Result<()> {
+        if !self.seen.insert(pid) {
+            return Ok(());
+        }
+        let stat = self.proc.stat_fields(pid);
+        let cmdline = self.proc.cmdline(pid);
+        self.writer()?.write(&Record::Process(Process {
+            ts_ns,
+            pid,
+            start_ticks: stat.map_or(0, |s| s.1),
+            ppid: stat.map_or(0, |s| s.0),
+            comm: comm.to_owned(),
+            cmdline,
+        }))?;
+        Ok(())
+    }
+}
+
+impl Sink for RecordSink {
+    fn event(&mut self, raw: &[u8], _event: &Event) -> anyhow::Result<()> {
+        self.events += 1;
+        self.writer()?.write_event(raw)?;
+        Ok(())
+    }
+
+    fn interval(&mut self, view: &mut SessionView<'_>, r: &IntervalReport) -> anyhow::Result<()> {
+        let pids: BTreeSet<u32> = r
+            .tally
+            .processes
+            .keys()
+            .copied()
+            .filter(|&p| view.shown(p))
+            .chain(r.transitions.iter().map(|t| t.pid))
+            .chain(r.counters.iter().map(|c| c.pid))
+            .collect();
+        for pid in pids {
+            let comm = view.comms.get(pid).to_owned();
+            self.describe(pid, r.ts_ns, &comm)?;
+        }
+        for t in &r.transitions {
+            self.transitions += 1;
+            self.writer()?.write(&Record::Transition(t.clone()))?;
+        }
+        for c in &r.counters {
+            self.writer()?.write(&Record::Sample(Sample {
+                ts_ns: r.ts_ns,
+                pid: c.pid,
+                rss_pages: c.rss,
+                anon_pages: c.anon,
+                file_pages: c.file,
+                swap_pages: c.swap,
+                thp_pages: c.thp,
+                hugetlb_pages_per_node: c.hugetlb_per_node.clone(),
+            }))?;
+        }
+        let events = self.events;
+        self.writer()?.write(&Record::Interval(Interval {
+            index: r.index,
+            ts_ns: r.ts_ns,
+            events,
+            dropped: r.dropped_total,
+            dropped_per_cpu: r.dropped_per_cpu.clone(),
+        }))?;
+        // Each interval reaches the disk: a SIGKILL loses at most one.
+        self.writer()?.flush()?;
+        Ok(())
+    }
+
+    fn finish(&mut self, _view: &mut SessionView<'_>, s: &Summary) -> anyhow::Result<()> {
+        let end = End {
+            ts_ns: s.end_ns,
+            events: self.events,
+            dropped: s.dropped_per_cpu.iter().sum(),
+            duration_ns: (s.duration_s * 1e9) as u64,
+        };
+        let writer = self
+            .writer
+            .take()
+            .context("internal: recording closed twice")?;
+        self.size = Some(writer.finish(end)?);
+        Ok(())
+    }
+}
