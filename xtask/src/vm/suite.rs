@@ -71,8 +71,11 @@ pub struct VmTestOptions {
     #[arg(long, default_value_t = 900)]
     pub boot_timeout: u64,
     /// Skip the VM scenarios (balloon, NUMA hugetlb, THP).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "scenarios_only")]
     pub no_scenarios: bool,
+    /// Only the VM scenarios, not the test binaries.
+    #[arg(long)]
+    pub scenarios_only: bool,
 }
 
 impl VmTestOptions {
@@ -105,7 +108,12 @@ pub fn run(opts: &VmTestOptions, test_args: &[String]) -> anyhow::Result<()> {
     setup::host()?;
     let kernels = kernels::selected(opts.kernel.as_deref())?;
     let accel = guest::accelerator(opts.kernel.as_deref())?;
-    let binaries = test_binaries()?;
+    let binaries = if opts.scenarios_only {
+        crate::build::run()?;
+        Vec::new()
+    } else {
+        test_binaries()?
+    };
     step(&format!(
         "VM suite: {} test binaries and {} scenarios on {} kernel(s) under {accel}",
         binaries.len(),

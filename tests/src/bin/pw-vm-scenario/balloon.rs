@@ -10,7 +10,7 @@ use std::process::Command;
 use pagewatch_tests::{skip, vmstat};
 
 use crate::{
-    host::{self, Checks, Result, census_offline, guest_bytes, qmp, snapshot},
+    host::{self, Checks, Result, Top, census_offline, guest_bytes, one_line, qmp, snapshot},
     workload::Child,
 };
 
@@ -87,6 +87,20 @@ pub fn inflate_and_back() -> Result {
     let mut checks = Checks::default();
     let start = qmp("query-balloon")?["actual"].as_u64().unwrap_or(0);
     checks.eq("query-balloon actual before (MiB)", start >> 20, full >> 20);
+    // Balloon events (fentry on the balloon core) over the whole round trip.
+    let tracer = match Top::start(&["--events", "balloon", "--interval", "1s"]) {
+        Ok(t) => Some(t),
+        Err(said) => {
+            skip(
+                "vm-balloon/events",
+                &format!(
+                    "pagewatch top --events balloon failed: {}",
+                    one_line(&said, 300)
+                ),
+            );
+            None
+        }
+    };
     let b = before()?;
     println!(
         "  inflating: {} MiB -> {} MiB ({pages} pages)",
@@ -108,10 +122,6 @@ pub fn inflate_and_back() -> Result {
         (b.mem_total_kb - mem_total.min(b.mem_total_kb)) * 1024 / PAGE,
         pages,
     );
-    skip(
-        "vm-balloon/events",
-        "balloon events: pagewatch has no balloon hooks yet (fentry on the balloon core comes with the correlator issue); not compared",
-    );
     println!("  deflating back to {} MiB", full >> 20);
     let d = before()?;
     resize(full, pages, "balloon_deflate", d.deflate, &mut checks)?;
@@ -120,12 +130,47 @@ pub fn inflate_and_back() -> Result {
         vmstat("balloon_deflate") - d.deflate,
         pages,
     );
+    if let Some(t) = tracer {
+        balloon_events(t.stop()?, pages, &mut checks);
+    }
     checks.eq(
         "census OFFLINE pages after deflating",
         census_offline()?,
         b.offline,
     );
     checks.result()
+}
+
+/// Compares the balloon events pagewatch saw with the pages moved, or
+/// logs why it attached no balloon hook.
+fn balloon_events(summary: serde_json::Value, pages: u64, checks: &mut Checks) {
+    let attached = summary["hooks"].as_array().is_some_and(|h| {
+        h.iter()
+            .any(|h| h.as_str().is_some_and(|h| h.contains("balloon")))
+    });
+    if !attached {
+        skip(
+            "vm-balloon/events",
+            &format!(
+                "no balloon hook attached: {}",
+                one_line(&summary["skipped_hooks"].to_string(), 300)
+            ),
+        );
+        return;
+    }
+    match (
+        host::find_u64(&summary, "balloon_inflated"),
+        host::find_u64(&summary, "balloon_deflated"),
+    ) {
+        (Some(inflated), Some(deflated)) => {
+            checks.eq("pagewatch balloon inflate events (pages)", inflated, pages);
+            checks.eq("pagewatch balloon deflate events (pages)", deflated, pages);
+        }
+        _ => checks.that(
+            "pagewatch's summary has balloon_inflated/deflated counts",
+            false,
+        ),
+    }
 }
 
 /// Zram swap in the guest, removed on drop.

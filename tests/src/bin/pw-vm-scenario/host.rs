@@ -145,3 +145,98 @@ impl Checks {
         }
     }
 }
+
+/// `pagewatch top --json` running in the background while a scenario acts.
+pub struct Top {
+    child: std::process::Child,
+}
+
+impl Top {
+    /// Starts `pagewatch top --json ARGS` and waits until it traces; if it
+    /// exits first, the error is what it printed.
+    pub fn start(args: &[&str]) -> Result<Top> {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new(pagewatch_tests::pagewatch_bin())
+            .args(["top", "--json"])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("spawn pagewatch top: {e}"))?;
+        let stderr = child.stderr.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut said = Vec::new();
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(|l| l.ok())
+            {
+                if line.contains("tracing;") {
+                    let _ = tx.send(Ok(()));
+                }
+                said.push(line);
+            }
+            let _ = tx.send(Err(said.join(" ")));
+        });
+        match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(Ok(())) => Ok(Top { child }),
+            Ok(Err(said)) => {
+                let _ = child.wait();
+                Err(said)
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err("pagewatch top did not start tracing within 120 s".into())
+            }
+        }
+    }
+
+    /// Stops it as Ctrl-C does and returns its `summary` object.
+    pub fn stop(mut self) -> Result<Value> {
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let out = std::mem::replace(
+            &mut self.child,
+            std::process::Command::new("true")
+                .spawn()
+                .map_err(|e| format!("spawn true: {e}"))?,
+        )
+        .wait_with_output()
+        .map_err(|e| format!("wait for pagewatch top: {e}"))?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find_map(|l| l.get("summary").cloned())
+            .ok_or_else(|| format!("pagewatch top exited {} without a summary", out.status))
+    }
+}
+
+impl Drop for Top {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The first number under key `key` anywhere in `v`.
+pub fn find_u64(v: &Value, key: &str) -> Option<u64> {
+    match v {
+        Value::Object(m) => m
+            .get(key)
+            .and_then(Value::as_u64)
+            .or_else(|| m.values().find_map(|x| find_u64(x, key))),
+        Value::Array(a) => a.iter().find_map(|x| find_u64(x, key)),
+        _ => None,
+    }
+}
+
+/// `s` on one line, at most `max` characters (for the skip log).
+pub fn one_line(s: &str, max: usize) -> String {
+    let flat: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    flat.chars().take(max).collect()
+}

@@ -102,11 +102,60 @@ pub fn numa_hugetlb() -> Result {
         .filter_map(|n| n.parse::<u64>().ok())
         .sum();
     checks.eq("numa_maps hugetlb pages on node 1", on_node1, mapped);
-    println!(
-        "  (pagewatch's snapshot has no per-process per-node split yet: node placement checked with numa_maps)"
+    // The census's own placement: hugetlb PFN runs owned by the workload
+    // (`--flags huge --list`), each inside node 1's memory blocks.
+    let v = snapshot(&["--pid", &pid, "--flags", "huge", "--list"])?;
+    let owner = format!("{pid}@");
+    let node1 = node_blocks(1)?;
+    let block = block_pages()?;
+    let (mut owned, mut owned_on_node1) = (0u64, 0u64);
+    for run in v["system"]["list"].as_array().into_iter().flatten() {
+        let owned_by_workload = run["owners"].as_array().is_some_and(|o| {
+            o.iter()
+                .any(|x| x.as_str().is_some_and(|s| s.starts_with(&owner)))
+        });
+        let (Some(pfn), Some(count)) = (run["pfn"].as_u64(), run["count"].as_u64()) else {
+            continue;
+        };
+        if !owned_by_workload {
+            continue;
+        }
+        owned += count;
+        if node1.contains(&(pfn / block)) && node1.contains(&((pfn + count - 1) / block)) {
+            owned_on_node1 += count;
+        }
+    }
+    checks.eq(
+        "census hugetlb pages owned by the workload (4 KiB)",
+        owned,
+        mapped * 512,
+    );
+    checks.eq(
+        "of those, on node 1's memory blocks",
+        owned_on_node1,
+        mapped * 512,
     );
     drop(w);
     checks.result()
+}
+
+/// The memory block numbers (`memoryN`) of NUMA node `node`.
+fn node_blocks(node: u32) -> Result<Vec<u64>> {
+    let dir = format!("/sys/devices/system/node/node{node}");
+    Ok(std::fs::read_dir(&dir)
+        .map_err(|e| format!("list {dir}: {e}"))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix("memory")?.parse().ok())
+        .collect())
+}
+
+/// Pages per memory block (`/sys/devices/system/memory/block_size_bytes`, hex).
+fn block_pages() -> Result<u64> {
+    let path = "/sys/devices/system/memory/block_size_bytes";
+    let text = std::fs::read_to_string(path).map_err(|e| format!("read {path}: {e}"))?;
+    u64::from_str_radix(text.trim(), 16)
+        .map(|b| b / 4096)
+        .map_err(|e| format!("{path}: {e}"))
 }
 
 const THP_ENABLED: &str = "/sys/kernel/mm/transparent_hugepage/enabled";
