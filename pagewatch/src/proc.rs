@@ -130,6 +130,13 @@ impl CommCache {
         }
     }
 
+    /// Reads the name of `pid` again (after an exec changed it).
+    pub fn refresh(&mut self, pid: u32) {
+        if let Some(name) = self.root.comm(pid) {
+            self.names.insert(pid, name);
+        }
+    }
+
     /// The name of `pid`; `?` when it exited before it was first seen.
     pub fn get(&mut self, pid: u32) -> &str {
         let root = &self.root;

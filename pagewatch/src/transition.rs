@@ -84,11 +84,13 @@ pub enum Cause {
     Oom = 12,
     /// The process exited.
     Exit = 13,
+    /// The process called exec, replacing its address space.
+    Exec = 14,
 }
 
 impl Cause {
     /// Every cause, in discriminant order.
-    pub const ALL: [Cause; 14] = [
+    pub const ALL: [Cause; 15] = [
         Self::Unexplained,
         Self::Fault,
         Self::KswapdReclaim,
@@ -103,6 +105,7 @@ impl Cause {
         Self::BalloonPressure,
         Self::Oom,
         Self::Exit,
+        Self::Exec,
     ];
 
     /// The cause with discriminant `v`.

@@ -2,6 +2,7 @@
 //! validated into a config before any work starts; shared value parsers.
 
 mod record;
+mod report;
 mod session;
 mod snapshot;
 mod top;
@@ -29,6 +30,8 @@ enum Command {
     Snapshot(snapshot::SnapshotArgs),
     /// Record events, snapshots and attributed transitions to a file (like perf record).
     Record(record::RecordArgs),
+    /// Show a recording as a timeline and summary, JSON lines, or a Perfetto trace.
+    Report(report::ReportArgs),
 }
 
 /// Runs the chosen subcommand.
@@ -38,6 +41,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Top(args)) => top::run(args),
         Some(Command::Snapshot(args)) => snapshot::run(args),
         Some(Command::Record(args)) => record::run(args),
+        Some(Command::Report(args)) => report::run(args),
     }
 }
 

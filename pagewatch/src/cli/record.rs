@@ -5,14 +5,18 @@
 //! Ctrl-C, SIGTERM, `--duration` or when the command exits, always with a
 //! valid recording.
 
-use std::{collections::BTreeSet, path::PathBuf, process::Command};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+    process::Command,
+};
 
 use anyhow::{Context as _, bail};
 use clap::Args;
 use pagewatch::{
     event::Event,
     proc::ProcRoot,
-    record::{End, Interval, Metadata, Note, Process, Record, RecordWriter, Sample, Severity},
+    record::{End, Interval, Metadata, Process, Record, RecordWriter, Sample},
 };
 
 use super::session::{
@@ -74,17 +78,11 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         path: writer.path().to_owned(),
         writer: Some(writer),
         size: None,
-        seen: BTreeSet::new(),
+        seen: BTreeMap::new(),
         proc,
         events: 0,
         transitions: 0,
     };
-    for s in &probe.skipped {
-        sink.note(
-            Severity::Warning,
-            format!("hook {} skipped: {}", s.program, s.reason),
-        )?;
-    }
     let result = super::block_on(async {
         match child {
             Some(child) => {
@@ -168,8 +166,9 @@ struct RecordSink {
     path: PathBuf,
     /// Bytes written, once finished.
     size: Option<u64>,
-    /// Processes already described by a Process record.
-    seen: BTreeSet<u32>,
+    /// Processes already described by a Process record, with the name
+    /// written (a new record follows an exec).
+    seen: BTreeMap<u32, String>,
     proc: ProcRoot,
     events: u64,
     transitions: u64,
@@ -182,20 +181,12 @@ impl RecordSink {
             .context("internal: the recording is already closed")
     }
 
-    fn note(&mut self, severity: Severity, text: String) -> anyhow::Result<()> {
-        self.writer()?.write(&Record::Note(Note {
-            ts_ns: 0,
-            severity,
-            text,
-        }))?;
-        Ok(())
-    }
-
     /// A Process record the first time `pid` appears.
     fn describe(&mut self, pid: u32, ts_ns: u64, comm: &str) -> anyhow::Result<()> {
-        if !self.seen.insert(pid) {
+        if self.seen.get(&pid).is_some_and(|c| c == comm) {
             return Ok(());
         }
+        self.seen.insert(pid, comm.to_owned());
         let stat = self.proc.stat_fields(pid);
         let cmdline = self.proc.cmdline(pid);
         self.writer()?.write(&Record::Process(Process {

@@ -468,6 +468,7 @@ impl Session {
                 EventKind::ProcessExit { pid, comm, .. } if pid == i64::from(event.tgid) => {
                     self.comms.learn(event.tgid, &comm);
                 }
+                EventKind::ProcessExec { .. } => self.comms.refresh(event.tgid),
                 // Children of followed processes are followed too (the
                 // kernel filter already took them in at fork).
                 EventKind::ProcessFork {

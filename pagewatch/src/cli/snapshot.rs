@@ -167,8 +167,9 @@ struct Output {
     system: Option<SystemOut>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     working_set: Vec<WorkingSet>,
-    /// Per-page state kept for the correlator: pages and bytes per page.
-    page_table: PageTableSummary,
+    /// Per-page state kept to name owners (`--list`): pages, bytes per page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    page_table: Option<PageTableSummary>,
     notes: Vec<String>,
 }
 
@@ -228,7 +229,12 @@ pub fn run(args: SnapshotArgs) -> Result<()> {
             "some processes' PFNs were hidden: their Pss and flag-based figures are null".into(),
         );
     }
-    let table = PageTable::from_scans(&scans);
+    // The per-page table (16 bytes a page) is only needed to name owners.
+    let table = if cfg.list {
+        PageTable::from_scans(&scans)
+    } else {
+        PageTable::default()
+    };
     let system = if cfg.system {
         let c = census(&cfg.root, cfg.expr, cfg.list, cfg.threads)?;
         let list = c
@@ -258,10 +264,10 @@ pub fn run(args: SnapshotArgs) -> Result<()> {
         processes: reports,
         system,
         working_set: working,
-        page_table: PageTableSummary {
+        page_table: cfg.list.then(|| PageTableSummary {
             pages: table.len(),
             bytes_per_page: table.bytes_per_page(),
-        },
+        }),
         notes,
     };
     match cfg.format {

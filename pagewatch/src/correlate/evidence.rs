@@ -53,6 +53,7 @@ pub struct Evidence {
     /// Pages migrated per cause in the interval.
     migrations: BTreeMap<Cause, u64>,
     exited: HashSet<u32>,
+    execed: HashSet<u32>,
     oom_victims: HashSet<u32>,
 }
 
@@ -109,6 +110,9 @@ impl Evidence {
                 if group_dead != 0 || pid == i64::from(e.tgid) {
                     self.exited.insert(e.tgid);
                 }
+            }
+            EventKind::ProcessExec { .. } => {
+                self.execed.insert(e.tgid);
             }
             EventKind::OomVictim { pid, .. } => {
                 if let Ok(pid) = u32::try_from(pid) {
@@ -167,6 +171,7 @@ impl Evidence {
             SwappedOut => self.reclaim_cause(pid),
             Unmapped if self.oom_victims.contains(&pid) => Cause::Oom,
             Unmapped if self.exited.contains(&pid) => Cause::Exit,
+            Unmapped if self.execed.contains(&pid) => Cause::Exec,
             Unmapped | SplitFromThp => Cause::Unexplained,
             CollapsedToThp => {
                 if self.madv_collapsers.contains(&pid) {
@@ -303,6 +308,8 @@ mod tests {
             Cause::MadvCollapse
         );
         assert_eq!(e.cause(4, 0, None, TransitionKind::Unmapped), Cause::Exit);
+        let x = evidence(&[ev(6, EventKind::ProcessExec { pid: 6, old_pid: 6 })]);
+        assert_eq!(x.cause(6, 0, None, TransitionKind::Unmapped), Cause::Exec);
         assert_eq!(
             e.cause(1, 0, None, TransitionKind::Unmapped),
             Cause::Unexplained

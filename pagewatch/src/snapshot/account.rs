@@ -121,53 +121,58 @@ impl MemStats {
     /// Add one page. `pfns_visible` is false when kpageflags could not be
     /// read (then only pagemap facts are counted, see the module docs).
     pub fn add(&mut self, p: &PageFacts, pfns_visible: bool) {
+        self.add_n(p, 1, pfns_visible);
+    }
+
+    /// Add `n` pages with identical facts (e.g. the 512 pages of a THP).
+    pub fn add_n(&mut self, p: &PageFacts, n: u64, pfns_visible: bool) {
         let e = PagemapEntry(p.pm);
         if e.soft_dirty() {
-            self.soft_dirty_pages += 1;
+            self.soft_dirty_pages += n;
         }
         if e.swapped() && !e.present() {
-            self.swap += PAGE_SIZE;
+            self.swap += PAGE_SIZE * n;
             *self
                 .swap_by_type
                 .entry(e.swap_type().unwrap_or(0))
-                .or_default() += 1;
+                .or_default() += n;
             return;
         }
         if !e.present() {
             return;
         }
-        self.present_pages += 1;
+        self.present_pages += n;
         if e.exclusive() {
-            self.exclusive_pages += 1;
+            self.exclusive_pages += n;
         }
         if !pfns_visible {
-            self.rss += PAGE_SIZE;
+            self.rss += PAGE_SIZE * n;
             if e.file() {
-                self.file += PAGE_SIZE;
+                self.file += PAGE_SIZE * n;
             } else {
-                self.anonymous += PAGE_SIZE;
+                self.anonymous += PAGE_SIZE * n;
             }
             if e.exclusive() {
-                self.uss += PAGE_SIZE;
+                self.uss += PAGE_SIZE * n;
             }
             if p.pmd_mapped && !e.file() {
-                self.anon_huge += PAGE_SIZE;
+                self.anon_huge += PAGE_SIZE * n;
             }
             return;
         }
         let f = p.flags;
         if has(f, kpf::OFFLINE) {
-            self.offline_pages += 1;
+            self.offline_pages += n;
         }
         if has(f, kpf::ZERO_PAGE) {
-            self.zero_pages += 1;
+            self.zero_pages += n;
             return;
         }
         if has(f, kpf::HUGE) {
             if e.exclusive() {
-                self.private_hugetlb += PAGE_SIZE;
+                self.private_hugetlb += PAGE_SIZE * n;
             } else {
-                self.shared_hugetlb += PAGE_SIZE;
+                self.shared_hugetlb += PAGE_SIZE * n;
             }
             return;
         }
@@ -176,24 +181,24 @@ impl MemStats {
         }
         let anon = has(f, kpf::ANON);
         let swapbacked = has(f, kpf::SWAPBACKED);
-        self.rss += PAGE_SIZE;
+        self.rss += PAGE_SIZE * n;
         if anon {
-            self.anonymous += PAGE_SIZE;
+            self.anonymous += PAGE_SIZE * n;
         } else if swapbacked {
-            self.shmem += PAGE_SIZE;
+            self.shmem += PAGE_SIZE * n;
         } else {
-            self.file += PAGE_SIZE;
+            self.file += PAGE_SIZE * n;
         }
         if has(f, kpf::KSM) {
-            self.ksm += PAGE_SIZE;
+            self.ksm += PAGE_SIZE * n;
         }
         if p.pmd_mapped {
             if anon {
-                self.anon_huge += PAGE_SIZE;
+                self.anon_huge += PAGE_SIZE * n;
             } else if swapbacked {
-                self.shmem_pmd += PAGE_SIZE;
+                self.shmem_pmd += PAGE_SIZE * n;
             } else {
-                self.file_pmd += PAGE_SIZE;
+                self.file_pmd += PAGE_SIZE * n;
             }
         }
         let private = e.exclusive();
@@ -203,15 +208,15 @@ impl MemStats {
             pss /= mapcount;
         }
         if mapcount == 1 {
-            self.uss += PAGE_SIZE;
+            self.uss += PAGE_SIZE * n;
         }
-        self.pss_raw += pss;
+        self.pss_raw += pss * n;
         if anon {
-            self.pss_anon_raw += pss;
+            self.pss_anon_raw += pss * n;
         } else if swapbacked {
-            self.pss_shmem_raw += pss;
+            self.pss_shmem_raw += pss * n;
         } else {
-            self.pss_file_raw += pss;
+            self.pss_file_raw += pss * n;
         }
         let dirty = has(f, kpf::DIRTY)
             || (anon && swapbacked && !has(f, kpf::SWAPCACHE) && !has(f, kpf::KSM));
@@ -222,7 +227,7 @@ impl MemStats {
             (false, false) => self.shared_clean += PAGE_SIZE,
         }
         if dirty {
-            self.pss_dirty_raw += pss;
+            self.pss_dirty_raw += pss * n;
         }
     }
 

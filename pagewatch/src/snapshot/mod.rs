@@ -5,7 +5,8 @@
 //! Modules by concern:
 //! - [`source`]: the [`ProcRoot`] every reader takes, batched u64 tables;
 //! - [`maps`], [`flags`], [`pagemap_scan`]: the kernel files and their bits;
-//! - [`scan`]: reading one process's pages (pagemap + kpage*);
+//! - [`scan`], [`pfnplan`]: reading one process's pages (pagemap, then
+//!   kpage* for the PFNs found);
 //! - [`account`], [`folios`], [`report`]: smaps-exact accounting,
 //!   thpmaps-like large-folio stats, per-VMA/process reports;
 //! - [`memcg`]: kpagecgroup inodes to cgroup paths;
@@ -23,6 +24,7 @@ pub mod folios;
 pub mod maps;
 pub mod memcg;
 pub mod pagemap_scan;
+pub mod pfnplan;
 pub mod report;
 pub mod scan;
 pub mod select;

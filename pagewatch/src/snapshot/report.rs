@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::{
     account::{MemStats, PageFacts},
-    flags::{PagemapEntry, has, kpf},
+    flags::{PM_PFN_MASK, PagemapEntry, has, kpf},
     folios::{FolioStats, folio_stats},
     memcg::MemcgNames,
     scan::{ProcessPages, VmaPages},
@@ -158,19 +158,36 @@ pub struct ProcessReport {
     pub notes: Vec<String>,
 }
 
-/// Account every page of one VMA.
+/// Account every page of one VMA, runs of pages with identical facts at
+/// once (a PMD-mapped THP is one run of 512).
 pub fn vma_stats(v: &VmaPages, visible: bool) -> MemStats {
     let mut s = MemStats::default();
-    for k in 0..v.pm.len() {
-        s.add(
-            &PageFacts {
-                pm: v.pm[k],
-                flags: v.flags[k],
-                mapcount: u64::from(v.mapcount[k]),
-                pmd_mapped: v.pmd[k],
-            },
-            visible,
-        );
+    let facts = |k: usize| PageFacts {
+        pm: v.pm[k],
+        flags: v.flags[k],
+        mapcount: u64::from(v.mapcount[k]),
+        pmd_mapped: v.pmd[k],
+    };
+    // Swapped entries carry per-page swap offsets: compare those whole.
+    let key = |k: usize| {
+        let pm = v.pm[k];
+        let pm = if PagemapEntry(pm).present() {
+            pm & !PM_PFN_MASK
+        } else {
+            pm
+        };
+        (pm, v.flags[k], v.mapcount[k], v.pmd[k])
+    };
+    let n = v.pm.len();
+    let mut k = 0;
+    while k < n {
+        let first = key(k);
+        let mut j = k + 1;
+        while j < n && key(j) == first {
+            j += 1;
+        }
+        s.add_n(&facts(k), (j - k) as u64, visible);
+        k = j;
     }
     s
 }
@@ -201,13 +218,22 @@ fn hugetlb_sizes(v: &VmaPages) -> BTreeMap<u64, u64> {
 
 fn memcg_kb(v: &VmaPages, names: &MemcgNames, out: &mut BTreeMap<String, u64>) {
     let mut by_ino: BTreeMap<u64, u64> = BTreeMap::new();
+    let (mut cur, mut kb) = (0u64, 0u64);
     for k in 0..v.pm.len() {
-        if PagemapEntry(v.pm[k]).present()
-            && has(v.flags[k], kpf::MMAP)
-            && !has(v.flags[k], kpf::ZERO_PAGE)
-        {
-            *by_ino.entry(v.cgroup[k]).or_default() += 4;
+        let f = v.flags[k];
+        if !(PagemapEntry(v.pm[k]).present() && has(f, kpf::MMAP) && !has(f, kpf::ZERO_PAGE)) {
+            continue;
         }
+        if v.cgroup[k] != cur {
+            if kb > 0 {
+                *by_ino.entry(cur).or_default() += kb;
+            }
+            (cur, kb) = (v.cgroup[k], 0);
+        }
+        kb += 4;
+    }
+    if kb > 0 {
+        *by_ino.entry(cur).or_default() += kb;
     }
     for (ino, kb) in by_ino {
         *out.entry(names.name(ino)).or_default() += kb;

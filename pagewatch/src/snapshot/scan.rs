@@ -15,7 +15,8 @@ use super::{
     flags::{PM_PFN_MASK, PM_PRESENT, PM_SWAP, PagemapEntry, has, kpf},
     maps::{Vma, parse_maps},
     pagemap_scan::{self, PAGE_IS_HUGE, PAGE_IS_PRESENT, PAGE_IS_SWAPPED},
-    source::{ProcRoot, U64Table},
+    pfnplan::PfnPlan,
+    source::{BATCH_ENTRIES, ProcRoot, U64Table},
 };
 
 /// Pages per PMD mapping (x86-64, arm64 with 4 KiB pages).
@@ -23,8 +24,6 @@ pub const PMD_PAGES: u64 = 512;
 /// VMAs larger than this many pages are first scanned with PAGEMAP_SCAN to
 /// skip unpopulated ranges.
 const SPARSE_SCAN_PAGES: u64 = 1 << 18;
-/// Merge PFN runs closer than this many entries into one read.
-const PFN_GAP: u64 = 16;
 
 /// The /proc/kpage* tables, or why they cannot be read.
 #[derive(Debug)]
@@ -235,18 +234,22 @@ fn read_vma(pagemap: &U64Table, vma: Vma, scan_ok: &mut bool) -> io::Result<Opti
         cgroup: Vec::new(),
         pmd: Vec::new(),
     };
-    let mut buf = Vec::new();
+    let mut buf = vec![0u64; (pages as usize).min(BATCH_ENTRIES)];
     for (off, n) in ranges {
-        buf.resize(n as usize, 0);
-        let got = pagemap.read_into(first + off, &mut buf)?;
-        if got < n as usize {
-            return Ok(None);
-        }
-        for (i, &e) in buf.iter().enumerate() {
-            if e & (PM_PRESENT | PM_SWAP) != 0 {
-                v.idx.push((off + i as u64) as u32);
-                v.pm.push(e);
+        let mut done = 0;
+        while done < n {
+            let want = (n - done).min(buf.len() as u64) as usize;
+            let got = pagemap.read_into(first + off + done, &mut buf[..want])?;
+            if got < want {
+                return Ok(None);
             }
+            for (i, &e) in buf[..want].iter().enumerate() {
+                if e & (PM_PRESENT | PM_SWAP) != 0 {
+                    v.idx.push((off + done + i as u64) as u32);
+                    v.pm.push(e);
+                }
+            }
+            done += want as u64;
         }
     }
     let n = v.pm.len();
@@ -291,119 +294,108 @@ fn mark_pmd(v: &mut VmaPages, regions: &[pagemap_scan::Region]) {
     }
 }
 
-/// (pfn, vma index, kept index) for reads.
-type Want = (u64, u32, u32);
+/// Whether kept page `k` starts a PMD-mapped block of 512 contiguous PFNs
+/// (one folio: only its first entry needs reading).
+fn block_at(v: &VmaPages, k: usize, pfn: u64) -> bool {
+    v.pmd[k]
+        && pfn.is_multiple_of(PMD_PAGES)
+        && k + 511 < v.pm.len()
+        && v.idx[k + 511] == v.idx[k] + 511
+        && v.pm[k + 511] & PM_PFN_MASK == pfn + 511
+        && v.pmd[k + 511]
+}
+
+/// Call `f(vma, k, pfn, block)` for every visible PFN to read flags for:
+/// each page outside PMD blocks and the first page of each block.
+fn for_each_flag_pfn(vmas: &[VmaPages], mut f: impl FnMut(usize, usize, u64, bool)) {
+    for (vi, v) in vmas.iter().enumerate() {
+        let mut k = 0;
+        while k < v.pm.len() {
+            match v.pfn(k) {
+                Some(pfn) if block_at(v, k, pfn) => {
+                    f(vi, k, pfn, true);
+                    k += PMD_PAGES as usize;
+                }
+                Some(pfn) => {
+                    f(vi, k, pfn, false);
+                    k += 1;
+                }
+                None => k += 1,
+            }
+        }
+    }
+}
+
+/// Call `f(pfn)` for every visible PFN pagemap does not mark exclusive.
+fn for_each_shared_pfn(vmas: &[VmaPages], f: &mut dyn FnMut(u64)) {
+    for v in vmas {
+        for (k, &e) in v.pm.iter().enumerate() {
+            if !PagemapEntry(e).exclusive()
+                && let Some(pfn) = v.pfn(k)
+            {
+                f(pfn);
+            }
+        }
+    }
+}
 
 fn fill_kpage(kp: &KpageFiles, vmas: &mut [VmaPages]) -> io::Result<()> {
-    let mut want_flags: Vec<Want> = Vec::new();
-    let mut want_count: Vec<Want> = Vec::new();
-    // Blocks whose first page stands for all 512: (vma, first kept index).
-    let mut blocks: Vec<(u32, u32)> = Vec::new();
-    for (vi, v) in vmas.iter().enumerate() {
-        let n = v.pm.len();
+    let flag_plan = PfnPlan::new(|f| for_each_flag_pfn(vmas, |_, _, pfn, _| f(pfn)));
+    let count_plan = PfnPlan::new(|f| for_each_shared_pfn(vmas, f));
+    log::debug!(
+        "kpage reads: flags/cgroup {} entries in {} preads, count {} entries in {} preads",
+        flag_plan.entries(),
+        flag_plan.preads(),
+        count_plan.entries(),
+        count_plan.preads()
+    );
+    let (flags, cgroup, count) = std::thread::scope(|s| {
+        let f = s.spawn(|| flag_plan.read(kp.flags.as_ref()));
+        let c = s.spawn(|| flag_plan.read(kp.cgroup.as_ref()));
+        let m = count_plan.read(kp.count.as_ref());
+        (
+            f.join().expect("flags reader"),
+            c.join().expect("cgroup reader"),
+            m,
+        )
+    });
+    let (flags, cgroup, count) = (flags?, cgroup?, count?);
+    for v in vmas.iter_mut() {
         let mut k = 0;
-        while k < n {
-            let e = v.pm[k];
+        while k < v.pm.len() {
             let Some(pfn) = v.pfn(k) else {
                 k += 1;
                 continue;
             };
-            if v.pmd[k]
-                && pfn.is_multiple_of(PMD_PAGES)
-                && k + 511 < n
-                && v.idx[k + 511] == v.idx[k] + 511
-                && v.pm[k + 511] & PM_PFN_MASK == pfn + 511
-                && v.pmd[k + 511]
-            {
-                blocks.push((vi as u32, k as u32));
-                want_flags.push((pfn, vi as u32, k as u32));
-                for j in k..k + 512 {
-                    if !PagemapEntry(v.pm[j]).exclusive() {
-                        want_count.push((pfn + (j - k) as u64, vi as u32, j as u32));
-                    }
-                }
-                k += 512;
-                continue;
+            let f = flag_plan.get(&flags, pfn);
+            let cg = flag_plan.get(&cgroup, pfn);
+            v.flags[k] = f;
+            v.cgroup[k] = cg;
+            if block_at(v, k, pfn) {
+                let tail = if has(f, kpf::COMPOUND_HEAD) {
+                    (f & !(1 << kpf::COMPOUND_HEAD)) | (1 << kpf::COMPOUND_TAIL)
+                } else {
+                    f
+                };
+                let end = k + PMD_PAGES as usize;
+                v.flags[k + 1..end].fill(tail);
+                v.cgroup[k + 1..end].fill(cg);
+                k = end;
+            } else {
+                k += 1;
             }
-            want_flags.push((pfn, vi as u32, k as u32));
-            if !PagemapEntry(e).exclusive() {
-                want_count.push((pfn, vi as u32, k as u32));
-            }
-            k += 1;
         }
     }
-    sort_wants(&mut want_flags);
-    sort_wants(&mut want_count);
-    let (flags, count, cgroup) = std::thread::scope(|s| {
-        let f = s.spawn(|| gather(kp.flags.as_ref(), &want_flags));
-        let c = s.spawn(|| gather(kp.cgroup.as_ref(), &want_flags));
-        let m = gather(kp.count.as_ref(), &want_count);
-        (
-            f.join().expect("flags reader"),
-            m,
-            c.join().expect("cgroup reader"),
-        )
-    });
-    let (flags, count, cgroup) = (flags?, count?, cgroup?);
-    for (w, f) in want_flags.iter().zip(&flags) {
-        vmas[w.1 as usize].flags[w.2 as usize] = *f;
-    }
-    for (w, c) in want_flags.iter().zip(&cgroup) {
-        vmas[w.1 as usize].cgroup[w.2 as usize] = *c;
-    }
-    for (w, c) in want_count.iter().zip(&count) {
-        vmas[w.1 as usize].mapcount[w.2 as usize] = (*c).min(u64::from(u32::MAX)) as u32;
-    }
-    for (vi, k) in blocks {
-        let v = &mut vmas[vi as usize];
-        let k = k as usize;
-        let head = v.flags[k];
-        let tail = if has(head, kpf::COMPOUND_HEAD) {
-            (head & !(1 << kpf::COMPOUND_HEAD)) | (1 << kpf::COMPOUND_TAIL)
-        } else {
-            head
-        };
-        let cg = v.cgroup[k];
-        v.flags[k + 1..k + 512].fill(tail);
-        v.cgroup[k + 1..k + 512].fill(cg);
+    for v in vmas.iter_mut() {
+        for k in 0..v.pm.len() {
+            if !PagemapEntry(v.pm[k]).exclusive()
+                && let Some(pfn) = v.pfn(k)
+            {
+                v.mapcount[k] = count_plan.get(&count, pfn).min(u64::from(u32::MAX)) as u32;
+            }
+        }
     }
     Ok(())
-}
-
-/// Sort by PFN unless already sorted (common for fresh anonymous memory).
-fn sort_wants(w: &mut [Want]) {
-    if !w.is_sorted_by_key(|x| x.0) {
-        w.sort_unstable_by_key(|x| x.0);
-    }
-}
-
-/// Read the entries of `table` at the PFNs of `want` (sorted), coalescing
-/// near PFNs into one pread; returns one value per want (0 without table).
-fn gather(table: Option<&U64Table>, want: &[Want]) -> io::Result<Vec<u64>> {
-    let mut out = vec![0u64; want.len()];
-    let Some(table) = table else {
-        return Ok(out);
-    };
-    let mut buf = Vec::new();
-    let mut i = 0;
-    while i < want.len() {
-        let first = want[i].0;
-        let mut j = i + 1;
-        while j < want.len()
-            && want[j].0 < want[j - 1].0 + PFN_GAP
-            && want[j].0 - first < super::source::BATCH_ENTRIES as u64
-        {
-            j += 1;
-        }
-        let len = (want[j - 1].0 - first + 1) as usize;
-        buf.resize(len, 0);
-        table.read_into(first, &mut buf)?;
-        for (o, w) in out[i..j].iter_mut().zip(&want[i..j]) {
-            *o = buf[(w.0 - first) as usize];
-        }
-        i = j;
-    }
-    Ok(out)
 }
 
 /// Whether a kpageflags word is a large folio's head that is not hugetlb.

@@ -1,0 +1,359 @@
+//! `pagewatch report FILE`: reads a recording back and shows it as a
+//! readable timeline and summary (table), one JSON object per transition
+//! group (json, for jq), or Chrome trace-event JSON that ui.perfetto.dev
+//! opens (perfetto): counter tracks per process (RSS, anon, file, swap,
+//! THP, hugetlb per node), instant events for transitions and slices for
+//! reclaim and compaction episodes. A recording cut short is read up to
+//! its last complete record, and the report says where it was cut.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    io::Write as _,
+    path::PathBuf,
+};
+
+use clap::{Args, ValueEnum};
+use pagewatch::{
+    aggregate::Aggregator,
+    event::{Event, EventKind},
+    record::{Metadata, Note, Process, Record, RecordReader, Sample},
+    transition::TransitionGroup,
+};
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+    Perfetto,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum By {
+    Process,
+    Vma,
+    Cause,
+    Node,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// A recording written by `pagewatch record`.
+    file: PathBuf,
+    /// How the summary groups transitions.
+    #[arg(long, default_value = "process")]
+    by: By,
+    /// Only these processes (repeatable).
+    #[arg(long = "pid", value_name = "PID")]
+    pids: Vec<u32>,
+    #[arg(long, default_value = "table")]
+    format: Format,
+}
+
+/// Everything read from a recording.
+struct Loaded {
+    meta: Metadata,
+    transitions: Vec<TransitionGroup>,
+    processes: HashMap<u32, Process>,
+    samples: Vec<Sample>,
+    notes: Vec<Note>,
+    events: Vec<Event>,
+    aggregator: Aggregator,
+    intervals: u64,
+    dropped: u64,
+    undecodable: u64,
+    end: bool,
+    /// Where and why the recording stops early.
+    cut: Option<String>,
+    skipped_records: u64,
+}
+
+fn load(args: &ReportArgs) -> anyhow::Result<Loaded> {
+    let mut reader = RecordReader::open(&args.file)?;
+    let meta = reader.metadata().clone();
+    let decoder = meta.decoder();
+    let wanted = |pid: u32| args.pids.is_empty() || args.pids.contains(&pid);
+    let mut l = Loaded {
+        meta,
+        transitions: Vec::new(),
+        processes: HashMap::new(),
+        samples: Vec::new(),
+        notes: Vec::new(),
+        events: Vec::new(),
+        aggregator: Aggregator::default(),
+        intervals: 0,
+        dropped: 0,
+        undecodable: 0,
+        end: false,
+        cut: None,
+        skipped_records: 0,
+    };
+    for record in reader.by_ref() {
+        match record {
+            Ok(Record::Event(raw)) => match decoder.decode(&raw) {
+                Ok(e) if wanted(e.tgid) || !is_per_process(&e) => {
+                    l.aggregator.add(&e);
+                    l.events.push(e);
+                }
+                Ok(_) => {}
+                Err(_) => l.undecodable += 1,
+            },
+            Ok(Record::Interval(i)) => {
+                l.intervals += 1;
+                l.dropped = i.dropped;
+            }
+            Ok(Record::Transition(t)) if wanted(t.pid) => l.transitions.push(t),
+            Ok(Record::Process(p)) => {
+                l.processes.insert(p.pid, p);
+            }
+            Ok(Record::Sample(s)) if wanted(s.pid) => l.samples.push(s),
+            Ok(Record::Note(n)) => l.notes.push(n),
+            Ok(Record::End(e)) => {
+                l.end = true;
+                l.dropped = e.dropped;
+            }
+            Ok(_) => {}
+            Err(cut) => l.cut = Some(cut.to_string()),
+        }
+    }
+    l.skipped_records = reader.skipped();
+    Ok(l)
+}
+
+/// Events about one process (as opposed to system-wide reclaim etc.).
+fn is_per_process(e: &Event) -> bool {
+    matches!(e.kind, EventKind::PageFault { .. })
+}
+
+pub fn run(args: ReportArgs) -> anyhow::Result<()> {
+    let l = load(&args)?;
+    if let Some(cut) = &l.cut {
+        eprintln!("pagewatch: note: {cut}; the report covers what came before");
+    }
+    let mut out = std::io::stdout().lock();
+    match args.format {
+        Format::Table => table(&mut out, &l, args.by)?,
+        Format::Json => json_lines(&mut out, &l)?,
+        Format::Perfetto => {
+            serde_json::to_writer(&mut out, &perfetto(&l))?;
+            writeln!(out)?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn comm(l: &Loaded, pid: u32) -> &str {
+    l.processes.get(&pid).map_or("?", |p| p.comm.as_str())
+}
+
+fn vma_label(t: &TransitionGroup) -> &str {
+    if t.vma.is_empty() { "[anon]" } else { &t.vma }
+}
+
+/// The snake_case name serde gives an enum value.
+fn name(v: &impl serde::Serialize) -> String {
+    match serde_json::to_value(v) {
+        Ok(Value::String(s)) => s,
+        _ => "?".to_owned(),
+    }
+}
+
+fn secs(l: &Loaded, ts_ns: u64) -> f64 {
+    ts_ns.saturating_sub(l.meta.start_monotonic_ns) as f64 / 1e9
+}
+
+fn table(out: &mut impl std::io::Write, l: &Loaded, by: By) -> anyhow::Result<()> {
+    let m = &l.meta;
+    let started = m
+        .start_time()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    writeln!(
+        out,
+        "recording of {} on Linux {} by pagewatch {} (started at unix time {}), {} intervals",
+        m.target,
+        m.kernel_release,
+        m.pagewatch_version,
+        started.as_secs(),
+        l.intervals
+    )?;
+    writeln!(
+        out,
+        "hooks: {} attached, {} skipped; events {} ({} dropped by the kernel, {} undecodable)",
+        m.hooks.len(),
+        m.hooks_skipped.len(),
+        l.events.len(),
+        l.dropped,
+        l.undecodable
+    )?;
+    for s in &m.hooks_skipped {
+        writeln!(out, "  skipped {}: {}", s.program, s.reason)?;
+    }
+    for n in &l.notes {
+        writeln!(out, "  note: {}", n.text)?;
+    }
+    match (&l.cut, l.end) {
+        (Some(cut), _) => writeln!(out, "  CUT: {cut}")?,
+        (None, false) => writeln!(out, "  the recording has no End record")?,
+        _ => {}
+    }
+    writeln!(out, "\ntimeline:")?;
+    for t in &l.transitions {
+        let node = if t.from_node >= 0 {
+            format!(" (node {} -> {})", t.from_node, t.to_node)
+        } else {
+            String::new()
+        };
+        writeln!(
+            out,
+            "{:>8.2}s  pid {} ({}) {} {:#x}: {} pages {}{} by {}",
+            secs(l, t.ts_ns),
+            t.pid,
+            comm(l, t.pid),
+            vma_label(t),
+            t.vma_start,
+            t.pages,
+            name(&t.kind),
+            node,
+            name(&t.cause)
+        )?;
+    }
+    writeln!(out, "\nsummary by {}:", name_by(by))?;
+    let mut groups: BTreeMap<(String, String, String), u64> = BTreeMap::new();
+    for t in &l.transitions {
+        let key = match by {
+            By::Process => format!("pid {} ({})", t.pid, comm(l, t.pid)),
+            By::Vma => format!("pid {} {} {:#x}", t.pid, vma_label(t), t.vma_start),
+            By::Cause => name(&t.cause),
+            By::Node => format!("node {} -> {}", t.from_node, t.to_node),
+        };
+        *groups
+            .entry((key, name(&t.kind), name(&t.cause)))
+            .or_default() += t.pages;
+    }
+    for ((key, kind, cause), pages) in &groups {
+        writeln!(
+            out,
+            "  {key:<40} {kind:<18} {cause:<16} {pages:>10} pages {:>10.1} MiB",
+            *pages as f64 * 4096.0 / f64::from(1 << 20)
+        )?;
+    }
+    let faults: BTreeMap<u32, u64> = l
+        .aggregator
+        .total()
+        .processes
+        .iter()
+        .map(|(pid, s)| (*pid, s.faults.faults))
+        .filter(|(_, f)| *f > 0)
+        .collect();
+    if !faults.is_empty() {
+        writeln!(out, "\nfaults:")?;
+        for (pid, f) in faults {
+            writeln!(out, "  pid {pid} ({}): {f}", comm(l, pid))?;
+        }
+    }
+    Ok(())
+}
+
+fn name_by(by: By) -> &'static str {
+    match by {
+        By::Process => "process",
+        By::Vma => "VMA",
+        By::Cause => "cause",
+        By::Node => "node",
+    }
+}
+
+fn json_lines(out: &mut impl std::io::Write, l: &Loaded) -> anyhow::Result<()> {
+    for t in &l.transitions {
+        let mut v = serde_json::to_value(t)?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("t".into(), json!(secs(l, t.ts_ns)));
+            o.insert("comm".into(), json!(comm(l, t.pid)));
+        }
+        writeln!(out, "{v}")?;
+    }
+    writeln!(
+        out,
+        "{}",
+        json!({"summary": {
+            "target": l.meta.target,
+            "kernel": l.meta.kernel_release,
+            "intervals": l.intervals,
+            "events": l.events.len(),
+            "dropped": l.dropped,
+            "transitions": l.transitions.len(),
+            "complete": l.end && l.cut.is_none(),
+            "cut": l.cut,
+            "skipped_records": l.skipped_records,
+        }})
+    )?;
+    Ok(())
+}
+
+/// Chrome trace-event JSON (the format ui.perfetto.dev and chrome://tracing
+/// read): ts in microseconds since the recording started.
+fn perfetto(l: &Loaded) -> Value {
+    let us = |ts_ns: u64| ts_ns.saturating_sub(l.meta.start_monotonic_ns) as f64 / 1e3;
+    let mut ev: Vec<Value> = Vec::new();
+    for p in l.processes.values() {
+        ev.push(
+            json!({"ph": "M", "name": "process_name", "pid": p.pid, "tid": p.pid,
+            "args": {"name": p.comm}}),
+        );
+    }
+    for s in &l.samples {
+        let kb = |pages: u64| pages * 4;
+        ev.push(
+            json!({"ph": "C", "name": "memory (kB)", "pid": s.pid, "ts": us(s.ts_ns),
+            "args": {"rss": kb(s.rss_pages), "anon": kb(s.anon_pages), "file": kb(s.file_pages),
+                     "swap": kb(s.swap_pages), "thp": kb(s.thp_pages)}}),
+        );
+        if !s.hugetlb_pages_per_node.is_empty() {
+            let per_node: serde_json::Map<String, Value> = s
+                .hugetlb_pages_per_node
+                .iter()
+                .enumerate()
+                .map(|(n, p)| (format!("node{n}"), json!(kb(*p))))
+                .collect();
+            ev.push(
+                json!({"ph": "C", "name": "hugetlb (kB)", "pid": s.pid, "ts": us(s.ts_ns),
+                "args": per_node}),
+            );
+        }
+    }
+    for t in &l.transitions {
+        ev.push(json!({"ph": "i", "s": "p", "pid": t.pid, "tid": t.pid, "ts": us(t.ts_ns),
+            "name": format!("{} by {}", name(&t.kind), name(&t.cause)),
+            "cat": "transition",
+            "args": {"pages": t.pages, "vma": vma_label(t), "vma_start": format!("{:#x}", t.vma_start),
+                     "from_node": t.from_node, "to_node": t.to_node}}));
+    }
+    // Reclaim and compaction episodes as slices on the thread that ran them.
+    let mut open: HashMap<(u32, &'static str), u64> = HashMap::new();
+    for e in &l.events {
+        let (begin, label) = match e.kind {
+            EventKind::DirectReclaimBegin { .. } => (true, "direct reclaim"),
+            EventKind::DirectReclaimEnd { .. } => (false, "direct reclaim"),
+            EventKind::MemcgReclaimBegin { .. } => (true, "memcg reclaim"),
+            EventKind::MemcgReclaimEnd { .. } => (false, "memcg reclaim"),
+            EventKind::KswapdWake { .. } => (true, "kswapd"),
+            EventKind::KswapdSleep { .. } => (false, "kswapd"),
+            EventKind::CompactionBegin { .. } => (true, "compaction"),
+            EventKind::CompactionEnd { .. } => (false, "compaction"),
+            _ => continue,
+        };
+        if begin {
+            open.insert((e.tid, label), e.ts_ns);
+        } else if let Some(start) = open.remove(&(e.tid, label)) {
+            ev.push(
+                json!({"ph": "X", "name": label, "cat": "reclaim", "pid": e.tgid,
+                "tid": e.tid, "ts": us(start), "dur": (e.ts_ns - start) as f64 / 1e3}),
+            );
+        }
+    }
+    json!({"traceEvents": ev, "displayTimeUnit": "ms",
+           "metadata": {"target": l.meta.target, "kernel": l.meta.kernel_release,
+                        "cut": l.cut, "dropped": l.dropped}})
+}
