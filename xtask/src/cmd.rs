@@ -22,6 +22,14 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `cmd` quietly and says whether it succeeded (probes).
+pub fn succeeds(cmd: &mut Command) -> bool {
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Runs `cmd` and returns its stdout; fails with the command line.
 pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd

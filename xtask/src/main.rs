@@ -1,10 +1,11 @@
 //! `cargo xtask`: the entry point for people and CI. One subcommand per
-//! module: setup (install what is missing), build, run, test, bench, and the
+//! module: setup (install what is missing), build, run, test, bench, fuzz, and the
 //! test-VM commands (vm-setup, balloon; `run --vm`, `test --vm`).
 
 mod bench;
 mod build;
 mod cmd;
+mod fuzz;
 mod run;
 mod setup;
 mod test;
@@ -31,6 +32,8 @@ enum Command {
     Test(test::Options),
     /// Build, then run the benchmarks and print Markdown for BENCHMARKS.md.
     Bench(bench::Options),
+    /// Run the fuzz targets in fuzz/ for a bounded time each (not part of test).
+    Fuzz(fuzz::Options),
     /// Install QEMU and virtme-ng and fetch the test kernels (idempotent).
     VmSetup(vm::setup::Options),
     /// Set (or query) the guest size of a `run --vm --balloon` guest.
@@ -44,6 +47,7 @@ fn main() -> anyhow::Result<()> {
         Command::Run(opts) => run::run(opts),
         Command::Test(opts) => test::run(opts),
         Command::Bench(opts) => bench::run(opts),
+        Command::Fuzz(opts) => fuzz::run(opts),
         Command::VmSetup(opts) => vm::setup::run(opts),
         Command::Balloon(opts) => vm::balloon::run(opts),
     }
