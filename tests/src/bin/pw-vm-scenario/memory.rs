@@ -160,11 +160,30 @@ fn block_pages() -> Result<u64> {
 
 const THP_ENABLED: &str = "/sys/kernel/mm/transparent_hugepage/enabled";
 
+/// The workload's THP in kB by pagewatch's census, and smaps AnonHugePages.
+///
+/// Before 6.7 (no PAGEMAP_SCAN) pagewatch cannot tell PMD- from PTE-mapped
+/// THP and reports AnonHugePages 0 with a note; there the census of 2 MiB
+/// anonymous folios is compared instead (the workload maps them whole).
 fn anon_huge(pid: &str) -> Result<(u64, u64)> {
     let v = snapshot(&["--pid", pid])?;
-    let census = v["processes"][0]["total"]["anon_huge_pages"]
-        .as_u64()
-        .ok_or_else(|| format!("no total.anon_huge_pages in the snapshot: {v}"))?;
+    let p = &v["processes"][0];
+    let note = p["notes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n.as_str())
+        .find(|n| n.contains("PAGEMAP_SCAN"))
+        .map(str::to_string);
+    let census = match note {
+        Some(note) => {
+            skip("vm-thp/pmd-mapped", &host::one_line(&note, 300));
+            p["folios"]["anon"]["2048"]["bytes"].as_u64().unwrap_or(0) / 1024
+        }
+        None => p["total"]["anon_huge_pages"]
+            .as_u64()
+            .ok_or_else(|| format!("no total.anon_huge_pages in the snapshot: {v}"))?,
+    };
     let smaps = host::kb_field(&format!("/proc/{pid}/smaps_rollup"), "AnonHugePages")?;
     Ok((census, smaps))
 }
