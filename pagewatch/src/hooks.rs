@@ -4,10 +4,11 @@
 
 use pagewatch_common::hook::Hook;
 
-/// A family of hooks, selectable as a group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A family of hooks, selectable as a group (`--events faults,thp,...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Family {
     /// User page faults.
+    #[value(name = "faults")]
     Fault,
     /// vmscan reclaim: kswapd, direct and memcg reclaim, LRU shrinking, write-out.
     Reclaim,

@@ -114,6 +114,26 @@ impl Cause {
     }
 }
 
+/// Shows the snake_case name the JSON output uses (`collapsed_to_thp`).
+fn serde_name(v: &impl Serialize, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => f.write_str(&s),
+        _ => Err(std::fmt::Error),
+    }
+}
+
+impl std::fmt::Display for TransitionKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        serde_name(self, f)
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        serde_name(self, f)
+    }
+}
+
 /// Pages of one process and VMA that went through the same transition for
 /// the same cause in one interval.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -146,6 +166,8 @@ mod tests {
         for c in Cause::ALL {
             assert_eq!(Cause::from_u8(c as u8), Some(c));
         }
+        assert_eq!(TransitionKind::CollapsedToThp.to_string(), "collapsed_to_thp");
+        assert_eq!(Cause::MadvCollapse.to_string(), "madv_collapse");
         assert_eq!(TransitionKind::from_u8(200), None);
         assert_eq!(Cause::from_u8(200), None);
     }

@@ -78,3 +78,189 @@ pub fn run_pagewatch(args: &[&str]) -> (std::process::ExitStatus, String, String
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// `pagewatch top --json ARGS` in the background, stopped with SIGINT.
+pub struct Tracer {
+    /// `None` once stopped.
+    child: Option<std::process::Child>,
+}
+
+impl Tracer {
+    /// Starts pagewatch and waits until it says it is tracing.
+    pub fn start(args: &[&str]) -> Self {
+        use std::io::BufRead as _;
+        let mut child = Command::new(pagewatch_bin())
+            .args(["top", "--json"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn pagewatch");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                eprintln!("[pagewatch] {line}");
+                if line.contains("tracing;") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(60))
+            .expect("pagewatch did not start tracing within 60 s");
+        Self { child: Some(child) }
+    }
+
+    /// pagewatch's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends SIGINT (as Ctrl-C does) and returns the JSON lines it printed.
+    pub fn stop(mut self) -> Vec<serde_json::Value> {
+        let child = self.child.take().expect("running");
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let out = child.wait_with_output().expect("wait for pagewatch");
+        assert!(out.status.success(), "pagewatch exited with {}", out.status);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON {l:?}: {e}")))
+            .collect()
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The `summary` object of pagewatch's JSON output.
+pub fn summary(lines: &[serde_json::Value]) -> &serde_json::Value {
+    lines
+        .iter()
+        .find_map(|l| l.get("summary"))
+        .expect("a summary line")
+}
+
+/// sysfs/procfs knobs set for a test and restored (in reverse) on drop,
+/// even when the test fails.
+pub struct Knobs(Vec<(PathBuf, String)>);
+
+impl Knobs {
+    /// Sets each `(file, value)`; None (and nothing left changed) if any
+    /// file cannot be read or written.
+    pub fn set(settings: &[(&str, &str)]) -> Option<Self> {
+        let mut knobs = Self(Vec::new());
+        for (file, value) in settings {
+            let path = PathBuf::from(file);
+            let old = std::fs::read_to_string(&path).ok()?.trim().to_owned();
+            std::fs::write(&path, value).ok()?;
+            knobs.0.push((path, old));
+        }
+        Some(knobs)
+    }
+}
+
+impl Drop for Knobs {
+    fn drop(&mut self) {
+        for (path, value) in self.0.iter().rev() {
+            let _ = std::fs::write(path, value);
+        }
+    }
+}
+
+/// A memory cgroup with a byte limit, removed on drop: v1 where the memory
+/// controller is mounted there (these hosts), else v2 (enabling the memory
+/// controller in the root's subtree_control for the test, and restoring it).
+pub struct MemCgroup {
+    dir: PathBuf,
+    /// The v2 parent whose subtree_control was changed.
+    enabled_in: Option<PathBuf>,
+}
+
+impl MemCgroup {
+    /// None when this kernel has no memory cgroup controller.
+    pub fn create(limit: u64) -> Option<Self> {
+        let name = format!("pagewatch-test-{}", std::process::id());
+        let v1 = std::path::Path::new("/sys/fs/cgroup/memory");
+        if v1.join("memory.limit_in_bytes").exists() {
+            let cg = Self {
+                dir: v1.join(name),
+                enabled_in: None,
+            };
+            std::fs::create_dir_all(&cg.dir).expect("create memory cgroup");
+            std::fs::write(cg.dir.join("memory.limit_in_bytes"), limit.to_string())
+                .expect("set memory.limit_in_bytes");
+            return Some(cg);
+        }
+        let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+        let root = mounts.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+        })?;
+        let controllers = std::fs::read_to_string(root.join("cgroup.controllers")).ok()?;
+        if !controllers.split_whitespace().any(|c| c == "memory") {
+            return None;
+        }
+        let subtree = std::fs::read_to_string(root.join("cgroup.subtree_control")).ok()?;
+        let mut cg = Self {
+            dir: root.join(name),
+            enabled_in: None,
+        };
+        if !subtree.split_whitespace().any(|c| c == "memory") {
+            std::fs::write(root.join("cgroup.subtree_control"), "+memory")
+                .expect("enable the memory controller");
+            cg.enabled_in = Some(root.clone());
+        }
+        std::fs::create_dir_all(&cg.dir).expect("create memory cgroup");
+        std::fs::write(cg.dir.join("memory.max"), limit.to_string()).expect("set memory.max");
+        Some(cg)
+    }
+
+    /// The cgroup's directory.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// Moves `pid` into the cgroup.
+    pub fn add(&self, pid: u32) {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string()).expect("join cgroup");
+    }
+}
+
+impl Drop for MemCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+        if let Some(parent) = &self.enabled_in {
+            let _ = std::fs::write(parent.join("cgroup.subtree_control"), "-memory");
+        }
+    }
+}
+
+/// An anonymous private read-write mapping of `len` bytes with THP off
+/// (MADV_NOHUGEPAGE), for the workloads; panics on failure.
+pub fn map_anon_4k(len: usize) -> *mut u8 {
+    // SAFETY: anonymous private mapping, checked for MAP_FAILED.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED, "mmap {len} bytes");
+        assert_eq!(libc::madvise(p, len, libc::MADV_NOHUGEPAGE), 0);
+        p.cast()
+    }
+}

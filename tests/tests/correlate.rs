@@ -6,62 +6,13 @@
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
+    path::Path,
+    process::{Command, Stdio},
     time::Duration,
 };
 
-use pagewatch_tests::{pagewatch_bin, skip, skip_unless_root};
+use pagewatch_tests::{Knobs, MemCgroup, Tracer, skip, skip_unless_root};
 use serde_json::Value;
-
-/// `pagewatch top --json` in the background, stopped with SIGINT.
-struct Tracer(Child);
-
-impl Tracer {
-    fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(pagewatch_bin())
-            .args(["top", "--json"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn pagewatch");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[pagewatch] {line}");
-                if line.contains("tracing;") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        rx.recv_timeout(Duration::from_secs(60))
-            .expect("pagewatch did not start tracing");
-        Self(child)
-    }
-
-    fn stop(mut self) -> Vec<Value> {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
-        let child = std::mem::replace(&mut self.0, Command::new("true").spawn().expect("true"));
-        let out = child.wait_with_output().expect("wait pagewatch");
-        assert!(out.status.success(), "pagewatch exited with {}", out.status);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("JSON line"))
-            .collect()
-    }
-}
-
-impl Drop for Tracer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn transitions<'a>(lines: &'a [Value], pid: u32, kind: &str) -> Vec<&'a Value> {
     lines
@@ -121,33 +72,6 @@ impl Drop for ZramSwap {
     }
 }
 
-/// A v1 memory cgroup (these hosts) with a limit; removed on drop.
-struct MemCgroup(PathBuf);
-
-impl MemCgroup {
-    fn create(limit: u64) -> Option<Self> {
-        let base = Path::new("/sys/fs/cgroup/memory");
-        if !base.join("memory.limit_in_bytes").exists() {
-            return None;
-        }
-        let dir = base.join(format!("pagewatch-swap-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).ok()?;
-        let cg = Self(dir);
-        std::fs::write(cg.0.join("memory.limit_in_bytes"), limit.to_string()).ok()?;
-        Some(cg)
-    }
-
-    fn add(&self, pid: u32) {
-        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).expect("join cgroup");
-    }
-}
-
-impl Drop for MemCgroup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
 /// Anonymous memory pushed to swap by a memory cgroup limit: the swapped-out
 /// transitions name the process and memcg reclaim, and their net total
 /// equals the Swap the kernel reports for the process in smaps_rollup.
@@ -204,37 +128,6 @@ fn swap_out_under_a_memcg_limit_is_attributed_and_matches_smaps() {
     );
 }
 
-/// KSM's knobs, set for a fast scan and restored on drop.
-struct KsmKnobs(Vec<(PathBuf, String)>);
-
-impl KsmKnobs {
-    fn fast() -> Option<Self> {
-        let dir = Path::new("/sys/kernel/mm/ksm");
-        let mut saved = Vec::new();
-        for (knob, value) in [
-            ("pages_to_scan", "5000"),
-            ("sleep_millisecs", "10"),
-            ("run", "1"),
-        ] {
-            let path = dir.join(knob);
-            saved.push((
-                path.clone(),
-                std::fs::read_to_string(&path).ok()?.trim().to_owned(),
-            ));
-            std::fs::write(&path, value).ok()?;
-        }
-        Some(Self(saved))
-    }
-}
-
-impl Drop for KsmKnobs {
-    fn drop(&mut self) {
-        for (path, value) in self.0.iter().rev() {
-            let _ = std::fs::write(path, value);
-        }
-    }
-}
-
 /// Pages of `pid` currently merged by KSM (/proc/PID/ksm_merging_pages).
 fn ksm_merging(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/ksm_merging_pages"))
@@ -281,7 +174,11 @@ fn ksm_merge_between_two_processes_is_reported_for_both() {
         "--interval",
         "300ms",
     ]);
-    let Some(knobs) = KsmKnobs::fast() else {
+    let Some(knobs) = Knobs::set(&[
+        ("/sys/kernel/mm/ksm/pages_to_scan", "5000"),
+        ("/sys/kernel/mm/ksm/sleep_millisecs", "10"),
+        ("/sys/kernel/mm/ksm/run", "1"),
+    ]) else {
         return skip(name, "cannot set /sys/kernel/mm/ksm knobs");
     };
     let want = 1024; // 4 MiB of pages, each identical to the other process's
@@ -317,35 +214,20 @@ fn ksm_merge_between_two_processes_is_reported_for_both() {
 }
 
 /// khugepaged's knobs set for a fast scan, restored on drop.
-struct KhugepagedKnobs(Vec<(PathBuf, String)>);
-
-impl KhugepagedKnobs {
-    fn fast(max_ptes_none: &str) -> Option<Self> {
-        let dir = Path::new("/sys/kernel/mm/transparent_hugepage/khugepaged");
-        let mut saved = Vec::new();
-        for (knob, value) in [
-            ("scan_sleep_millisecs", "50"),
-            ("alloc_sleep_millisecs", "50"),
-            ("pages_to_scan", "8192"),
-            ("max_ptes_none", max_ptes_none),
-        ] {
-            let path = dir.join(knob);
-            saved.push((
-                path.clone(),
-                std::fs::read_to_string(&path).ok()?.trim().to_owned(),
-            ));
-            std::fs::write(&path, value).ok()?;
-        }
-        Some(Self(saved))
-    }
-}
-
-impl Drop for KhugepagedKnobs {
-    fn drop(&mut self) {
-        for (path, value) in self.0.iter().rev() {
-            let _ = std::fs::write(path, value);
-        }
-    }
+fn fast_khugepaged(max_ptes_none: &str) -> Option<Knobs> {
+    const DIR: &str = "/sys/kernel/mm/transparent_hugepage/khugepaged";
+    let files: Vec<String> = [
+        "scan_sleep_millisecs",
+        "alloc_sleep_millisecs",
+        "pages_to_scan",
+        "max_ptes_none",
+    ]
+    .iter()
+    .map(|k| format!("{DIR}/{k}"))
+    .collect();
+    let values = ["50", "50", "8192", max_ptes_none];
+    let settings: Vec<(&str, &str)> = files.iter().map(String::as_str).zip(values).collect();
+    Knobs::set(&settings)
 }
 
 /// Runs pw-thp in khugepaged mode under a tracer, waiting up to `wait_s`
@@ -405,7 +287,7 @@ fn khugepaged_collapse_is_attributed_to_the_right_process() {
     if skip_unless_root(name) {
         return;
     }
-    let Some(_knobs) = KhugepagedKnobs::fast("511") else {
+    let Some(_knobs) = fast_khugepaged("511") else {
         return skip(
             name,
             "no khugepaged knobs in /sys/kernel/mm/transparent_hugepage",
@@ -433,7 +315,7 @@ fn refused_collapse_shows_the_kernels_reason_per_vma() {
     if skip_unless_root(name) {
         return;
     }
-    let Some(_knobs) = KhugepagedKnobs::fast("0") else {
+    let Some(_knobs) = fast_khugepaged("0") else {
         return skip(
             name,
             "no khugepaged knobs in /sys/kernel/mm/transparent_hugepage",

@@ -6,69 +6,12 @@
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     process::{Child, ChildStdin, Command, Stdio},
-    sync::mpsc,
-    time::Duration,
 };
 
-use pagewatch_tests::{pagewatch_bin, run_pagewatch, skip_unless_root, vmstat};
+use pagewatch_tests::{
+    MemCgroup, Tracer, pagewatch_bin, run_pagewatch, skip_unless_root, summary, vmstat,
+};
 use serde_json::Value;
-
-/// A `pagewatch top --json` running in the background.
-struct Tracer {
-    child: Child,
-}
-
-impl Tracer {
-    /// Starts pagewatch with `args` and waits until it says it is tracing.
-    fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(pagewatch_bin())
-            .args(["top", "--json"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn pagewatch");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[pagewatch] {line}");
-                if line.contains("tracing;") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        rx.recv_timeout(Duration::from_secs(60))
-            .expect("pagewatch did not start tracing within 60 s");
-        Self { child }
-    }
-
-    /// Sends SIGINT (as Ctrl-C does) and returns the JSON lines it printed.
-    fn stop(mut self) -> Vec<Value> {
-        // SAFETY: kill on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let out = std::mem::replace(&mut self.child, dummy_child())
-            .wait_with_output()
-            .expect("wait for pagewatch");
-        assert!(out.status.success(), "pagewatch exited with {}", out.status);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON {l:?}: {e}")))
-            .collect()
-    }
-}
-
-fn dummy_child() -> Child {
-    Command::new("true").spawn().expect("spawn true")
-}
-
-impl Drop for Tracer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The fault workload, started and waiting for "go".
 struct FaultWorkload {
@@ -115,13 +58,6 @@ impl FaultWorkload {
         drop(self.stdin);
         assert!(self.child.wait().expect("wait").success());
     }
-}
-
-fn summary(lines: &[Value]) -> &Value {
-    lines
-        .iter()
-        .find_map(|l| l.get("summary"))
-        .expect("a summary line")
 }
 
 fn faults_of(lines: &[Value], pid: u32) -> u64 {
@@ -216,7 +152,7 @@ fn ring_buffer_drops_are_counted_exactly() {
         "--interval",
         "5s",
     ]);
-    let pw = tracer.child.id() as i32;
+    let pw = tracer.pid() as i32;
     // SAFETY: signalling our own child.
     unsafe { libc::kill(pw, libc::SIGSTOP) };
     let (delta, _) = wl.run_window();
@@ -247,63 +183,6 @@ fn ring_buffer_drops_are_counted_exactly() {
         delta,
         "received {seen} + dropped {dropped} != kernel {delta}"
     );
-}
-
-/// A memory cgroup with a small limit, removed on drop: v1 where the memory
-/// controller is mounted there (these hosts), else v2 (enabling the memory
-/// controller in the parent's subtree_control for the test, and restoring it).
-struct MemCgroup {
-    dir: std::path::PathBuf,
-    /// The v2 parent whose subtree_control we changed.
-    enabled_in: Option<std::path::PathBuf>,
-}
-
-impl MemCgroup {
-    fn create(limit: u64) -> Option<Self> {
-        let name = format!("pagewatch-test-{}", std::process::id());
-        let v1 = std::path::Path::new("/sys/fs/cgroup/memory");
-        if v1.join("memory.limit_in_bytes").exists() {
-            let cg = Self {
-                dir: v1.join(name),
-                enabled_in: None,
-            };
-            std::fs::create_dir_all(&cg.dir).expect("create memory cgroup");
-            std::fs::write(cg.dir.join("memory.limit_in_bytes"), limit.to_string())
-                .expect("set memory.limit_in_bytes");
-            return Some(cg);
-        }
-        let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
-        let root = mounts.lines().find_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            (f.get(2) == Some(&"cgroup2")).then(|| std::path::PathBuf::from(f[1]))
-        })?;
-        let controllers = std::fs::read_to_string(root.join("cgroup.controllers")).ok()?;
-        if !controllers.split_whitespace().any(|c| c == "memory") {
-            return None;
-        }
-        let subtree = std::fs::read_to_string(root.join("cgroup.subtree_control")).ok()?;
-        let mut cg = Self {
-            dir: root.join(name),
-            enabled_in: None,
-        };
-        if !subtree.split_whitespace().any(|c| c == "memory") {
-            std::fs::write(root.join("cgroup.subtree_control"), "+memory")
-                .expect("enable the memory controller");
-            cg.enabled_in = Some(root.clone());
-        }
-        std::fs::create_dir_all(&cg.dir).expect("create memory cgroup");
-        std::fs::write(cg.dir.join("memory.max"), limit.to_string()).expect("set memory.max");
-        Some(cg)
-    }
-}
-
-impl Drop for MemCgroup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.dir);
-        if let Some(parent) = &self.enabled_in {
-            let _ = std::fs::write(parent.join("cgroup.subtree_control"), "-memory");
-        }
-    }
 }
 
 /// Reading a file larger than a memory cgroup's limit forces memcg
@@ -354,7 +233,7 @@ fn memcg_reclaim_totals_match_vmstat() {
             "-c",
             &format!(
                 "echo $$ > {}/cgroup.procs && exec cat {} > /dev/null",
-                cg.dir.display(),
+                cg.dir().display(),
                 file.display()
             ),
         ])

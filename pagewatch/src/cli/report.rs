@@ -151,14 +151,6 @@ fn vma_label(t: &TransitionGroup) -> &str {
     if t.vma.is_empty() { "[anon]" } else { &t.vma }
 }
 
-/// The snake_case name serde gives an enum value.
-fn name(v: &impl serde::Serialize) -> String {
-    match serde_json::to_value(v) {
-        Ok(Value::String(s)) => s,
-        _ => "?".to_owned(),
-    }
-}
-
 fn secs(l: &Loaded, ts_ns: u64) -> f64 {
     ts_ns.saturating_sub(l.meta.start_monotonic_ns) as f64 / 1e9
 }
@@ -214,9 +206,9 @@ fn table(out: &mut impl std::io::Write, l: &Loaded, by: By) -> anyhow::Result<()
             vma_label(t),
             t.vma_start,
             t.pages,
-            name(&t.kind),
+            t.kind,
             node,
-            name(&t.cause)
+            t.cause
         )?;
     }
     writeln!(out, "\nsummary by {}:", name_by(by))?;
@@ -225,11 +217,11 @@ fn table(out: &mut impl std::io::Write, l: &Loaded, by: By) -> anyhow::Result<()
         let key = match by {
             By::Process => format!("pid {} ({})", t.pid, comm(l, t.pid)),
             By::Vma => format!("pid {} {} {:#x}", t.pid, vma_label(t), t.vma_start),
-            By::Cause => name(&t.cause),
+            By::Cause => t.cause.to_string(),
             By::Node => format!("node {} -> {}", t.from_node, t.to_node),
         };
         *groups
-            .entry((key, name(&t.kind), name(&t.cause)))
+            .entry((key, t.kind.to_string(), t.cause.to_string()))
             .or_default() += t.pages;
     }
     for ((key, kind, cause), pages) in &groups {
@@ -325,7 +317,7 @@ fn perfetto(l: &Loaded) -> Value {
     }
     for t in &l.transitions {
         ev.push(json!({"ph": "i", "s": "p", "pid": t.pid, "tid": t.pid, "ts": us(t.ts_ns),
-            "name": format!("{} by {}", name(&t.kind), name(&t.cause)),
+            "name": format!("{} by {}", t.kind, t.cause),
             "cat": "transition",
             "args": {"pages": t.pages, "vma": vma_label(t), "vma_start": format!("{:#x}", t.vma_start),
                      "from_node": t.from_node, "to_node": t.to_node}}));

@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use aya::maps::{MapData, RingBuf};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use pagewatch::{
     aggregate::{Aggregator, Tally},
     correlate::{self, ProcessCounters, evidence::Evidence, numa::NodeMap},
@@ -37,40 +37,6 @@ use tokio::{
 
 use super::{parse_duration, parse_size};
 
-/// Event families selectable with `--events`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum FamilyArg {
-    Faults,
-    Reclaim,
-    Thp,
-    Compaction,
-    Migration,
-    Ksm,
-    Oom,
-    Process,
-    /// kmem/mm_page_alloc and mm_page_free: every page, high volume.
-    PageAlloc,
-    /// Balloon inflate/deflate (fentry; refused on locked-down kernels).
-    Balloon,
-}
-
-impl From<FamilyArg> for Family {
-    fn from(f: FamilyArg) -> Self {
-        match f {
-            FamilyArg::Faults => Family::Fault,
-            FamilyArg::Reclaim => Family::Reclaim,
-            FamilyArg::Thp => Family::Thp,
-            FamilyArg::Compaction => Family::Compaction,
-            FamilyArg::Migration => Family::Migration,
-            FamilyArg::Ksm => Family::Ksm,
-            FamilyArg::Oom => Family::Oom,
-            FamilyArg::Process => Family::Process,
-            FamilyArg::PageAlloc => Family::PageAlloc,
-            FamilyArg::Balloon => Family::Balloon,
-        }
-    }
-}
-
 /// Options every tracing subcommand takes.
 #[derive(Debug, Args)]
 pub struct TraceArgs {
@@ -89,7 +55,7 @@ pub struct TraceArgs {
     pub comm: Option<String>,
     /// Event families to attach (default: all but page-alloc).
     #[arg(long, value_delimiter = ',')]
-    pub events: Vec<FamilyArg>,
+    pub events: Vec<Family>,
     /// Ring buffer size: a power of two of at least one page, e.g. 4M.
     #[arg(long, default_value = "4M", value_parser = parse_size)]
     pub ring_buffer_size: u64,
@@ -142,7 +108,7 @@ impl SessionConfig {
         let families = if args.events.is_empty() {
             Family::DEFAULT.to_vec()
         } else {
-            args.events.iter().map(|&f| f.into()).collect()
+            args.events.clone()
         };
         Ok(Self {
             interval: args.interval,

@@ -219,20 +219,12 @@ fn write_transitions(
             vma,
             t.vma_start,
             t.pages,
-            name(&t.kind),
+            t.kind,
             node,
-            name(&t.cause)
+            t.cause
         )?;
     }
     Ok(())
-}
-
-/// The snake_case name serde gives an enum value (as in the JSON output).
-fn name(v: &impl serde::Serialize) -> String {
-    match serde_json::to_value(v) {
-        Ok(serde_json::Value::String(s)) => s,
-        _ => "?".to_owned(),
-    }
 }
 
 fn round3(x: f64) -> f64 {

@@ -31,23 +31,6 @@ fn faults(stat: &mut File, buf: &mut [u8]) -> u64 {
     minflt + majflt
 }
 
-fn map(len: usize) -> *mut u8 {
-    // SAFETY: anonymous private mapping; checked for MAP_FAILED.
-    unsafe {
-        let p = libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        );
-        assert_ne!(p, libc::MAP_FAILED, "mmap {len} bytes");
-        assert_eq!(libc::madvise(p, len, libc::MADV_NOHUGEPAGE), 0);
-        p.cast()
-    }
-}
-
 fn touch(p: *mut u8, len: usize) {
     for off in (0..len).step_by(PAGE) {
         // SAFETY: off < len, inside the mapping.
@@ -71,7 +54,7 @@ fn window(mib: usize) {
     let mut stdin = stdin.lock();
     // Warm-up: run the whole window once on a small region so every code
     // and data page the real window touches is already present.
-    let warm = map(16 * PAGE);
+    let warm = pagewatch_tests::map_anon_4k(16 * PAGE);
     let a = faults(&mut stat, &mut buf);
     touch(warm, 16 * PAGE);
     let b = faults(&mut stat, &mut buf);
@@ -81,7 +64,7 @@ fn window(mib: usize) {
     line.clear();
     write!(out, "warmup {} {}", b - a, " ".repeat(200)).expect("format");
     out.clear();
-    let region = map(len);
+    let region = pagewatch_tests::map_anon_4k(len);
     println!("pid {}", std::process::id());
     println!("ready");
     std::io::stdout().flush().expect("flush");
@@ -103,7 +86,7 @@ fn rate(mib: usize, rounds: usize) {
     let len = mib << 20;
     let start = Instant::now();
     for _ in 0..rounds {
-        let p = map(len);
+        let p = pagewatch_tests::map_anon_4k(len);
         touch(p, len);
         unmap(p, len);
     }

@@ -15,20 +15,7 @@ fn main() {
             std::process::exit(2)
         });
     let len = mib << 20;
-    // SAFETY: anonymous private mapping, checked; madvise on it.
-    let p = unsafe {
-        let p = libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        );
-        assert_ne!(p, libc::MAP_FAILED);
-        assert_eq!(libc::madvise(p, len, libc::MADV_NOHUGEPAGE), 0);
-        p.cast::<u8>()
-    };
+    let p = pagewatch_tests::map_anon_4k(len);
     for (i, off) in (0..len).step_by(4096).enumerate() {
         // SAFETY: each page lies inside the mapping.
         unsafe { std::ptr::write_bytes(p.add(off), (i % 251 + 1) as u8, 4096) };
