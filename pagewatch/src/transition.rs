@@ -166,7 +166,10 @@ mod tests {
         for c in Cause::ALL {
             assert_eq!(Cause::from_u8(c as u8), Some(c));
         }
-        assert_eq!(TransitionKind::CollapsedToThp.to_string(), "collapsed_to_thp");
+        assert_eq!(
+            TransitionKind::CollapsedToThp.to_string(),
+            "collapsed_to_thp"
+        );
         assert_eq!(Cause::MadvCollapse.to_string(), "madv_collapse");
         assert_eq!(TransitionKind::from_u8(200), None);
         assert_eq!(Cause::from_u8(200), None);
