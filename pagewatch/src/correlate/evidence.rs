@@ -86,10 +86,8 @@ impl Evidence {
                     self.madv_collapsers.insert(e.tgid);
                 }
             }
-            EventKind::CollapseHugePage { status, .. } if status == 1 => {
-                if !is_khugepaged(e.tgid) {
-                    self.madv_collapsers.insert(e.tgid);
-                }
+            EventKind::CollapseHugePage { status: 1, .. } if !is_khugepaged(e.tgid) => {
+                self.madv_collapsers.insert(e.tgid);
             }
             EventKind::KsmMerge { pfn, err: 0, .. } => {
                 self.ksm_pfns.insert(pfn);
@@ -102,14 +100,12 @@ impl Evidence {
                     .map_or(Cause::Unexplained, migrate_cause);
                 *self.migrations.entry(cause).or_default() += succeeded;
             }
+            // group_dead exists from 6.10; before, the leader's exit
+            // (pid == tgid) stands for the process.
             EventKind::ProcessExit {
                 pid, group_dead, ..
-            } => {
-                // group_dead exists from 6.10; before, the leader's exit
-                // (pid == tgid) stands for the process.
-                if group_dead != 0 || pid == i64::from(e.tgid) {
-                    self.exited.insert(e.tgid);
-                }
+            } if group_dead != 0 || pid == i64::from(e.tgid) => {
+                self.exited.insert(e.tgid);
             }
             EventKind::ProcessExec { .. } => {
                 self.execed.insert(e.tgid);
