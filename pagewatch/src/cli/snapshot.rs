@@ -15,8 +15,8 @@ use pagewatch::snapshot::{
     columns::PageTable,
     flags::{FlagExpr, kpf_describe},
     memcg::MemcgNames,
-    report::{ProcessReport, Usage, process_report},
-    scan::{KpageFiles, ProcessPages, scan_process},
+    report::{ProcessReport, ReportBuilder, Usage, process_report},
+    scan::{KpageFiles, ProcessPages, scan_process, scan_process_with},
     select::{Selection, resolve},
     sysfs::{SystemState, system_state},
     workingset::{WorkingSet, working_set},
@@ -193,12 +193,28 @@ pub fn run(args: SnapshotArgs) -> Result<()> {
     let kp = KpageFiles::open(&cfg.root);
     let mut notes: Vec<String> = kp.missing.iter().cloned().collect();
     let mut scans: Vec<ProcessPages> = Vec::new();
+    let mut reports: Vec<ProcessReport> = Vec::new();
     let mut working: Vec<WorkingSet> = Vec::new();
+    let names = MemcgNames::load(&cfg.root);
     if let Some(sel) = &cfg.selection {
         let explicit = matches!(sel, Selection::Pids(_));
         for pid in resolve(&cfg.root, sel)? {
-            match scan_process(&cfg.root, &kp, pid, cfg.pause) {
-                Ok(p) => scans.push(p),
+            // Keep every page only when owners must be named (--list);
+            // otherwise account batch by batch in a small footprint.
+            let scanned = if cfg.list {
+                scan_process(&cfg.root, &kp, pid, cfg.pause).map(|p| {
+                    reports.push(process_report(&p, &names, cfg.vma));
+                    scans.push(p);
+                })
+            } else {
+                let mut b = ReportBuilder::new(&names, cfg.vma);
+                scan_process_with(&cfg.root, &kp, pid, cfg.pause, |vi, batch, vis| {
+                    b.add(vi, batch, vis)
+                })
+                .map(|info| reports.push(b.finish(&info)))
+            };
+            match scanned {
+                Ok(()) => {}
                 Err(e @ SnapshotError::NoSuchProcess(_)) if explicit => return Err(e.into()),
                 Err(SnapshotError::NoSuchProcess(p)) => {
                     notes.push(format!("pid {p} exited before it was read"))
@@ -216,11 +232,6 @@ pub fn run(args: SnapshotArgs) -> Result<()> {
             }
         }
     }
-    let names = MemcgNames::load(&cfg.root);
-    let reports: Vec<ProcessReport> = scans
-        .iter()
-        .map(|p| process_report(p, &names, cfg.vma))
-        .collect();
     for r in &reports {
         notes.extend(r.notes.iter().cloned());
     }
@@ -230,11 +241,7 @@ pub fn run(args: SnapshotArgs) -> Result<()> {
         );
     }
     // The per-page table (16 bytes a page) is only needed to name owners.
-    let table = if cfg.list {
-        PageTable::from_scans(&scans)
-    } else {
-        PageTable::default()
-    };
+    let table = PageTable::from_scans(&scans);
     let system = if cfg.system {
         let c = census(&cfg.root, cfg.expr, cfg.list, cfg.threads)?;
         let list = c

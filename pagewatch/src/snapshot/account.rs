@@ -221,10 +221,10 @@ impl MemStats {
         let dirty = has(f, kpf::DIRTY)
             || (anon && swapbacked && !has(f, kpf::SWAPCACHE) && !has(f, kpf::KSM));
         match (dirty, private) {
-            (true, true) => self.private_dirty += PAGE_SIZE,
-            (true, false) => self.shared_dirty += PAGE_SIZE,
-            (false, true) => self.private_clean += PAGE_SIZE,
-            (false, false) => self.shared_clean += PAGE_SIZE,
+            (true, true) => self.private_dirty += PAGE_SIZE * n,
+            (true, false) => self.shared_dirty += PAGE_SIZE * n,
+            (false, true) => self.private_clean += PAGE_SIZE * n,
+            (false, false) => self.shared_clean += PAGE_SIZE * n,
         }
         if dirty {
             self.pss_dirty_raw += pss * n;
@@ -305,5 +305,17 @@ mod tests {
         let mut z = MemStats::default();
         z.add(&page(PM_PRESENT | 1, &[kpf::ZERO_PAGE], 0), true);
         assert_eq!((z.rss, z.zero_pages), (0, 1));
+    }
+
+    #[test]
+    fn adding_a_run_equals_adding_each_page() {
+        let p = page(PM_PRESENT | 3, &[kpf::MMAP, kpf::DIRTY], 2);
+        let mut one = MemStats::default();
+        for _ in 0..7 {
+            one.add(&p, true);
+        }
+        let mut run = MemStats::default();
+        run.add_n(&p, 7, true);
+        assert_eq!(one, run);
     }
 }

@@ -95,15 +95,17 @@ impl PfnPlan {
         self.ranges.len()
     }
 
-    /// Read the planned entries of `table` (all zero without a table).
-    pub fn read(&self, table: Option<&U64Table>) -> io::Result<Vec<u64>> {
-        let mut values = vec![0u64; self.total];
+    /// Read the planned entries of `table` into `values`, reusing its
+    /// memory (all zero without a table).
+    pub fn read_into(&self, table: Option<&U64Table>, values: &mut Vec<u64>) -> io::Result<()> {
+        values.clear();
+        values.resize(self.total, 0);
         if let Some(t) = table {
             for r in &self.ranges {
                 t.read_into(r.start, &mut values[r.off..r.off + r.len as usize])?;
             }
         }
-        Ok(values)
+        Ok(())
     }
 
     /// The value read for `pfn`, which must be one of the planned PFNs.

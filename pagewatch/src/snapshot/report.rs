@@ -11,7 +11,7 @@ use super::{
     flags::{PM_PFN_MASK, PagemapEntry, has, kpf},
     folios::{FolioStats, folio_stats},
     memcg::MemcgNames,
-    scan::{ProcessPages, VmaPages},
+    scan::{ProcessPages, ScanInfo, VmaPages},
 };
 
 /// smaps-style usage in kB. `None`: needs PFNs, which were hidden.
@@ -240,53 +240,108 @@ fn memcg_kb(v: &VmaPages, names: &MemcgNames, out: &mut BTreeMap<String, u64>) {
     }
 }
 
-/// Build a process report.
-pub fn process_report(p: &ProcessPages, names: &MemcgNames, with_vmas: bool) -> ProcessReport {
-    let mut total = MemStats::default();
-    let mut folios = FolioStats::default();
-    let mut memcg = BTreeMap::new();
-    let mut hugetlb: BTreeMap<u64, u64> = BTreeMap::new();
-    let mut vmas = Vec::new();
-    for v in &p.vmas {
-        let s = vma_stats(v, p.pfns_visible);
-        total.merge(&s);
-        let f = folio_stats(v);
-        folios.merge(&f);
-        let h = hugetlb_sizes(v);
-        for (k, b) in &h {
-            *hugetlb.entry(*k).or_default() += b;
-        }
-        let mut m = BTreeMap::new();
-        if p.pfns_visible {
-            memcg_kb(v, names, &mut m);
-        }
-        for (k, b) in &m {
-            *memcg.entry(k.clone()).or_default() += b;
-        }
-        if with_vmas {
-            vmas.push(VmaReport {
-                start: format!("{:x}", v.vma.start),
-                end: format!("{:x}", v.vma.end),
-                perms: v.vma.perms.clone(),
-                name: v.vma.name.clone(),
-                size: v.vma.len() >> 10,
-                usage: Usage::from_stats(&s, p.pfns_visible),
-                hugetlb_by_size: h,
-                folios: f,
-                memcg: m,
-            });
+/// Per-VMA accumulator.
+#[derive(Debug, Default)]
+struct VmaAcc {
+    stats: MemStats,
+    folios: FolioStats,
+    hugetlb: BTreeMap<u64, u64>,
+    memcg: BTreeMap<String, u64>,
+}
+
+/// Builds a [`ProcessReport`] from batches of pages as a scan produces
+/// them (see [`super::scan::scan_process_with`]).
+#[derive(Debug)]
+pub struct ReportBuilder<'a> {
+    names: &'a MemcgNames,
+    with_vmas: bool,
+    vmas: Vec<VmaAcc>,
+}
+
+impl<'a> ReportBuilder<'a> {
+    /// Start a report; `with_vmas` keeps per-VMA sections.
+    pub fn new(names: &'a MemcgNames, with_vmas: bool) -> Self {
+        ReportBuilder {
+            names,
+            with_vmas,
+            vmas: Vec::new(),
         }
     }
-    ProcessReport {
+
+    /// Account a batch of VMA `vi`'s pages.
+    pub fn add(&mut self, vi: usize, v: &VmaPages, visible: bool) {
+        if self.vmas.len() <= vi {
+            self.vmas.resize_with(vi + 1, VmaAcc::default);
+        }
+        let acc = &mut self.vmas[vi];
+        acc.stats.merge(&vma_stats(v, visible));
+        acc.folios.merge(&folio_stats(v));
+        for (k, b) in hugetlb_sizes(v) {
+            *acc.hugetlb.entry(k).or_default() += b;
+        }
+        if visible {
+            memcg_kb(v, self.names, &mut acc.memcg);
+        }
+    }
+
+    /// Finish with what the scan learnt.
+    pub fn finish(mut self, info: &ScanInfo) -> ProcessReport {
+        let mut total = MemStats::default();
+        let mut folios = FolioStats::default();
+        let mut memcg = BTreeMap::new();
+        let mut hugetlb: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut vmas = Vec::new();
+        self.vmas.resize_with(info.vmas.len(), VmaAcc::default);
+        for (vma, acc) in info.vmas.iter().zip(self.vmas) {
+            total.merge(&acc.stats);
+            folios.merge(&acc.folios);
+            for (k, b) in &acc.hugetlb {
+                *hugetlb.entry(*k).or_default() += b;
+            }
+            for (k, b) in &acc.memcg {
+                *memcg.entry(k.clone()).or_default() += b;
+            }
+            if self.with_vmas {
+                vmas.push(VmaReport {
+                    start: format!("{:x}", vma.start),
+                    end: format!("{:x}", vma.end),
+                    perms: vma.perms.clone(),
+                    name: vma.name.clone(),
+                    size: vma.len() >> 10,
+                    usage: Usage::from_stats(&acc.stats, info.pfns_visible),
+                    hugetlb_by_size: acc.hugetlb,
+                    folios: acc.folios,
+                    memcg: acc.memcg,
+                });
+            }
+        }
+        ProcessReport {
+            pid: info.pid,
+            comm: info.comm.clone(),
+            pfns_visible: info.pfns_visible,
+            partial: info.partial,
+            total: Usage::from_stats(&total, info.pfns_visible),
+            hugetlb_by_size: hugetlb,
+            folios,
+            memcg,
+            vmas: self.with_vmas.then_some(vmas),
+            notes: info.notes.clone(),
+        }
+    }
+}
+
+/// Build a process report from a scan that kept every page.
+pub fn process_report(p: &ProcessPages, names: &MemcgNames, with_vmas: bool) -> ProcessReport {
+    let mut b = ReportBuilder::new(names, with_vmas);
+    for (vi, v) in p.vmas.iter().enumerate() {
+        b.add(vi, v, p.pfns_visible);
+    }
+    b.finish(&ScanInfo {
         pid: p.pid,
         comm: p.comm.clone(),
+        vmas: p.vmas.iter().map(|v| v.vma.clone()).collect(),
         pfns_visible: p.pfns_visible,
         partial: p.partial,
-        total: Usage::from_stats(&total, p.pfns_visible),
-        hugetlb_by_size: hugetlb,
-        folios,
-        memcg,
-        vmas: with_vmas.then_some(vmas),
         notes: p.notes.clone(),
-    }
+    })
 }

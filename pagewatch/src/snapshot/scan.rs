@@ -16,14 +16,14 @@ use super::{
     maps::{Vma, parse_maps},
     pagemap_scan::{self, PAGE_IS_HUGE, PAGE_IS_PRESENT, PAGE_IS_SWAPPED},
     pfnplan::PfnPlan,
-    source::{BATCH_ENTRIES, ProcRoot, U64Table},
+    source::{ProcRoot, U64Table},
 };
 
 /// Pages per PMD mapping (x86-64, arm64 with 4 KiB pages).
 pub const PMD_PAGES: u64 = 512;
 /// VMAs larger than this many pages are first scanned with PAGEMAP_SCAN to
 /// skip unpopulated ranges.
-const SPARSE_SCAN_PAGES: u64 = 1 << 18;
+const SPARSE_SCAN_PAGES: u64 = 1 << 22;
 
 /// The /proc/kpage* tables, or why they cannot be read.
 #[derive(Debug)]
@@ -123,14 +123,52 @@ fn alive(root: &ProcRoot, pid: u32) -> bool {
     })
 }
 
-/// Scan one process. `pause` sleeps after each VMA (a test hook that widens
-/// the window in which the process can exit mid-scan).
-pub fn scan_process(
+/// What a scan learnt besides the pages themselves.
+#[derive(Debug, Clone)]
+pub struct ScanInfo {
+    /// Process id.
+    pub pid: u32,
+    /// /proc/PID/comm.
+    pub comm: String,
+    /// All VMAs of the process.
+    pub vmas: Vec<Vma>,
+    /// Whether PFNs (and so kpage* data) were visible.
+    pub pfns_visible: bool,
+    /// The process exited during the scan.
+    pub partial: bool,
+    /// Things worth telling the user about this scan.
+    pub notes: Vec<String>,
+}
+
+/// Pages per batch: 256 MiB of address space (512 KiB of pagemap). Batches
+/// end on 2 MiB boundaries so a PMD-mapped folio never straddles two.
+const BATCH_PAGES: u64 = 1 << 16;
+/// Pages per batch in hugetlb VMAs: 1 GiB, so a 1 GiB page is never split.
+const HUGETLB_BATCH_PAGES: u64 = 1 << 18;
+
+/// Buffers reused from batch to batch: keeping the peak footprint at one
+/// batch matters because fresh memory is expensive to fault in (in VMs
+/// with free page reporting every new page is a host fault too).
+#[derive(Debug, Default)]
+struct Buffers {
+    pagemap: Vec<u64>,
+    flags: Vec<u64>,
+    cgroup: Vec<u64>,
+    count: Vec<u64>,
+}
+
+/// Scan one process, handing its pages to `sink` one batch at a time
+/// (`sink(vma_index, batch, pfns_visible)`; a VMA can come in several
+/// batches). `pause`
+/// sleeps after each VMA (a test hook widening the window in which the
+/// process can exit mid-scan).
+pub fn scan_process_with(
     root: &ProcRoot,
     kp: &KpageFiles,
     pid: u32,
     pause: Option<std::time::Duration>,
-) -> Result<ProcessPages> {
+    mut sink: impl FnMut(usize, &VmaPages, bool),
+) -> Result<ScanInfo> {
     let maps_path = root.pid_file(pid, "maps");
     let text = std::fs::read_to_string(&maps_path).map_err(|e| open_err(pid, &maps_path, e))?;
     let vmas = parse_maps(&text, &maps_path)?;
@@ -139,83 +177,160 @@ pub fn scan_process(
         .unwrap_or_default();
     let pm_path = root.pid_file(pid, "pagemap");
     let pagemap = U64Table::open(&pm_path).map_err(|e| open_err(pid, &pm_path, e))?;
-    let mut out = ProcessPages {
+    let mut info = ScanInfo {
         pid,
         comm,
-        vmas: Vec::with_capacity(vmas.len()),
+        vmas: Vec::new(),
         pfns_visible: kp.flags.is_some(),
         partial: false,
         notes: Vec::new(),
     };
     let mut scan_ok = true;
-    for vma in vmas {
-        match read_vma(&pagemap, vma, &mut scan_ok) {
-            Ok(Some(v)) => {
-                out.vmas.push(v);
+    let mut bufs = Buffers::default();
+    let mut batch = VmaPages {
+        vma: Vma {
+            start: 0,
+            end: 0,
+            perms: String::new(),
+            offset: 0,
+            dev: String::new(),
+            inode: 0,
+            name: String::new(),
+        },
+        idx: Vec::new(),
+        pm: Vec::new(),
+        flags: Vec::new(),
+        mapcount: Vec::new(),
+        cgroup: Vec::new(),
+        pmd: Vec::new(),
+    };
+    for (vi, vma) in vmas.into_iter().enumerate() {
+        batch.vma = vma.clone();
+        info.vmas.push(vma);
+        let r = scan_vma(
+            &pagemap,
+            kp,
+            &mut batch,
+            &mut bufs,
+            &mut scan_ok,
+            &mut info,
+            &mut |b, vis| sink(vi, b, vis),
+        );
+        match r {
+            Ok(true) => {
                 if let Some(p) = pause {
                     std::thread::sleep(p);
                 }
             }
-            Ok(None) | Err(_) if alive(root, pid) => {
+            Ok(false) | Err(_) if alive(root, pid) => {
                 // Still there: the kernel exports nothing above TASK_SIZE
-                // ([vsyscall]); keep the VMA with no pages.
+                // ([vsyscall]).
             }
-            Ok(None) | Err(_) => {
-                out.partial = true;
-                out.notes.push(format!(
+            Ok(false) | Err(_) => {
+                info.partial = true;
+                info.notes.push(format!(
                     "pid {pid} exited during the scan: figures cover the {} VMAs read before it went",
-                    out.vmas.len()
+                    info.vmas.len() - 1
                 ));
+                info.vmas.pop();
                 break;
             }
         }
     }
     if !scan_ok {
-        out.notes.push(
+        info.notes.push(
             "PAGEMAP_SCAN is unavailable (kernel < 6.7): PMD-mapped THP cannot be told from PTE-mapped, AnonHugePages reads 0"
                 .into(),
         );
     }
-    if out.pfns_visible
-        && out
-            .vmas
-            .iter()
-            .any(|v| v.pm.iter().any(|e| PagemapEntry(*e).present()))
-        && !out
-            .vmas
-            .iter()
-            .any(|v| (0..v.pm.len()).any(|k| v.pfn(k).is_some()))
-    {
-        out.pfns_visible = false;
-        out.notes
-            .push("pagemap PFNs read as zero (no CAP_SYS_ADMIN): kpage* data unavailable".into());
-    }
-    if out.pfns_visible {
-        fill_kpage(kp, &mut out.vmas).map_err(|e| SnapshotError::read("/proc/kpage*", e))?;
-    } else {
-        for v in &mut out.vmas {
-            v.mapcount.iter_mut().for_each(|m| *m = 1);
-        }
-    }
-    Ok(out)
+    Ok(info)
 }
 
-/// Read the pagemap entries of one VMA, keeping present or swapped pages.
-/// Ok(None) when the process is gone.
-fn read_vma(pagemap: &U64Table, vma: Vma, scan_ok: &mut bool) -> io::Result<Option<VmaPages>> {
-    let first = vma.start / 4096;
-    let pages = vma.len() / 4096;
+/// Scan one process keeping every page (for owner lookups and working sets).
+pub fn scan_process(
+    root: &ProcRoot,
+    kp: &KpageFiles,
+    pid: u32,
+    pause: Option<std::time::Duration>,
+) -> Result<ProcessPages> {
+    let mut kept: Vec<VmaPages> = Vec::new();
+    let info = scan_process_with(root, kp, pid, pause, |vi, b, _| {
+        while kept.len() <= vi {
+            kept.push(VmaPages {
+                vma: b.vma.clone(),
+                idx: Vec::new(),
+                pm: Vec::new(),
+                flags: Vec::new(),
+                mapcount: Vec::new(),
+                cgroup: Vec::new(),
+                pmd: Vec::new(),
+            });
+        }
+        let v = &mut kept[vi];
+        v.vma = b.vma.clone();
+        v.idx.extend_from_slice(&b.idx);
+        v.pm.extend_from_slice(&b.pm);
+        v.flags.extend_from_slice(&b.flags);
+        v.mapcount.extend_from_slice(&b.mapcount);
+        v.cgroup.extend_from_slice(&b.cgroup);
+        v.pmd.extend_from_slice(&b.pmd);
+    })?;
+    for (vi, vma) in info.vmas.iter().enumerate() {
+        if kept.len() <= vi || kept[vi].vma.start != vma.start {
+            kept.insert(
+                vi,
+                VmaPages {
+                    vma: vma.clone(),
+                    idx: Vec::new(),
+                    pm: Vec::new(),
+                    flags: Vec::new(),
+                    mapcount: Vec::new(),
+                    cgroup: Vec::new(),
+                    pmd: Vec::new(),
+                },
+            );
+        }
+    }
+    Ok(ProcessPages {
+        pid: info.pid,
+        comm: info.comm,
+        vmas: kept,
+        pfns_visible: info.pfns_visible,
+        partial: info.partial,
+        notes: info.notes,
+    })
+}
+
+/// Read one VMA batch by batch into `batch`, filling kpage data, and hand
+/// each batch to `sink`. Ok(false) when the process is gone.
+fn scan_vma(
+    pagemap: &U64Table,
+    kp: &KpageFiles,
+    batch: &mut VmaPages,
+    bufs: &mut Buffers,
+    scan_ok: &mut bool,
+    info: &mut ScanInfo,
+    sink: &mut dyn FnMut(&VmaPages, bool),
+) -> io::Result<bool> {
+    let (start, end) = (batch.vma.start, batch.vma.end);
+    let first = start / 4096;
+    let pages = (end - start) / 4096;
+    let batch_pages = if batch.vma.maybe_hugetlb() {
+        HUGETLB_BATCH_PAGES
+    } else {
+        BATCH_PAGES
+    };
     let ranges: Vec<(u64, u64)> = if pages > SPARSE_SCAN_PAGES && *scan_ok {
         match pagemap_scan::scan(
             pagemap.file(),
-            vma.start,
-            vma.end,
+            start,
+            end,
             0,
             PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
         ) {
             Ok(r) => r
                 .iter()
-                .map(|r| (r.start / 4096 - first, (r.end - r.start) / 4096))
+                .map(|r| (r.start / 4096 - first, r.end / 4096 - first))
                 .collect(),
             Err(_) => {
                 *scan_ok = false;
@@ -225,46 +340,66 @@ fn read_vma(pagemap: &U64Table, vma: Vma, scan_ok: &mut bool) -> io::Result<Opti
     } else {
         vec![(0, pages)]
     };
-    let mut v = VmaPages {
-        vma,
-        idx: Vec::new(),
-        pm: Vec::new(),
-        flags: Vec::new(),
-        mapcount: Vec::new(),
-        cgroup: Vec::new(),
-        pmd: Vec::new(),
-    };
-    let mut buf = vec![0u64; (pages as usize).min(BATCH_ENTRIES)];
-    for (off, n) in ranges {
-        let mut done = 0;
-        while done < n {
-            let want = (n - done).min(buf.len() as u64) as usize;
-            let got = pagemap.read_into(first + off + done, &mut buf[..want])?;
-            if got < want {
-                return Ok(None);
+    for (lo, hi) in ranges {
+        let mut pos = lo;
+        while pos < hi {
+            // End batches on 2 MiB boundaries of the address space.
+            let stop = ((first + pos + batch_pages) & !(PMD_PAGES - 1)) - first;
+            let stop = stop.min(hi).max(pos + 1);
+            let n = (stop - pos) as usize;
+            bufs.pagemap.resize(n, 0);
+            let got = pagemap.read_into(first + pos, &mut bufs.pagemap[..n])?;
+            if got < n {
+                return Ok(false);
             }
-            for (i, &e) in buf[..want].iter().enumerate() {
+            batch.idx.clear();
+            batch.pm.clear();
+            for (i, &e) in bufs.pagemap[..n].iter().enumerate() {
                 if e & (PM_PRESENT | PM_SWAP) != 0 {
-                    v.idx.push((off + done + i as u64) as u32);
-                    v.pm.push(e);
+                    batch.idx.push((pos + i as u64) as u32);
+                    batch.pm.push(e);
                 }
             }
-            done += want as u64;
+            let m = batch.pm.len();
+            batch.flags.clear();
+            batch.flags.resize(m, 0);
+            batch.mapcount.clear();
+            batch.mapcount.resize(m, 1);
+            batch.cgroup.clear();
+            batch.cgroup.resize(m, 0);
+            batch.pmd.clear();
+            batch.pmd.resize(m, false);
+            if m > 0 {
+                if *scan_ok && m >= PMD_PAGES as usize && has_huge_candidate(batch, first) {
+                    let (a, b) = (start + pos * 4096, start + stop * 4096);
+                    match pagemap_scan::scan(pagemap.file(), a, b, PAGE_IS_HUGE, 0) {
+                        Ok(regions) => mark_pmd(batch, &regions),
+                        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(false),
+                        Err(_) => *scan_ok = false,
+                    }
+                }
+                if info.pfns_visible
+                    && batch
+                        .pm
+                        .iter()
+                        .all(|e| e & PM_PFN_MASK == 0 || e & PM_PRESENT == 0)
+                    && batch.pm.iter().any(|e| e & PM_PRESENT != 0)
+                {
+                    info.pfns_visible = false;
+                    info.notes.push(
+                        "pagemap PFNs read as zero (no CAP_SYS_ADMIN): kpage* data unavailable"
+                            .into(),
+                    );
+                }
+                if info.pfns_visible {
+                    fill_kpage(kp, batch, bufs)?;
+                }
+                sink(batch, info.pfns_visible);
+            }
+            pos = stop;
         }
     }
-    let n = v.pm.len();
-    v.flags = vec![0; n];
-    v.mapcount = vec![1; n];
-    v.cgroup = vec![0; n];
-    v.pmd = vec![false; n];
-    if *scan_ok && pages >= PMD_PAGES && has_huge_candidate(&v, first) {
-        match pagemap_scan::scan(pagemap.file(), v.vma.start, v.vma.end, PAGE_IS_HUGE, 0) {
-            Ok(regions) => mark_pmd(&mut v, &regions),
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(None),
-            Err(_) => *scan_ok = false,
-        }
-    }
-    Ok(Some(v))
+    Ok(true)
 }
 
 /// Whether some 2 MiB-aligned run of 512 kept pages could be a PMD mapping
@@ -305,94 +440,95 @@ fn block_at(v: &VmaPages, k: usize, pfn: u64) -> bool {
         && v.pmd[k + 511]
 }
 
-/// Call `f(vma, k, pfn, block)` for every visible PFN to read flags for:
-/// each page outside PMD blocks and the first page of each block.
-fn for_each_flag_pfn(vmas: &[VmaPages], mut f: impl FnMut(usize, usize, u64, bool)) {
-    for (vi, v) in vmas.iter().enumerate() {
-        let mut k = 0;
-        while k < v.pm.len() {
-            match v.pfn(k) {
-                Some(pfn) if block_at(v, k, pfn) => {
-                    f(vi, k, pfn, true);
-                    k += PMD_PAGES as usize;
-                }
-                Some(pfn) => {
-                    f(vi, k, pfn, false);
-                    k += 1;
-                }
-                None => k += 1,
+/// Call `f(pfn)` for every visible PFN to read flags for: each page
+/// outside PMD blocks and the first page of each block.
+fn for_each_flag_pfn(v: &VmaPages, f: &mut dyn FnMut(u64)) {
+    let mut k = 0;
+    while k < v.pm.len() {
+        match v.pfn(k) {
+            Some(pfn) if block_at(v, k, pfn) => {
+                f(pfn);
+                k += PMD_PAGES as usize;
             }
+            Some(pfn) => {
+                f(pfn);
+                k += 1;
+            }
+            None => k += 1,
         }
     }
 }
 
 /// Call `f(pfn)` for every visible PFN pagemap does not mark exclusive.
-fn for_each_shared_pfn(vmas: &[VmaPages], f: &mut dyn FnMut(u64)) {
-    for v in vmas {
-        for (k, &e) in v.pm.iter().enumerate() {
-            if !PagemapEntry(e).exclusive()
-                && let Some(pfn) = v.pfn(k)
-            {
-                f(pfn);
-            }
+fn for_each_shared_pfn(v: &VmaPages, f: &mut dyn FnMut(u64)) {
+    for (k, &e) in v.pm.iter().enumerate() {
+        if !PagemapEntry(e).exclusive()
+            && let Some(pfn) = v.pfn(k)
+        {
+            f(pfn);
         }
     }
 }
 
-fn fill_kpage(kp: &KpageFiles, vmas: &mut [VmaPages]) -> io::Result<()> {
-    let flag_plan = PfnPlan::new(|f| for_each_flag_pfn(vmas, |_, _, pfn, _| f(pfn)));
-    let count_plan = PfnPlan::new(|f| for_each_shared_pfn(vmas, f));
+/// Read kpageflags, kpagecgroup (on two threads) and kpagecount for the
+/// batch's PFNs and store them per page.
+fn fill_kpage(kp: &KpageFiles, v: &mut VmaPages, bufs: &mut Buffers) -> io::Result<()> {
+    let flag_plan = PfnPlan::new(|f| for_each_flag_pfn(v, f));
+    let count_plan = PfnPlan::new(|f| for_each_shared_pfn(v, f));
     log::debug!(
-        "kpage reads: flags/cgroup {} entries in {} preads, count {} entries in {} preads",
+        "kpage reads for {} pages: flags/cgroup {} entries in {} preads, count {} entries in {} preads",
+        v.pm.len(),
         flag_plan.entries(),
         flag_plan.preads(),
         count_plan.entries(),
         count_plan.preads()
     );
-    let (flags, cgroup, count) = std::thread::scope(|s| {
-        let f = s.spawn(|| flag_plan.read(kp.flags.as_ref()));
-        let c = s.spawn(|| flag_plan.read(kp.cgroup.as_ref()));
-        let m = count_plan.read(kp.count.as_ref());
+    let Buffers {
+        flags,
+        cgroup,
+        count,
+        ..
+    } = bufs;
+    let (rf, rc, rm) = std::thread::scope(|s| {
+        let f = s.spawn(|| flag_plan.read_into(kp.flags.as_ref(), flags));
+        let c = s.spawn(|| flag_plan.read_into(kp.cgroup.as_ref(), cgroup));
+        let m = count_plan.read_into(kp.count.as_ref(), count);
         (
             f.join().expect("flags reader"),
             c.join().expect("cgroup reader"),
             m,
         )
     });
-    let (flags, cgroup, count) = (flags?, cgroup?, count?);
-    for v in vmas.iter_mut() {
-        let mut k = 0;
-        while k < v.pm.len() {
-            let Some(pfn) = v.pfn(k) else {
-                k += 1;
-                continue;
-            };
-            let f = flag_plan.get(&flags, pfn);
-            let cg = flag_plan.get(&cgroup, pfn);
-            v.flags[k] = f;
-            v.cgroup[k] = cg;
-            if block_at(v, k, pfn) {
-                let tail = if has(f, kpf::COMPOUND_HEAD) {
-                    (f & !(1 << kpf::COMPOUND_HEAD)) | (1 << kpf::COMPOUND_TAIL)
-                } else {
-                    f
-                };
-                let end = k + PMD_PAGES as usize;
-                v.flags[k + 1..end].fill(tail);
-                v.cgroup[k + 1..end].fill(cg);
-                k = end;
+    (rf?, rc?, rm?);
+    let mut k = 0;
+    while k < v.pm.len() {
+        let Some(pfn) = v.pfn(k) else {
+            k += 1;
+            continue;
+        };
+        let f = flag_plan.get(flags, pfn);
+        let cg = flag_plan.get(cgroup, pfn);
+        v.flags[k] = f;
+        v.cgroup[k] = cg;
+        if block_at(v, k, pfn) {
+            let tail = if has(f, kpf::COMPOUND_HEAD) {
+                (f & !(1 << kpf::COMPOUND_HEAD)) | (1 << kpf::COMPOUND_TAIL)
             } else {
-                k += 1;
-            }
+                f
+            };
+            let end = k + PMD_PAGES as usize;
+            v.flags[k + 1..end].fill(tail);
+            v.cgroup[k + 1..end].fill(cg);
+            k = end;
+        } else {
+            k += 1;
         }
     }
-    for v in vmas.iter_mut() {
-        for k in 0..v.pm.len() {
-            if !PagemapEntry(v.pm[k]).exclusive()
-                && let Some(pfn) = v.pfn(k)
-            {
-                v.mapcount[k] = count_plan.get(&count, pfn).min(u64::from(u32::MAX)) as u32;
-            }
+    for k in 0..v.pm.len() {
+        if !PagemapEntry(v.pm[k]).exclusive()
+            && let Some(pfn) = v.pfn(k)
+        {
+            v.mapcount[k] = count_plan.get(count, pfn).min(u64::from(u32::MAX)) as u32;
         }
     }
     Ok(())

@@ -20,11 +20,12 @@ use std::{
 
 const MIB: usize = 1 << 20;
 
-/// Map `len` bytes followed by a PROT_NONE guard, so that regions mapped
-/// next to each other stay separate VMAs.
+/// Map `len` bytes followed by a PROT_NONE guard page, so that regions
+/// mapped next to each other stay separate VMAs (hugetlb mappings never
+/// merge with others and get none: the pool may hold just `len`).
 fn map(len: usize, flags: i32) -> *mut u8 {
     let guard = if flags & libc::MAP_HUGETLB != 0 {
-        2 * MIB
+        0
     } else {
         4096
     };
@@ -44,9 +45,11 @@ fn map(len: usize, flags: i32) -> *mut u8 {
         "mmap {len}: {}",
         std::io::Error::last_os_error()
     );
-    // SAFETY: the guard lies inside the mapping just made.
-    let r = unsafe { libc::mprotect(p.cast::<u8>().add(len).cast(), guard, libc::PROT_NONE) };
-    assert_eq!(r, 0, "mprotect guard: {}", std::io::Error::last_os_error());
+    if guard > 0 {
+        // SAFETY: the guard lies inside the mapping just made.
+        let r = unsafe { libc::mprotect(p.cast::<u8>().add(len).cast(), guard, libc::PROT_NONE) };
+        assert_eq!(r, 0, "mprotect guard: {}", std::io::Error::last_os_error());
+    }
     p.cast()
 }
 
