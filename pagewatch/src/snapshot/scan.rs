@@ -47,7 +47,7 @@ impl KpageFiles {
             Ok(_) => None,
             Err(e) => Some(format!(
                 "/proc/kpageflags is not readable ({e}); it needs root (CAP_SYS_ADMIN), and without it pagemap PFNs read as zero: \
-                 Pss, USS, clean/dirty, KSM, zero-page, hugetlb, memcg and large-folio figures are unavailable, and Rss counts every present PTE"
+                 Pss, clean/dirty, KSM, zero-page, hugetlb, memcg and large-folio figures are unavailable; Rss counts every present PTE and USS every page pagemap marks exclusive"
             )),
         };
         KpageFiles {
@@ -499,7 +499,9 @@ fn fill_kpage(kp: &KpageFiles, v: &mut VmaPages, bufs: &mut Buffers) -> io::Resu
             m,
         )
     });
-    (rf?, rc?, rm?);
+    rf?;
+    rc?;
+    rm?;
     let mut k = 0;
     while k < v.pm.len() {
         let Some(pfn) = v.pfn(k) else {
