@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use pagewatch_tests::{pagewatch_bin, run_pagewatch, skip, skip_unless_root};
+use pagewatch_tests::{Knobs, pagewatch_bin, run_pagewatch, skip, skip_unless_root};
 use serde_json::Value;
 
 /// A running pw-layout and the regions it reported.
@@ -62,41 +62,21 @@ impl Drop for Layout {
     }
 }
 
-/// Sets sysfs knobs and puts the old values back on drop.
-struct Knobs(Vec<(String, String)>);
-
-impl Knobs {
-    fn set(&mut self, path: &str, value: &str) -> bool {
-        let Ok(old) = std::fs::read_to_string(path) else {
-            return false;
-        };
-        if std::fs::write(path, value).is_err() {
-            return false;
-        }
-        self.0.push((path.to_string(), old.trim().to_string()));
-        true
-    }
-}
-
-impl Drop for Knobs {
-    fn drop(&mut self) {
-        for (path, old) in self.0.iter().rev() {
-            let _ = std::fs::write(path, old);
-        }
-    }
-}
-
 const HUGETLB_2M: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages";
 
-/// Reserve `n` more 2 MiB hugetlb pages; None if the pool would not grow.
-fn reserve_hugetlb(knobs: &mut Knobs, n: u64) -> bool {
-    let Ok(old) = std::fs::read_to_string(HUGETLB_2M) else {
-        return false;
+/// Reserve `n` more 2 MiB hugetlb pages, restored when the guard drops;
+/// None if the pool would not grow.
+fn reserve_hugetlb(n: u64) -> Option<Knobs> {
+    let read = || -> Option<u64> {
+        std::fs::read_to_string(HUGETLB_2M)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     };
-    let old: u64 = old.trim().parse().unwrap();
-    knobs.set(HUGETLB_2M, &(old + n).to_string())
-        && std::fs::read_to_string(HUGETLB_2M)
-            .is_ok_and(|s| s.trim().parse::<u64>().unwrap() >= old + n)
+    let old = read()?;
+    let knobs = Knobs::set(&[(HUGETLB_2M, &(old + n).to_string())])?;
+    (read()? >= old + n).then_some(knobs)
 }
 
 /// One VMA of /proc/PID/smaps: start, name, inode and its kB fields.
@@ -223,17 +203,20 @@ fn every_vma_and_the_rollup_equal_smaps() {
     if skip_unless_root(test) {
         return;
     }
-    let mut knobs = Knobs(Vec::new());
-    let hugetlb = reserve_hugetlb(&mut knobs, 2);
+    let pool = reserve_hugetlb(2);
+    let hugetlb = pool.is_some();
     if !hugetlb {
         skip(
             &format!("{test} (hugetlb part)"),
             "cannot grow the 2 MiB hugetlb pool",
         );
     }
-    let ksm = knobs.set("/sys/kernel/mm/ksm/pages_to_scan", "5000")
-        && knobs.set("/sys/kernel/mm/ksm/sleep_millisecs", "10")
-        && knobs.set("/sys/kernel/mm/ksm/run", "1");
+    let ksm_knobs = Knobs::set(&[
+        ("/sys/kernel/mm/ksm/pages_to_scan", "5000"),
+        ("/sys/kernel/mm/ksm/sleep_millisecs", "10"),
+        ("/sys/kernel/mm/ksm/run", "1"),
+    ]);
+    let ksm = ksm_knobs.is_some();
     if !ksm {
         skip(
             &format!("{test} (KSM part)"),
@@ -399,11 +382,10 @@ fn system_census_covers_every_pfn_and_counts_hugetlb_heads() {
     if skip_unless_root(test) {
         return;
     }
-    let mut knobs = Knobs(Vec::new());
-    if !reserve_hugetlb(&mut knobs, 3) {
+    let Some(_pool) = reserve_hugetlb(3) else {
         skip(test, "cannot grow the 2 MiB hugetlb pool");
         return;
-    }
+    };
     // Oracle: end of memory from zoneinfo, computed here independently.
     let zi = std::fs::read_to_string("/proc/zoneinfo").unwrap();
     let mut end = 0u64;
@@ -472,11 +454,10 @@ fn flag_filter_and_list_name_the_owner() {
     if skip_unless_root(test) {
         return;
     }
-    let mut knobs = Knobs(Vec::new());
-    if !reserve_hugetlb(&mut knobs, 1) {
+    let Some(_pool) = reserve_hugetlb(1) else {
         skip(test, "cannot grow the 2 MiB hugetlb pool");
         return;
-    }
+    };
     let w = Layout::start(&["--hugetlb"], None);
     let pid = w.pid.to_string();
     let j = snapshot_json(&[
