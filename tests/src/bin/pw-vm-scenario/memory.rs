@@ -165,7 +165,7 @@ const THP_ENABLED: &str = "/sys/kernel/mm/transparent_hugepage/enabled";
 /// Before 6.7 (no PAGEMAP_SCAN) pagewatch cannot tell PMD- from PTE-mapped
 /// THP and reports AnonHugePages 0 with a note; there the census of 2 MiB
 /// anonymous folios is compared instead (the workload maps them whole).
-fn anon_huge(pid: &str) -> Result<(u64, u64)> {
+fn anon_huge(pid: &str, log_skip: bool) -> Result<(u64, u64)> {
     let v = snapshot(&["--pid", pid])?;
     let p = &v["processes"][0];
     let note = p["notes"]
@@ -177,7 +177,9 @@ fn anon_huge(pid: &str) -> Result<(u64, u64)> {
         .map(str::to_string);
     let census = match note {
         Some(note) => {
-            skip("vm-thp/pmd-mapped", &host::one_line(&note, 300));
+            if log_skip {
+                skip("vm-thp/pmd-mapped", &host::one_line(&note, 300));
+            }
             p["folios"]["anon"]["2048"]["bytes"].as_u64().unwrap_or(0) / 1024
         }
         None => p["total"]["anon_huge_pages"]
@@ -208,7 +210,7 @@ pub fn thp_collapse() -> Result {
     let mut checks = Checks::default();
     let mut w = Child::start(&["thp-child"])?;
     let pid = w.pid.to_string();
-    let (census, smaps) = anon_huge(&pid)?;
+    let (census, smaps) = anon_huge(&pid, true)?;
     checks.eq(
         "census anon_huge_pages vs smaps AnonHugePages (kB), before collapse",
         census,
@@ -220,7 +222,7 @@ pub fn thp_collapse() -> Result {
     );
     w.send("collapse")?;
     w.expect("collapsed")?;
-    let (census, smaps) = anon_huge(&pid)?;
+    let (census, smaps) = anon_huge(&pid, false)?;
     checks.eq("smaps AnonHugePages after MADV_COLLAPSE (kB)", smaps, 8192);
     checks.eq(
         "census anon_huge_pages vs smaps AnonHugePages (kB), after collapse",
