@@ -103,14 +103,13 @@ fn host(opts: &Options) -> anyhow::Result<()> {
 /// Reads cargo's `test result: ok. 6 passed; 0 failed; ...` line.
 fn parse_result(line: &str) -> Option<(u64, u64)> {
     let rest = line.strip_prefix("test result: ")?;
+    // Each `;`-separated part ends in "<count> <word>".
     let num = |word: &str| {
-        rest.split(';')
-            .find_map(|part| {
-                part.trim()
-                    .split_once(' ')
-                    .filter(|(_, w)| w.starts_with(word))
-            })
-            .and_then(|(n, _)| n.rsplit(' ').next()?.parse().ok())
+        rest.split(';').find_map(|part| {
+            let mut w = part.split_whitespace().rev();
+            let (name, count) = (w.next()?, w.next()?);
+            (name == word).then(|| count.parse().ok())?
+        })
     };
     Some((num("passed")?, num("failed")?))
 }
