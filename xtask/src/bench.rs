@@ -6,6 +6,9 @@
 //! 256 MiB of 4 KiB pages, repeatedly), untraced, traced by `pagewatch top`
 //! (all processes, fault hook) and traced by `perf stat -a -e
 //! exceptions:page_fault_user` (the counting peer), interleaved.
+//!
+//! Snapshots: see bench_snapshot.rs (pagewatch snapshot against a plain
+//! pagemap read, smaps_rollup, and dd of /proc/kpageflags).
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -36,7 +39,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         bail!("the benchmarks trace the kernel and need root");
     }
     let dir = cmd::release_dir();
-    let markdown = faults(&dir, &opts)?;
+    let mut markdown = faults(&dir, &opts)?;
+    markdown.push('\n');
+    markdown.push_str(&crate::bench_snapshot::run(&dir.join("pagewatch"), &dir)?);
     println!("\n{markdown}");
     let out = dir.join("bench.md");
     std::fs::write(&out, &markdown).with_context(|| format!("writing {}", out.display()))?;
