@@ -10,6 +10,7 @@
 
 pub mod balloon;
 pub mod guest;
+pub mod harness;
 pub mod kernels;
 pub mod qmp;
 pub mod run;

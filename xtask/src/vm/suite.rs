@@ -6,10 +6,11 @@
 //! The test binaries are built on the host (cargo is not on the guest's
 //! PATH) and run by path from a generated script in the kernel's results
 //! directory, which is also the guest's `--rwdir`: skip log, QMP replies.
-//! While the guest runs, this side is the scenario harness's QMP proxy:
-//! the guest program `pw-vm-scenario` prints `@@pw-vm qmp SEQ REQUEST`,
-//! this side drives QEMU and writes the answer to `qmp-SEQ.json` in the
-//! results directory, which the guest reads back (9p, uncached).
+//! While the guest runs, [`super::harness`] reads its console and is the
+//! scenarios' QMP proxy: the guest program `pw-vm-scenario` prints
+//! `@@pw-vm qmp SEQ REQUEST`, the harness drives QEMU and writes the answer
+//! to `qmp-SEQ.json` in the results directory, which the guest reads back
+//! (9p, uncached).
 
 use std::{
     fmt::Write as _,
@@ -19,12 +20,12 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{
     guest::{self, Guest},
+    harness::Harness,
     kernels::{self, Kernel},
-    qmp::Qmp,
     run::shell_quote,
     setup, vm_dir,
 };
@@ -318,7 +319,7 @@ fn run_kernel(
     ));
     let log_path = rw.join("console.log");
     let qmp = g.qmp.clone().expect("set above");
-    let mut state = Harness::new(kernel.name.clone(), rw.clone(), qmp);
+    let mut state = Harness::new(kernel.name.clone(), MEMORY_MIB, rw.clone(), qmp);
     let start = Instant::now();
     let script_cmd = format!(
         "sh {}",
@@ -350,133 +351,6 @@ fn run_kernel(
     }
     tally.finish(state, scenarios);
     Ok(tally)
-}
-
-/// What the console has told us so far in one boot.
-struct Harness {
-    kernel: String,
-    finished: bool,
-    rw: PathBuf,
-    qmp_path: PathBuf,
-    qmp: Option<Qmp>,
-    binary: Option<String>,
-    failures_before: usize,
-    scenario_exits: Vec<(String, i32)>,
-    passed: u64,
-    failed: u64,
-    failed_tests: Vec<String>,
-}
-
-impl Harness {
-    fn new(kernel: String, rw: PathBuf, qmp_path: PathBuf) -> Self {
-        Self {
-            kernel,
-            finished: false,
-            rw,
-            qmp_path,
-            qmp: None,
-            binary: None,
-            failures_before: 0,
-            scenario_exits: Vec::new(),
-            passed: 0,
-            failed: 0,
-            failed_tests: Vec::new(),
-        }
-    }
-
-    fn line(&mut self, line: &str) {
-        if let Some(at) = line.find("@@pw-vm ") {
-            let words: Vec<&str> = line[at + 8..].split_whitespace().collect();
-            match words.as_slice() {
-                ["begin", ..] => {
-                    // A retried boot starts over.
-                    *self =
-                        Harness::new(self.kernel.clone(), self.rw.clone(), self.qmp_path.clone());
-                }
-                ["binary", label] => {
-                    self.binary = Some(label.to_string());
-                    self.failures_before = self.failed_tests.len();
-                }
-                ["binary-exit", label, code]
-                    if *code != "0" && self.failed_tests.len() == self.failures_before =>
-                {
-                    // A binary that died without a failing test line (a crash, a panic in setup).
-                    self.failed_tests.push(format!("{label} exited {code}"));
-                    self.failed += 1;
-                }
-                ["scenario-exit", name, code] => {
-                    self.scenario_exits
-                        .push((name.to_string(), code.parse().unwrap_or(-1)));
-                    // Whatever the scenario did, the next one starts from a full guest.
-                    let _ = self.qmp_request(&["balloon", &(MEMORY_MIB << 20).to_string()]);
-                }
-                ["qmp", seq, request @ ..] => {
-                    let reply = match self.qmp_request(request) {
-                        Ok(v) => v,
-                        Err(e) => json!({ "error": format!("{e:#}") }),
-                    };
-                    eprintln!("[{}] qmp {seq} {request:?} -> {reply}", self.kernel);
-                    let tmp = self.rw.join(format!(".qmp-{seq}.json"));
-                    let dst = self.rw.join(format!("qmp-{seq}.json"));
-                    if std::fs::write(&tmp, reply.to_string()).is_ok() {
-                        let _ = std::fs::rename(&tmp, &dst);
-                    }
-                }
-                ["end"] => self.finished = true,
-                _ => {}
-            }
-            return;
-        }
-        if let Some(name) = line
-            .strip_prefix("test ")
-            .and_then(|l| l.strip_suffix(" ... FAILED"))
-        {
-            self.failed_tests
-                .push(format!("{} {name}", self.binary.as_deref().unwrap_or("?")));
-        }
-        if let Some((p, f)) = test_result(line.trim()) {
-            self.passed += p;
-            self.failed += f;
-        }
-    }
-
-    fn qmp_request(&mut self, request: &[&str]) -> anyhow::Result<Value> {
-        if self.qmp.is_none() {
-            self.qmp = Some(Qmp::connect(&self.qmp_path, Duration::from_secs(5))?);
-        }
-        let qmp = self.qmp.as_mut().expect("connected above");
-        let bytes = |s: &str| -> anyhow::Result<u64> {
-            s.parse()
-                .with_context(|| format!("bad byte count {s:?} in a QMP request"))
-        };
-        match request {
-            ["balloon", b] => {
-                qmp.set_balloon(bytes(b)?)?;
-                Ok(json!({ "ok": true }))
-            }
-            ["query-balloon"] => Ok(json!({ "actual": qmp.balloon_actual()? })),
-            ["wait-balloon", b, secs] => {
-                let actual = qmp.wait_balloon(bytes(b)?, Duration::from_secs(bytes(secs)?))?;
-                let changes = qmp
-                    .events
-                    .iter()
-                    .filter(|e| e["event"] == "BALLOON_CHANGE")
-                    .count();
-                Ok(json!({ "actual": actual, "balloon_change_events": changes }))
-            }
-            other => bail!("unknown QMP request {other:?}"),
-        }
-    }
-}
-
-/// Reads libtest's `test result: ok. 6 passed; 1 failed; ...` line.
-fn test_result(line: &str) -> Option<(u64, u64)> {
-    let rest = line.strip_prefix("test result: ")?;
-    let num = |word: &str| {
-        rest.split([';', '.'])
-            .find_map(|part| part.trim().strip_suffix(word)?.trim().parse().ok())
-    };
-    Some((num("passed")?, num("failed")?))
 }
 
 impl Tally {
@@ -514,17 +388,5 @@ impl Tally {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn reads_libtest_result_lines() {
-        let line = "test result: FAILED. 6 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 4.16s";
-        assert_eq!(super::test_result(line), Some((6, 1)));
-        let ok = "test result: ok. 27 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.23s";
-        assert_eq!(super::test_result(ok), Some((27, 0)));
-        assert_eq!(super::test_result("running 6 tests"), None);
     }
 }
