@@ -508,6 +508,7 @@ impl Session {
                     });
                 }
                 let t = correlate::diff(&before, &after, &evidence, &self.nodes, ts_ns);
+                self.evidence.inherit(&evidence);
                 counters = correlate::counters(&after, &self.nodes);
                 self.last_snapshot = Some(after);
                 t

@@ -48,6 +48,11 @@ pub struct Evidence {
     scan_results: BTreeMap<(u32, u64, i64), u64>,
     /// (pid, PMD-aligned address) khugepaged collapsed, after resolution.
     khugepaged_ranges: HashSet<(u32, u64)>,
+    /// Collapses of the previous interval: a scan can land just before a
+    /// snapshot and its collapse just after, so the page tables show it
+    /// one interval later.
+    earlier_collapses: HashSet<(u32, u64)>,
+    earlier_madv_collapsers: HashSet<u32>,
     /// KSM pages merged into (the events name the resulting KSM page).
     ksm_pfns: HashSet<u64>,
     /// Pages migrated per cause in the interval.
@@ -120,6 +125,12 @@ impl Evidence {
         }
     }
 
+    /// Carries `previous`'s (resolved) collapse evidence into this interval.
+    pub fn inherit(&mut self, previous: &Evidence) {
+        self.earlier_collapses = previous.khugepaged_ranges.clone();
+        self.earlier_madv_collapsers = previous.madv_collapsers.clone();
+    }
+
     /// Marks a balloon inflation seen by other means (vmstat balloon_inflate
     /// delta) where the balloon hooks cannot attach.
     pub fn set_balloon_inflating(&mut self) {
@@ -170,12 +181,14 @@ impl Evidence {
             Unmapped if self.execed.contains(&pid) => Cause::Exec,
             Unmapped | SplitFromThp => Cause::Unexplained,
             CollapsedToThp => {
+                let range = (pid, va & !(PMD_SIZE - 1));
                 if self.madv_collapsers.contains(&pid) {
                     Cause::MadvCollapse
-                } else if self
-                    .khugepaged_ranges
-                    .contains(&(pid, va & !(PMD_SIZE - 1)))
-                {
+                } else if self.khugepaged_ranges.contains(&range) {
+                    Cause::Khugepaged
+                } else if self.earlier_madv_collapsers.contains(&pid) {
+                    Cause::MadvCollapse
+                } else if self.earlier_collapses.contains(&range) {
                     Cause::Khugepaged
                 } else {
                     Cause::Unexplained
@@ -340,6 +353,26 @@ mod tests {
             Cause::Unexplained
         );
         assert_eq!(migrate_cause("syscall_or_cpuset"), Cause::MigrateSyscall);
+    }
+
+    #[test]
+    fn a_collapse_seen_one_interval_after_its_scan_is_still_attributed() {
+        let mut earlier = Evidence::default();
+        earlier.khugepaged_ranges.insert((7, 0x200000));
+        earlier.madv_collapsers.insert(8);
+        let mut now = Evidence::default();
+        now.inherit(&earlier);
+        let kind = TransitionKind::CollapsedToThp;
+        assert_eq!(now.cause(7, 0x200000 + 4096, None, kind), Cause::Khugepaged);
+        assert_eq!(now.cause(8, 0, None, kind), Cause::MadvCollapse);
+        assert_eq!(now.cause(7, 0x400000, None, kind), Cause::Unexplained);
+        let mut later = Evidence::default();
+        later.inherit(&now);
+        assert_eq!(
+            later.cause(7, 0x200000, None, kind),
+            Cause::Unexplained,
+            "one interval only"
+        );
     }
 
     #[test]
