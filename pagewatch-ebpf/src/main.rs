@@ -226,6 +226,17 @@ fn page_to_pfn(page: u64) -> u64 {
     (page - base) / size
 }
 
+/// Argument `n` of a BTF program as a plain number. Read through the
+/// context, the verifier types it as a `struct page *` and refuses the
+/// arithmetic that turns it into a PFN; copied out with
+/// bpf_probe_read_kernel it is a scalar.
+#[inline(always)]
+fn raw_arg(ctx: *mut core::ffi::c_void, n: usize) -> u64 {
+    // SAFETY: fentry/fexit contexts are arrays of u64 arguments (and the
+    // return value); a failed read yields 0, which callers skip.
+    unsafe { bpf_probe_read_kernel(ctx.cast::<u64>().add(n)) }.unwrap_or(0)
+}
+
 /// A page entering or leaving a balloon, always recorded (not filtered).
 #[inline(always)]
 fn emit_page(hook: Hook, page: u64) -> u32 {
@@ -246,14 +257,14 @@ fn emit_page(hook: Hook, page: u64) -> u32 {
 /// `balloon_page_enqueue(struct balloon_dev_info *, struct page *)`.
 #[fentry(function = "balloon_page_enqueue")]
 pub fn balloon_inflate(ctx: FEntryContext) -> u32 {
-    emit_page(Hook::BalloonInflate, ctx.arg::<u64>(1))
+    emit_page(Hook::BalloonInflate, raw_arg(ctx.as_ptr(), 1))
 }
 
 /// `struct page *balloon_page_dequeue(struct balloon_dev_info *)`: the
 /// return value follows the one argument.
 #[fexit(function = "balloon_page_dequeue")]
 pub fn balloon_deflate(ctx: FExitContext) -> u32 {
-    let page = ctx.arg::<u64>(1);
+    let page = raw_arg(ctx.as_ptr(), 1);
     if page == 0 {
         return 0;
     }

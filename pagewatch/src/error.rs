@@ -33,8 +33,8 @@ pub enum Error {
         source: aya::maps::MapError,
     },
     /// None of the requested hooks could be attached on this kernel.
-    #[error("no hook could be attached on this kernel (see the messages above)")]
-    NoHooks,
+    #[error("no hook could be attached on this kernel: {}", .0.join("; "))]
+    NoHooks(Vec<String>),
     /// No process has the given pid.
     #[error("no process with pid {0}")]
     UnknownPid(u32),

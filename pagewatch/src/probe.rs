@@ -156,7 +156,12 @@ impl Probe {
             }
         }
         if attached.is_empty() {
-            return Err(Error::NoHooks);
+            return Err(Error::NoHooks(
+                skipped
+                    .iter()
+                    .map(|s| format!("{}: {}", s.program, s.reason))
+                    .collect(),
+            ));
         }
 
         let take = |ebpf: &mut Ebpf, name: &'static str| {
