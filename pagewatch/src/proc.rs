@@ -2,29 +2,53 @@
 //! name outlives its process) and pid lookups. Every reader takes the proc
 //! root, so tests can point it at a captured tree.
 
-use std::{
-    collections::HashMap,
-    path::{Path, PathBuf},
-};
+use std::{collections::HashMap, path::PathBuf};
 
-/// A /proc mount (normally `/proc`).
-#[derive(Debug, Clone)]
-pub struct ProcRoot(PathBuf);
+/// The procfs and sysfs mounts every reader takes (normally `/proc` and
+/// `/sys`; a captured tree or a guest's files in tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcRoot {
+    /// procfs mount, normally `/proc`.
+    pub proc: PathBuf,
+    /// sysfs mount, normally `/sys`.
+    pub sys: PathBuf,
+}
 
 impl Default for ProcRoot {
     fn default() -> Self {
-        Self(PathBuf::from("/proc"))
+        Self {
+            proc: PathBuf::from("/proc"),
+            sys: PathBuf::from("/sys"),
+        }
     }
 }
 
 impl ProcRoot {
-    /// A proc tree rooted at `path`.
+    /// A proc tree rooted at `path`, with the system's /sys.
     pub fn at(path: impl Into<PathBuf>) -> Self {
-        Self(path.into())
+        Self {
+            proc: path.into(),
+            ..Self::default()
+        }
     }
 
     fn pid_dir(&self, pid: u32) -> PathBuf {
-        self.0.join(pid.to_string())
+        self.proc.join(pid.to_string())
+    }
+
+    /// A file of process `pid`, e.g. `pid_file(1, "maps")`.
+    pub fn pid_file(&self, pid: u32, name: &str) -> PathBuf {
+        self.pid_dir(pid).join(name)
+    }
+
+    /// A top-level /proc file such as `kpageflags`.
+    pub fn proc_file(&self, name: &str) -> PathBuf {
+        self.proc.join(name)
+    }
+
+    /// A file under /sys.
+    pub fn sys_file(&self, name: &str) -> PathBuf {
+        self.sys.join(name)
     }
 
     /// Whether a process with this pid exists now.
@@ -40,7 +64,7 @@ impl ProcRoot {
 
     /// The pids of every process whose comm is `name`.
     pub fn pids_named(&self, name: &str) -> Vec<u32> {
-        let Ok(dir) = std::fs::read_dir(&self.0) else {
+        let Ok(dir) = std::fs::read_dir(&self.proc) else {
             return Vec::new();
         };
         let mut pids: Vec<u32> = dir
@@ -79,7 +103,7 @@ impl ProcRoot {
     /// others read zeros, returned as None), in the order asked.
     pub fn kallsyms(&self, names: &[&str]) -> Vec<Option<u64>> {
         let mut found = vec![None; names.len()];
-        let Ok(text) = std::fs::read_to_string(self.0.join("kallsyms")) else {
+        let Ok(text) = std::fs::read_to_string(self.proc_file("kallsyms")) else {
             return found;
         };
         for line in text.lines() {
@@ -95,11 +119,6 @@ impl ProcRoot {
             }
         }
         found
-    }
-
-    /// The root path.
-    pub fn path(&self) -> &Path {
-        &self.0
     }
 }
 

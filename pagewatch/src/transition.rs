@@ -154,6 +154,35 @@ pub struct TransitionGroup {
     pub to_node: i32,
 }
 
+impl TransitionGroup {
+    /// The VMA as maps shows it, `[anon]` for anonymous memory.
+    pub fn vma_label(&self) -> &str {
+        if self.vma.is_empty() {
+            "[anon]"
+        } else {
+            &self.vma
+        }
+    }
+
+    /// One line: `pid 4711 (app) [heap] 0x55..: 512 pages collapsed_to_thp by khugepaged`.
+    pub fn describe(&self, comm: &str) -> String {
+        let node = if self.from_node >= 0 {
+            format!(" (node {} -> {})", self.from_node, self.to_node)
+        } else {
+            String::new()
+        };
+        format!(
+            "pid {} ({comm}) {} {:#x}: {} pages {}{node} by {}",
+            self.pid,
+            self.vma_label(),
+            self.vma_start,
+            self.pages,
+            self.kind,
+            self.cause
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +200,21 @@ mod tests {
             "collapsed_to_thp"
         );
         assert_eq!(Cause::MadvCollapse.to_string(), "madv_collapse");
+        let g = TransitionGroup {
+            ts_ns: 0,
+            pid: 4711,
+            vma_start: 0x7f00_0000_0000,
+            vma: String::new(),
+            kind: TransitionKind::NodeChanged,
+            cause: Cause::NumaBalancing,
+            pages: 512,
+            from_node: 0,
+            to_node: 1,
+        };
+        assert_eq!(
+            g.describe("app"),
+            "pid 4711 (app) [anon] 0x7f0000000000: 512 pages node_changed (node 0 -> 1) by numa_balancing"
+        );
         assert_eq!(TransitionKind::from_u8(200), None);
         assert_eq!(Cause::from_u8(200), None);
     }

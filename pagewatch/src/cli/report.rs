@@ -147,10 +147,6 @@ fn comm(l: &Loaded, pid: u32) -> &str {
     l.processes.get(&pid).map_or("?", |p| p.comm.as_str())
 }
 
-fn vma_label(t: &TransitionGroup) -> &str {
-    if t.vma.is_empty() { "[anon]" } else { &t.vma }
-}
-
 fn secs(l: &Loaded, ts_ns: u64) -> f64 {
     ts_ns.saturating_sub(l.meta.start_monotonic_ns) as f64 / 1e9
 }
@@ -192,23 +188,11 @@ fn table(out: &mut impl std::io::Write, l: &Loaded, by: By) -> anyhow::Result<()
     }
     writeln!(out, "\ntimeline:")?;
     for t in &l.transitions {
-        let node = if t.from_node >= 0 {
-            format!(" (node {} -> {})", t.from_node, t.to_node)
-        } else {
-            String::new()
-        };
         writeln!(
             out,
-            "{:>8.2}s  pid {} ({}) {} {:#x}: {} pages {}{} by {}",
+            "{:>8.2}s  {}",
             secs(l, t.ts_ns),
-            t.pid,
-            comm(l, t.pid),
-            vma_label(t),
-            t.vma_start,
-            t.pages,
-            t.kind,
-            node,
-            t.cause
+            t.describe(comm(l, t.pid))
         )?;
     }
     writeln!(out, "\nsummary by {}:", name_by(by))?;
@@ -216,7 +200,7 @@ fn table(out: &mut impl std::io::Write, l: &Loaded, by: By) -> anyhow::Result<()
     for t in &l.transitions {
         let key = match by {
             By::Process => format!("pid {} ({})", t.pid, comm(l, t.pid)),
-            By::Vma => format!("pid {} {} {:#x}", t.pid, vma_label(t), t.vma_start),
+            By::Vma => format!("pid {} {} {:#x}", t.pid, t.vma_label(), t.vma_start),
             By::Cause => t.cause.to_string(),
             By::Node => format!("node {} -> {}", t.from_node, t.to_node),
         };
@@ -319,7 +303,7 @@ fn perfetto(l: &Loaded) -> Value {
         ev.push(json!({"ph": "i", "s": "p", "pid": t.pid, "tid": t.pid, "ts": us(t.ts_ns),
             "name": format!("{} by {}", t.kind, t.cause),
             "cat": "transition",
-            "args": {"pages": t.pages, "vma": vma_label(t), "vma_start": format!("{:#x}", t.vma_start),
+            "args": {"pages": t.pages, "vma": t.vma_label(), "vma_start": format!("{:#x}", t.vma_start),
                      "from_node": t.from_node, "to_node": t.to_node}}));
     }
     // Reclaim and compaction episodes as slices on the thread that ran them.

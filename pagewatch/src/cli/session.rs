@@ -275,7 +275,7 @@ impl Session {
             names.len(),
             names.join(", ")
         );
-        let snap_root = snapshot::ProcRoot::default();
+        let snap_root = ProcRoot::default();
         let mut session = Self {
             decoder: Decoder::new(&probe.attached),
             probe,
@@ -342,7 +342,7 @@ impl Session {
     /// that still exist, in pid order. One that exits mid-scan is normal:
     /// it is left out, or kept with what was read before it went.
     fn snapshot(&mut self) -> PageTable {
-        let root = snapshot::ProcRoot::default();
+        let root = ProcRoot::default();
         let pids: Vec<u32> = match self.config.target {
             Target::All => snapshot::select::all_pids(&root).unwrap_or_default(),
             _ => self.tracked.iter().copied().collect(),

@@ -200,29 +200,7 @@ fn write_transitions(
     let mut sorted: Vec<&TransitionGroup> = transitions.iter().collect();
     sorted.sort_by_key(|t| std::cmp::Reverse(t.pages));
     for t in sorted.iter().take(limit) {
-        let vma = if t.vma.is_empty() {
-            "[anon]"
-        } else {
-            t.vma.as_str()
-        };
-        let node = if t.from_node >= 0 {
-            format!(" node {} -> {}", t.from_node, t.to_node)
-        } else {
-            String::new()
-        };
-        writeln!(
-            out,
-            "{:>9} pid {} ({}) {} {:#x}: {} pages {}{} by {}",
-            "",
-            t.pid,
-            comms.get(t.pid),
-            vma,
-            t.vma_start,
-            t.pages,
-            t.kind,
-            node,
-            t.cause
-        )?;
+        writeln!(out, "{:>9} {}", "", t.describe(comms.get(t.pid)))?;
     }
     Ok(())
 }

@@ -157,7 +157,7 @@ pub fn census(root: &ProcRoot, expr: FlagExpr, list: bool, threads: usize) -> Re
     let path = root.proc_file("kpageflags");
     let table = U64Table::open(&path).map_err(|e| SnapshotError::read(&path, e))?;
     let zi = root.proc_file("zoneinfo");
-    let end = zoneinfo_end_pfn(&root.read_text(&zi)?);
+    let end = zoneinfo_end_pfn(&super::source::read_text(&zi)?);
     let threads = threads.max(1) as u64;
     let step = end.div_ceil(threads).max(1);
     let parts: Vec<std::io::Result<Part>> = std::thread::scope(|s| {

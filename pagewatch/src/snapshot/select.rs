@@ -57,7 +57,7 @@ pub fn resolve(root: &ProcRoot, sel: &Selection) -> Result<Vec<u32>> {
         }
         Selection::Cgroup(path) => {
             let procs = cgroup_procs_path(root, path);
-            let text = root.read_text(&procs)?;
+            let text = super::source::read_text(&procs)?;
             let v: Vec<u32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
             if v.is_empty() {
                 return Err(SnapshotError::NoMatch(format!("cgroup {}", path.display())));

@@ -14,41 +14,11 @@ use super::error::{Result, SnapshotError};
 /// Entries per pread: 64 Ki entries = 512 KiB.
 pub const BATCH_ENTRIES: usize = 64 * 1024;
 
-/// The roots of /proc and /sys to read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcRoot {
-    /// procfs mount, normally `/proc`.
-    pub proc: PathBuf,
-    /// sysfs mount, normally `/sys`.
-    pub sys: PathBuf,
-}
+pub use crate::proc::ProcRoot;
 
-impl Default for ProcRoot {
-    fn default() -> Self {
-        ProcRoot {
-            proc: "/proc".into(),
-            sys: "/sys".into(),
-        }
-    }
-}
-
-impl ProcRoot {
-    /// A file of process `pid`, e.g. `pid_file(1, "maps")`.
-    pub fn pid_file(&self, pid: u32, name: &str) -> PathBuf {
-        self.proc.join(pid.to_string()).join(name)
-    }
-    /// A top-level /proc file such as `kpageflags`.
-    pub fn proc_file(&self, name: &str) -> PathBuf {
-        self.proc.join(name)
-    }
-    /// A file under /sys.
-    pub fn sys_file(&self, name: &str) -> PathBuf {
-        self.sys.join(name)
-    }
-    /// Read a small text file.
-    pub fn read_text(&self, path: &Path) -> Result<String> {
-        std::fs::read_to_string(path).map_err(|e| SnapshotError::read(path, e))
-    }
+/// Reads a small text file, naming it in the error.
+pub fn read_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| SnapshotError::read(path, e))
 }
 
 /// A table of u64 entries indexed by page number (pagemap by virtual page,

@@ -176,7 +176,7 @@ pub fn working_set(
     };
     let after = scan_process(root, kp, pid, None)?;
     let smaps_path = root.pid_file(pid, "smaps");
-    let referenced = smaps_referenced(&root.read_text(&smaps_path)?);
+    let referenced = smaps_referenced(&super::source::read_text(&smaps_path)?);
     let vmas = after
         .vmas
         .iter()
