@@ -315,6 +315,7 @@ fn madvise_collapse_is_counted_for_the_calling_process() {
     if skip_unless_root(name) {
         return;
     }
+    let _khugepaged = pagewatch_tests::quiet_khugepaged();
     let mut child = Command::new(env!("CARGO_BIN_EXE_pw-thp"))
         .arg("8")
         .stdin(Stdio::piped())

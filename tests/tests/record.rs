@@ -86,6 +86,7 @@ fn record_follows_a_forked_child_and_reports_in_every_format() {
         return;
     }
     let dir = Scratch::new("fork");
+    let _khugepaged = pagewatch_tests::quiet_khugepaged();
     let file = record_forked_collapse(&dir);
     let (lines, err) = report_json(&file);
     assert!(
