@@ -282,3 +282,70 @@ fn bad_outputs_and_files_give_one_clear_error() {
         "never overwritten through a link"
     );
 }
+
+/// A tmpfs mount removed (lazily unmounted) on drop.
+struct SmallTmpfs(PathBuf);
+
+impl SmallTmpfs {
+    fn mount(dir: &Scratch, size: &str) -> Option<Self> {
+        let path = dir.file("small");
+        std::fs::create_dir_all(&path).ok()?;
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(Self(path))
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A full disk stops the recording with one clear error naming the file,
+/// and what was written reads back up to the last complete record.
+#[test]
+fn full_disk_ends_the_recording_readably() {
+    let name = "full_disk_ends_the_recording_readably";
+    if skip_unless_root(name) {
+        return;
+    }
+    let dir = Scratch::new("full");
+    let Some(fs) = SmallTmpfs::mount(&dir, "256k") else {
+        return pagewatch_tests::skip(name, "cannot mount a tmpfs");
+    };
+    let file = fs.0.join("big.pwrec");
+    // 16 rounds of 16 MiB: 65,536 fault events of 65 bytes, ~4 MiB > 256 KiB.
+    let (status, _, err) = run_pagewatch(&[
+        "record",
+        "-o",
+        file.to_str().unwrap(),
+        "--events",
+        "faults,process",
+        "--interval",
+        "200ms",
+        "--",
+        env!("CARGO_BIN_EXE_pw-faults"),
+        "rate",
+        "16",
+        "16",
+    ]);
+    assert!(!status.success(), "a full disk is an error");
+    assert!(err.contains("disk full"), "{err}");
+    assert!(err.contains("big.pwrec"), "names the file: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let (lines, report_err) = report_json(&file);
+    let s = summary(&lines);
+    assert_eq!(s["complete"], false);
+    assert!(
+        s["events"].as_u64().unwrap() > 0,
+        "the records before the cut read back"
+    );
+    assert!(
+        report_err.contains("truncated at byte") || report_err.contains("without an End"),
+        "{report_err}"
+    );
+}
