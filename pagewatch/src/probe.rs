@@ -186,6 +186,18 @@ impl Probe {
         self.tgids.insert(tgid, 1, 0).map_err(map_err("TGIDS"))
     }
 
+    /// Removes `tgid` from the in-kernel filter (it exited; its pid may be
+    /// reused by an unrelated process).
+    pub fn untrack_tgid(&mut self, tgid: u32) -> Result<()> {
+        match self.tgids.remove(&tgid) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(Error::Map {
+                name: "TGIDS",
+                source,
+            }),
+        }
+    }
+
     /// Records dropped so far for `hook`, one entry per possible CPU.
     pub fn drops(&self, hook: Hook) -> Result<Vec<u64>> {
         let values = self

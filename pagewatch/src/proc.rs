@@ -156,6 +156,12 @@ impl CommCache {
         }
     }
 
+    /// Forgets the name of `pid`, which exited: a process that reuses the
+    /// pid is looked up afresh.
+    pub fn forget(&mut self, pid: u32) {
+        self.names.remove(&pid);
+    }
+
     /// The name of `pid`; `?` when it exited before it was first seen.
     pub fn get(&mut self, pid: u32) -> &str {
         let root = &self.root;
@@ -209,5 +215,7 @@ mod tests {
         );
         cache.learn(42, b"renamed\0");
         assert_eq!(cache.get(42), "worker", "a name read from /proc is kept");
+        cache.forget(42);
+        assert_eq!(cache.get(42), "?", "a reused pid is looked up again");
     }
 }

@@ -178,16 +178,6 @@ impl Drop for Knobs {
     }
 }
 
-/// Keeps khugepaged asleep for the guard's lifetime (scan interval 10 min;
-/// the write wakes it once, now, before the test builds its regions), so
-/// a MADV_COLLAPSE test sees only its own collapses.
-pub fn quiet_khugepaged() -> Option<Knobs> {
-    Knobs::set(&[(
-        "/sys/kernel/mm/transparent_hugepage/khugepaged/scan_sleep_millisecs",
-        "600000",
-    )])
-}
-
 /// A memory cgroup with a byte limit, removed on drop: v1 where the memory
 /// controller is mounted there (these hosts), else v2 (enabling the memory
 /// controller in the root's subtree_control for the test, and restoring it).

@@ -315,7 +315,6 @@ fn madvise_collapse_is_counted_for_the_calling_process() {
     if skip_unless_root(name) {
         return;
     }
-    let _khugepaged = pagewatch_tests::quiet_khugepaged();
     let mut child = Command::new(env!("CARGO_BIN_EXE_pw-thp"))
         .arg("8")
         .stdin(Stdio::piped())
@@ -354,32 +353,39 @@ fn madvise_collapse_is_counted_for_the_calling_process() {
     let (before, after): (u64, u64) = (f[4].parse().unwrap(), f[6].parse().unwrap());
     let collapsed_by_smaps = (after - before) / 2048;
     assert_eq!(collapsed_by_smaps, 4, "smaps: 8 MiB became four 2 MiB THPs");
+    // Collapses in the process's own context (MADV_COLLAPSE). khugepaged
+    // may take some of the ranges first: adding the mm to its empty list
+    // wakes it, and MADV_COLLAPSE then finds those ranges PMD-mapped.
     let mine: u64 = lines
         .iter()
         .filter(|l| l["pid"].as_u64() == Some(u64::from(pid)))
         .map(|l| l["thp_collapses"].as_u64().unwrap())
         .sum();
-    assert_eq!(
-        mine, collapsed_by_smaps,
-        "pagewatch collapse count for pid {pid}"
-    );
     // The correlator saw the same in the snapshots: the region's 4 KiB
-    // pages became THP pages, attributed to MADV_COLLAPSE.
+    // pages became THPs, each range attributed to whoever collapsed it.
     let collapsed: Vec<&Value> = lines
         .iter()
         .filter_map(|l| l.get("transition"))
         .filter(|t| t["pid"].as_u64() == Some(u64::from(pid)) && t["kind"] == "collapsed_to_thp")
         .collect();
-    let pages: u64 = collapsed.iter().map(|t| t["pages"].as_u64().unwrap()).sum();
+    let by = |cause: &str| -> u64 {
+        collapsed
+            .iter()
+            .filter(|t| t["cause"] == cause)
+            .map(|t| t["pages"].as_u64().unwrap())
+            .sum()
+    };
     assert_eq!(
-        pages,
+        by("madv_collapse") + by("khugepaged"),
         (after - before) / 4,
         "transition pages vs smaps: {collapsed:?}"
     );
-    assert!(
-        collapsed.iter().all(|t| t["cause"] == "madv_collapse"),
-        "{collapsed:?}"
+    assert_eq!(
+        by("madv_collapse") / 512,
+        mine,
+        "MADV_COLLAPSE ranges vs collapse events in pid {pid}'s context: {collapsed:?}"
     );
+    assert!(mine >= 1, "the process collapsed at least one range itself");
     let s = summary(&lines);
     assert!(s["system"]["thp_collapses"].as_u64().unwrap() >= collapsed_by_smaps);
     assert!(

@@ -195,7 +195,7 @@ pub struct SessionView<'a> {
     pub probe: &'a Probe,
     pub decoder: &'a Decoder,
     pub comms: &'a mut CommCache,
-    /// Processes followed (empty when tracing everything).
+    /// Processes followed at some point (empty when tracing everything).
     pub tracked: &'a BTreeSet<u32>,
     pub target: &'a Target,
 }
@@ -233,6 +233,11 @@ pub struct Session {
     comms: CommCache,
     proc: ProcRoot,
     tracked: BTreeSet<u32>,
+    /// Every process followed at some point (for output; `tracked` loses
+    /// processes as they exit).
+    followed: BTreeSet<u32>,
+    /// Processes whose last thread exited in the current interval.
+    exited: Vec<u32>,
     kpage: KpageFiles,
     nodes: NodeMap,
     last_snapshot: Option<PageTable>,
@@ -285,6 +290,8 @@ impl Session {
             comms: CommCache::new(proc.clone()),
             proc,
             tracked: BTreeSet::new(),
+            followed: BTreeSet::new(),
+            exited: Vec::new(),
             kpage: KpageFiles::open(&snap_root),
             nodes: NodeMap::read(std::path::Path::new("/sys")),
             last_snapshot: None,
@@ -295,7 +302,7 @@ impl Session {
             dropped_reported: 0,
             config,
         };
-        session.refresh_targets()?;
+        session.refresh_targets(true)?;
         if session.config.snapshots {
             session.last_snapshot = Some(session.snapshot());
         }
@@ -312,16 +319,19 @@ impl Session {
             probe: &self.probe,
             decoder: &self.decoder,
             comms: &mut self.comms,
-            tracked: &self.tracked,
+            tracked: &self.followed,
             target: &self.config.target,
         }
     }
 
-    /// Adds newly matching processes to the in-kernel filter.
-    fn refresh_targets(&mut self) -> anyhow::Result<()> {
+    /// Adds matching processes to the in-kernel filter: `--pid`s once, at
+    /// the start (afterwards their children join at fork, and a pid that
+    /// exits is not followed again if reused), `--comm` every interval.
+    fn refresh_targets(&mut self, initial: bool) -> anyhow::Result<()> {
         let wanted: Vec<u32> = match &self.config.target {
             Target::All => return Ok(()),
-            Target::Pids(pids) => pids.iter().copied().collect(),
+            Target::Pids(pids) if initial => pids.iter().copied().collect(),
+            Target::Pids(_) => return Ok(()),
             Target::Comm(name) => self.proc.pids_named(name),
         };
         for pid in wanted {
@@ -331,6 +341,7 @@ impl Session {
     }
 
     fn track(&mut self, pid: u32) -> anyhow::Result<()> {
+        self.followed.insert(pid);
         if self.tracked.insert(pid) {
             self.probe.track_tgid(pid)?;
             self.comms.get(pid);
@@ -399,7 +410,7 @@ impl Session {
                 _ = ticker.tick() => {
                     self.drain(ring.get_mut(), sink)?;
                     self.end_interval(sink)?;
-                    self.refresh_targets()?;
+                    self.refresh_targets(false)?;
                 }
                 _ = sigint.recv() => break,
                 _ = sigterm.recv() => break,
@@ -433,6 +444,7 @@ impl Session {
             match event.kind {
                 EventKind::ProcessExit { pid, comm, .. } if pid == i64::from(event.tgid) => {
                     self.comms.learn(event.tgid, &comm);
+                    self.exited.push(event.tgid);
                 }
                 EventKind::ProcessExec { .. } => self.comms.refresh(event.tgid),
                 // Children of followed processes are followed too (the
@@ -445,6 +457,7 @@ impl Session {
                 {
                     if let Ok(child) = u32::try_from(child_pid) {
                         self.tracked.insert(child);
+                        self.followed.insert(child);
                     }
                 }
                 _ => {}
@@ -529,7 +542,16 @@ impl Session {
             counters,
         };
         let mut view = self.view();
-        sink.interval(&mut view, &report)
+        sink.interval(&mut view, &report)?;
+        // Exited processes leave the filter, the followed set and the name
+        // cache after their last report, so a reused pid is a new process.
+        for pid in std::mem::take(&mut self.exited) {
+            if self.tracked.remove(&pid) {
+                self.probe.untrack_tgid(pid)?;
+            }
+            self.comms.forget(pid);
+        }
+        Ok(())
     }
 
     fn finish(mut self, sink: &mut impl Sink) -> anyhow::Result<()> {

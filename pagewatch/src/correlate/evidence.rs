@@ -40,10 +40,11 @@ pub struct Evidence {
     memcg_reclaimers: HashSet<u32>,
     kswapd_ran: bool,
     balloon_inflating: bool,
-    /// Processes that collapsed their own ranges (MADV_COLLAPSE).
-    madv_collapsers: HashSet<u32>,
-    /// (PFN, scan status) of khugepaged's scans, before resolution.
-    khugepaged_scans: Vec<(u64, i64)>,
+    /// (PFN, scan status, by khugepaged) of collapse scans (khugepaged's,
+    /// or a process's own MADV_COLLAPSE), before resolution.
+    scans: Vec<(u64, i64, bool)>,
+    /// (pid, PMD-aligned address) collapsed by MADV_COLLAPSE, after resolution.
+    madv_ranges: HashSet<(u32, u64)>,
     /// khugepaged scan results per (pid, VMA start), after resolution.
     scan_results: BTreeMap<(u32, u64, i64), u64>,
     /// (pid, PMD-aligned address) khugepaged collapsed, after resolution.
@@ -52,7 +53,7 @@ pub struct Evidence {
     /// snapshot and its collapse just after, so the page tables show it
     /// one interval later.
     earlier_collapses: HashSet<(u32, u64)>,
-    earlier_madv_collapsers: HashSet<u32>,
+    earlier_madv_ranges: HashSet<(u32, u64)>,
     /// KSM pages merged into (the events name the resulting KSM page).
     ksm_pfns: HashSet<u64>,
     /// Pages migrated per cause in the interval.
@@ -83,16 +84,8 @@ impl Evidence {
             }
             EventKind::KswapdWake { .. } | EventKind::KswapdSleep { .. } => self.kswapd_ran = true,
             EventKind::LruShrinkInactive { .. } | EventKind::WriteFolio { .. } => {}
-            // khugepaged's scan_result 1 is SCAN_SUCCEED on every 6.x kernel.
             EventKind::ScanPmd { pfn, status, .. } => {
-                if is_khugepaged(e.tgid) {
-                    self.khugepaged_scans.push((pfn, status));
-                } else if status == 1 {
-                    self.madv_collapsers.insert(e.tgid);
-                }
-            }
-            EventKind::CollapseHugePage { status: 1, .. } if !is_khugepaged(e.tgid) => {
-                self.madv_collapsers.insert(e.tgid);
+                self.scans.push((pfn, status, is_khugepaged(e.tgid)));
             }
             EventKind::KsmMerge { pfn, err: 0, .. } => {
                 self.ksm_pfns.insert(pfn);
@@ -128,7 +121,7 @@ impl Evidence {
     /// Carries `previous`'s (resolved) collapse evidence into this interval.
     pub fn inherit(&mut self, previous: &Evidence) {
         self.earlier_collapses = previous.khugepaged_ranges.clone();
-        self.earlier_madv_collapsers = previous.madv_collapsers.clone();
+        self.earlier_madv_ranges = previous.madv_ranges.clone();
     }
 
     /// Marks a balloon inflation seen by other means (vmstat balloon_inflate
@@ -140,17 +133,22 @@ impl Evidence {
     /// Resolves PFN-named evidence to (pid, address) with the PFN -> owner
     /// map of the snapshot taken before the interval.
     pub fn resolve_pfns(&mut self, before: &PageTable) {
-        for (pfn, status) in self.khugepaged_scans.drain(..) {
+        // khugepaged's scan_result 1 is SCAN_SUCCEED on every 6.x kernel.
+        for (pfn, status, by_khugepaged) in self.scans.drain(..) {
             for o in before.owners(pfn) {
-                if status == 1 {
-                    self.khugepaged_ranges
-                        .insert((o.pid, o.va & !(PMD_SIZE - 1)));
+                let range = (o.pid, o.va & !(PMD_SIZE - 1));
+                match (status == 1, by_khugepaged) {
+                    (true, true) => self.khugepaged_ranges.insert(range),
+                    (true, false) => self.madv_ranges.insert(range),
+                    (false, _) => false,
+                };
+                if by_khugepaged {
+                    let vma_start = before.vmas[o.vma as usize].start;
+                    *self
+                        .scan_results
+                        .entry((o.pid, vma_start, status))
+                        .or_default() += 1;
                 }
-                let vma_start = before.vmas[o.vma as usize].start;
-                *self
-                    .scan_results
-                    .entry((o.pid, vma_start, status))
-                    .or_default() += 1;
             }
         }
     }
@@ -182,11 +180,11 @@ impl Evidence {
             Unmapped | SplitFromThp => Cause::Unexplained,
             CollapsedToThp => {
                 let range = (pid, va & !(PMD_SIZE - 1));
-                if self.madv_collapsers.contains(&pid) {
+                if self.madv_ranges.contains(&range) {
                     Cause::MadvCollapse
                 } else if self.khugepaged_ranges.contains(&range) {
                     Cause::Khugepaged
-                } else if self.earlier_madv_collapsers.contains(&pid) {
+                } else if self.earlier_madv_ranges.contains(&range) {
                     Cause::MadvCollapse
                 } else if self.earlier_collapses.contains(&range) {
                     Cause::Khugepaged
@@ -269,7 +267,7 @@ mod tests {
     }
 
     #[test]
-    fn faults_reclaim_exit_and_collapse_are_attributed() {
+    fn faults_reclaim_and_exit_are_attributed() {
         let fault = EventKind::PageFault {
             address: 0x1000,
             ip: 0,
@@ -312,9 +310,11 @@ mod tests {
             e.cause(9, 0, None, TransitionKind::SwappedOut),
             Cause::MemcgReclaim
         );
+        // A collapse scan names a PFN: without the snapshot that owns it
+        // (resolve_pfns) it explains nothing.
         assert_eq!(
             e.cause(3, 0, None, TransitionKind::CollapsedToThp),
-            Cause::MadvCollapse
+            Cause::Unexplained
         );
         assert_eq!(e.cause(4, 0, None, TransitionKind::Unmapped), Cause::Exit);
         let x = evidence(&[ev(6, EventKind::ProcessExec { pid: 6, old_pid: 6 })]);
@@ -359,7 +359,7 @@ mod tests {
     fn a_collapse_seen_one_interval_after_its_scan_is_still_attributed() {
         let mut earlier = Evidence::default();
         earlier.khugepaged_ranges.insert((7, 0x200000));
-        earlier.madv_collapsers.insert(8);
+        earlier.madv_ranges.insert((8, 0));
         let mut now = Evidence::default();
         now.inherit(&earlier);
         let kind = TransitionKind::CollapsedToThp;
