@@ -1,7 +1,7 @@
 //! Planning reads of /proc/kpage* for a set of PFNs without sorting them:
-//! PFNs are bucketed into 64-PFN chunks (one pass for the bounds, one for
-//! the chunks' lowest and highest wanted offsets), and the chunks' spans
-//! are merged into preads when closer than [`GAP`] entries. The values land
+//! PFNs are bucketed into 64-PFN chunks (one pass for the bounds, one
+//! setting a bit per wanted PFN), and the runs of wanted PFNs are merged
+//! into preads when closer than [`GAP`] entries. The values land
 //! in one array; [`PfnPlan::get`] finds a PFN's value in O(1).
 //!
 //! This is O(n) in the PFNs plus O(span / 64) in the address range, and
@@ -46,13 +46,12 @@ impl PfnPlan {
         }
         let base = min - min % CHUNK;
         let chunks = ((max - base) / CHUNK + 1) as usize;
-        let mut lo = vec![u8::MAX; chunks];
-        let mut hi = vec![0u8; chunks];
+        // One bit per PFN: only the wanted entries are read (the kernel
+        // charges per entry), gaps of up to GAP entries are read through.
+        let mut bits = vec![0u64; chunks];
         each(&mut |p| {
             let c = ((p - base) / CHUNK) as usize;
-            let o = ((p - base) % CHUNK) as u8;
-            lo[c] = lo[c].min(o);
-            hi[c] = hi[c].max(o);
+            bits[c] |= 1u64 << ((p - base) % CHUNK);
         });
         let mut plan = PfnPlan {
             base,
@@ -60,27 +59,40 @@ impl PfnPlan {
             ranges: Vec::new(),
             total: 0,
         };
-        for c in 0..chunks {
-            if lo[c] == u8::MAX {
-                continue;
-            }
-            let s = base + c as u64 * CHUNK + u64::from(lo[c]);
-            let e = base + c as u64 * CHUNK + u64::from(hi[c]) + 1;
-            match plan.ranges.last_mut() {
-                Some(r) if s <= r.start + r.len + GAP && e - r.start <= BATCH_ENTRIES as u64 => {
-                    plan.total += (e - (r.start + r.len)) as usize;
-                    r.len = e - r.start;
+        for (c, &word) in bits.iter().enumerate() {
+            let mut m = word;
+            let mut first = true;
+            while m != 0 {
+                let lo = m.trailing_zeros();
+                let len = (!(m >> lo)).trailing_zeros();
+                m = if lo + len >= 64 {
+                    0
+                } else {
+                    m & !(((1u64 << len) - 1) << lo)
+                };
+                let s = base + c as u64 * CHUNK + u64::from(lo);
+                let e = s + u64::from(len);
+                match plan.ranges.last_mut() {
+                    Some(r)
+                        if s <= r.start + r.len + GAP && e - r.start <= BATCH_ENTRIES as u64 =>
+                    {
+                        plan.total += (e - (r.start + r.len)) as usize;
+                        r.len = e - r.start;
+                    }
+                    _ => {
+                        plan.ranges.push(Range {
+                            start: s,
+                            len: e - s,
+                            off: plan.total,
+                        });
+                        plan.total += (e - s) as usize;
+                    }
                 }
-                _ => {
-                    plan.ranges.push(Range {
-                        start: s,
-                        len: e - s,
-                        off: plan.total,
-                    });
-                    plan.total += (e - s) as usize;
+                if first {
+                    plan.chunk_range[c] = (plan.ranges.len() - 1) as u32;
+                    first = false;
                 }
             }
-            plan.chunk_range[c] = (plan.ranges.len() - 1) as u32;
         }
         plan
     }
@@ -108,11 +120,66 @@ impl PfnPlan {
         Ok(())
     }
 
+    /// Size `values` for the plan (zeroed) and split the reads into two
+    /// parts of about equal entries, each with its share of `values`, so
+    /// two threads can read one table.
+    pub fn halves<'a>(&'a self, values: &'a mut Vec<u64>) -> [PlanPart<'a>; 2] {
+        values.clear();
+        values.resize(self.total, 0);
+        let m = self
+            .ranges
+            .iter()
+            .position(|r| r.off >= self.total / 2)
+            .unwrap_or(self.ranges.len());
+        let at = self.ranges.get(m).map_or(self.total, |r| r.off);
+        let (a, b) = values.split_at_mut(at);
+        let (ra, rb) = self.ranges.split_at(m);
+        [
+            PlanPart {
+                ranges: ra,
+                values: a,
+                off: 0,
+            },
+            PlanPart {
+                ranges: rb,
+                values: b,
+                off: at,
+            },
+        ]
+    }
+
     /// The value read for `pfn`, which must be one of the planned PFNs.
     pub fn get(&self, values: &[u64], pfn: u64) -> u64 {
         let c = ((pfn - self.base) / CHUNK) as usize;
-        let r = self.ranges[self.chunk_range[c] as usize];
+        // A chunk's PFNs can lie in a few ranges: start at its first one.
+        let mut i = self.chunk_range[c] as usize;
+        while pfn >= self.ranges[i].start + self.ranges[i].len {
+            i += 1;
+        }
+        let r = self.ranges[i];
         values[r.off + (pfn - r.start) as usize]
+    }
+}
+
+/// Some of a plan's reads with the part of the values they fill (see
+/// [`PfnPlan::halves`]).
+#[derive(Debug)]
+pub struct PlanPart<'a> {
+    ranges: &'a [Range],
+    values: &'a mut [u64],
+    off: usize,
+}
+
+impl PlanPart<'_> {
+    /// Read this part's entries of `table` (left zero without a table).
+    pub fn read(self, table: Option<&U64Table>) -> io::Result<()> {
+        if let Some(t) = table {
+            for r in self.ranges {
+                let o = r.off - self.off;
+                t.read_into(r.start, &mut self.values[o..o + r.len as usize])?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -137,5 +204,12 @@ mod tests {
             assert_eq!(plan.get(&values, p), p);
         }
         assert_eq!(PfnPlan::new(|_| {}).entries(), 0);
+        // Two halves cover every range once, each value at its offset.
+        let mut v = vec![7u64; 3];
+        let [a, b] = plan.halves(&mut v);
+        assert_eq!(a.ranges.len() + b.ranges.len(), plan.preads());
+        assert_eq!(a.values.len() + b.values.len(), plan.entries());
+        assert_eq!(b.off, a.values.len());
+        assert!(v.iter().all(|x| *x == 0));
     }
 }

@@ -15,7 +15,7 @@ use super::{
     flags::{PM_PFN_MASK, PM_PRESENT, PM_SWAP, PagemapEntry, has, kpf},
     maps::{Vma, parse_maps},
     pagemap_scan::{self, PAGE_IS_HUGE, PAGE_IS_PRESENT, PAGE_IS_SWAPPED},
-    pfnplan::PfnPlan,
+    pfnplan::{PfnPlan, PlanPart},
     source::{ProcRoot, U64Table},
 };
 
@@ -79,6 +79,18 @@ pub struct VmaPages {
 }
 
 impl VmaPages {
+    /// No pages of `vma` yet.
+    pub fn empty(vma: Vma) -> Self {
+        VmaPages {
+            vma,
+            idx: Vec::new(),
+            pm: Vec::new(),
+            flags: Vec::new(),
+            mapcount: Vec::new(),
+            cgroup: Vec::new(),
+            pmd: Vec::new(),
+        }
+    }
     /// Virtual address of kept page `k`.
     pub fn va(&self, k: usize) -> u64 {
         self.vma.start + u64::from(self.idx[k]) * 4096
@@ -155,6 +167,8 @@ struct Buffers {
     flags: Vec<u64>,
     cgroup: Vec<u64>,
     count: Vec<u64>,
+    /// Batches and buffers of the pairs read in parallel (see `scan_vma`).
+    slots: Vec<(VmaPages, Buffers)>,
 }
 
 /// Scan one process, handing its pages to `sink` one batch at a time
@@ -187,30 +201,12 @@ pub fn scan_process_with(
     };
     let mut scan_ok = true;
     let mut bufs = Buffers::default();
-    let mut batch = VmaPages {
-        vma: Vma {
-            start: 0,
-            end: 0,
-            perms: String::new(),
-            offset: 0,
-            dev: String::new(),
-            inode: 0,
-            name: String::new(),
-        },
-        idx: Vec::new(),
-        pm: Vec::new(),
-        flags: Vec::new(),
-        mapcount: Vec::new(),
-        cgroup: Vec::new(),
-        pmd: Vec::new(),
-    };
     for (vi, vma) in vmas.into_iter().enumerate() {
-        batch.vma = vma.clone();
-        info.vmas.push(vma);
+        info.vmas.push(vma.clone());
         let r = scan_vma(
             &pagemap,
             kp,
-            &mut batch,
+            &vma,
             &mut bufs,
             &mut scan_ok,
             &mut info,
@@ -301,21 +297,26 @@ pub fn scan_process(
     })
 }
 
-/// Read one VMA batch by batch into `batch`, filling kpage data, and hand
-/// each batch to `sink`. Ok(false) when the process is gone.
+/// Read one VMA batch by batch, filling kpage data, and hand each batch
+/// to `sink`. Ok(false) when the process is gone.
+///
+/// Batches are read two at a time, one on a helper thread, each into its
+/// own slot, while this thread also hands the previous pair to `sink`: the
+/// kernel work (pagemap walk, ~50 ns per kpage* entry) and the accounting
+/// overlap on two CPUs, and `sink` still sees the batches in order.
 fn scan_vma(
     pagemap: &U64Table,
     kp: &KpageFiles,
-    batch: &mut VmaPages,
+    vma: &Vma,
     bufs: &mut Buffers,
     scan_ok: &mut bool,
     info: &mut ScanInfo,
     sink: &mut dyn FnMut(&VmaPages, bool),
 ) -> io::Result<bool> {
-    let (start, end) = (batch.vma.start, batch.vma.end);
+    let (start, end) = (vma.start, vma.end);
     let first = start / 4096;
     let pages = (end - start) / 4096;
-    let batch_pages = if batch.vma.maybe_hugetlb() {
+    let batch_pages = if vma.maybe_hugetlb() {
         HUGETLB_BATCH_PAGES
     } else {
         BATCH_PAGES
@@ -340,66 +341,187 @@ fn scan_vma(
     } else {
         vec![(0, pages)]
     };
+    let mut spans = Vec::new();
     for (lo, hi) in ranges {
         let mut pos = lo;
         while pos < hi {
             // End batches on 2 MiB boundaries of the address space.
             let stop = ((first + pos + batch_pages) & !(PMD_PAGES - 1)) - first;
             let stop = stop.min(hi).max(pos + 1);
-            let n = (stop - pos) as usize;
-            bufs.pagemap.resize(n, 0);
-            let got = pagemap.read_into(first + pos, &mut bufs.pagemap[..n])?;
-            if got < n {
+            spans.push((pos, stop));
+            pos = stop;
+        }
+    }
+    let pairs: Vec<&[(u64, u64)]> = spans.chunks(2).collect();
+    // Slots 0-1 take even pairs, 2-3 odd ones.
+    let mut slots = std::mem::take(&mut bufs.slots);
+    slots.resize_with(4, || (VmaPages::empty(vma.clone()), Buffers::default()));
+    for s in &mut slots {
+        s.0.vma = vma.clone();
+    }
+    let mut pending: Option<[Option<io::Result<Read>>; 2]> = None;
+    let r = (|| {
+        for p in 0..=pairs.len() {
+            let (lo, hi) = slots.split_at_mut(2);
+            let (cur, prev) = if p % 2 == 0 { (lo, hi) } else { (hi, lo) };
+            let (c0, c1) = cur.split_at_mut(1);
+            let (c0, c1) = (&mut c0[0], &mut c1[0]);
+            let pair = pairs.get(p).copied();
+            let (ok, vis) = (*scan_ok, info.pfns_visible);
+            let earlier = pending.take();
+            let (done, read) = std::thread::scope(|sc| {
+                let helper = pair.filter(|q| q.len() == 2).map(|q| {
+                    let s1 = q[1];
+                    sc.spawn(move || {
+                        read_batch(pagemap, kp, &mut c1.0, &mut c1.1, s1, ok, vis, false)
+                    })
+                });
+                let done = match earlier {
+                    Some(rs) => deliver(rs, prev, scan_ok, info, sink),
+                    None => Ok(true),
+                };
+                let r0 = match (&done, pair) {
+                    (Ok(true), Some(q)) => Some(read_batch(
+                        pagemap,
+                        kp,
+                        &mut c0.0,
+                        &mut c0.1,
+                        q[0],
+                        ok,
+                        vis,
+                        q.len() == 1,
+                    )),
+                    _ => None,
+                };
+                let r1 = helper.map(|h| h.join().expect("batch reader"));
+                (done, [r0, r1])
+            });
+            if !done? {
                 return Ok(false);
             }
-            batch.idx.clear();
-            batch.pm.clear();
-            for (i, &e) in bufs.pagemap[..n].iter().enumerate() {
-                if e & (PM_PRESENT | PM_SWAP) != 0 {
-                    batch.idx.push((pos + i as u64) as u32);
-                    batch.pm.push(e);
+            pending = Some(read);
+        }
+        Ok(true)
+    })();
+    bufs.slots = slots;
+    r
+}
+
+/// Hand a pair's batches to `sink` in order, applying what their reads
+/// learnt. Ok(false) when the process is gone.
+fn deliver(
+    read: [Option<io::Result<Read>>; 2],
+    slots: &[(VmaPages, Buffers)],
+    scan_ok: &mut bool,
+    info: &mut ScanInfo,
+    sink: &mut dyn FnMut(&VmaPages, bool),
+) -> io::Result<bool> {
+    for (r, (b, _)) in read.into_iter().zip(slots) {
+        let Some(r) = r else { continue };
+        match r? {
+            Read::Gone => return Ok(false),
+            Read::Done {
+                scan_failed,
+                hidden,
+            } => {
+                if scan_failed {
+                    *scan_ok = false;
                 }
-            }
-            let m = batch.pm.len();
-            batch.flags.clear();
-            batch.flags.resize(m, 0);
-            batch.mapcount.clear();
-            batch.mapcount.resize(m, 1);
-            batch.cgroup.clear();
-            batch.cgroup.resize(m, 0);
-            batch.pmd.clear();
-            batch.pmd.resize(m, false);
-            if m > 0 {
-                if *scan_ok && m >= PMD_PAGES as usize && has_huge_candidate(batch, first) {
-                    let (a, b) = (start + pos * 4096, start + stop * 4096);
-                    match pagemap_scan::scan(pagemap.file(), a, b, PAGE_IS_HUGE, 0) {
-                        Ok(regions) => mark_pmd(batch, &regions),
-                        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(false),
-                        Err(_) => *scan_ok = false,
-                    }
-                }
-                if info.pfns_visible
-                    && batch
-                        .pm
-                        .iter()
-                        .all(|e| e & PM_PFN_MASK == 0 || e & PM_PRESENT == 0)
-                    && batch.pm.iter().any(|e| e & PM_PRESENT != 0)
-                {
+                if hidden && info.pfns_visible {
                     info.pfns_visible = false;
                     info.notes.push(
                         "pagemap PFNs read as zero (no CAP_SYS_ADMIN): kpage* data unavailable"
                             .into(),
                     );
                 }
-                if info.pfns_visible {
-                    fill_kpage(kp, batch, bufs)?;
+                if !b.pm.is_empty() {
+                    sink(b, info.pfns_visible);
                 }
-                sink(batch, info.pfns_visible);
             }
-            pos = stop;
         }
     }
     Ok(true)
+}
+
+/// How reading one batch went.
+enum Read {
+    /// The process is gone.
+    Gone,
+    /// Read; the flags say what changed for later batches.
+    Done {
+        /// PAGEMAP_SCAN failed (kernel < 6.7).
+        scan_failed: bool,
+        /// PFNs read as zero (no CAP_SYS_ADMIN).
+        hidden: bool,
+    },
+}
+
+/// Read pages `pos..stop` of `batch`'s VMA into `batch` (pagemap, PMD
+/// marks, and kpage data when `pfns_visible`); `split` reads the kpage
+/// tables on two threads.
+#[allow(clippy::too_many_arguments)]
+fn read_batch(
+    pagemap: &U64Table,
+    kp: &KpageFiles,
+    batch: &mut VmaPages,
+    bufs: &mut Buffers,
+    (pos, stop): (u64, u64),
+    scan_ok: bool,
+    pfns_visible: bool,
+    split: bool,
+) -> io::Result<Read> {
+    let start = batch.vma.start;
+    let first = start / 4096;
+    let n = (stop - pos) as usize;
+    bufs.pagemap.resize(n, 0);
+    let got = pagemap.read_into(first + pos, &mut bufs.pagemap[..n])?;
+    if got < n {
+        return Ok(Read::Gone);
+    }
+    batch.idx.clear();
+    batch.pm.clear();
+    for (i, &e) in bufs.pagemap[..n].iter().enumerate() {
+        if e & (PM_PRESENT | PM_SWAP) != 0 {
+            batch.idx.push((pos + i as u64) as u32);
+            batch.pm.push(e);
+        }
+    }
+    let m = batch.pm.len();
+    batch.flags.clear();
+    batch.flags.resize(m, 0);
+    batch.mapcount.clear();
+    batch.mapcount.resize(m, 1);
+    batch.cgroup.clear();
+    batch.cgroup.resize(m, 0);
+    batch.pmd.clear();
+    batch.pmd.resize(m, false);
+    let (mut scan_failed, mut hidden) = (false, false);
+    if m > 0 {
+        if scan_ok && m >= PMD_PAGES as usize && has_huge_candidate(batch, first) {
+            let (a, b) = (start + pos * 4096, start + stop * 4096);
+            match pagemap_scan::scan(pagemap.file(), a, b, PAGE_IS_HUGE, 0) {
+                Ok(regions) => mark_pmd(batch, &regions),
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(Read::Gone),
+                Err(_) => scan_failed = true,
+            }
+        }
+        if pfns_visible
+            && batch
+                .pm
+                .iter()
+                .all(|e| e & PM_PFN_MASK == 0 || e & PM_PRESENT == 0)
+            && batch.pm.iter().any(|e| e & PM_PRESENT != 0)
+        {
+            hidden = true;
+        }
+        if pfns_visible && !hidden {
+            fill_kpage(kp, batch, bufs, split)?;
+        }
+    }
+    Ok(Read::Done {
+        scan_failed,
+        hidden,
+    })
 }
 
 /// Whether some 2 MiB-aligned run of 512 kept pages could be a PMD mapping
@@ -470,9 +592,20 @@ fn for_each_shared_pfn(v: &VmaPages, f: &mut dyn FnMut(u64)) {
     }
 }
 
-/// Read kpageflags, kpagecgroup (on two threads) and kpagecount for the
-/// batch's PFNs and store them per page.
-fn fill_kpage(kp: &KpageFiles, v: &mut VmaPages, bufs: &mut Buffers) -> io::Result<()> {
+/// Below this much work (entries, plus [`PREAD_COST`] per pread) a
+/// batch's kpage reads stay on one thread: starting one costs more.
+const MIN_SPLIT_WORK: usize = 2048;
+/// A pread's fixed cost in entries (~1.5 us against ~50 ns an entry).
+const PREAD_COST: usize = 32;
+
+/// Read kpageflags, kpagecgroup and kpagecount for the batch's PFNs (on
+/// two threads) and store them per page.
+fn fill_kpage(
+    kp: &KpageFiles,
+    v: &mut VmaPages,
+    bufs: &mut Buffers,
+    split: bool,
+) -> io::Result<()> {
     let flag_plan = PfnPlan::new(|f| for_each_flag_pfn(v, f));
     let count_plan = PfnPlan::new(|f| for_each_shared_pfn(v, f));
     log::debug!(
@@ -489,19 +622,32 @@ fn fill_kpage(kp: &KpageFiles, v: &mut VmaPages, bufs: &mut Buffers) -> io::Resu
         count,
         ..
     } = bufs;
-    let (rf, rc, rm) = std::thread::scope(|s| {
-        let f = s.spawn(|| flag_plan.read_into(kp.flags.as_ref(), flags));
-        let c = s.spawn(|| flag_plan.read_into(kp.cgroup.as_ref(), cgroup));
-        let m = count_plan.read_into(kp.count.as_ref(), count);
-        (
-            f.join().expect("flags reader"),
-            c.join().expect("cgroup reader"),
-            m,
-        )
-    });
-    rf?;
-    rc?;
-    rm?;
+    // The kernel's cost is per entry: give each of two threads (this one
+    // and a helper) half of every table's entries, so both stay busy
+    // whatever the tables cost.
+    let [f0, f1] = flag_plan.halves(flags);
+    let [c0, c1] = flag_plan.halves(cgroup);
+    let [m0, m1] = count_plan.halves(count);
+    let read = |f: PlanPart, c: PlanPart, m: PlanPart| -> io::Result<()> {
+        f.read(kp.flags.as_ref())?;
+        c.read(kp.cgroup.as_ref())?;
+        m.read(kp.count.as_ref())
+    };
+    let work = 2 * (flag_plan.entries() + PREAD_COST * flag_plan.preads())
+        + count_plan.entries()
+        + PREAD_COST * count_plan.preads();
+    if !split || work < MIN_SPLIT_WORK {
+        read(f0, c0, m0)?;
+        read(f1, c1, m1)?;
+    } else {
+        let (r0, r1) = std::thread::scope(|s| {
+            let h = s.spawn(|| read(f1, c1, m1));
+            let r0 = read(f0, c0, m0);
+            (r0, h.join().expect("kpage reader"))
+        });
+        r0?;
+        r1?;
+    }
     let mut k = 0;
     while k < v.pm.len() {
         let Some(pfn) = v.pfn(k) else {
