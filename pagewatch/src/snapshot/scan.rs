@@ -152,9 +152,10 @@ pub struct ScanInfo {
     pub notes: Vec<String>,
 }
 
-/// Pages per batch: 256 MiB of address space (512 KiB of pagemap). Batches
+/// Pages per batch: 128 MiB of address space (256 KiB of pagemap; four
+/// batches are in flight, see `scan_vma`). Batches
 /// end on 2 MiB boundaries so a PMD-mapped folio never straddles two.
-const BATCH_PAGES: u64 = 1 << 16;
+const BATCH_PAGES: u64 = 1 << 15;
 /// Pages per batch in hugetlb VMAs: 1 GiB, so a 1 GiB page is never split.
 const HUGETLB_BATCH_PAGES: u64 = 1 << 18;
 
@@ -163,7 +164,6 @@ const HUGETLB_BATCH_PAGES: u64 = 1 << 18;
 /// with free page reporting every new page is a host fault too).
 #[derive(Debug, Default)]
 struct Buffers {
-    pagemap: Vec<u64>,
     flags: Vec<u64>,
     cgroup: Vec<u64>,
     count: Vec<u64>,
@@ -473,19 +473,24 @@ fn read_batch(
     let start = batch.vma.start;
     let first = start / 4096;
     let n = (stop - pos) as usize;
-    bufs.pagemap.resize(n, 0);
-    let got = pagemap.read_into(first + pos, &mut bufs.pagemap[..n])?;
+    // Read straight into `pm` and keep the present or swapped entries in
+    // place (no separate pagemap buffer to fault in).
+    batch.pm.resize(n, 0);
+    let got = pagemap.read_into(first + pos, &mut batch.pm[..n])?;
     if got < n {
         return Ok(Read::Gone);
     }
     batch.idx.clear();
-    batch.pm.clear();
-    for (i, &e) in bufs.pagemap[..n].iter().enumerate() {
+    let mut kept = 0;
+    for i in 0..n {
+        let e = batch.pm[i];
         if e & (PM_PRESENT | PM_SWAP) != 0 {
             batch.idx.push((pos + i as u64) as u32);
-            batch.pm.push(e);
+            batch.pm[kept] = e;
+            kept += 1;
         }
     }
+    batch.pm.truncate(kept);
     let m = batch.pm.len();
     batch.flags.clear();
     batch.flags.resize(m, 0);
