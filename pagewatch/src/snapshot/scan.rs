@@ -152,10 +152,11 @@ pub struct ScanInfo {
     pub notes: Vec<String>,
 }
 
-/// Pages per batch: 128 MiB of address space (256 KiB of pagemap; four
-/// batches are in flight, see `scan_vma`). Batches
+/// Pages per batch: 256 MiB of address space (512 KiB of pagemap). Batches
 /// end on 2 MiB boundaries so a PMD-mapped folio never straddles two.
-const BATCH_PAGES: u64 = 1 << 15;
+/// (128 MiB batches fault in less buffer memory but made 4 KiB-page runs
+/// ~20% slower.)
+const BATCH_PAGES: u64 = 1 << 16;
 /// Pages per batch in hugetlb VMAs: 1 GiB, so a 1 GiB page is never split.
 const HUGETLB_BATCH_PAGES: u64 = 1 << 18;
 
