@@ -127,7 +127,7 @@ impl Hook {
 /// Number of slots in the per-hook maps; room for hooks added later.
 pub const MAX_HOOKS: u32 = 64;
 
-/// Where one hook's fields live in its tracepoint record (20 bytes).
+/// Where one hook's fields live in its tracepoint record (22 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HookConfig {
@@ -141,11 +141,16 @@ pub struct HookConfig {
     /// 1: the hook uses more than [`crate::event::NARROW_ARGS`] fields and
     /// writes a [`crate::event::WideEvent`]; 0: a [`crate::event::NarrowEvent`].
     pub wide: u8,
+    /// 1: a narrow hook whose fields are 8-byte values at consecutive
+    /// offsets from `offsets[0]`, fetched with one read instead of one per
+    /// field (page faults: address, ip, error_code).
+    pub contiguous: u8,
+    pub _pad: u8,
 }
 
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: repr(C), Copy, no padding (asserted below).
     unsafe impl aya::Pod for super::HookConfig {}
-    const _: () = assert!(core::mem::size_of::<super::HookConfig>() == 20);
+    const _: () = assert!(core::mem::size_of::<super::HookConfig>() == 22);
 }

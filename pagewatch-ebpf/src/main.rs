@@ -71,7 +71,8 @@ fn emit(ctx: &TracePointContext, hook: Hook) -> u32 {
     let Some(cfg) = HOOKS.get(index) else {
         return 0;
     };
-    let tgid = ctx.tgid();
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     // SAFETY: FILTER_TGIDS is a load-time constant; read_volatile keeps the
     // compiler from folding away the value userspace patches in.
     let filtering = unsafe { core::ptr::read_volatile(&FILTER_TGIDS) } != 0;
@@ -79,11 +80,18 @@ fn emit(ctx: &TracePointContext, hook: Hook) -> u32 {
     if filtering && cfg.per_process != 0 && unsafe { TGIDS.get(&tgid) }.is_none() {
         return 0;
     }
-    let tid = ctx.pid();
     if cfg.wide != 0 {
         submit::<MAX_ARGS>(hook, tgid, tid, |i| {
             read_field(ctx, cfg.offsets[i], cfg.sizes[i])
         })
+    } else if cfg.contiguous != 0 {
+        // One read for all fields (the hot path: page faults). Slots past
+        // the hook's fields may hold bytes beyond its record: zero them.
+        // SAFETY: bpf_probe_read_kernel on the tracepoint record; failure
+        // yields zeros.
+        let all = unsafe { ctx.read_at::<[u64; NARROW_ARGS]>(cfg.offsets[0] as usize) }
+            .unwrap_or([0; NARROW_ARGS]);
+        submit::<NARROW_ARGS>(hook, tgid, tid, |i| if cfg.sizes[i] == 8 { all[i] } else { 0 })
     } else {
         submit::<NARROW_ARGS>(hook, tgid, tid, |i| {
             read_field(ctx, cfg.offsets[i], cfg.sizes[i])

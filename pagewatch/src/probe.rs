@@ -281,6 +281,13 @@ pub fn resolve(tracefs: &Tracefs, spec: &HookSpec) -> std::result::Result<Resolv
         layout.sizes[i] = size;
         layout.signed[i] = field.signed && slice.is_none();
     }
+    let n = spec.fields.len();
+    config.contiguous = u8::from(
+        n <= NARROW_ARGS
+            && (0..n).all(|i| {
+                config.sizes[i] == 8 && config.offsets[i] == config.offsets[0] + 8 * i as u16
+            }),
+    );
     Ok(Resolved {
         name,
         config,
@@ -438,6 +445,7 @@ mod tests {
         assert_eq!((r.config.offsets[0], r.config.sizes[0]), (8, 8));
         assert_eq!((r.config.offsets[1], r.layout.signed[1]), (16, true));
         assert_eq!(r.config.per_process, 0);
+        assert_eq!(r.config.contiguous, 0, "pfn (8 bytes) then reclaim_flags (4)");
     }
 
     #[test]
