@@ -91,7 +91,12 @@ fn emit(ctx: &TracePointContext, hook: Hook) -> u32 {
         // yields zeros.
         let all = unsafe { ctx.read_at::<[u64; NARROW_ARGS]>(cfg.offsets[0] as usize) }
             .unwrap_or([0; NARROW_ARGS]);
-        submit::<NARROW_ARGS>(hook, tgid, tid, |i| if cfg.sizes[i] == 8 { all[i] } else { 0 })
+        submit::<NARROW_ARGS>(
+            hook,
+            tgid,
+            tid,
+            |i| if cfg.sizes[i] == 8 { all[i] } else { 0 },
+        )
     } else {
         submit::<NARROW_ARGS>(hook, tgid, tid, |i| {
             read_field(ctx, cfg.offsets[i], cfg.sizes[i])

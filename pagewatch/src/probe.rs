@@ -445,7 +445,10 @@ mod tests {
         assert_eq!((r.config.offsets[0], r.config.sizes[0]), (8, 8));
         assert_eq!((r.config.offsets[1], r.layout.signed[1]), (16, true));
         assert_eq!(r.config.per_process, 0);
-        assert_eq!(r.config.contiguous, 0, "pfn (8 bytes) then reclaim_flags (4)");
+        assert_eq!(
+            r.config.contiguous, 0,
+            "pfn (8 bytes) then reclaim_flags (4)"
+        );
     }
 
     #[test]
