@@ -77,6 +77,10 @@ pub struct PageEventStats {
     /// Pages put into / taken out of balloons (fentry hooks).
     pub balloon_inflated: u64,
     pub balloon_deflated: u64,
+    /// The same from /proc/vmstat balloon_inflate/balloon_deflate deltas,
+    /// which every kernel has (the fallback where fentry is refused).
+    pub balloon_vmstat_inflated: u64,
+    pub balloon_vmstat_deflated: u64,
 }
 
 /// System-wide reclaim figures.
@@ -149,6 +153,8 @@ fn add_page_events(t: &mut PageEventStats, s: &PageEventStats) {
     t.pages_freed += s.pages_freed;
     t.balloon_inflated += s.balloon_inflated;
     t.balloon_deflated += s.balloon_deflated;
+    t.balloon_vmstat_inflated += s.balloon_vmstat_inflated;
+    t.balloon_vmstat_deflated += s.balloon_vmstat_deflated;
 }
 
 fn add_faults(t: &mut FaultStats, s: &FaultStats) {
@@ -345,6 +351,13 @@ impl Aggregator {
         let interval = std::mem::take(&mut self.current);
         self.total.merge(&interval);
         interval
+    }
+
+    /// Adds balloon page counts read from /proc/vmstat deltas.
+    pub fn add_balloon_vmstat(&mut self, inflated: u64, deflated: u64) {
+        let p = &mut self.current.system.page_events;
+        p.balloon_vmstat_inflated += inflated;
+        p.balloon_vmstat_deflated += deflated;
     }
 
     /// Whether the current interval has counted anything yet.

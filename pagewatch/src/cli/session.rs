@@ -240,12 +240,23 @@ pub struct Session {
     exited: Vec<u32>,
     kpage: KpageFiles,
     nodes: NodeMap,
+    /// /proc/vmstat balloon_inflate and balloon_deflate at the last interval.
+    balloon_vmstat: (u64, u64),
     last_snapshot: Option<PageTable>,
     all_transitions: Vec<TransitionGroup>,
     started: Instant,
     intervals: u64,
     decode_errors: u64,
     dropped_reported: u64,
+}
+
+/// /proc/vmstat balloon_inflate and balloon_deflate (0 where absent).
+fn balloon_vmstat() -> (u64, u64) {
+    let counters = std::fs::read_to_string("/proc/vmstat")
+        .map(|t| snapshot::sysfs::vmstat_counters(&t))
+        .unwrap_or_default();
+    let get = |k: &str| counters.get(k).copied().unwrap_or(0);
+    (get("balloon_inflate"), get("balloon_deflate"))
 }
 
 /// CLOCK_MONOTONIC now, in ns (the clock of the events' timestamps).
@@ -294,6 +305,7 @@ impl Session {
             exited: Vec::new(),
             kpage: KpageFiles::open(&snap_root),
             nodes: NodeMap::read(std::path::Path::new("/sys")),
+            balloon_vmstat: balloon_vmstat(),
             last_snapshot: None,
             all_transitions: Vec::new(),
             started: Instant::now(),
@@ -487,6 +499,18 @@ impl Session {
     }
 
     fn end_interval(&mut self, sink: &mut impl Sink) -> anyhow::Result<()> {
+        // Balloon activity from vmstat: counted, and evidence of balloon
+        // pressure even where the balloon hooks cannot attach.
+        let (inflate, deflate) = balloon_vmstat();
+        let (inflated, deflated) = (
+            inflate.saturating_sub(self.balloon_vmstat.0),
+            deflate.saturating_sub(self.balloon_vmstat.1),
+        );
+        self.balloon_vmstat = (inflate, deflate);
+        self.aggregator.add_balloon_vmstat(inflated, deflated);
+        if inflated > 0 {
+            self.evidence.set_balloon_inflating();
+        }
         let tally = self.aggregator.take_interval();
         self.intervals += 1;
         let dropped_per_cpu = self.drops_per_cpu()?;

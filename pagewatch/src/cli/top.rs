@@ -245,7 +245,10 @@ fn page_events_line(s: &SystemStats, scans: &BTreeMap<String, u64>) -> Option<St
         p.oom_kills,
         p.forks + p.execs + p.exits,
         p.pages_allocated + p.pages_freed,
-        p.balloon_inflated + p.balloon_deflated,
+        p.balloon_inflated
+            + p.balloon_deflated
+            + p.balloon_vmstat_inflated
+            + p.balloon_vmstat_deflated,
     ]
     .iter()
     .any(|&n| n > 0);
@@ -284,10 +287,18 @@ fn page_events_line(s: &SystemStats, scans: &BTreeMap<String, u64>) -> Option<St
         } else {
             String::new()
         },
-        if p.balloon_inflated + p.balloon_deflated > 0 {
+        if p.balloon_inflated
+            + p.balloon_deflated
+            + p.balloon_vmstat_inflated
+            + p.balloon_vmstat_deflated
+            > 0
+        {
             format!(
-                " | balloon +{} -{} pages",
-                p.balloon_inflated, p.balloon_deflated
+                " | balloon +{} -{} pages (vmstat +{} -{})",
+                p.balloon_inflated,
+                p.balloon_deflated,
+                p.balloon_vmstat_inflated,
+                p.balloon_vmstat_deflated
             )
         } else {
             String::new()
