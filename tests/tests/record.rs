@@ -5,6 +5,7 @@
 //! for bad output paths and bad files.
 
 use std::{
+    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Duration,
@@ -206,7 +207,16 @@ fn signals_end_recordings_cleanly_or_readably() {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn record");
-        std::thread::sleep(Duration::from_millis(1500));
+        // Wait until it traces (loading the hooks takes seconds in a TCG
+        // guest), then for a few 200 ms intervals to be written.
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        assert!(
+            lines.any(|l| l.is_ok_and(|l| l.contains("tracing;"))),
+            "record never started tracing"
+        );
+        std::thread::spawn(move || lines.for_each(drop));
+        std::thread::sleep(Duration::from_millis(1000));
         // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as i32, signal) };
         let status = child.wait().unwrap();
