@@ -264,3 +264,56 @@ pub fn map_anon_4k(len: usize) -> *mut u8 {
         p.cast()
     }
 }
+
+/// One VMA of /proc/PID/smaps: start, name, inode and its kB fields.
+#[derive(Debug)]
+pub struct SmapsVma {
+    pub start: u64,
+    pub name: String,
+    pub inode: u64,
+    pub kb: std::collections::HashMap<String, u64>,
+}
+
+/// Every VMA of /proc/PID/smaps with its kB fields (the tests' oracle).
+pub fn smaps(pid: u32) -> Vec<SmapsVma> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut out: Vec<SmapsVma> = Vec::new();
+    for line in text.lines() {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        if let Some((a, _)) = w[0].split_once('-')
+            && let Ok(start) = u64::from_str_radix(a, 16)
+            && w.len() >= 5
+        {
+            out.push(SmapsVma {
+                start,
+                name: w.get(5..).map(|n| n.join(" ")).unwrap_or_default(),
+                inode: w[4].parse().unwrap_or(0),
+                kb: std::collections::HashMap::new(),
+            });
+        } else if w.len() == 3 && w[2] == "kB" {
+            let v = out.last_mut().unwrap();
+            v.kb.insert(
+                w[0].trim_end_matches(':').to_string(),
+                w[1].parse().unwrap(),
+            );
+        }
+    }
+    out
+}
+
+/// The kB fields of /proc/PID/smaps_rollup.
+pub fn rollup(pid: u32) -> std::collections::HashMap<String, u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w.len() == 3 && w[2] == "kB").then(|| {
+                (
+                    w[0].trim_end_matches(':').to_string(),
+                    w[1].parse().unwrap(),
+                )
+            })
+        })
+        .collect()
+}

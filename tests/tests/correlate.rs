@@ -26,15 +26,6 @@ fn pages(ts: &[&Value]) -> u64 {
     ts.iter().map(|t| t["pages"].as_u64().unwrap()).sum()
 }
 
-/// A kB field of /proc/PID/smaps_rollup.
-fn rollup_kb(pid: u32, field: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).expect("smaps_rollup");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in smaps_rollup"))
-}
-
 /// zram0 as a swap device for the test; swapped off and reset on drop.
 struct ZramSwap;
 
@@ -105,7 +96,7 @@ fn swap_out_under_a_memcg_limit_is_attributed_and_matches_smaps() {
     assert!(result.starts_with("delta "), "{result}");
     // Let two more snapshots see the final state.
     std::thread::sleep(Duration::from_millis(900));
-    let swap_kb = rollup_kb(pid, "Swap");
+    let swap_kb = pagewatch_tests::rollup(pid)["Swap"];
     let lines = tracer.stop();
     drop(stdin);
     let _ = wl.wait();

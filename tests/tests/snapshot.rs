@@ -12,7 +12,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use pagewatch_tests::{Knobs, pagewatch_bin, run_pagewatch, skip, skip_unless_root};
+use pagewatch_tests::{
+    Knobs, SmapsVma, pagewatch_bin, rollup, run_pagewatch, skip, skip_unless_root, smaps,
+};
 use serde_json::Value;
 
 /// A running pw-layout and the regions it reported.
@@ -77,57 +79,6 @@ fn reserve_hugetlb(n: u64) -> Option<Knobs> {
     let old = read()?;
     let knobs = Knobs::set(&[(HUGETLB_2M, &(old + n).to_string())])?;
     (read()? >= old + n).then_some(knobs)
-}
-
-/// One VMA of /proc/PID/smaps: start, name, inode and its kB fields.
-#[derive(Debug)]
-struct SmapsVma {
-    start: u64,
-    name: String,
-    inode: u64,
-    kb: HashMap<String, u64>,
-}
-
-fn smaps(pid: u32) -> Vec<SmapsVma> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
-    let mut out: Vec<SmapsVma> = Vec::new();
-    for line in text.lines() {
-        let w: Vec<&str> = line.split_whitespace().collect();
-        if let Some((a, _)) = w[0].split_once('-')
-            && let Ok(start) = u64::from_str_radix(a, 16)
-            && w.len() >= 5
-        {
-            out.push(SmapsVma {
-                start,
-                name: w.get(5..).map(|n| n.join(" ")).unwrap_or_default(),
-                inode: w[4].parse().unwrap_or(0),
-                kb: HashMap::new(),
-            });
-        } else if w.len() == 3 && w[2] == "kB" {
-            let v = out.last_mut().unwrap();
-            v.kb.insert(
-                w[0].trim_end_matches(':').to_string(),
-                w[1].parse().unwrap(),
-            );
-        }
-    }
-    out
-}
-
-fn rollup(pid: u32) -> HashMap<String, u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| {
-            let w: Vec<&str> = l.split_whitespace().collect();
-            (w.len() == 3 && w[2] == "kB").then(|| {
-                (
-                    w[0].trim_end_matches(':').to_string(),
-                    w[1].parse().unwrap(),
-                )
-            })
-        })
-        .collect()
 }
 
 /// smaps field -> pagewatch JSON usage field.

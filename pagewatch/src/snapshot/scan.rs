@@ -187,9 +187,7 @@ pub fn scan_process_with(
     let maps_path = root.pid_file(pid, "maps");
     let text = std::fs::read_to_string(&maps_path).map_err(|e| open_err(pid, &maps_path, e))?;
     let vmas = parse_maps(&text, &maps_path)?;
-    let comm = std::fs::read_to_string(root.pid_file(pid, "comm"))
-        .map(|s| s.trim_end().to_string())
-        .unwrap_or_default();
+    let comm = root.comm(pid).unwrap_or_default();
     let pm_path = root.pid_file(pid, "pagemap");
     let pagemap = U64Table::open(&pm_path).map_err(|e| open_err(pid, &pm_path, e))?;
     let mut info = ScanInfo {

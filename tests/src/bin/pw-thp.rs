@@ -18,20 +18,11 @@ const MADV_COLLAPSE: libc::c_int = 25;
 
 /// AnonHugePages (kB) of the VMA starting at `start`, from /proc/self/smaps.
 fn anon_huge_kb(start: usize) -> u64 {
-    let smaps = std::fs::read_to_string("/proc/self/smaps").expect("read smaps");
-    let mut in_vma = false;
-    for line in smaps.lines() {
-        // VMA header lines start with `lo-hi`, both hex.
-        if let Some((range, _)) = line.split_once(' ')
-            && let Some((lo, hi)) = range.split_once('-')
-            && let (Ok(lo), Ok(_)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
-        {
-            in_vma = lo == start;
-        } else if in_vma && let Some(v) = line.strip_prefix("AnonHugePages:") {
-            return v.trim().trim_end_matches(" kB").trim().parse().expect("kB");
-        }
-    }
-    panic!("no VMA at {start:#x} in smaps")
+    pagewatch_tests::smaps(std::process::id())
+        .into_iter()
+        .find(|v| v.start == start as u64)
+        .and_then(|v| v.kb.get("AnonHugePages").copied())
+        .unwrap_or_else(|| panic!("no VMA at {start:#x} in smaps"))
 }
 
 fn main() {
