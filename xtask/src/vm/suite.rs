@@ -49,7 +49,13 @@ fi
 "#;
 
 /// The scenarios `pw-vm-scenario` knows, in the order they run.
-const SCENARIOS: &[&str] = &["balloon", "balloon-pressure", "numa-hugetlb", "thp"];
+const SCENARIOS: &[&str] = &[
+    "balloon",
+    "balloon-pressure",
+    "numa-hugetlb",
+    "numa-migrate",
+    "thp",
+];
 
 /// The VM options of `cargo xtask test`.
 #[derive(Debug, Args)]
