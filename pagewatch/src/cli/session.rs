@@ -481,9 +481,8 @@ impl Session {
                 _ => {}
             }
             let comms = &mut self.comms;
-            self.evidence.add(&event, &self.decoder, |tgid| {
-                comms.get(tgid) == "khugepaged"
-            });
+            self.evidence
+                .add(&event, &self.decoder, |tgid| comms.get(tgid).to_owned());
             self.aggregator.add(&event);
             sink.event(&item, &event)?;
         }
