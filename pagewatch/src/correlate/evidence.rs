@@ -376,7 +376,7 @@ mod tests {
         // A process shrinking LRUs is a direct reclaimer, said by its own
         // begin/end events, not kswapd.
         assert_eq!(
-            evidence(&[ev(5, shrink.clone())]).cause(5, 0, None, out),
+            evidence(&[ev(5, shrink)]).cause(5, 0, None, out),
             Cause::Unexplained
         );
         let during = evidence(&[ev(78, shrink)]);
