@@ -349,9 +349,11 @@ fn refused_collapse_shows_the_kernels_reason_per_vma() {
         .filter(|s| s["result"] == "exceed_none_pte")
         .map(|s| s["scans"].as_u64().unwrap())
         .sum();
+    let scans: Vec<&Value> = lines.iter().filter_map(|l| l.get("thp_scans")).collect();
     assert!(
         refused >= 4,
-        "each of the 4 ranges refused at least once, saw {refused}"
+        "each of the 4 ranges refused at least once, saw {refused}; pid {pid}, VMA {region:x}; \
+         khugepaged's scans of followed processes: {scans:?}"
     );
     assert!(transitions(&lines, pid, "collapsed_to_thp").is_empty());
 }

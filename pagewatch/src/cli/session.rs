@@ -543,11 +543,12 @@ impl Session {
         let mut counters = Vec::new();
         let transitions = match (self.last_snapshot.take(), after) {
             (Some(before), Some(after)) => {
-                evidence.resolve_pfns(&before);
+                evidence.resolve_pfns(&before, &after);
                 for (&(pid, vma_start, status), &scans) in evidence.scan_results() {
                     let vma = before
                         .vmas
                         .iter()
+                        .chain(&after.vmas)
                         .find(|v| v.pid == pid && v.start == vma_start)
                         .map(|v| v.name.clone())
                         .unwrap_or_default();

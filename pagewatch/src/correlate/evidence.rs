@@ -174,11 +174,20 @@ impl Evidence {
     }
 
     /// Resolves PFN-named evidence to (pid, address) with the PFN -> owner
-    /// map of the snapshot taken before the interval.
-    pub fn resolve_pfns(&mut self, before: &PageTable) {
+    /// map of the snapshot taken before the interval. A refused scan names a
+    /// page that stays mapped: if it was faulted in during the interval,
+    /// only the snapshot ending it (`after`) has it. (A successful collapse
+    /// frees the page it names, so only `before` can own it.)
+    pub fn resolve_pfns(&mut self, before: &PageTable, after: &PageTable) {
         // khugepaged's scan_result 1 is SCAN_SUCCEED on every 6.x kernel.
         for (pfn, status, by_khugepaged) in self.scans.drain(..) {
-            for o in before.owners(pfn) {
+            let mut table = before;
+            let mut owners = before.owners(pfn);
+            if owners.is_empty() && status != 1 {
+                table = after;
+                owners = after.owners(pfn);
+            }
+            for o in owners {
                 let range = (o.pid, o.va & !(PMD_SIZE - 1));
                 match (status == 1, by_khugepaged) {
                     (true, true) => self.khugepaged_ranges.insert(range),
@@ -186,7 +195,7 @@ impl Evidence {
                     (false, _) => false,
                 };
                 if by_khugepaged {
-                    let vma_start = before.vmas[o.vma as usize].start;
+                    let vma_start = table.vmas[o.vma as usize].start;
                     *self
                         .scan_results
                         .entry((o.pid, vma_start, status))
