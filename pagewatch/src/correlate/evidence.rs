@@ -5,9 +5,11 @@
 //! processes exited or were OOM-killed, was a balloon inflating.
 //!
 //! Events that name a PFN rather than a process are tied to pages through
-//! it: khugepaged's scans name a page of the range before the collapse,
-//! resolved through the PFN -> owner map of the snapshot taken before the
-//! interval ([`Evidence::resolve_pfns`]); KSM's merges name the KSM page,
+//! it: khugepaged's scans, and the isolations of every collapse (7.x scan
+//! events name no page after a successful collapse), name a page of the
+//! range before the collapse, resolved through the PFN -> owner map of the
+//! snapshot taken before the interval ([`Evidence::resolve_pfns`]); KSM's
+//! merges name the KSM page,
 //! which the merged pages map afterwards.
 
 use std::collections::{BTreeMap, HashSet};
@@ -69,6 +71,18 @@ impl Reclaim {
     }
 }
 
+/// A PMD range scanned or isolated for collapse, before resolution.
+#[derive(Debug, Clone, Copy)]
+struct Scan {
+    /// A page of the range (all ones when the kernel names none).
+    pfn: u64,
+    /// The kernel's scan_result code.
+    status: i64,
+    by_khugepaged: bool,
+    /// A scan's result (tallied per VMA), not an isolation.
+    scan: bool,
+}
+
 /// Evidence gathered from one interval's events.
 #[derive(Debug, Default)]
 pub struct Evidence {
@@ -78,9 +92,9 @@ pub struct Evidence {
     /// whose events were drained into that interval, shows as swapped out
     /// in the next snapshot, when reclaim may have stopped.
     earlier_reclaim: Reclaim,
-    /// (PFN, scan status, by khugepaged) of collapse scans (khugepaged's,
+    /// Collapse scans and isolations (khugepaged's,
     /// or a process's own MADV_COLLAPSE), before resolution.
-    scans: Vec<(u64, i64, bool)>,
+    scans: Vec<Scan>,
     /// (pid, PMD-aligned address) collapsed by MADV_COLLAPSE, after resolution.
     madv_ranges: HashSet<(u32, u64)>,
     /// khugepaged scan results per (pid, VMA start), after resolution.
@@ -125,9 +139,21 @@ impl Evidence {
                 self.reclaim.kswapd_ran = comm(e.tgid).starts_with("kswapd");
             }
             EventKind::LruShrinkInactive { .. } | EventKind::WriteFolio { .. } => {}
-            EventKind::ScanPmd { pfn, status, .. } => {
-                self.scans.push((pfn, status, comm(e.tgid) == "khugepaged"));
-            }
+            EventKind::ScanPmd { pfn, status, .. } => self.scans.push(Scan {
+                pfn,
+                status,
+                by_khugepaged: comm(e.tgid) == "khugepaged",
+                scan: true,
+            }),
+            // A successful isolation names a page of the range about to be
+            // collapsed: on kernels whose scan events no longer name a page
+            // after a collapse (7.x reports PFN -1), it is the one that does.
+            EventKind::CollapseIsolate { pfn, status: 1, .. } => self.scans.push(Scan {
+                pfn,
+                status: 1,
+                by_khugepaged: comm(e.tgid) == "khugepaged",
+                scan: false,
+            }),
             EventKind::KsmMerge { pfn, err: 0, .. } => {
                 self.ksm_pfns.insert(pfn);
             }
@@ -180,7 +206,13 @@ impl Evidence {
     /// frees the page it names, so only `before` can own it.)
     pub fn resolve_pfns(&mut self, before: &PageTable, after: &PageTable) {
         // khugepaged's scan_result 1 is SCAN_SUCCEED on every 6.x kernel.
-        for (pfn, status, by_khugepaged) in self.scans.drain(..) {
+        for Scan {
+            pfn,
+            status,
+            by_khugepaged,
+            scan,
+        } in self.scans.drain(..)
+        {
             let mut table = before;
             let mut owners = before.owners(pfn);
             if owners.is_empty() && status != 1 {
@@ -194,7 +226,7 @@ impl Evidence {
                     (true, false) => self.madv_ranges.insert(range),
                     (false, _) => false,
                 };
-                if by_khugepaged {
+                if by_khugepaged && scan {
                     let vma_start = table.vmas[o.vma as usize].start;
                     *self
                         .scan_results
