@@ -57,6 +57,9 @@ pub struct ProcessStats {
 pub struct PageEventStats {
     /// huge_memory: PMD ranges scanned (anon + file) and collapse outcomes.
     pub thp_scans: u64,
+    /// PMD scans whose event names no page (PFN -1: always on 7.x), so
+    /// their result cannot be tied to a process's VMA.
+    pub thp_scans_without_page: u64,
     pub thp_collapses: u64,
     pub thp_collapse_failed: u64,
     /// compaction: runs ended, pages migrated / failed by compaction.
@@ -137,6 +140,7 @@ impl Tally {
 
 fn add_page_events(t: &mut PageEventStats, s: &PageEventStats) {
     t.thp_scans += s.thp_scans;
+    t.thp_scans_without_page += s.thp_scans_without_page;
     t.thp_collapses += s.thp_collapses;
     t.thp_collapse_failed += s.thp_collapse_failed;
     t.compactions += s.compactions;
@@ -253,8 +257,11 @@ impl Aggregator {
                 self.current.system.pages_reclaimed += nr_reclaimed;
             }
             EventKind::WriteFolio { .. } => self.current.system.pages_written += 1,
-            EventKind::ScanPmd { status, .. } => {
+            EventKind::ScanPmd { status, pfn, .. } => {
                 self.current.system.page_events.thp_scans += 1;
+                if pfn == u64::MAX {
+                    self.current.system.page_events.thp_scans_without_page += 1;
+                }
                 *self.current.scan_status.entry(status).or_default() += 1;
                 self.current.processes.entry(e.tgid).or_default().thp_scans += 1;
             }

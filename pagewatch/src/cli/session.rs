@@ -248,6 +248,8 @@ pub struct Session {
     intervals: u64,
     decode_errors: u64,
     dropped_reported: u64,
+    /// Whether the note on scan events without a page was given.
+    said_scan_without_page: bool,
 }
 
 /// /proc/vmstat balloon_inflate and balloon_deflate (0 where absent).
@@ -316,6 +318,7 @@ impl Session {
             intervals: 0,
             decode_errors: 0,
             dropped_reported: 0,
+            said_scan_without_page: false,
             config,
         };
         session.refresh_targets(true)?;
@@ -465,6 +468,15 @@ impl Session {
                     self.exited.push(event.tgid);
                 }
                 EventKind::ProcessExec { .. } => self.comms.refresh(event.tgid),
+                EventKind::ScanPmd { pfn: u64::MAX, .. } if !self.said_scan_without_page => {
+                    self.said_scan_without_page = true;
+                    eprintln!(
+                        "pagewatch: this kernel's mm_khugepaged_scan_pmd events name no page \
+                         (scan_pfn -1): scan results are tallied system-wide \
+                         (thp_scan_results) but not per process and VMA; collapses are still \
+                         attributed through their isolation events"
+                    );
+                }
                 // Children of followed processes are followed too (the
                 // kernel filter already took them in at fork).
                 EventKind::ProcessFork {
