@@ -374,7 +374,7 @@ impl Session {
             .into_iter()
             .filter_map(|pid| scan_process(&root, &self.kpage, pid, None).ok())
             .collect();
-        scans.sort_by_key(|s| s.pid);
+        scans.sort_by_key(|s| s.info.pid);
         PageTable::from_scans(&scans)
     }
 

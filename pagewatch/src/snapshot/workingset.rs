@@ -208,7 +208,7 @@ pub fn working_set(
             }
         })
         .collect();
-    notes.extend(after.notes);
+    notes.extend(after.info.notes);
     Ok(WorkingSet {
         pid,
         seconds: dur.as_secs_f64(),
