@@ -299,6 +299,38 @@ fn every_vma_and_the_rollup_equal_smaps() {
         );
     }
 
+    // The VMA list is the same read with PROCMAP_QUERY (6.11+) and from
+    // the maps text, and the report says which was used.
+    let text = snapshot_json(&[
+        "snapshot",
+        "--pid",
+        &pid.to_string(),
+        "--vma",
+        "--maps-text",
+        "--format",
+        "json",
+    ]);
+    let tp = &text["processes"][0];
+    assert_eq!(tp["vma_source"], "maps_text");
+    let ioctl_kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap()
+        .split(['.', '-'])
+        .take(2)
+        .map(|x| x.parse::<u32>().unwrap_or(0))
+        .collect::<Vec<_>>()
+        >= vec![6, 11];
+    if ioctl_kernel {
+        assert_eq!(p["vma_source"], "procmap_query");
+    } else {
+        assert_eq!(p["vma_source"], "maps_text");
+    }
+    let list = |vs: &[serde_json::Value]| -> Vec<String> {
+        vs.iter()
+            .map(|v| format!("{} {} {} {}", v["start"], v["end"], v["perms"], v["name"]))
+            .collect()
+    };
+    assert_eq!(list(vmas), list(tp["vmas"].as_array().unwrap()));
+
     // The layout's own regions, named.
     let by_start = |name: &str| {
         let s = format!("{:x}", w.regions[name]);

@@ -213,7 +213,7 @@ mod tests {
     use super::*;
     use crate::snapshot::{
         flags::{PM_EXCLUSIVE, PM_PRESENT, PM_SOFT_DIRTY},
-        maps::Vma,
+        maps::{Vma, VmaSource},
         scan::{ScanInfo, VmaPages},
     };
 
@@ -247,6 +247,7 @@ mod tests {
             info: ScanInfo {
                 pid: 7,
                 comm: "x".into(),
+                vma_source: VmaSource::MapsText,
                 vmas: vec![v.vma.clone()],
                 pfns_visible: true,
                 partial: false,

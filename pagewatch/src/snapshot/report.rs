@@ -10,6 +10,7 @@ use super::{
     account::{MemStats, PageFacts},
     flags::{PM_PFN_MASK, PagemapEntry, has, kpf},
     folios::{FolioStats, compound_runs, folio_stats},
+    maps::VmaSource,
     memcg::MemcgNames,
     scan::{ProcessPages, ScanInfo, Segment, VmaPages},
 };
@@ -139,6 +140,8 @@ pub struct ProcessReport {
     pub pid: u32,
     /// Command name.
     pub comm: String,
+    /// How the VMA list was read (`procmap_query` or `maps_text`).
+    pub vma_source: VmaSource,
     /// Whether PFN-based figures are present.
     pub pfns_visible: bool,
     /// The process exited mid-scan.
@@ -310,6 +313,7 @@ impl<'a> ReportBuilder<'a> {
         ProcessReport {
             pid: info.pid,
             comm: info.comm.clone(),
+            vma_source: info.vma_source,
             pfns_visible: info.pfns_visible,
             partial: info.partial,
             total: Usage::from_stats(&total, info.pfns_visible),

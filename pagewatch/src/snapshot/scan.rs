@@ -20,7 +20,7 @@ use std::io;
 use super::{
     error::{Result, SnapshotError},
     flags::{PM_EXCLUSIVE, PM_PFN_MASK, PM_PRESENT, PM_SWAP, PagemapEntry, has, kpf},
-    maps::{Vma, parse_maps},
+    maps::{Vma, VmaSource, read_vmas},
     pagemap_scan::{self, PAGE_IS_HUGE, PAGE_IS_PRESENT, PAGE_IS_SWAPPED},
     pfnplan::{PfnPlan, PlanPart},
     source::{ProcRoot, U64Table},
@@ -204,14 +204,6 @@ pub struct ProcessPages {
     pub vmas: Vec<VmaPages>,
 }
 
-fn open_err(pid: u32, path: &std::path::Path, e: io::Error) -> SnapshotError {
-    match e.raw_os_error() {
-        Some(libc::ENOENT) | Some(libc::ESRCH) => SnapshotError::NoSuchProcess(pid),
-        Some(libc::EACCES) | Some(libc::EPERM) => SnapshotError::ProcessAccessDenied(pid),
-        _ => SnapshotError::read(path, e),
-    }
-}
-
 /// Whether `pid` still exists and is not a zombie.
 fn alive(root: &ProcRoot, pid: u32) -> bool {
     std::fs::read_to_string(root.pid_file(pid, "stat")).is_ok_and(|s| {
@@ -228,6 +220,8 @@ pub struct ScanInfo {
     pub pid: u32,
     /// /proc/PID/comm.
     pub comm: String,
+    /// How the VMA list was read.
+    pub vma_source: VmaSource,
     /// All VMAs of the process.
     pub vmas: Vec<Vma>,
     /// Whether PFNs (and so kpage* data) were visible.
@@ -258,27 +252,44 @@ struct Buffers {
     slots: Vec<(VmaPages, Buffers)>,
 }
 
+/// How to scan a process.
+#[derive(Debug, Clone, Copy)]
+pub struct ScanOptions {
+    /// Sleep after each VMA (a test hook widening the window in which the
+    /// process can exit mid-scan).
+    pub pause: Option<std::time::Duration>,
+    /// How to read the VMA list (PROCMAP_QUERY falls back to the text).
+    pub vma_source: VmaSource,
+}
+
+impl Default for ScanOptions {
+    fn default() -> Self {
+        ScanOptions {
+            pause: None,
+            vma_source: VmaSource::ProcmapQuery,
+        }
+    }
+}
+
 /// Scan one process, handing its pages to `sink` one batch at a time
 /// (`sink(vma_index, batch, pfns_visible)`; a VMA can come in several
-/// batches). `pause`
-/// sleeps after each VMA (a test hook widening the window in which the
-/// process can exit mid-scan).
+/// batches).
 pub fn scan_process_with(
     root: &ProcRoot,
     kp: &KpageFiles,
     pid: u32,
-    pause: Option<std::time::Duration>,
+    opts: &ScanOptions,
     mut sink: impl FnMut(usize, &VmaPages, bool),
 ) -> Result<ScanInfo> {
-    let maps_path = root.pid_file(pid, "maps");
-    let text = std::fs::read_to_string(&maps_path).map_err(|e| open_err(pid, &maps_path, e))?;
-    let vmas = parse_maps(&text, &maps_path)?;
+    let (vmas, vma_source) = read_vmas(root, pid, opts.vma_source)?;
     let comm = root.comm(pid).unwrap_or_default();
     let pm_path = root.pid_file(pid, "pagemap");
-    let pagemap = U64Table::open(&pm_path).map_err(|e| open_err(pid, &pm_path, e))?;
+    let pagemap =
+        U64Table::open(&pm_path).map_err(|e| SnapshotError::of_process(pid, &pm_path, e))?;
     let mut info = ScanInfo {
         pid,
         comm,
+        vma_source,
         vmas: Vec::new(),
         pfns_visible: kp.flags.is_some(),
         partial: false,
@@ -299,7 +310,7 @@ pub fn scan_process_with(
         );
         match r {
             Ok(true) => {
-                if let Some(p) = pause {
+                if let Some(p) = opts.pause {
                     std::thread::sleep(p);
                 }
             }
@@ -332,10 +343,10 @@ pub fn scan_process(
     root: &ProcRoot,
     kp: &KpageFiles,
     pid: u32,
-    pause: Option<std::time::Duration>,
+    opts: &ScanOptions,
 ) -> Result<ProcessPages> {
     let mut kept: Vec<Option<VmaPages>> = Vec::new();
-    let info = scan_process_with(root, kp, pid, pause, |vi, b, _| {
+    let info = scan_process_with(root, kp, pid, opts, |vi, b, _| {
         if kept.len() <= vi {
             kept.resize_with(vi + 1, || None);
         }
