@@ -155,18 +155,12 @@ impl VmaPages {
     }
     /// The entries as runs in address order: an unfolded page is one run,
     /// a folded block two (its head, then its 511 tails).
-    pub fn segments(&self) -> impl Iterator<Item = Segment> + '_ {
-        (0..self.pm.len()).flat_map(move |k| {
-            let head = self.segment(k);
-            let tails = self.folded[k].then(|| Segment {
-                idx: head.idx + 1,
-                pages: PMD_PAGES as u32 - 1,
-                pm: head.pm + 1,
-                flags: tail_flags(head.flags),
-                ..head
-            });
-            std::iter::once(head).chain(tails)
-        })
+    pub fn segments(&self) -> Segments<'_> {
+        Segments {
+            v: self,
+            k: 0,
+            tails: None,
+        }
     }
     /// Append another batch of the same VMA, one entry per page (folded
     /// blocks unfolded), for callers that index pages.
@@ -182,6 +176,39 @@ impl VmaPages {
                 self.folded.push(false);
             }
         }
+    }
+}
+
+/// Iterator of [`VmaPages::segments`].
+#[derive(Debug)]
+pub struct Segments<'a> {
+    v: &'a VmaPages,
+    k: usize,
+    tails: Option<Segment>,
+}
+
+impl Iterator for Segments<'_> {
+    type Item = Segment;
+    fn next(&mut self) -> Option<Segment> {
+        if let Some(t) = self.tails.take() {
+            return Some(t);
+        }
+        let k = self.k;
+        if k >= self.v.pm.len() {
+            return None;
+        }
+        self.k += 1;
+        let head = self.v.segment(k);
+        if self.v.folded[k] {
+            self.tails = Some(Segment {
+                idx: head.idx + 1,
+                pages: PMD_PAGES as u32 - 1,
+                pm: head.pm + 1,
+                flags: tail_flags(head.flags),
+                ..head
+            });
+        }
+        Some(head)
     }
 }
 
