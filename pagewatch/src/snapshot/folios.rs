@@ -114,6 +114,12 @@ pub fn compound_runs(
 /// Large-folio statistics of one VMA's pages.
 pub fn folio_stats(v: &VmaPages) -> FolioStats {
     let mut st = FolioStats::default();
+    // One cheap pass over the flags spares the walk in batches of small
+    // folios only.
+    let compound = (1 << kpf::COMPOUND_HEAD) | (1 << kpf::COMPOUND_TAIL);
+    if !v.flags.iter().any(|f| f & compound != 0) {
+        return st;
+    }
     let first_vpn = v.vma.start / 4096;
     let starts = |g: &Segment| {
         let f = g.flags;

@@ -174,6 +174,7 @@ impl PfnPlan {
     }
 
     /// The value read for `pfn`, which must be one of the planned PFNs.
+    #[inline]
     pub fn get(&self, values: &[u64], pfn: u64) -> u64 {
         let mut i = if self.chunk_range.is_empty() {
             // Sorted plan: the last range starting at or below `pfn`.

@@ -202,6 +202,10 @@ pub fn vma_stats(v: &VmaPages, visible: bool) -> MemStats {
 
 fn hugetlb_sizes(v: &VmaPages) -> BTreeMap<u64, u64> {
     let mut out = BTreeMap::new();
+    // One cheap pass over the flags spares the walk in most batches.
+    if !v.flags.iter().any(|f| has(*f, kpf::HUGE)) {
+        return out;
+    }
     compound_runs(
         v,
         false,

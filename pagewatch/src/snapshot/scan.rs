@@ -189,6 +189,7 @@ pub struct Segments<'a> {
 
 impl Iterator for Segments<'_> {
     type Item = Segment;
+    #[inline]
     fn next(&mut self) -> Option<Segment> {
         if let Some(t) = self.tails.take() {
             return Some(t);
