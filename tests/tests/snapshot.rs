@@ -19,7 +19,7 @@ use pagewatch_tests::{
 };
 use serde_json::Value;
 
-/// A running pw-layout and the regions it reported.
+/// A running workload (pw-layout, or pw-hold) and the regions it reported.
 struct Layout {
     child: Child,
     _stdin: ChildStdin,
@@ -30,11 +30,17 @@ struct Layout {
 impl Layout {
     fn start(args: &[&str], uid: Option<u32>) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pw-layout"));
-        cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped());
+        cmd.args(args);
         if let Some(u) = uid {
             cmd.uid(u).gid(u);
         }
-        let mut child = cmd.spawn().expect("spawn pw-layout");
+        Self::spawn(cmd)
+    }
+
+    /// Run `cmd` until it prints `ready`, noting its `pid` and `region` lines.
+    fn spawn(mut cmd: Command) -> Self {
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
         let stdin = child.stdin.take().unwrap();
         let mut regions = HashMap::new();
         let mut pid = child.id();
@@ -148,6 +154,58 @@ fn vma_at(vmas: &[SmapsVma], start: u64) -> &SmapsVma {
     vmas.iter()
         .find(|v| v.start == start)
         .expect("region VMA in smaps")
+}
+
+/// Exclusive PMD-mapped THPs (a process that never forked) are accounted
+/// per folio: one folded entry per 2 MiB, only the head's kpage entries
+/// read. That VMA must still equal smaps field by field, and its folios be
+/// PMD-mapped, aligned 2 MiB ones.
+#[test]
+fn exclusive_thp_accounted_per_folio_equals_smaps() {
+    let test = "exclusive_thp_accounted_per_folio_equals_smaps";
+    if skip_unless_root(test) {
+        return;
+    }
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pw-hold"));
+    cmd.args(["64", "thp"]);
+    let w = Layout::spawn(cmd);
+    let pid = w.pid.to_string();
+    let j = snapshot_json(&["snapshot", "--pid", &pid, "--vma", "--format", "json"]);
+    let sm = smaps(w.pid);
+    let Some(s) = sm
+        .iter()
+        .find(|s| s.kb.get("AnonHugePages").is_some_and(|kb| *kb >= 2048))
+    else {
+        return skip(test, "the MADV_HUGEPAGE region got no PMD THP");
+    };
+    let v = j["processes"][0]["vmas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["start"] == format!("{:x}", s.start).as_str())
+        .expect("the THP VMA in pagewatch's report")
+        .clone();
+    let mut compared = 0;
+    for (smaps_name, ours) in FIELDS {
+        if let Some(expect) = s.kb.get(smaps_name) {
+            assert_eq!(
+                v["usage"][ours].as_u64(),
+                Some(*expect),
+                "{smaps_name} of the THP VMA (smaps {expect})"
+            );
+            compared += 1;
+        }
+    }
+    assert!(compared >= 10, "compared only {compared} fields");
+    let thp_bytes = s.kb["AnonHugePages"] << 10;
+    let f = &v["folios"]["anon"]["2048"];
+    assert_eq!(f["folios"].as_u64(), Some(thp_bytes >> 21), "{f}");
+    assert_eq!(f["pmd_mapped"].as_u64(), Some(thp_bytes), "{f}");
+    assert_eq!(f["aligned"].as_u64(), Some(thp_bytes), "{f}");
+    assert_eq!(
+        v["usage"]["exclusive_pages"].as_u64(),
+        Some(s.kb["Rss"] / 4)
+    );
 }
 
 #[test]
@@ -312,6 +370,38 @@ fn every_vma_and_the_rollup_equal_smaps() {
             "{smaps_name} summed over VMAs not mapped by pagewatch"
         );
     }
+
+    // The VMA list is the same read with PROCMAP_QUERY (6.11+) and from
+    // the maps text, and the report says which was used.
+    let text = snapshot_json(&[
+        "snapshot",
+        "--pid",
+        &pid.to_string(),
+        "--vma",
+        "--maps-text",
+        "--format",
+        "json",
+    ]);
+    let tp = &text["processes"][0];
+    assert_eq!(tp["vma_source"], "maps_text");
+    let ioctl_kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap()
+        .split(['.', '-'])
+        .take(2)
+        .map(|x| x.parse::<u32>().unwrap_or(0))
+        .collect::<Vec<_>>()
+        >= vec![6, 11];
+    if ioctl_kernel {
+        assert_eq!(p["vma_source"], "procmap_query");
+    } else {
+        assert_eq!(p["vma_source"], "maps_text");
+    }
+    let list = |vs: &[serde_json::Value]| -> Vec<String> {
+        vs.iter()
+            .map(|v| format!("{} {} {} {}", v["start"], v["end"], v["perms"], v["name"]))
+            .collect()
+    };
+    assert_eq!(list(vmas), list(tp["vmas"].as_array().unwrap()));
 
     // The layout's own regions, named.
     let by_start = |name: &str| {

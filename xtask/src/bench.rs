@@ -18,7 +18,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use crate::{build, cmd, setup};
 
@@ -30,18 +30,40 @@ pub struct Options {
     /// Rounds of 256 MiB per fault run (65536 faults each).
     #[arg(long, default_value_t = 16)]
     rounds: usize,
+    /// Run only this benchmark.
+    #[arg(long, value_enum)]
+    only: Option<Bench>,
+}
+
+/// The benchmarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Bench {
+    /// Fault tracing overhead (`pagewatch top`).
+    Faults,
+    /// `pagewatch snapshot` against pagemap, smaps_rollup and dd.
+    Snapshot,
 }
 
 pub fn run(opts: Options) -> anyhow::Result<()> {
     build::run()?;
-    setup::apt_install(&["linux-perf"])?;
     if !cmd::is_root() {
-        bail!("the benchmarks trace the kernel and need root");
+        bail!("the benchmarks read /proc/kpage* and trace the kernel: they need root");
     }
     let dir = cmd::release_dir();
-    let mut markdown = faults(&dir, &opts)?;
-    markdown.push('\n');
-    markdown.push_str(&crate::bench_snapshot::run(&dir.join("pagewatch"), &dir)?);
+    let wanted = |b: Bench| opts.only.is_none_or(|o| o == b);
+    let mut parts = Vec::new();
+    if wanted(Bench::Faults) {
+        setup::apt_install(&["linux-perf"])?;
+        parts.push(faults(&dir, &opts)?);
+    }
+    if wanted(Bench::Snapshot) {
+        parts.push(crate::bench_snapshot::run(
+            &dir.join("pagewatch"),
+            &dir,
+            opts.reps,
+        )?);
+    }
+    let markdown = parts.join("\n");
     println!("\n{markdown}");
     let out = dir.join("bench.md");
     std::fs::write(&out, &markdown).with_context(|| format!("writing {}", out.display()))?;

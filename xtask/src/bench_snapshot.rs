@@ -19,7 +19,6 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-const REPEATS: usize = 7;
 const SIZE_MIB: u64 = 4096;
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -46,13 +45,23 @@ fn time_command(cmd: &mut Command) -> Result<Duration> {
     Ok(d)
 }
 
-fn repeat(what: &str, mut f: impl FnMut() -> Result<Duration>) -> Result<Duration> {
-    let mut v = Vec::with_capacity(REPEATS);
-    for _ in 0..REPEATS {
-        v.push(f()?);
+/// Run each of `fs` `reps` times, interleaved (so load changes hit all
+/// alike), and return their medians.
+fn interleaved<const N: usize>(
+    what: [&str; N],
+    reps: usize,
+    mut fs: [&mut dyn FnMut() -> Result<Duration>; N],
+) -> Result<[Duration; N]> {
+    let mut v: [Vec<Duration>; N] = std::array::from_fn(|_| Vec::with_capacity(reps));
+    for _ in 0..reps {
+        for (f, times) in fs.iter_mut().zip(&mut v) {
+            times.push(f()?);
+        }
     }
-    let m = median(v);
-    eprintln!("  {what}: median {:.1} ms over {REPEATS} runs", ms(m));
+    let m = v.map(median);
+    for (w, d) in what.iter().zip(&m) {
+        eprintln!("  {w}: median {:.1} ms over {reps} runs", ms(*d));
+    }
     Ok(m)
 }
 
@@ -141,24 +150,31 @@ fn read_pagemap(pid: u32, start: u64, end: u64) -> Result<Duration> {
     Ok(t.elapsed())
 }
 
+/// The three load averages of /proc/loadavg.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Run the snapshot benchmark and return its Markdown section.
-pub fn run(pagewatch: &Path, workload_dir: &Path) -> Result<String> {
+pub fn run(pagewatch: &Path, workload_dir: &Path, reps: usize) -> Result<String> {
     let mut md = String::new();
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = loadavg();
     writeln!(md, "## Snapshot (`pagewatch snapshot`)\n")?;
     writeln!(
         md,
         "Load average when the run started: {} (other work on the machine competes for the CPUs the \
          parallel reads need).\n",
-        load.split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
+        load
     )?;
     writeln!(
         md,
         "Command: `cargo xtask bench` (xtask/src/bench_snapshot.rs). A pw-hold process holds {SIZE_MIB} MiB of \
-         written anonymous memory; each figure is the median of {REPEATS} runs. (a) `pagewatch snapshot --pid PID \
+         written anonymous memory; each figure is the median of {reps} runs, the three variants interleaved. (a) `pagewatch snapshot --pid PID \
          --format json` (maps, pagemap, kpageflags, kpagecount, kpagecgroup, Pss, folios, memcg), (b) a plain \
          sequential read of the same pagemap range in 512 KiB preads, (c) `cat /proc/PID/smaps_rollup`.\n"
     )?;
@@ -177,17 +193,24 @@ pub fn run(pagewatch: &Path, workload_dir: &Path) -> Result<String> {
         let hold = Hold::start(workload_dir, thp)?;
         let pid = hold.pid.to_string();
         let pages = (hold.end - hold.start) / 4096;
-        let a = repeat("pagewatch snapshot --pid", || {
-            time_command(
-                Command::new(pagewatch).args(["snapshot", "--pid", &pid, "--format", "json"]),
-            )
-        })?;
-        let b = repeat("sequential pagemap read", || {
-            read_pagemap(hold.pid, hold.start, hold.end)
-        })?;
-        let c = repeat("cat smaps_rollup", || {
-            time_command(Command::new("cat").arg(format!("/proc/{pid}/smaps_rollup")))
-        })?;
+        let [a, b, c] = interleaved(
+            [
+                "pagewatch snapshot --pid",
+                "sequential pagemap read",
+                "cat smaps_rollup",
+            ],
+            reps,
+            [
+                &mut || {
+                    time_command(
+                        Command::new(pagewatch)
+                            .args(["snapshot", "--pid", &pid, "--format", "json"]),
+                    )
+                },
+                &mut || read_pagemap(hold.pid, hold.start, hold.end),
+                &mut || time_command(Command::new("cat").arg(format!("/proc/{pid}/smaps_rollup"))),
+            ],
+        )?;
         writeln!(
             md,
             "| {label} | {pages} | {} MiB | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} M | {:.1}x | {:.1}x |",
@@ -214,12 +237,27 @@ pub fn run(pagewatch: &Path, workload_dir: &Path) -> Result<String> {
             }
         })
         .0;
-    let census = repeat("pagewatch snapshot --system", || {
-        time_command(Command::new(pagewatch).args(["snapshot", "--system", "--format", "json"]))
-    })?;
-    let dd = repeat("dd if=/proc/kpageflags bs=512K", || {
-        time_command(Command::new("dd").args(["if=/proc/kpageflags", "of=/dev/null", "bs=512K"]))
-    })?;
+    let [census, dd] = interleaved(
+        [
+            "pagewatch snapshot --system",
+            "dd if=/proc/kpageflags bs=512K",
+        ],
+        reps,
+        [
+            &mut || {
+                time_command(
+                    Command::new(pagewatch).args(["snapshot", "--system", "--format", "json"]),
+                )
+            },
+            &mut || {
+                time_command(Command::new("dd").args([
+                    "if=/proc/kpageflags",
+                    "of=/dev/null",
+                    "bs=512K",
+                ]))
+            },
+        ],
+    )?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     writeln!(
         md,
@@ -239,5 +277,6 @@ pub fn run(pagewatch: &Path, workload_dir: &Path) -> Result<String> {
             d.as_secs_f64() / dd.as_secs_f64()
         )?;
     }
+    writeln!(md, "\nLoad average when the run ended: {}.", loadavg())?;
     Ok(md)
 }

@@ -25,7 +25,7 @@ use pagewatch::{
     snapshot::{
         self,
         columns::PageTable,
-        scan::{KpageFiles, scan_process},
+        scan::{KpageFiles, ScanOptions, scan_process},
     },
     transition::TransitionGroup,
 };
@@ -379,9 +379,9 @@ impl Session {
         };
         let mut scans: Vec<_> = pids
             .into_iter()
-            .filter_map(|pid| scan_process(&root, &self.kpage, pid, None).ok())
+            .filter_map(|pid| scan_process(&root, &self.kpage, pid, &ScanOptions::default()).ok())
             .collect();
-        scans.sort_by_key(|s| s.pid);
+        scans.sort_by_key(|s| s.info.pid);
         PageTable::from_scans(&scans)
     }
 

@@ -14,9 +14,10 @@ use pagewatch::snapshot::{
     census::{Census, census},
     columns::PageTable,
     flags::{FlagExpr, kpf_describe},
+    maps::VmaSource,
     memcg::MemcgNames,
     report::{ProcessReport, ReportBuilder, Usage, process_report},
-    scan::{KpageFiles, ProcessPages, scan_process, scan_process_with},
+    scan::{KpageFiles, ProcessPages, ScanOptions, scan_process, scan_process_with},
     select::{Selection, resolve},
     sysfs::{SystemState, system_state},
     workingset::{WorkingSet, working_set},
@@ -82,6 +83,9 @@ pub struct SnapshotArgs {
     /// Sleep this many ms after each VMA (test hook for processes exiting mid-scan).
     #[arg(long, hide = true)]
     pub pause_per_vma_ms: Option<u64>,
+    /// Read VMA lists from the /proc/PID/maps text even where the PROCMAP_QUERY ioctl works.
+    #[arg(long, hide = true)]
+    pub maps_text: bool,
 }
 
 /// Validated configuration.
@@ -96,7 +100,7 @@ struct Config {
     working_set: Option<Duration>,
     format: Format,
     threads: usize,
-    pause: Option<Duration>,
+    scan: ScanOptions,
 }
 
 impl TryFrom<SnapshotArgs> for Config {
@@ -145,7 +149,14 @@ impl TryFrom<SnapshotArgs> for Config {
             threads: a
                 .threads
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-            pause: a.pause_per_vma_ms.map(Duration::from_millis),
+            scan: ScanOptions {
+                pause: a.pause_per_vma_ms.map(Duration::from_millis),
+                vma_source: if a.maps_text {
+                    VmaSource::MapsText
+                } else {
+                    VmaSource::ProcmapQuery
+                },
+            },
         })
     }
 }
@@ -207,13 +218,13 @@ pub fn run(args: SnapshotArgs) -> Result<()> {
             // Keep every page only when owners must be named (--list);
             // otherwise account batch by batch in a small footprint.
             let scanned = if cfg.list {
-                scan_process(&cfg.root, &kp, pid, cfg.pause).map(|p| {
+                scan_process(&cfg.root, &kp, pid, &cfg.scan).map(|p| {
                     reports.push(process_report(&p, &names, cfg.vma));
                     scans.push(p);
                 })
             } else {
                 let mut b = ReportBuilder::new(&names, cfg.vma);
-                scan_process_with(&cfg.root, &kp, pid, cfg.pause, |vi, batch, vis| {
+                scan_process_with(&cfg.root, &kp, pid, &cfg.scan, |vi, batch, vis| {
                     b.add(vi, batch, vis)
                 })
                 .map(|info| reports.push(b.finish(&info)))
@@ -332,7 +343,7 @@ fn print_table(o: &Output) {
         println!("{}", usage_row(&label, &p.total));
         let t = &p.total;
         println!(
-            "    dirty: private {} shared {} | clean: private {} shared {} | ksm {} | zero-page pages {} | soft-dirty pages {} | exclusive pages {}",
+            "    dirty: private {} shared {} | clean: private {} shared {} | ksm {} | zero-page pages {} | soft-dirty pages {} | exclusive pages {} | VMAs via {}",
             opt(t.private_dirty),
             opt(t.shared_dirty),
             opt(t.private_clean),
@@ -340,7 +351,11 @@ fn print_table(o: &Output) {
             opt(t.ksm),
             opt(t.zero_pages),
             t.soft_dirty_pages,
-            t.exclusive_pages
+            t.exclusive_pages,
+            match p.vma_source {
+                VmaSource::ProcmapQuery => "PROCMAP_QUERY",
+                VmaSource::MapsText => "maps text",
+            }
         );
         if !p.memcg.is_empty() {
             let m: Vec<String> = p.memcg.iter().map(|(k, v)| format!("{k} {v} kB")).collect();

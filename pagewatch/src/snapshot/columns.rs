@@ -92,7 +92,7 @@ impl PageTable {
             for v in &p.vmas {
                 let vi = t.vmas.len() as u32;
                 t.vmas.push(VmaMeta {
-                    pid: p.pid,
+                    pid: p.info.pid,
                     start: v.vma.start,
                     end: v.vma.end,
                     perms: v.vma.perms.clone(),
@@ -213,8 +213,8 @@ mod tests {
     use super::*;
     use crate::snapshot::{
         flags::{PM_EXCLUSIVE, PM_PRESENT, PM_SOFT_DIRTY},
-        maps::Vma,
-        scan::VmaPages,
+        maps::{Vma, VmaSource},
+        scan::{ScanInfo, VmaPages},
     };
 
     #[test]
@@ -241,14 +241,19 @@ mod tests {
             mapcount: vec![1, 3, 2],
             cgroup: vec![42, 42, 43],
             pmd: vec![false; 3],
+            folded: vec![false; 3],
         };
         let p = ProcessPages {
-            pid: 7,
-            comm: "x".into(),
+            info: ScanInfo {
+                pid: 7,
+                comm: "x".into(),
+                vma_source: VmaSource::MapsText,
+                vmas: vec![v.vma.clone()],
+                pfns_visible: true,
+                partial: false,
+                notes: vec![],
+            },
             vmas: vec![v],
-            pfns_visible: true,
-            partial: false,
-            notes: vec![],
         };
         let t = PageTable::from_scans(&[p]);
         assert_eq!(t.len(), 3);

@@ -51,6 +51,16 @@ pub enum SnapshotError {
 pub type Result<T> = std::result::Result<T, SnapshotError>;
 
 impl SnapshotError {
+    /// Wrap an I/O error from opening or reading `path`, a file of process
+    /// `pid`: a vanished process or a refused one is said as such.
+    pub fn of_process(pid: u32, path: impl Into<PathBuf>, e: io::Error) -> Self {
+        match e.raw_os_error() {
+            Some(libc::ENOENT) | Some(libc::ESRCH) => SnapshotError::NoSuchProcess(pid),
+            Some(libc::EACCES) | Some(libc::EPERM) => SnapshotError::ProcessAccessDenied(pid),
+            _ => SnapshotError::read(path, e),
+        }
+    }
+
     /// Wrap an I/O error from reading `path`.
     pub fn read(path: impl Into<PathBuf>, source: io::Error) -> Self {
         SnapshotError::Read {

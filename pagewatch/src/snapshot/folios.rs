@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use super::{
     flags::{PagemapEntry, has, kpf},
-    scan::{VmaPages, is_large_head},
+    scan::{Segment, VmaPages, is_large_head},
 };
 
 /// Bytes of one folio size, split by how they are mapped.
@@ -80,46 +80,66 @@ impl FolioStats {
     }
 }
 
+/// Call `each(first, pages)` for every run of pages at consecutive PFNs
+/// (and, with `same_va`, consecutive virtual pages) that starts with a
+/// segment `starts` accepts and goes on through COMPOUND_TAIL pages.
+pub fn compound_runs(
+    v: &VmaPages,
+    same_va: bool,
+    starts: impl Fn(&Segment) -> bool,
+    mut each: impl FnMut(&Segment, u64),
+) {
+    let mut cur: Option<(Segment, u64)> = None;
+    for g in v.segments() {
+        if let Some((first, len)) = &mut cur {
+            if g.pfn() == first.pfn().map(|p| p + *len)
+                && (!same_va || u64::from(g.idx) == u64::from(first.idx) + *len)
+                && has(g.flags, kpf::COMPOUND_TAIL)
+            {
+                *len += u64::from(g.pages);
+                continue;
+            }
+            each(first, *len);
+            cur = None;
+        }
+        if g.pfn().is_some() && starts(&g) {
+            cur = Some((g, u64::from(g.pages)));
+        }
+    }
+    if let Some((first, len)) = cur {
+        each(&first, len);
+    }
+}
+
 /// Large-folio statistics of one VMA's pages.
 pub fn folio_stats(v: &VmaPages) -> FolioStats {
     let mut st = FolioStats::default();
-    let n = v.pm.len();
+    // One cheap pass over the flags spares the walk in batches of small
+    // folios only.
+    let compound = (1 << kpf::COMPOUND_HEAD) | (1 << kpf::COMPOUND_TAIL);
+    if !v.flags.iter().any(|f| f & compound != 0) {
+        return st;
+    }
     let first_vpn = v.vma.start / 4096;
-    let mut k = 0;
-    while k < n {
-        let f = v.flags[k];
-        let Some(pfn) = v.pfn(k) else {
-            k += 1;
-            continue;
-        };
-        let head = is_large_head(f);
-        let orphan_tail =
-            has(f, kpf::COMPOUND_TAIL) && !has(f, kpf::HUGE) && !has(f, kpf::ZERO_PAGE);
-        if !head && !orphan_tail {
-            k += 1;
-            continue;
-        }
-        let mut len = 1;
-        while k + len < n
-            && v.idx[k + len] == v.idx[k] + len as u32
-            && v.pfn(k + len) == Some(pfn + len as u64)
-            && has(v.flags[k + len], kpf::COMPOUND_TAIL)
-        {
-            len += 1;
-        }
-        let bytes = len as u64 * 4096;
-        let anon = has(f, kpf::ANON) || !PagemapEntry(v.pm[k]).file();
-        if head && len.is_power_of_two() {
+    let starts = |g: &Segment| {
+        let f = g.flags;
+        is_large_head(f)
+            || (has(f, kpf::COMPOUND_TAIL) && !has(f, kpf::HUGE) && !has(f, kpf::ZERO_PAGE))
+    };
+    compound_runs(v, true, starts, |g, len| {
+        let bytes = len * 4096;
+        let anon = has(g.flags, kpf::ANON) || !PagemapEntry(g.pm).file();
+        if is_large_head(g.flags) && len.is_power_of_two() {
             let map = if anon { &mut st.anon } else { &mut st.file };
             let b = map.entry(bytes / 1024).or_default();
             b.folios += 1;
             b.bytes += bytes;
-            if v.pmd[k] {
+            if g.pmd {
                 b.pmd_mapped += bytes;
             } else {
                 b.pte_mapped += bytes;
             }
-            if (first_vpn + u64::from(v.idx[k])).is_multiple_of(len as u64) {
+            if (first_vpn + u64::from(g.idx)).is_multiple_of(len) {
                 b.aligned += bytes;
             } else {
                 b.unaligned += bytes;
@@ -129,7 +149,6 @@ pub fn folio_stats(v: &VmaPages) -> FolioStats {
         } else {
             st.file_partial += bytes;
         }
-        k += len;
-    }
+    });
     st
 }

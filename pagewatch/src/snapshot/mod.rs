@@ -4,7 +4,8 @@
 //!
 //! Modules by concern:
 //! - [`source`]: the [`ProcRoot`] every reader takes, batched u64 tables;
-//! - [`maps`], [`flags`], [`pagemap_scan`]: the kernel files and their bits;
+//! - [`maps`], [`procmap_query`], [`flags`], [`pagemap_scan`]: the kernel
+//!   files and ioctls, and their bits;
 //! - [`scan`], [`pfnplan`]: reading one process's pages (pagemap, then
 //!   kpage* for the PFNs found);
 //! - [`account`], [`folios`], [`report`]: smaps-exact accounting,
@@ -25,6 +26,7 @@ pub mod maps;
 pub mod memcg;
 pub mod pagemap_scan;
 pub mod pfnplan;
+pub mod procmap_query;
 pub mod report;
 pub mod scan;
 pub mod select;

@@ -1,11 +1,14 @@
-//! Planning reads of /proc/kpage* for a set of PFNs without sorting them:
-//! PFNs are bucketed into 64-PFN chunks (one pass for the bounds, one
-//! setting a bit per wanted PFN), and the runs of wanted PFNs are merged
-//! into preads when closer than [`GAP`] entries. The values land
-//! in one array; [`PfnPlan::get`] finds a PFN's value in O(1).
+//! Planning reads of /proc/kpage* for a set of PFNs: the runs of wanted
+//! PFNs are merged into preads when closer than [`GAP`] entries, and the
+//! values land in one array.
 //!
-//! This is O(n) in the PFNs plus O(span / 64) in the address range, and
-//! reads each needed entry once (the kernel charges ~50 ns per entry, so
+//! Dense sets (many PFNs per 64-PFN chunk of their span, as 4 KiB pages
+//! are) are planned without sorting: PFNs are bucketed into 64-PFN chunks
+//! (one pass for the bounds, one setting a bit per wanted PFN), O(n) plus
+//! O(span / 64), and [`PfnPlan::get`] finds a PFN's value in O(1). Sparse
+//! sets (the heads of 2 MiB folios, 512 PFNs apart over all of memory)
+//! are sorted instead, and `get` searches the reads. Either way each
+//! needed entry is read once (the kernel charges ~50 ns per entry, so
 //! reading a few unneeded ones is cheaper than another syscall).
 
 use std::io;
@@ -15,6 +18,9 @@ use super::source::{BATCH_ENTRIES, U64Table};
 const CHUNK: u64 = 64;
 /// Merge spans closer than this many entries.
 pub const GAP: u64 = 16;
+/// Sets with fewer PFNs than one per this many chunks of their span are
+/// planned by sorting (the bitmap would cost more than the sort).
+const SPARSE: usize = 4;
 
 /// One pread: `len` entries from `start`, stored at `off` in the values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,16 +42,20 @@ pub struct PfnPlan {
 impl PfnPlan {
     /// Plan reads for the PFNs that `each` yields (it is called twice).
     pub fn new(each: impl Fn(&mut dyn FnMut(u64))) -> Self {
-        let (mut min, mut max) = (u64::MAX, 0);
+        let (mut min, mut max, mut n) = (u64::MAX, 0, 0usize);
         each(&mut |p| {
             min = min.min(p);
             max = max.max(p);
+            n += 1;
         });
         if min > max {
             return PfnPlan::default();
         }
         let base = min - min % CHUNK;
         let chunks = ((max - base) / CHUNK + 1) as usize;
+        if n < chunks / SPARSE {
+            return Self::sorted(each, n);
+        }
         // One bit per PFN: only the wanted entries are read (the kernel
         // charges per entry), gaps of up to GAP entries are read through.
         let mut bits = vec![0u64; chunks];
@@ -71,23 +81,7 @@ impl PfnPlan {
                     m & !(((1u64 << len) - 1) << lo)
                 };
                 let s = base + c as u64 * CHUNK + u64::from(lo);
-                let e = s + u64::from(len);
-                match plan.ranges.last_mut() {
-                    Some(r)
-                        if s <= r.start + r.len + GAP && e - r.start <= BATCH_ENTRIES as u64 =>
-                    {
-                        plan.total += (e - (r.start + r.len)) as usize;
-                        r.len = e - r.start;
-                    }
-                    _ => {
-                        plan.ranges.push(Range {
-                            start: s,
-                            len: e - s,
-                            off: plan.total,
-                        });
-                        plan.total += (e - s) as usize;
-                    }
-                }
+                plan.add_span(s, s + u64::from(len));
                 if first {
                     plan.chunk_range[c] = (plan.ranges.len() - 1) as u32;
                     first = false;
@@ -95,6 +89,37 @@ impl PfnPlan {
             }
         }
         plan
+    }
+
+    /// Plan a sparse set by sorting it; `get` then searches the ranges.
+    fn sorted(each: impl Fn(&mut dyn FnMut(u64)), n: usize) -> Self {
+        let mut pfns = Vec::with_capacity(n);
+        each(&mut |p| pfns.push(p));
+        pfns.sort_unstable();
+        pfns.dedup();
+        let mut plan = PfnPlan::default();
+        for p in pfns {
+            plan.add_span(p, p + 1);
+        }
+        plan
+    }
+
+    /// Add entries `s..e` (above every planned one) to the reads.
+    fn add_span(&mut self, s: u64, e: u64) {
+        match self.ranges.last_mut() {
+            Some(r) if s <= r.start + r.len + GAP && e - r.start <= BATCH_ENTRIES as u64 => {
+                self.total += (e - (r.start + r.len)) as usize;
+                r.len = e - r.start;
+            }
+            _ => {
+                self.ranges.push(Range {
+                    start: s,
+                    len: e - s,
+                    off: self.total,
+                });
+                self.total += (e - s) as usize;
+            }
+        }
     }
 
     /// Number of entries the plan reads.
@@ -149,10 +174,15 @@ impl PfnPlan {
     }
 
     /// The value read for `pfn`, which must be one of the planned PFNs.
+    #[inline]
     pub fn get(&self, values: &[u64], pfn: u64) -> u64 {
-        let c = ((pfn - self.base) / CHUNK) as usize;
-        // A chunk's PFNs can lie in a few ranges: start at its first one.
-        let mut i = self.chunk_range[c] as usize;
+        let mut i = if self.chunk_range.is_empty() {
+            // Sorted plan: the last range starting at or below `pfn`.
+            self.ranges.partition_point(|r| r.start <= pfn) - 1
+        } else {
+            // A chunk's PFNs can lie in a few ranges: start at its first one.
+            self.chunk_range[((pfn - self.base) / CHUNK) as usize] as usize
+        };
         while pfn >= self.ranges[i].start + self.ranges[i].len {
             i += 1;
         }
@@ -211,5 +241,25 @@ mod tests {
         assert_eq!(a.values.len() + b.values.len(), plan.entries());
         assert_eq!(b.off, a.values.len());
         assert!(v.iter().all(|x| *x == 0));
+    }
+
+    #[test]
+    fn sparse_plans_sort_and_find_values() {
+        // Folio heads 512 apart, plus two neighbours merged into one read.
+        let pfns: Vec<u64> = (0..100u64)
+            .map(|i| 1_000_000 - i * 512)
+            .chain([5, 6])
+            .collect();
+        let plan = PfnPlan::new(|f| pfns.iter().for_each(|p| f(*p)));
+        assert!(plan.chunk_range.is_empty(), "planned as sparse");
+        assert_eq!((plan.preads(), plan.entries()), (101, 102));
+        let values: Vec<u64> = plan
+            .ranges
+            .iter()
+            .flat_map(|r| r.start..r.start + r.len)
+            .collect();
+        for p in pfns {
+            assert_eq!(plan.get(&values, p), p);
+        }
     }
 }

@@ -9,9 +9,10 @@ use serde::Serialize;
 use super::{
     account::{MemStats, PageFacts},
     flags::{PM_PFN_MASK, PagemapEntry, has, kpf},
-    folios::{FolioStats, folio_stats},
+    folios::{FolioStats, compound_runs, folio_stats},
+    maps::VmaSource,
     memcg::MemcgNames,
-    scan::{ProcessPages, ScanInfo, VmaPages},
+    scan::{ProcessPages, ScanInfo, Segment, VmaPages},
 };
 
 /// smaps-style usage in kB. `None`: needs PFNs, which were hidden.
@@ -139,6 +140,8 @@ pub struct ProcessReport {
     pub pid: u32,
     /// Command name.
     pub comm: String,
+    /// How the VMA list was read (`procmap_query` or `maps_text`).
+    pub vma_source: VmaSource,
     /// Whether PFN-based figures are present.
     pub pfns_visible: bool,
     /// The process exited mid-scan.
@@ -159,78 +162,74 @@ pub struct ProcessReport {
 }
 
 /// Account every page of one VMA, runs of pages with identical facts at
-/// once (a PMD-mapped THP is one run of 512).
+/// once (a folded PMD block is two runs: head and tails).
 pub fn vma_stats(v: &VmaPages, visible: bool) -> MemStats {
     let mut s = MemStats::default();
-    let facts = |k: usize| PageFacts {
-        pm: v.pm[k],
-        flags: v.flags[k],
-        mapcount: u64::from(v.mapcount[k]),
-        pmd_mapped: v.pmd[k],
-    };
     // Swapped entries carry per-page swap offsets: compare those whole.
-    let key = |k: usize| {
-        let pm = v.pm[k];
-        let pm = if PagemapEntry(pm).present() {
-            pm & !PM_PFN_MASK
+    let key = |g: &Segment| {
+        let pm = if PagemapEntry(g.pm).present() {
+            g.pm & !PM_PFN_MASK
         } else {
-            pm
+            g.pm
         };
-        (pm, v.flags[k], v.mapcount[k], v.pmd[k])
+        (pm, g.flags, g.mapcount, g.pmd)
     };
-    let n = v.pm.len();
-    let mut k = 0;
-    while k < n {
-        let first = key(k);
-        let mut j = k + 1;
-        while j < n && key(j) == first {
-            j += 1;
+    let mut add = |g: &Segment, n: u64| {
+        let facts = PageFacts {
+            pm: g.pm,
+            flags: g.flags,
+            mapcount: u64::from(g.mapcount),
+            pmd_mapped: g.pmd,
+        };
+        s.add_n(&facts, n, visible);
+    };
+    let mut run: Option<(Segment, u64)> = None;
+    for g in v.segments() {
+        match &mut run {
+            Some((first, n)) if key(first) == key(&g) => *n += u64::from(g.pages),
+            _ => {
+                if let Some((first, n)) = run.replace((g, u64::from(g.pages))) {
+                    add(&first, n);
+                }
+            }
         }
-        s.add_n(&facts(k), (j - k) as u64, visible);
-        k = j;
+    }
+    if let Some((first, n)) = run {
+        add(&first, n);
     }
     s
 }
 
 fn hugetlb_sizes(v: &VmaPages) -> BTreeMap<u64, u64> {
     let mut out = BTreeMap::new();
-    let n = v.pm.len();
-    let mut k = 0;
-    while k < n {
-        let f = v.flags[k];
-        if !(has(f, kpf::HUGE) && has(f, kpf::COMPOUND_HEAD)) {
-            k += 1;
-            continue;
-        }
-        let pfn = v.pfn(k).unwrap_or(0);
-        let mut len = 1;
-        while k + len < n
-            && v.pfn(k + len) == Some(pfn + len as u64)
-            && has(v.flags[k + len], kpf::COMPOUND_TAIL)
-        {
-            len += 1;
-        }
-        *out.entry(len as u64 * 4).or_default() += len as u64 * 4;
-        k += len;
+    // One cheap pass over the flags spares the walk in most batches.
+    if !v.flags.iter().any(|f| has(*f, kpf::HUGE)) {
+        return out;
     }
+    compound_runs(
+        v,
+        false,
+        |g| has(g.flags, kpf::HUGE) && has(g.flags, kpf::COMPOUND_HEAD),
+        |_, len| *out.entry(len * 4).or_default() += len * 4,
+    );
     out
 }
 
 fn memcg_kb(v: &VmaPages, names: &MemcgNames, out: &mut BTreeMap<String, u64>) {
     let mut by_ino: BTreeMap<u64, u64> = BTreeMap::new();
     let (mut cur, mut kb) = (0u64, 0u64);
-    for k in 0..v.pm.len() {
-        let f = v.flags[k];
-        if !(PagemapEntry(v.pm[k]).present() && has(f, kpf::MMAP) && !has(f, kpf::ZERO_PAGE)) {
+    for g in v.segments() {
+        let f = g.flags;
+        if !(PagemapEntry(g.pm).present() && has(f, kpf::MMAP) && !has(f, kpf::ZERO_PAGE)) {
             continue;
         }
-        if v.cgroup[k] != cur {
+        if g.cgroup != cur {
             if kb > 0 {
                 *by_ino.entry(cur).or_default() += kb;
             }
-            (cur, kb) = (v.cgroup[k], 0);
+            (cur, kb) = (g.cgroup, 0);
         }
-        kb += 4;
+        kb += 4 * u64::from(g.pages);
     }
     if kb > 0 {
         *by_ino.entry(cur).or_default() += kb;
@@ -318,6 +317,7 @@ impl<'a> ReportBuilder<'a> {
         ProcessReport {
             pid: info.pid,
             comm: info.comm.clone(),
+            vma_source: info.vma_source,
             pfns_visible: info.pfns_visible,
             partial: info.partial,
             total: Usage::from_stats(&total, info.pfns_visible),
@@ -334,14 +334,7 @@ impl<'a> ReportBuilder<'a> {
 pub fn process_report(p: &ProcessPages, names: &MemcgNames, with_vmas: bool) -> ProcessReport {
     let mut b = ReportBuilder::new(names, with_vmas);
     for (vi, v) in p.vmas.iter().enumerate() {
-        b.add(vi, v, p.pfns_visible);
+        b.add(vi, v, p.info.pfns_visible);
     }
-    b.finish(&ScanInfo {
-        pid: p.pid,
-        comm: p.comm.clone(),
-        vmas: p.vmas.iter().map(|v| v.vma.clone()).collect(),
-        pfns_visible: p.pfns_visible,
-        partial: p.partial,
-        notes: p.notes.clone(),
-    })
+    b.finish(&p.info)
 }

@@ -2,18 +2,25 @@
 //! preads, then kpageflags / kpagecount / kpagecgroup for the sorted,
 //! coalesced PFNs actually present, on up to three threads.
 //!
-//! Work is kept per folio where the kernel allows it: a 2 MiB-aligned run of
-//! 512 contiguous PFNs that PAGEMAP_SCAN reports as PMD-mapped is one folio,
-//! so only its first PFN's flags and memcg are read and the 511 tails are
-//! derived (COMPOUND_HEAD becomes COMPOUND_TAIL). kpagecount is read only
-//! for pages pagemap does not mark exclusive (exclusive means mapcount 1).
+//! Work is kept per folio where that is exact: a 2 MiB-aligned block of 512
+//! pagemap entries that PAGEMAP_SCAN reports as PMD-mapped, whose entries are
+//! `e, e + 1, ..., e + 511` (one exclusive PTE-level view of a PMD: same
+//! bits, consecutive PFNs from a 512-aligned head) is one *folded* entry:
+//! only the head's kpageflags and kpagecgroup are read, the 511 tails are
+//! derived (COMPOUND_HEAD becomes COMPOUND_TAIL, as the kernel's
+//! stable_page_flags reports a tail of the same folio), and the mapcount is
+//! 1 for all (pagemap's exclusive bit is the kernel's per-page mapcount == 1
+//! test). The accounting then handles the block as two runs (head, tails)
+//! instead of 512 pages. Shared (non-exclusive) PMD mappings are kept per
+//! page, since per-page mapcounts of one folio can differ. kpagecount is
+//! read only for pages pagemap does not mark exclusive.
 
 use std::io;
 
 use super::{
     error::{Result, SnapshotError},
-    flags::{PM_PFN_MASK, PM_PRESENT, PM_SWAP, PagemapEntry, has, kpf},
-    maps::{Vma, parse_maps},
+    flags::{PM_EXCLUSIVE, PM_PFN_MASK, PM_PRESENT, PM_SWAP, PagemapEntry, has, kpf},
+    maps::{Vma, VmaSource, read_vmas},
     pagemap_scan::{self, PAGE_IS_HUGE, PAGE_IS_PRESENT, PAGE_IS_SWAPPED},
     pfnplan::{PfnPlan, PlanPart},
     source::{ProcRoot, U64Table},
@@ -113,23 +120,54 @@ fn ksm_flag_on_plain_anon_page(root: &ProcRoot, flags: &U64Table) -> bool {
     word.is_some_and(|w| has(w, kpf::ANON) && has(w, kpf::KSM))
 }
 
-/// The pages of one VMA that are present or swapped.
+/// The pages of one VMA that are present or swapped, one entry per page or
+/// per folded PMD block (see the module docs and [`VmaPages::segments`]).
 #[derive(Debug, Clone)]
 pub struct VmaPages {
     /// The mapping.
     pub vma: Vma,
-    /// Page index inside the VMA of each kept page.
+    /// Page index inside the VMA of each entry's first page.
     pub idx: Vec<u32>,
-    /// Raw pagemap entry.
+    /// Raw pagemap entry of each entry's first page.
     pub pm: Vec<u64>,
-    /// kpageflags (0 if unreadable).
+    /// kpageflags (0 if unreadable); a folded block's head.
     pub flags: Vec<u64>,
     /// Mapcount used for PSS (1 for exclusive pages).
     pub mapcount: Vec<u32>,
     /// Memory cgroup inode (0 if unknown).
     pub cgroup: Vec<u64>,
-    /// Whether each page is PMD-mapped (PAGEMAP_SCAN PAGE_IS_HUGE).
+    /// Whether each entry is PMD-mapped (PAGEMAP_SCAN PAGE_IS_HUGE).
     pub pmd: Vec<bool>,
+    /// Whether each entry is a folded block of [`PMD_PAGES`] pages.
+    pub folded: Vec<bool>,
+}
+
+/// A run of pages with the same facts: page `i` of the run is at page
+/// index `idx + i` with pagemap entry `pm + i` (runs longer than one page
+/// are the tails of a folded block, whose PFNs are consecutive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    /// Page index inside the VMA of the first page.
+    pub idx: u32,
+    /// Pages in the run.
+    pub pages: u32,
+    /// Raw pagemap entry of the first page.
+    pub pm: u64,
+    /// kpageflags of every page.
+    pub flags: u64,
+    /// Mapcount of every page.
+    pub mapcount: u32,
+    /// Memory cgroup inode of every page.
+    pub cgroup: u64,
+    /// PMD-mapped.
+    pub pmd: bool,
+}
+
+impl Segment {
+    /// PFN of the first page (None if swapped or hidden).
+    pub fn pfn(&self) -> Option<u64> {
+        PagemapEntry(self.pm).pfn().filter(|p| *p != 0)
+    }
 }
 
 impl VmaPages {
@@ -143,41 +181,105 @@ impl VmaPages {
             mapcount: Vec::new(),
             cgroup: Vec::new(),
             pmd: Vec::new(),
+            folded: Vec::new(),
         }
     }
-    /// Virtual address of kept page `k`.
+    /// Virtual address of entry `k`'s first page.
     pub fn va(&self, k: usize) -> u64 {
         self.vma.start + u64::from(self.idx[k]) * 4096
     }
-    /// PFN of kept page `k` (None if swapped or hidden).
+    /// PFN of entry `k`'s first page (None if swapped or hidden).
     pub fn pfn(&self, k: usize) -> Option<u64> {
         PagemapEntry(self.pm[k]).pfn().filter(|p| *p != 0)
     }
+    fn segment(&self, k: usize) -> Segment {
+        Segment {
+            idx: self.idx[k],
+            pages: 1,
+            pm: self.pm[k],
+            flags: self.flags[k],
+            mapcount: self.mapcount[k],
+            cgroup: self.cgroup[k],
+            pmd: self.pmd[k],
+        }
+    }
+    /// The entries as runs in address order: an unfolded page is one run,
+    /// a folded block two (its head, then its 511 tails).
+    pub fn segments(&self) -> Segments<'_> {
+        Segments {
+            v: self,
+            k: 0,
+            tails: None,
+        }
+    }
+    /// Append another batch of the same VMA, one entry per page (folded
+    /// blocks unfolded), for callers that index pages.
+    fn extend_unfolded(&mut self, b: &VmaPages) {
+        for s in b.segments() {
+            for i in 0..s.pages {
+                self.idx.push(s.idx + i);
+                self.pm.push(s.pm + u64::from(i));
+                self.flags.push(s.flags);
+                self.mapcount.push(s.mapcount);
+                self.cgroup.push(s.cgroup);
+                self.pmd.push(s.pmd);
+                self.folded.push(false);
+            }
+        }
+    }
 }
 
-/// Everything read about one process.
+/// Iterator of [`VmaPages::segments`].
+#[derive(Debug)]
+pub struct Segments<'a> {
+    v: &'a VmaPages,
+    k: usize,
+    tails: Option<Segment>,
+}
+
+impl Iterator for Segments<'_> {
+    type Item = Segment;
+    #[inline]
+    fn next(&mut self) -> Option<Segment> {
+        if let Some(t) = self.tails.take() {
+            return Some(t);
+        }
+        let k = self.k;
+        if k >= self.v.pm.len() {
+            return None;
+        }
+        self.k += 1;
+        let head = self.v.segment(k);
+        if self.v.folded[k] {
+            self.tails = Some(Segment {
+                idx: head.idx + 1,
+                pages: PMD_PAGES as u32 - 1,
+                pm: head.pm + 1,
+                flags: tail_flags(head.flags),
+                ..head
+            });
+        }
+        Some(head)
+    }
+}
+
+/// kpageflags of a tail page of the folio whose head has flags `f`.
+fn tail_flags(f: u64) -> u64 {
+    if has(f, kpf::COMPOUND_HEAD) {
+        (f & !(1 << kpf::COMPOUND_HEAD)) | (1 << kpf::COMPOUND_TAIL)
+    } else {
+        f
+    }
+}
+
+/// Everything read about one process, every page kept.
 #[derive(Debug, Clone)]
 pub struct ProcessPages {
-    /// Process id.
-    pub pid: u32,
-    /// /proc/PID/comm.
-    pub comm: String,
-    /// Per VMA pages.
+    /// What the scan learnt besides the pages.
+    pub info: ScanInfo,
+    /// Per VMA pages, one entry per page (nothing folded), in the order of
+    /// `info.vmas`.
     pub vmas: Vec<VmaPages>,
-    /// Whether PFNs (and so kpage* data) were visible.
-    pub pfns_visible: bool,
-    /// The process exited during the scan: the result covers what was read.
-    pub partial: bool,
-    /// Things worth telling the user about this scan.
-    pub notes: Vec<String>,
-}
-
-fn open_err(pid: u32, path: &std::path::Path, e: io::Error) -> SnapshotError {
-    match e.raw_os_error() {
-        Some(libc::ENOENT) | Some(libc::ESRCH) => SnapshotError::NoSuchProcess(pid),
-        Some(libc::EACCES) | Some(libc::EPERM) => SnapshotError::ProcessAccessDenied(pid),
-        _ => SnapshotError::read(path, e),
-    }
 }
 
 /// Whether `pid` still exists and is not a zombie.
@@ -196,6 +298,8 @@ pub struct ScanInfo {
     pub pid: u32,
     /// /proc/PID/comm.
     pub comm: String,
+    /// How the VMA list was read.
+    pub vma_source: VmaSource,
     /// All VMAs of the process.
     pub vmas: Vec<Vma>,
     /// Whether PFNs (and so kpage* data) were visible.
@@ -226,27 +330,44 @@ struct Buffers {
     slots: Vec<(VmaPages, Buffers)>,
 }
 
+/// How to scan a process.
+#[derive(Debug, Clone, Copy)]
+pub struct ScanOptions {
+    /// Sleep after each VMA (a test hook widening the window in which the
+    /// process can exit mid-scan).
+    pub pause: Option<std::time::Duration>,
+    /// How to read the VMA list (PROCMAP_QUERY falls back to the text).
+    pub vma_source: VmaSource,
+}
+
+impl Default for ScanOptions {
+    fn default() -> Self {
+        ScanOptions {
+            pause: None,
+            vma_source: VmaSource::ProcmapQuery,
+        }
+    }
+}
+
 /// Scan one process, handing its pages to `sink` one batch at a time
 /// (`sink(vma_index, batch, pfns_visible)`; a VMA can come in several
-/// batches). `pause`
-/// sleeps after each VMA (a test hook widening the window in which the
-/// process can exit mid-scan).
+/// batches).
 pub fn scan_process_with(
     root: &ProcRoot,
     kp: &KpageFiles,
     pid: u32,
-    pause: Option<std::time::Duration>,
+    opts: &ScanOptions,
     mut sink: impl FnMut(usize, &VmaPages, bool),
 ) -> Result<ScanInfo> {
-    let maps_path = root.pid_file(pid, "maps");
-    let text = std::fs::read_to_string(&maps_path).map_err(|e| open_err(pid, &maps_path, e))?;
-    let vmas = parse_maps(&text, &maps_path)?;
+    let (vmas, vma_source) = read_vmas(root, pid, opts.vma_source)?;
     let comm = root.comm(pid).unwrap_or_default();
     let pm_path = root.pid_file(pid, "pagemap");
-    let pagemap = U64Table::open(&pm_path).map_err(|e| open_err(pid, &pm_path, e))?;
+    let pagemap =
+        U64Table::open(&pm_path).map_err(|e| SnapshotError::of_process(pid, &pm_path, e))?;
     let mut info = ScanInfo {
         pid,
         comm,
+        vma_source,
         vmas: Vec::new(),
         pfns_visible: kp.flags.is_some(),
         partial: false,
@@ -267,7 +388,7 @@ pub fn scan_process_with(
         );
         match r {
             Ok(true) => {
-                if let Some(p) = pause {
+                if let Some(p) = opts.pause {
                     std::thread::sleep(p);
                 }
             }
@@ -300,54 +421,25 @@ pub fn scan_process(
     root: &ProcRoot,
     kp: &KpageFiles,
     pid: u32,
-    pause: Option<std::time::Duration>,
+    opts: &ScanOptions,
 ) -> Result<ProcessPages> {
-    let mut kept: Vec<VmaPages> = Vec::new();
-    let info = scan_process_with(root, kp, pid, pause, |vi, b, _| {
-        while kept.len() <= vi {
-            kept.push(VmaPages {
-                vma: b.vma.clone(),
-                idx: Vec::new(),
-                pm: Vec::new(),
-                flags: Vec::new(),
-                mapcount: Vec::new(),
-                cgroup: Vec::new(),
-                pmd: Vec::new(),
-            });
+    let mut kept: Vec<Option<VmaPages>> = Vec::new();
+    let info = scan_process_with(root, kp, pid, opts, |vi, b, _| {
+        if kept.len() <= vi {
+            kept.resize_with(vi + 1, || None);
         }
-        let v = &mut kept[vi];
-        v.vma = b.vma.clone();
-        v.idx.extend_from_slice(&b.idx);
-        v.pm.extend_from_slice(&b.pm);
-        v.flags.extend_from_slice(&b.flags);
-        v.mapcount.extend_from_slice(&b.mapcount);
-        v.cgroup.extend_from_slice(&b.cgroup);
-        v.pmd.extend_from_slice(&b.pmd);
+        kept[vi]
+            .get_or_insert_with(|| VmaPages::empty(b.vma.clone()))
+            .extend_unfolded(b);
     })?;
-    for (vi, vma) in info.vmas.iter().enumerate() {
-        if kept.len() <= vi || kept[vi].vma.start != vma.start {
-            kept.insert(
-                vi,
-                VmaPages {
-                    vma: vma.clone(),
-                    idx: Vec::new(),
-                    pm: Vec::new(),
-                    flags: Vec::new(),
-                    mapcount: Vec::new(),
-                    cgroup: Vec::new(),
-                    pmd: Vec::new(),
-                },
-            );
-        }
-    }
-    Ok(ProcessPages {
-        pid: info.pid,
-        comm: info.comm,
-        vmas: kept,
-        pfns_visible: info.pfns_visible,
-        partial: info.partial,
-        notes: info.notes,
-    })
+    // VMAs with no pages sent no batch.
+    kept.resize_with(info.vmas.len(), || None);
+    let vmas = kept
+        .into_iter()
+        .zip(&info.vmas)
+        .map(|(v, vma)| v.unwrap_or_else(|| VmaPages::empty(vma.clone())))
+        .collect();
+    Ok(ProcessPages { info, vmas })
 }
 
 /// Read one VMA batch by batch, filling kpage data, and hand each batch
@@ -533,17 +625,18 @@ fn read_batch(
     if got < n {
         return Ok(Read::Gone);
     }
-    batch.idx.clear();
-    let mut kept = 0;
-    for i in 0..n {
-        let e = batch.pm[i];
-        if e & (PM_PRESENT | PM_SWAP) != 0 {
-            batch.idx.push((pos + i as u64) as u32);
-            batch.pm[kept] = e;
-            kept += 1;
+    let blocks = pmd_candidates(&batch.pm, first + pos);
+    let (mut scan_failed, mut huge) = (false, Vec::new());
+    if scan_ok && !blocks.is_empty() {
+        let (a, b) = (start + pos * 4096, start + stop * 4096);
+        match pagemap_scan::scan(pagemap.file(), a, b, PAGE_IS_HUGE, 0) {
+            Ok(regions) => huge = regions,
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(Read::Gone),
+            Err(_) => scan_failed = true,
         }
     }
-    batch.pm.truncate(kept);
+    let (any_present, any_pfn) = compact(batch, pos, &blocks, &huge, pfns_visible);
+    let hidden = pfns_visible && any_present && !any_pfn;
     let m = batch.pm.len();
     batch.flags.clear();
     batch.flags.resize(m, 0);
@@ -551,30 +644,8 @@ fn read_batch(
     batch.mapcount.resize(m, 1);
     batch.cgroup.clear();
     batch.cgroup.resize(m, 0);
-    batch.pmd.clear();
-    batch.pmd.resize(m, false);
-    let (mut scan_failed, mut hidden) = (false, false);
-    if m > 0 {
-        if scan_ok && m >= PMD_PAGES as usize && has_huge_candidate(batch, first) {
-            let (a, b) = (start + pos * 4096, start + stop * 4096);
-            match pagemap_scan::scan(pagemap.file(), a, b, PAGE_IS_HUGE, 0) {
-                Ok(regions) => mark_pmd(batch, &regions),
-                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(Read::Gone),
-                Err(_) => scan_failed = true,
-            }
-        }
-        if pfns_visible
-            && batch
-                .pm
-                .iter()
-                .all(|e| e & PM_PFN_MASK == 0 || e & PM_PRESENT == 0)
-            && batch.pm.iter().any(|e| e & PM_PRESENT != 0)
-        {
-            hidden = true;
-        }
-        if pfns_visible && !hidden {
-            fill_kpage(kp, batch, bufs, split)?;
-        }
+    if pfns_visible && !hidden && m > 0 {
+        fill_kpage(kp, batch, bufs, split)?;
     }
     Ok(Read::Done {
         scan_failed,
@@ -582,61 +653,98 @@ fn read_batch(
     })
 }
 
-/// Whether some 2 MiB-aligned run of 512 kept pages could be a PMD mapping
-/// (contiguous PFNs, or PFNs hidden).
-fn has_huge_candidate(v: &VmaPages, first: u64) -> bool {
+/// Offsets in `pm` (whose first entry is virtual page `vpn`) of the
+/// 2 MiB-aligned blocks that look like a PMD mapping: 512 present entries
+/// `e, e + 1, ..., e + 511` (same bits, consecutive PFNs), or 512 equal
+/// present entries when PFNs are hidden.
+fn pmd_candidates(pm: &[u64], vpn: u64) -> Vec<usize> {
+    let b = PMD_PAGES as usize;
+    let mut i = ((PMD_PAGES - vpn % PMD_PAGES) % PMD_PAGES) as usize;
+    let mut out = Vec::new();
+    while i + b <= pm.len() {
+        let e = pm[i];
+        let step = u64::from(e & PM_PFN_MASK != 0);
+        if e & PM_PRESENT != 0
+            && pm[i..i + b]
+                .iter()
+                .zip(0..)
+                .all(|(x, j)| *x == e + j * step)
+        {
+            out.push(i);
+        }
+        i += b;
+    }
+    out
+}
+
+/// Keep the present or swapped entries of the batch just read into `v.pm`
+/// (page `pos + i` at `v.pm[i]`) in place, folding the `blocks` that
+/// PAGEMAP_SCAN's `huge` regions show PMD-mapped, exclusive, with a
+/// 512-aligned head PFN. Returns whether any entry was present and whether
+/// any had a PFN.
+fn compact(
+    v: &mut VmaPages,
+    pos: u64,
+    blocks: &[usize],
+    huge: &[pagemap_scan::Region],
+    pfns_visible: bool,
+) -> (bool, bool) {
+    let start = v.vma.start;
     let n = v.pm.len();
-    (0..n).any(|k| {
-        (first + u64::from(v.idx[k])).is_multiple_of(PMD_PAGES)
-            && v.pm[k] & PM_PRESENT != 0
-            && k + 511 < n
-            && v.idx[k + 511] == v.idx[k] + 511
-            && v.pm[k + 511] & PM_PFN_MASK
-                == (v.pm[k] & PM_PFN_MASK) + if v.pm[k] & PM_PFN_MASK == 0 { 0 } else { 511 }
-    })
-}
-
-fn mark_pmd(v: &mut VmaPages, regions: &[pagemap_scan::Region]) {
-    let mut r = regions.iter().peekable();
-    for k in 0..v.pm.len() {
-        let va = v.va(k);
-        while r.peek().is_some_and(|x| x.end <= va) {
-            r.next();
+    v.idx.clear();
+    v.pmd.clear();
+    v.folded.clear();
+    let (mut any_present, mut any_pfn) = (false, false);
+    let mut regions = huge.iter().peekable();
+    let mut in_huge = |va: u64, len: u64| {
+        while regions.peek().is_some_and(|r| r.end <= va) {
+            regions.next();
         }
-        if r.peek().is_some_and(|x| x.start <= va) {
-            v.pmd[k] = true;
+        regions
+            .peek()
+            .is_some_and(|r| r.start <= va && va + len <= r.end)
+    };
+    let mut blocks = blocks.iter().copied().peekable();
+    let (mut kept, mut i) = (0, 0);
+    while i < n {
+        let e = v.pm[i];
+        let va = start + (pos + i as u64) * 4096;
+        let pfn = e & PM_PFN_MASK;
+        if blocks.next_if_eq(&i).is_some()
+            && pfns_visible
+            && e & PM_EXCLUSIVE != 0
+            && pfn != 0
+            && pfn.is_multiple_of(PMD_PAGES)
+            && in_huge(va, PMD_PAGES * 4096)
+        {
+            v.idx.push((pos + i as u64) as u32);
+            v.pm[kept] = e;
+            v.pmd.push(true);
+            v.folded.push(true);
+            (any_present, any_pfn) = (true, true);
+            kept += 1;
+            i += PMD_PAGES as usize;
+            continue;
         }
+        if e & (PM_PRESENT | PM_SWAP) != 0 {
+            let present = e & PM_PRESENT != 0;
+            any_present |= present;
+            any_pfn |= present && pfn != 0;
+            v.idx.push((pos + i as u64) as u32);
+            v.pm[kept] = e;
+            v.pmd.push(present && in_huge(va, 4096));
+            v.folded.push(false);
+            kept += 1;
+        }
+        i += 1;
     }
+    v.pm.truncate(kept);
+    (any_present, any_pfn)
 }
 
-/// Whether kept page `k` starts a PMD-mapped block of 512 contiguous PFNs
-/// (one folio: only its first entry needs reading).
-fn block_at(v: &VmaPages, k: usize, pfn: u64) -> bool {
-    v.pmd[k]
-        && pfn.is_multiple_of(PMD_PAGES)
-        && k + 511 < v.pm.len()
-        && v.idx[k + 511] == v.idx[k] + 511
-        && v.pm[k + 511] & PM_PFN_MASK == pfn + 511
-        && v.pmd[k + 511]
-}
-
-/// Call `f(pfn)` for every visible PFN to read flags for: each page
-/// outside PMD blocks and the first page of each block.
+/// Call `f(pfn)` for every entry's visible PFN (a folded block's head).
 fn for_each_flag_pfn(v: &VmaPages, f: &mut dyn FnMut(u64)) {
-    let mut k = 0;
-    while k < v.pm.len() {
-        match v.pfn(k) {
-            Some(pfn) if block_at(v, k, pfn) => {
-                f(pfn);
-                k += PMD_PAGES as usize;
-            }
-            Some(pfn) => {
-                f(pfn);
-                k += 1;
-            }
-            None => k += 1,
-        }
-    }
+    (0..v.pm.len()).filter_map(|k| v.pfn(k)).for_each(f);
 }
 
 /// Call `f(pfn)` for every visible PFN pagemap does not mark exclusive.
@@ -657,7 +765,7 @@ const MIN_SPLIT_WORK: usize = 2048;
 const PREAD_COST: usize = 32;
 
 /// Read kpageflags, kpagecgroup and kpagecount for the batch's PFNs (on
-/// two threads) and store them per page.
+/// two threads) and store them per entry.
 fn fill_kpage(
     kp: &KpageFiles,
     v: &mut VmaPages,
@@ -667,7 +775,7 @@ fn fill_kpage(
     let flag_plan = PfnPlan::new(|f| for_each_flag_pfn(v, f));
     let count_plan = PfnPlan::new(|f| for_each_shared_pfn(v, f));
     log::debug!(
-        "kpage reads for {} pages: flags/cgroup {} entries in {} preads, count {} entries in {} preads",
+        "kpage reads for {} entries: flags/cgroup {} entries in {} preads, count {} entries in {} preads",
         v.pm.len(),
         flag_plan.entries(),
         flag_plan.preads(),
@@ -706,34 +814,11 @@ fn fill_kpage(
         r0?;
         r1?;
     }
-    let mut k = 0;
-    while k < v.pm.len() {
-        let Some(pfn) = v.pfn(k) else {
-            k += 1;
-            continue;
-        };
-        let f = flag_plan.get(flags, pfn);
-        let cg = flag_plan.get(cgroup, pfn);
-        v.flags[k] = f;
-        v.cgroup[k] = cg;
-        if block_at(v, k, pfn) {
-            let tail = if has(f, kpf::COMPOUND_HEAD) {
-                (f & !(1 << kpf::COMPOUND_HEAD)) | (1 << kpf::COMPOUND_TAIL)
-            } else {
-                f
-            };
-            let end = k + PMD_PAGES as usize;
-            v.flags[k + 1..end].fill(tail);
-            v.cgroup[k + 1..end].fill(cg);
-            k = end;
-        } else {
-            k += 1;
-        }
-    }
     for k in 0..v.pm.len() {
-        if !PagemapEntry(v.pm[k]).exclusive()
-            && let Some(pfn) = v.pfn(k)
-        {
+        let Some(pfn) = v.pfn(k) else { continue };
+        v.flags[k] = flag_plan.get(flags, pfn);
+        v.cgroup[k] = flag_plan.get(cgroup, pfn);
+        if !PagemapEntry(v.pm[k]).exclusive() {
             v.mapcount[k] = count_plan.get(count, pfn).min(u64::from(u32::MAX)) as u32;
         }
     }
@@ -746,4 +831,83 @@ pub fn is_large_head(f: u64) -> bool {
         && !has(f, kpf::HUGE)
         && !has(f, kpf::ZERO_PAGE)
         && !has(f, kpf::SLAB)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pages covered by `v`'s entries.
+    fn pages_len(v: &VmaPages) -> usize {
+        v.segments().map(|s| s.pages as usize).sum()
+    }
+
+    fn vma(pages: u64) -> Vma {
+        Vma {
+            start: 0x4000_0000,
+            end: 0x4000_0000 + pages * 4096,
+            perms: "rw-p".into(),
+            offset: 0,
+            dev: "00:00".into(),
+            inode: 0,
+            name: String::new(),
+        }
+    }
+
+    #[test]
+    fn folds_exclusive_pmd_blocks_only() {
+        let b = PMD_PAGES;
+        let head = PM_PRESENT | PM_EXCLUSIVE | (7 * b);
+        // Block 0: a PMD-mapped exclusive THP. Block 1: the same pattern but
+        // not PMD-mapped (PTE-mapped THP). Block 2: shared (no exclusive
+        // bit). Block 3: one hole.
+        let mut pm: Vec<u64> = (0..b).map(|j| head + j).collect();
+        pm.extend((0..b).map(|j| head + b + j));
+        pm.extend((0..b).map(|j| (head & !PM_EXCLUSIVE) + 2 * b + j));
+        pm.extend((0..b).map(|j| if j == 3 { 0 } else { head + 3 * b + j }));
+        let mut v = VmaPages::empty(vma(4 * b));
+        v.pm = pm;
+        let blocks = pmd_candidates(&v.pm, v.vma.start / 4096);
+        assert_eq!(blocks, vec![0, 512, 1024]);
+        let huge = [
+            pagemap_scan::Region {
+                start: v.vma.start,
+                end: v.vma.start + b * 4096,
+                categories: PAGE_IS_HUGE,
+            },
+            pagemap_scan::Region {
+                start: v.vma.start + 2 * b * 4096,
+                end: v.vma.start + 3 * b * 4096,
+                categories: PAGE_IS_HUGE,
+            },
+        ];
+        assert_eq!(compact(&mut v, 0, &blocks, &huge, true), (true, true));
+        v.flags = vec![1 << kpf::COMPOUND_HEAD; v.pm.len()];
+        v.mapcount = vec![1; v.pm.len()];
+        v.cgroup = vec![0; v.pm.len()];
+        assert_eq!(v.pm.len(), 1 + 3 * b as usize - 1);
+        assert_eq!((v.folded[0], v.folded[1]), (true, false));
+        assert_eq!(v.folded.iter().filter(|f| **f).count(), 1);
+        assert_eq!(pages_len(&v), 4 * b as usize - 1);
+        // PMD marks: the folded block and the shared PMD-mapped block.
+        assert_eq!(v.pmd.iter().filter(|p| **p).count(), 1 + b as usize);
+        let segs: Vec<Segment> = v.segments().take(3).collect();
+        assert_eq!((segs[0].pages, segs[1].pages, segs[2].pages), (1, 511, 1));
+        assert_eq!(segs[1].pm, head + 1);
+        assert!(has(segs[1].flags, kpf::COMPOUND_TAIL) && !has(segs[1].flags, kpf::COMPOUND_HEAD));
+        // Unfolding gives back one entry per page, equal to what was read.
+        let mut flat = VmaPages::empty(v.vma.clone());
+        flat.extend_unfolded(&v);
+        assert_eq!(flat.pm.len(), pages_len(&v));
+        assert_eq!(
+            &flat.pm[..b as usize],
+            &(0..b).map(|j| head + j).collect::<Vec<_>>()[..]
+        );
+        // With PFNs hidden nothing folds.
+        let mut h = VmaPages::empty(vma(b));
+        h.pm = vec![PM_PRESENT | PM_EXCLUSIVE; b as usize];
+        let blocks = pmd_candidates(&h.pm, h.vma.start / 4096);
+        assert_eq!(compact(&mut h, 0, &blocks, &huge[..1], true), (true, false));
+        assert!(h.folded.iter().all(|f| !f) && h.pmd.iter().all(|p| *p));
+    }
 }

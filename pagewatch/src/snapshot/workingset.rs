@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::{
     error::{Result, SnapshotError},
-    scan::{KpageFiles, ProcessPages, scan_process},
+    scan::{KpageFiles, ProcessPages, ScanOptions, scan_process},
     source::ProcRoot,
 };
 
@@ -126,7 +126,7 @@ pub fn working_set(
     dur: Duration,
 ) -> Result<WorkingSet> {
     let mut notes = Vec::new();
-    let before = scan_process(root, kp, pid, None)?;
+    let before = scan_process(root, kp, pid, &ScanOptions::default())?;
     let present: u64 = before.vmas.iter().map(|v| v.pm.len() as u64).sum();
     let sd_before: usize = before
         .vmas
@@ -174,7 +174,7 @@ pub fn working_set(
         Some(f) => Some(idle_accessed(f, &pfns).map_err(|e| SnapshotError::read(&bitmap_path, e))?),
         None => None,
     };
-    let after = scan_process(root, kp, pid, None)?;
+    let after = scan_process(root, kp, pid, &ScanOptions::default())?;
     let smaps_path = root.pid_file(pid, "smaps");
     let referenced = smaps_referenced(&super::source::read_text(&smaps_path)?);
     let vmas = after
@@ -208,7 +208,7 @@ pub fn working_set(
             }
         })
         .collect();
-    notes.extend(after.notes);
+    notes.extend(after.info.notes);
     Ok(WorkingSet {
         pid,
         seconds: dur.as_secs_f64(),
