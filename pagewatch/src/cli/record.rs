@@ -217,6 +217,8 @@ impl Sink for RecordSink {
             .filter(|&p| view.shown(p))
             .chain(r.transitions.iter().map(|t| t.pid))
             .chain(r.counters.iter().map(|c| c.pid))
+            .chain(r.swap_returns.iter().map(|s| s.pid))
+            .chain(r.thp_coverage.iter().map(|c| c.pid))
             .collect();
         for pid in pids {
             let comm = view.comms.get(pid).to_owned();
@@ -237,6 +239,15 @@ impl Sink for RecordSink {
                 thp_pages: c.thp,
                 hugetlb_pages_per_node: c.hugetlb_per_node.clone(),
             }))?;
+        }
+        for s in &r.swap_returns {
+            self.writer()?.write(&Record::SwapReturns(s.clone()))?;
+        }
+        for p in &r.hugetlb_pools {
+            self.writer()?.write(&Record::HugetlbPool(p.clone()))?;
+        }
+        for c in &r.thp_coverage {
+            self.writer()?.write(&Record::VmaThp(c.clone()))?;
         }
         let events = self.events;
         self.writer()?.write(&Record::Interval(Interval {
