@@ -14,6 +14,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::Args;
 use pagewatch::{
+    correlate::balloon::BalloonInterval,
     event::Event,
     proc::ProcRoot,
     record::{End, Interval, Metadata, Process, Record, RecordWriter, Sample},
@@ -248,6 +249,22 @@ impl Sink for RecordSink {
         }
         for c in &r.thp_coverage {
             self.writer()?.write(&Record::VmaThp(c.clone()))?;
+        }
+        let b = &r.tally.system.page_events;
+        let balloon = BalloonInterval {
+            ts_ns: r.ts_ns,
+            vmstat_inflated: b.balloon_vmstat_inflated,
+            vmstat_deflated: b.balloon_vmstat_deflated,
+            hook_inflated: b.balloon_inflated,
+            hook_deflated: b.balloon_deflated,
+        };
+        if balloon
+            != (BalloonInterval {
+                ts_ns: r.ts_ns,
+                ..BalloonInterval::default()
+            })
+        {
+            self.writer()?.write(&Record::Balloon(balloon))?;
         }
         let events = self.events;
         self.writer()?.write(&Record::Interval(Interval {

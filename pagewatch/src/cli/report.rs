@@ -4,8 +4,9 @@
 //! opens (perfetto): counter tracks per process (RSS, anon, file, swap,
 //! THP, hugetlb per node, pages back from swap and their time there, THP
 //! coverage per VMA), system counter tracks for the per-node hugetlb pools,
-//! instant events for transitions and slices for reclaim and compaction
-//! episodes. A recording cut short is read up to
+//! instant events for transitions and slices for reclaim, compaction and
+//! balloon episodes (with the pages each process lost during a balloon
+//! episode in the table and JSON too). A recording cut short is read up to
 //! its last complete record, and the report says where it was cut.
 
 use std::{
@@ -18,6 +19,7 @@ use clap::{Args, ValueEnum};
 use pagewatch::{
     aggregate::Aggregator,
     correlate::{
+        balloon::{self, BalloonEpisode, BalloonInterval},
         hugepages::{PoolSample, VmaThp},
         swap::SwapReturns,
     },
@@ -65,6 +67,9 @@ struct Loaded {
     swap_returns: Vec<SwapReturns>,
     pools: Vec<PoolSample>,
     thp_coverage: Vec<VmaThp>,
+    /// The end of every interval, and the intervals with balloon activity.
+    interval_ends: Vec<u64>,
+    balloon: Vec<BalloonInterval>,
     notes: Vec<Note>,
     events: Vec<Event>,
     aggregator: Aggregator,
@@ -90,6 +95,8 @@ fn load(args: &ReportArgs) -> anyhow::Result<Loaded> {
         swap_returns: Vec::new(),
         pools: Vec::new(),
         thp_coverage: Vec::new(),
+        interval_ends: Vec::new(),
+        balloon: Vec::new(),
         notes: Vec::new(),
         events: Vec::new(),
         aggregator: Aggregator::default(),
@@ -112,6 +119,7 @@ fn load(args: &ReportArgs) -> anyhow::Result<Loaded> {
             },
             Ok(Record::Interval(i)) => {
                 l.intervals += 1;
+                l.interval_ends.push(i.ts_ns);
                 l.dropped = i.dropped;
             }
             Ok(Record::Transition(t)) if wanted(t.pid) => l.transitions.push(t),
@@ -122,6 +130,7 @@ fn load(args: &ReportArgs) -> anyhow::Result<Loaded> {
             Ok(Record::SwapReturns(s)) if wanted(s.pid) => l.swap_returns.push(s),
             Ok(Record::HugetlbPool(p)) => l.pools.push(p),
             Ok(Record::VmaThp(t)) if wanted(t.pid) => l.thp_coverage.push(t),
+            Ok(Record::Balloon(b)) => l.balloon.push(b),
             Ok(Record::Note(n)) => l.notes.push(n),
             Ok(Record::End(e)) => {
                 l.end = true;
@@ -268,6 +277,17 @@ fn table(out: &mut impl std::io::Write, l: &Loaded, by: By) -> anyhow::Result<()
             writeln!(out, "{:>8.2}s  {}", secs(l, p.ts_ns), p.describe())?;
         }
     }
+    let episodes = balloon_episodes(l);
+    if !episodes.is_empty() {
+        writeln!(
+            out,
+            "\nballoon episodes (pages lost by each process meanwhile):"
+        )?;
+        for e in &episodes {
+            let line = e.describe(l.meta.start_monotonic_ns, |pid| comm(l, pid).to_owned());
+            writeln!(out, "  {line}")?;
+        }
+    }
     let held = hugetlb_held(l);
     if !held.is_empty() {
         writeln!(out, "\nhugetlb pages held (most at one snapshot):")?;
@@ -295,6 +315,15 @@ fn table(out: &mut impl std::io::Write, l: &Loaded, by: By) -> anyhow::Result<()
         }
     }
     Ok(())
+}
+
+fn balloon_episodes(l: &Loaded) -> Vec<BalloonEpisode> {
+    balloon::episodes(
+        l.meta.start_monotonic_ns,
+        &l.interval_ends,
+        &l.balloon,
+        &l.transitions,
+    )
 }
 
 /// The most hugetlb pages (4 KiB units) each process held on each node at
@@ -346,6 +375,13 @@ fn json_lines(out: &mut impl std::io::Write, l: &Loaded) -> anyhow::Result<()> {
     }
     for p in &l.pools {
         writeln!(out, "{}", json!({"t": secs(l, p.ts_ns), "hugetlb_pool": p}))?;
+    }
+    for e in balloon_episodes(l) {
+        writeln!(
+            out,
+            "{}",
+            json!({"t": secs(l, e.start_ns), "balloon_episode": e})
+        )?;
     }
     for ((pid, node), pages) in hugetlb_held(l) {
         writeln!(
@@ -403,8 +439,15 @@ fn perfetto(l: &Loaded) -> Value {
             );
         }
     }
-    // System tracks (pid 0): the per-node hugetlb pools.
-    if !l.pools.is_empty() {
+    // System tracks (pid 0): the per-node hugetlb pools, balloon episodes.
+    let episodes = balloon_episodes(l);
+    for e in &episodes {
+        ev.push(json!({"ph": "X", "cat": "balloon", "pid": 0, "tid": 0,
+            "name": if e.inflate { "balloon inflate" } else { "balloon deflate" },
+            "ts": us(e.start_ns), "dur": (e.end_ns - e.start_ns) as f64 / 1e3,
+            "args": e}));
+    }
+    if !l.pools.is_empty() || !episodes.is_empty() {
         ev.push(
             json!({"ph": "M", "name": "process_name", "pid": 0, "tid": 0,
             "args": {"name": "system"}}),

@@ -8,8 +8,10 @@
 //! - [`evidence`]: what the events of one interval say happened;
 //! - [`swap`]: swap round trips matched through swap entries;
 //! - [`hugepages`]: hugetlb pools per node and THP coverage per VMA over time;
+//! - [`balloon`]: balloon episodes and the pages processes lost in them;
 //! - this module: page states, classification and the snapshot diff.
 
+pub mod balloon;
 pub mod evidence;
 pub mod hugepages;
 pub mod numa;

@@ -7,6 +7,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut, TryGetError};
 
 use crate::{
     correlate::{
+        balloon::BalloonInterval,
         hugepages::{PoolSample, VmaThp},
         swap::SwapReturns,
     },
@@ -34,6 +35,8 @@ const SWAP_RETURNS: u8 = 8;
 const HUGETLB_POOL: u8 = 9;
 /// Kind byte of [`Record::VmaThp`].
 const VMA_THP: u8 = 10;
+/// Kind byte of [`Record::Balloon`].
+const BALLOON: u8 = 11;
 
 /// One record of a recording.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +57,8 @@ pub enum Record {
     HugetlbPool(PoolSample),
     /// A VMA whose PMD-mapped page count changed.
     VmaThp(VmaThp),
+    /// Balloon activity in one interval (none: no record).
+    Balloon(BalloonInterval),
 }
 
 /// The end of one reporting interval.
@@ -149,7 +154,7 @@ impl From<TryGetError> for Undecodable {
 
 impl Record {
     /// The record's kind byte (fixed forever: 1 Event ... 7 End, 8
-    /// SwapReturns, 9 HugetlbPool, 10 VmaThp).
+    /// SwapReturns, 9 HugetlbPool, 10 VmaThp, 11 Balloon).
     pub fn kind(&self) -> u8 {
         match self {
             Self::Event(_) => EVENT,
@@ -162,6 +167,7 @@ impl Record {
             Self::SwapReturns(_) => SWAP_RETURNS,
             Self::HugetlbPool(_) => HUGETLB_POOL,
             Self::VmaThp(_) => VMA_THP,
+            Self::Balloon(_) => BALLOON,
         }
     }
 
@@ -243,6 +249,13 @@ impl Record {
                 buf.put_u64_le(t.vma_pages);
                 buf.put_u64_le(t.thp_pages);
                 put_str(buf, &t.vma);
+            }
+            Self::Balloon(b) => {
+                buf.put_u64_le(b.ts_ns);
+                buf.put_u64_le(b.vmstat_inflated);
+                buf.put_u64_le(b.vmstat_deflated);
+                buf.put_u64_le(b.hook_inflated);
+                buf.put_u64_le(b.hook_deflated);
             }
         }
     }
@@ -336,6 +349,13 @@ impl Record {
                 thp_pages: b.try_get_u64_le()?,
                 vma: get_str(b)?,
             }),
+            BALLOON => Self::Balloon(BalloonInterval {
+                ts_ns: b.try_get_u64_le()?,
+                vmstat_inflated: b.try_get_u64_le()?,
+                vmstat_deflated: b.try_get_u64_le()?,
+                hook_inflated: b.try_get_u64_le()?,
+                hook_deflated: b.try_get_u64_le()?,
+            }),
             _ => return Err(Undecodable::Newer),
         })
     }
@@ -400,7 +420,7 @@ mod tests {
             .iter()
             .map(Record::kind)
             .collect();
-        assert_eq!(kinds, [1, 2, 3, 4, 5, 6, 8, 9, 10, 7]);
+        assert_eq!(kinds, [1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 7]);
     }
 
     #[test]

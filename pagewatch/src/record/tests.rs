@@ -17,6 +17,7 @@ use pagewatch_common::{
 use super::*;
 use crate::{
     correlate::{
+        balloon::BalloonInterval,
         hugepages::{PoolSample, VmaThp},
         swap::SwapReturns,
     },
@@ -185,6 +186,13 @@ pub(super) fn one_of_each() -> Vec<Record> {
             vma_pages: 2048,
             thp_pages: 1536,
         }),
+        Record::Balloon(BalloonInterval {
+            ts_ns: 2_000_000,
+            vmstat_inflated: 131_072,
+            vmstat_deflated: 0,
+            hook_inflated: 131_072,
+            hook_deflated: 0,
+        }),
         Record::End(End {
             ts_ns: 3_000_000,
             events: 1,
@@ -245,7 +253,7 @@ fn every_kind_round_trips_through_a_file() {
     let mut w = RecordWriter::create(&path, &metadata()).unwrap();
     assert_eq!(w.path(), path);
     w.write_event(&scan_pmd_event()).unwrap();
-    for r in &one_of_each()[..9] {
+    for r in &one_of_each()[..10] {
         w.write(r).unwrap();
     }
     w.flush().unwrap();
@@ -262,7 +270,7 @@ fn every_kind_round_trips_through_a_file() {
     assert_eq!(reader.version(), FORMAT_VERSION);
     let records: Vec<Record> = reader.by_ref().map(Result::unwrap).collect();
     let mut expected = vec![Record::Event(scan_pmd_event().into())];
-    expected.extend_from_slice(&one_of_each()[..9]);
+    expected.extend_from_slice(&one_of_each()[..10]);
     expected.push(Record::End(end));
     assert_eq!(records, expected);
     assert_eq!(reader.end(), Some(&end));
@@ -497,7 +505,7 @@ fn the_writer_never_overwrites_and_never_follows_a_symlink() {
 }
 
 /// The fixture holds the kinds v1 started with (1-7); kinds added since
-/// (8 SwapReturns, 9 HugetlbPool, 10 VmaThp) are covered by the round trips above. Regenerate with
+/// (8 SwapReturns, 9 HugetlbPool, 10 VmaThp, 11 Balloon) are covered by the round trips above. Regenerate with
 /// `PAGEWATCH_BLESS=1 cargo test -p pagewatch record::` only when the
 /// format version changes.
 #[test]
