@@ -712,6 +712,15 @@ fn hugetlb_pool_changes_and_holders_per_node_are_reported() {
         .collect();
     assert_eq!(held.len(), 1, "{held:?}");
     assert_eq!(held[0]["node"], 0);
+    let hugetlb_as_thp: Vec<&Value> = lines
+        .iter()
+        .filter_map(|l| l.get("thp_coverage"))
+        .filter(|c| c["vma"].as_str().unwrap().contains("anon_hugepage"))
+        .collect();
+    assert!(
+        hugetlb_as_thp.is_empty(),
+        "hugetlb is not THP: {hugetlb_as_thp:?}"
+    );
     assert_eq!(held[0]["max_kb"].as_u64(), Some(used * 2048));
     assert!(
         table.contains("(pw-layout) node 0: 2048 kB"),

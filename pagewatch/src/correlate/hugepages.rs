@@ -8,7 +8,11 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::snapshot::{columns::PageTable, sysfs::HugetlbPool};
+use crate::snapshot::{
+    columns::PageTable,
+    flags::{has, kpf},
+    sysfs::HugetlbPool,
+};
 
 /// A per-node hugetlb pool as read at one interval's end.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -105,7 +109,9 @@ impl HugepageTracker {
         for v in &table.vmas {
             sizes.insert((v.pid, v.start), (v.end - v.start) / 4096);
         }
-        for i in (0..table.len()).filter(|&i| table.pmd_mapped(i)) {
+        // PAGEMAP_SCAN's PAGE_IS_HUGE marks hugetlb mappings too.
+        let thp = |i: usize| table.pmd_mapped(i) && !has(table.flags(i), kpf::HUGE);
+        for i in (0..table.len()).filter(|&i| thp(i)) {
             let o = table.owner(i);
             let meta = &table.vmas[o.vma as usize];
             now.entry((o.pid, meta.start))
@@ -190,6 +196,10 @@ mod tests {
     }
 
     fn table(pmd_pages: usize) -> PageTable {
+        table_with(pmd_pages, 0)
+    }
+
+    fn table_with(pmd_pages: usize, kflags: u64) -> PageTable {
         let n = 1024;
         let v = VmaPages {
             vma: Vma {
@@ -203,7 +213,7 @@ mod tests {
             },
             idx: (0..n as u32).collect(),
             pm: (0..n as u64).map(|i| PM_PRESENT | (0x1000 + i)).collect(),
-            flags: vec![0; n],
+            flags: vec![kflags; n],
             mapcount: vec![1; n],
             cgroup: vec![0; n],
             pmd: (0..n).map(|i| i < pmd_pages).collect(),
@@ -236,5 +246,9 @@ mod tests {
         let gone = t.thp(&table(0), 5);
         assert_eq!((gone[0].thp_pages, gone[0].vma_pages), (0, 1024));
         assert!(t.thp(&PageTable::default(), 6).is_empty());
+        assert!(
+            t.thp(&table_with(1024, 1 << kpf::HUGE), 7).is_empty(),
+            "hugetlb is not THP"
+        );
     }
 }
