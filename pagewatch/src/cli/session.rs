@@ -346,7 +346,14 @@ impl Session {
             tracked: BTreeSet::new(),
             followed: BTreeSet::new(),
             exited: Vec::new(),
-            kpage: KpageFiles::open(&snap_root),
+            kpage: KpageFiles {
+                // The correlator compares pagemap entries, PMD mappings and
+                // kpageflags only: mapcounts (kpagecount) and memcgs
+                // (kpagecgroup) would be read every interval for nothing.
+                count: None,
+                cgroup: None,
+                ..KpageFiles::open(&snap_root)
+            },
             nodes: NodeMap::read(std::path::Path::new("/sys")),
             vmstat: Vmstat::read(),
             last_snapshot: None,
