@@ -524,6 +524,22 @@ fn thp_split_by_partial_munmap_and_mprotect_is_reported() {
     if skip_unless_root(name) {
         return;
     }
+    // PMD-mapped pages are told from PTE-mapped ones by PAGEMAP_SCAN's
+    // PAGE_IS_HUGE, which 6.7 added.
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut v = release
+        .trim()
+        .split(['.', '-'])
+        .map(|x| x.parse::<u32>().unwrap_or(0));
+    if (v.next().unwrap_or(0), v.next().unwrap_or(0)) < (6, 7) {
+        return skip(
+            name,
+            &format!(
+                "Linux {} has no PAGEMAP_SCAN (6.7+): PMD splits cannot be seen",
+                release.trim()
+            ),
+        );
+    }
     let enabled =
         std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
     if !enabled.contains("[madvise]") && !enabled.contains("[always]") {
