@@ -24,7 +24,8 @@ pub enum TransitionKind {
     NodeChanged = 5,
     /// Now part of a THP (PMD-mapped), was not.
     CollapsedToThp = 6,
-    /// Was part of a THP, now is not (split or partially unmapped).
+    /// Was mapped by a PMD (part of a PMD-mapped THP), now by PTEs: the
+    /// PMD was split (partial munmap, mprotect, madvise, migration...).
     SplitFromThp = 7,
     /// Now a KSM page, was not.
     KsmMerged = 8,
@@ -34,11 +35,15 @@ pub enum TransitionKind {
     ZeroPageMapped = 10,
     /// Now backed by a hugetlb page.
     BecameHugetlb = 11,
+    /// Was in a PTE-mapped large folio (THP of any size), now in a small
+    /// page: the folio was split (for a PMD THP typically after its PMD
+    /// split, by the deferred-split shrinker or reclaim).
+    FolioSplit = 12,
 }
 
 impl TransitionKind {
     /// Every kind, in discriminant order.
-    pub const ALL: [TransitionKind; 12] = [
+    pub const ALL: [TransitionKind; 13] = [
         Self::FaultedIn,
         Self::SwappedOut,
         Self::SwappedIn,
@@ -51,6 +56,7 @@ impl TransitionKind {
         Self::KsmUnmerged,
         Self::ZeroPageMapped,
         Self::BecameHugetlb,
+        Self::FolioSplit,
     ];
 
     /// The kind with discriminant `v`.
@@ -86,11 +92,17 @@ pub enum Cause {
     Exit = 13,
     /// The process called exec, replacing its address space.
     Exec = 14,
+    /// No tracepoint names the process that split a PMD mapping (none on
+    /// x86 up to at least 6.18): /proc/vmstat `thp_split_pmd` rose in the
+    /// interval (or the one before, which a snapshot can straddle).
+    VmstatThpSplitPmd = 15,
+    /// As above for folio splits: /proc/vmstat `thp_split_page` rose.
+    VmstatThpSplitPage = 16,
 }
 
 impl Cause {
     /// Every cause, in discriminant order.
-    pub const ALL: [Cause; 15] = [
+    pub const ALL: [Cause; 17] = [
         Self::Unexplained,
         Self::Fault,
         Self::KswapdReclaim,
@@ -106,6 +118,8 @@ impl Cause {
         Self::Oom,
         Self::Exit,
         Self::Exec,
+        Self::VmstatThpSplitPmd,
+        Self::VmstatThpSplitPage,
     ];
 
     /// The cause with discriminant `v`.
@@ -134,6 +148,11 @@ impl std::fmt::Display for Cause {
     }
 }
 
+/// A VMA's name as maps shows it, `[anon]` for anonymous memory.
+pub fn vma_label(name: &str) -> &str {
+    if name.is_empty() { "[anon]" } else { name }
+}
+
 /// Pages of one process and VMA that went through the same transition for
 /// the same cause in one interval.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -157,11 +176,7 @@ pub struct TransitionGroup {
 impl TransitionGroup {
     /// The VMA as maps shows it, `[anon]` for anonymous memory.
     pub fn vma_label(&self) -> &str {
-        if self.vma.is_empty() {
-            "[anon]"
-        } else {
-            &self.vma
-        }
+        vma_label(&self.vma)
     }
 
     /// One line: `pid 4711 (app) [heap] 0x55..: 512 pages collapsed_to_thp by khugepaged`.

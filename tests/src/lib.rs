@@ -197,6 +197,20 @@ impl Drop for Knobs {
     }
 }
 
+/// Grows the hugetlb pool whose `nr_hugepages` file is `nr_file` (global
+/// or one node's) by `n` pages, restored when the guard drops; None if the
+/// pool would not grow.
+pub fn grow_hugetlb_pool(nr_file: &str, n: u64) -> Option<Knobs> {
+    let old = read_u64(nr_file)?;
+    let knobs = Knobs::set(&[(nr_file, &(old + n).to_string())])?;
+    (read_u64(nr_file)? >= old + n).then_some(knobs)
+}
+
+/// A file holding one number (sysfs), None if unreadable.
+pub fn read_u64(path: &str) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
 /// A memory cgroup with a byte limit, removed on drop: v1 where the memory
 /// controller is mounted there (these hosts), else v2 (enabling the memory
 /// controller in the root's subtree_control for the test, and restoring it).
@@ -248,6 +262,16 @@ impl MemCgroup {
     /// The cgroup's directory.
     pub fn dir(&self) -> &std::path::Path {
         &self.dir
+    }
+
+    /// Sets the cgroup's byte limit.
+    pub fn set_limit(&self, limit: u64) {
+        let file = if self.dir.join("memory.limit_in_bytes").exists() {
+            "memory.limit_in_bytes"
+        } else {
+            "memory.max"
+        };
+        std::fs::write(self.dir.join(file), limit.to_string()).expect("set the memory limit");
     }
 
     /// Moves `pid` into the cgroup.

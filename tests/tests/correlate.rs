@@ -63,6 +63,81 @@ impl Drop for ZramSwap {
     }
 }
 
+/// A workload pushing anonymous memory through a 64 MiB memory cgroup
+/// limit into a zram swap device, traced; the workload, the cgroup and the
+/// swap device go away on drop, in that order.
+struct Swapping {
+    tracer: Option<Tracer>,
+    stdin: Option<std::process::ChildStdin>,
+    out: std::io::Lines<BufReader<std::process::ChildStdout>>,
+    child: std::process::Child,
+    pid: u32,
+    started: std::time::Instant,
+    cg: MemCgroup,
+    _swap: ZramSwap,
+}
+
+impl Swapping {
+    /// Starts `pw-faults window MIB` in the cgroup under a tracer, lets it
+    /// touch its region once and two more snapshots see the result; None
+    /// (after saying why) where swap or memory cgroups are missing.
+    fn start(name: &str, mib: &str) -> Option<Self> {
+        let swap = match ZramSwap::setup("1G") {
+            Ok(s) => s,
+            Err(why) => {
+                skip(name, &why);
+                return None;
+            }
+        };
+        let Some(cg) = MemCgroup::create(64 << 20) else {
+            skip(name, "no cgroup v1 memory controller");
+            return None;
+        };
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pw-faults"))
+            .args(["window", mib])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn pw-faults");
+        let mut stdin = child.stdin.take().unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+        let pid: u32 = out.next().unwrap().unwrap()[4..].parse().unwrap();
+        assert_eq!(out.next().unwrap().unwrap(), "ready");
+        cg.add(pid);
+        let started = std::time::Instant::now();
+        let tracer = Tracer::start(&["--pid", &pid.to_string(), "--interval", "300ms"]);
+        writeln!(stdin, "go").unwrap();
+        let result = out.next().unwrap().unwrap();
+        assert!(result.starts_with("delta "), "{result}");
+        // Let two more snapshots see the final state.
+        std::thread::sleep(Duration::from_millis(900));
+        Some(Self {
+            tracer: Some(tracer),
+            stdin: Some(stdin),
+            out,
+            child,
+            pid,
+            started,
+            cg,
+            _swap: swap,
+        })
+    }
+
+    /// Stops the tracer, returning its lines.
+    fn stop_tracer(&mut self) -> Vec<Value> {
+        self.tracer.take().expect("tracing").stop()
+    }
+}
+
+impl Drop for Swapping {
+    fn drop(&mut self) {
+        drop(self.tracer.take());
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Anonymous memory pushed to swap by a memory cgroup limit: the swapped-out
 /// transitions name the process and memcg reclaim, and their net total
 /// equals the Swap the kernel reports for the process in smaps_rollup.
@@ -72,34 +147,13 @@ fn swap_out_under_a_memcg_limit_is_attributed_and_matches_smaps() {
     if skip_unless_root(name) {
         return;
     }
-    let _swap = match ZramSwap::setup("1G") {
-        Ok(s) => s,
-        Err(why) => return skip(name, &why),
+    let Some(mut w) = Swapping::start(name, "192") else {
+        return;
     };
-    let Some(cg) = MemCgroup::create(64 << 20) else {
-        return skip(name, "no cgroup v1 memory controller");
-    };
-    let mut wl = Command::new(env!("CARGO_BIN_EXE_pw-faults"))
-        .args(["window", "192"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn pw-faults");
-    let mut stdin = wl.stdin.take().unwrap();
-    let mut out = BufReader::new(wl.stdout.take().unwrap()).lines();
-    let pid: u32 = out.next().unwrap().unwrap()[4..].parse().unwrap();
-    assert_eq!(out.next().unwrap().unwrap(), "ready");
-    cg.add(pid);
-    let tracer = Tracer::start(&["--pid", &pid.to_string(), "--interval", "300ms"]);
-    writeln!(stdin, "go").unwrap();
-    let result = out.next().unwrap().unwrap();
-    assert!(result.starts_with("delta "), "{result}");
-    // Let two more snapshots see the final state.
-    std::thread::sleep(Duration::from_millis(900));
+    let pid = w.pid;
     let swap_kb = pagewatch_tests::rollup(pid)["Swap"];
-    let lines = tracer.stop();
-    drop(stdin);
-    let _ = wl.wait();
+    let lines = w.stop_tracer();
+    drop(w);
     assert!(
         swap_kb > 100 << 10,
         "192 MiB through a 64 MiB limit swaps >100 MiB, smaps says {swap_kb} kB"
@@ -117,6 +171,91 @@ fn swap_out_under_a_memcg_limit_is_attributed_and_matches_smaps() {
         causes.iter().all(|c| *c == "memcg_reclaim"),
         "swap-outs under the cgroup limit are memcg reclaim: {causes:?}"
     );
+}
+
+/// Pages swapped out under a memory cgroup limit and touched again once
+/// the limit is raised come back from the swap slots pagemap named: every
+/// page back in the region is a round trip, as many as smaps Swap of the
+/// region lost (and no more than vmstat pswpin counted), each with a time
+/// in swap above zero and within the run.
+#[test]
+fn swap_round_trips_are_matched_by_swap_slot_with_their_time_in_swap() {
+    let name = "swap_round_trips_are_matched_by_swap_slot_with_their_time_in_swap";
+    if skip_unless_root(name) {
+        return;
+    }
+    let Some(mut w) = Swapping::start(name, "128") else {
+        return;
+    };
+    let pid = w.pid;
+    let region_swap_kb = |pid: u32| -> (u64, u64) {
+        let v = pagewatch_tests::smaps(pid)
+            .into_iter()
+            .filter(|v| v.name.is_empty())
+            .max_by_key(|v| v.kb["Size"])
+            .expect("the 128 MiB region");
+        (v.start, v.kb["Swap"])
+    };
+    let (region, swap_before) = region_swap_kb(pid);
+    let pswpin = pagewatch_tests::vmstat("pswpin");
+    w.cg.set_limit(1 << 30);
+    writeln!(w.stdin.as_mut().unwrap(), "touch").unwrap();
+    assert_eq!(w.out.next().unwrap().unwrap(), "touched");
+    std::thread::sleep(Duration::from_millis(900));
+    let (_, swap_after) = region_swap_kb(pid);
+    let pswpin = pagewatch_tests::vmstat("pswpin") - pswpin;
+    let lines = w.stop_tracer();
+    let elapsed_ns = w.started.elapsed().as_nanos() as u64;
+    drop(w);
+    assert!(
+        swap_before > 32 << 10,
+        "128 MiB through a 64 MiB limit swaps >32 MiB of the region, smaps says {swap_before} kB"
+    );
+    assert_eq!(swap_after, 0, "touching the region brought it all back");
+    let returns: Vec<&Value> = lines
+        .iter()
+        .filter_map(|l| l.get("swap_returns"))
+        .filter(|r| r["pid"].as_u64() == Some(u64::from(pid)))
+        .collect();
+    let in_region: Vec<&&Value> = returns
+        .iter()
+        .filter(|r| r["vma_start"].as_u64() == Some(region))
+        .collect();
+    let trips: u64 = in_region.iter().map(|r| r["pages"].as_u64().unwrap()).sum();
+    assert_eq!(
+        trips,
+        (swap_before - swap_after) / 4,
+        "round trips vs smaps Swap of the region"
+    );
+    assert!(
+        pswpin >= trips,
+        "vmstat pswpin rose by {pswpin}, fewer than {trips} round trips"
+    );
+    let all_trips: u64 = returns.iter().map(|r| r["pages"].as_u64().unwrap()).sum();
+    assert_eq!(
+        all_trips,
+        pages(&transitions(&lines, pid, "swapped_in")),
+        "every page swapped in was seen going out"
+    );
+    let total_ns: u64 = in_region
+        .iter()
+        .map(|r| r["time_in_swap_ns"].as_u64().unwrap())
+        .sum();
+    eprintln!(
+        "{name}: region Swap {swap_before} -> {swap_after} kB, pswpin +{pswpin}, \
+         {trips} round trips, {:.2} s in swap on average, run {:.2} s",
+        total_ns as f64 / trips.max(1) as f64 / 1e9,
+        elapsed_ns as f64 / 1e9
+    );
+    for r in &in_region {
+        let (total, max) = (
+            r["time_in_swap_ns"].as_u64().unwrap(),
+            r["max_ns"].as_u64().unwrap(),
+        );
+        let n = r["pages"].as_u64().unwrap();
+        assert!(total > 0 && max > 0 && max <= elapsed_ns, "{r}");
+        assert!(total / n <= max, "{r}");
+    }
 }
 
 /// Pages of `pid` currently merged by KSM (/proc/PID/ksm_merging_pages).
@@ -239,17 +378,31 @@ fn fast_khugepaged(max_ptes_none: &str) -> Option<Knobs> {
     .iter()
     .map(|k| format!("{DIR}/{k}"))
     .collect();
-    let values = ["50", "50", "8192", max_ptes_none];
+    // Other processes' memory (a VM, a benchmark's GiBs) may be queued for
+    // khugepaged before ours: scan 4 GiB of address space per wake-up so a
+    // full pass, which reaches our region, takes well under a second.
+    let values = ["50", "50", "1048576", max_ptes_none];
     let settings: Vec<(&str, &str)> = files.iter().map(String::as_str).zip(values).collect();
     Knobs::set(&settings)
 }
 
-/// Runs pw-thp in khugepaged mode under a tracer, waiting up to `wait_s`
-/// for the collapse; returns (pid, region start, smaps AnonHugePages
-/// before and after in kB, the tracer's lines).
-fn khugepaged_run(touch_pct: &str, wait_s: &str) -> (u32, u64, u64, u64, Vec<Value>) {
+/// What a pw-thp run under a tracer saw.
+struct ThpRun {
+    pid: u32,
+    region: u64,
+    /// smaps AnonHugePages (kB) before and after the workload's action.
+    before: u64,
+    after: u64,
+    /// /proc/vmstat thp_split_pmd across the action (system-wide).
+    split_pmd: u64,
+    lines: Vec<Value>,
+}
+
+/// Runs `pw-thp ARGS` under a tracer (following `--events thp,faults`),
+/// lets it act, and lets two more snapshots see the result.
+fn pw_thp_run(args: &[&str]) -> ThpRun {
     let mut child = Command::new(env!("CARGO_BIN_EXE_pw-thp"))
-        .args(["8", "khugepaged", touch_pct, wait_s])
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -275,21 +428,30 @@ fn khugepaged_run(touch_pct: &str, wait_s: &str) -> (u32, u64, u64, u64, Vec<Val
         "--interval",
         "300ms",
     ]);
+    let split_before = pagewatch_tests::vmstat("thp_split_pmd");
     writeln!(stdin, "go").unwrap();
     let result = out.next().unwrap().unwrap();
+    let split_pmd = pagewatch_tests::vmstat("thp_split_pmd") - split_before;
     // Two more snapshots see the final state.
     std::thread::sleep(Duration::from_millis(700));
     let lines = tracer.stop();
     drop(stdin);
     let _ = child.wait();
     let f: Vec<&str> = result.split(' ').collect();
-    (
+    assert_eq!((f[1], f[2]), ("0", "0"), "{result}");
+    ThpRun {
         pid,
         region,
-        f[4].parse().unwrap(),
-        f[6].parse().unwrap(),
+        before: f[4].parse().unwrap(),
+        after: f[6].parse().unwrap(),
+        split_pmd,
         lines,
-    )
+    }
+}
+
+/// Runs pw-thp in khugepaged mode, waiting up to `wait_s` for the collapse.
+fn khugepaged_run(touch_pct: &str, wait_s: &str) -> ThpRun {
+    pw_thp_run(&["8", "khugepaged", touch_pct, wait_s])
 }
 
 /// khugepaged collapses a region built from 4 KiB pages: its events name
@@ -307,7 +469,14 @@ fn khugepaged_collapse_is_attributed_to_the_right_process() {
             "no khugepaged knobs in /sys/kernel/mm/transparent_hugepage",
         );
     };
-    let (pid, region, before, after, lines) = khugepaged_run("100", "20");
+    let ThpRun {
+        pid,
+        region,
+        before,
+        after,
+        lines,
+        ..
+    } = khugepaged_run("100", "20");
     assert_eq!(before, 0);
     assert_eq!(
         after, 8192,
@@ -338,7 +507,13 @@ fn refused_collapse_shows_the_kernels_reason_per_vma() {
     // Half of each 2 MiB range touched; the workload waits 3 s for a
     // collapse that never comes, while khugepaged scans (every 50 ms) and
     // refuses.
-    let (pid, region, _, after, lines) = khugepaged_run("50", "3");
+    let ThpRun {
+        pid,
+        region,
+        after,
+        lines,
+        ..
+    } = khugepaged_run("50", "3");
     assert_eq!(after, 0, "nothing collapses with max_ptes_none=0");
     let refused: u64 = lines
         .iter()
@@ -372,4 +547,258 @@ fn refused_collapse_shows_the_kernels_reason_per_vma() {
          khugepaged's scans of followed processes: {scans:?}"
     );
     assert!(transitions(&lines, pid, "collapsed_to_thp").is_empty());
+}
+
+/// A partial munmap and a partial mprotect of THPs split their PMD
+/// mappings: the pages still mapped are reported split_from_thp for the
+/// right process and VMAs, as many as smaps AnonHugePages lost minus the
+/// pages unmapped. No x86 tracepoint marks a split, so the cause is the
+/// /proc/vmstat thp_split_pmd counter, labelled as such.
+#[test]
+fn thp_split_by_partial_munmap_and_mprotect_is_reported() {
+    let name = "thp_split_by_partial_munmap_and_mprotect_is_reported";
+    if skip_unless_root(name) {
+        return;
+    }
+    // PMD-mapped pages are told from PTE-mapped ones by PAGEMAP_SCAN's
+    // PAGE_IS_HUGE, which 6.7 added.
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut v = release
+        .trim()
+        .split(['.', '-'])
+        .map(|x| x.parse::<u32>().unwrap_or(0));
+    if (v.next().unwrap_or(0), v.next().unwrap_or(0)) < (6, 7) {
+        return skip(
+            name,
+            &format!(
+                "Linux {} has no PAGEMAP_SCAN (6.7+): PMD splits cannot be seen",
+                release.trim()
+            ),
+        );
+    }
+    let enabled =
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    if !enabled.contains("[madvise]") && !enabled.contains("[always]") {
+        return skip(name, &format!("THP is not enabled for madvise: {enabled}"));
+    }
+    // Keep khugepaged from touching the region while the test runs.
+    let Some(_knobs) = Knobs::set(&[(
+        "/sys/kernel/mm/transparent_hugepage/khugepaged/scan_sleep_millisecs",
+        "600000",
+    )]) else {
+        return skip(name, "no khugepaged knobs");
+    };
+    let run = pw_thp_run(&["8", "split"]);
+    if run.before != 8192 {
+        return skip(
+            name,
+            &format!(
+                "the kernel gave {} kB of THPs for the 8 MiB region, not 8192",
+                run.before
+            ),
+        );
+    }
+    let unmapped_pages = 256; // the first 1 MiB
+    assert_eq!(
+        run.before - run.after,
+        4096,
+        "two of the four THPs lost their PMD mapping"
+    );
+    assert!(
+        run.split_pmd >= 2,
+        "vmstat thp_split_pmd rose by {}",
+        run.split_pmd
+    );
+    let t = transitions(&run.lines, run.pid, "split_from_thp");
+    assert_eq!(
+        pages(&t),
+        (run.before - run.after) / 4 - unmapped_pages,
+        "split pages vs smaps AnonHugePages: {t:?}"
+    );
+    let end = run.region + (8 << 20);
+    for x in &t {
+        assert_eq!(x["cause"], "vmstat_thp_split_pmd", "{x}");
+        let start = x["vma_start"].as_u64().unwrap();
+        assert!(start >= run.region && start < end, "{x}");
+    }
+    let mut gone = transitions(&run.lines, run.pid, "unmapped");
+    gone.retain(|x| x["vma_start"].as_u64() == Some(run.region));
+    assert_eq!(pages(&gone), unmapped_pages, "{gone:?}");
+    // THP coverage per VMA over time: the last value of each VMA of the
+    // region adds up to smaps AnonHugePages after, the first to before.
+    let mut coverage: Vec<&Value> = run
+        .lines
+        .iter()
+        .filter_map(|l| l.get("thp_coverage"))
+        .filter(|c| c["pid"].as_u64() == Some(u64::from(run.pid)))
+        .filter(|c| (run.region..end).contains(&c["vma_start"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        coverage.first().map(|c| c["thp_pages"].as_u64().unwrap()),
+        Some(run.before / 4),
+        "{coverage:?}"
+    );
+    coverage.reverse();
+    let mut last: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
+    for c in coverage {
+        last.entry(c["vma_start"].as_u64().unwrap())
+            .or_insert(c["thp_pages"].as_u64().unwrap());
+    }
+    assert_eq!(last.values().sum::<u64>(), run.after / 4, "{last:?}");
+    eprintln!(
+        "{name}: AnonHugePages {} -> {} kB, thp_split_pmd +{}, split_from_thp {} pages",
+        run.before,
+        run.after,
+        run.split_pmd,
+        pages(&t)
+    );
+}
+
+/// A node's 2 MiB hugetlb pool file.
+fn node_pool(node: u32, file: &str) -> String {
+    format!("/sys/devices/system/node/node{node}/hugepages/hugepages-2048kB/{file}")
+}
+
+fn read_u64(path: &str) -> u64 {
+    pagewatch_tests::read_u64(path).unwrap_or_else(|| panic!("cannot read {path}"))
+}
+
+/// The per-node hugetlb pool grown during a recording, and a process
+/// mapping one of its pages: `report` shows the pool's nr and free over
+/// time (as sysfs had them), which process held how much hugetlb memory on
+/// which node, and the matching Perfetto counter tracks. The pool is
+/// restored afterwards, even on failure.
+#[test]
+fn hugetlb_pool_changes_and_holders_per_node_are_reported() {
+    let name = "hugetlb_pool_changes_and_holders_per_node_are_reported";
+    if skip_unless_root(name) {
+        return;
+    }
+    if !Path::new(&node_pool(0, "nr_hugepages")).exists() {
+        return skip(name, "no per-node 2 MiB hugetlb pool on node 0");
+    }
+    let (nr0, free0) = (
+        read_u64(&node_pool(0, "nr_hugepages")),
+        read_u64(&node_pool(0, "free_hugepages")),
+    );
+    if read_u64("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages") != free0 {
+        return skip(name, "other nodes have free 2 MiB hugetlb pages");
+    }
+    let dir = std::env::temp_dir().join(format!("pw-hugetlb-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("r.pwrec");
+    // The workload starts once the pool has grown; it maps (and holds for
+    // 1.5 s) one 2 MiB hugetlb page, pinned to node 0 by the grown pool
+    // being the only one with free pages.
+    let script = format!(
+        "sleep 1.2; sleep 1.5 | {} --hugetlb >/dev/null",
+        env!("CARGO_BIN_EXE_pw-layout")
+    );
+    let mut rec = Command::new(pagewatch_tests::pagewatch_bin())
+        .args([
+            "record",
+            "-o",
+            file.to_str().unwrap(),
+            "--interval",
+            "300ms",
+        ])
+        .args(["--", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn pagewatch record");
+    let mut err = BufReader::new(rec.stderr.take().unwrap()).lines();
+    for line in err.by_ref() {
+        let line = line.unwrap();
+        if line.contains("tracing;") {
+            break;
+        }
+    }
+    let Some(_pool) = pagewatch_tests::grow_hugetlb_pool(&node_pool(0, "nr_hugepages"), 2) else {
+        let _ = rec.kill();
+        let _ = rec.wait();
+        let _ = std::fs::remove_dir_all(&dir);
+        return skip(name, "cannot grow node 0's 2 MiB hugetlb pool by 2 pages");
+    };
+    let mut min_free = u64::MAX;
+    while rec.try_wait().unwrap().is_none() {
+        min_free = min_free.min(read_u64(&node_pool(0, "free_hugepages")));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rest: Vec<String> = err.map_while(Result::ok).collect();
+    assert!(rec.wait().unwrap().success(), "record failed: {rest:?}");
+    let report = |format: &str| {
+        let (status, out, err) =
+            pagewatch_tests::run_pagewatch(&["report", "--format", format, file.to_str().unwrap()]);
+        assert!(status.success(), "report failed: {err}");
+        out
+    };
+    let lines: Vec<Value> = report("json")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let table = report("table");
+    let perfetto: Value = serde_json::from_str(&report("perfetto")).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let used = free0 + 2 - min_free;
+    assert_eq!(used, 1, "the workload took one page of the grown pool");
+    let pools: Vec<(u64, u64)> = lines
+        .iter()
+        .filter_map(|l| l.get("hugetlb_pool"))
+        .filter(|p| p["node"] == 0 && p["size_kb"] == 2048)
+        .map(|p| (p["nr"].as_u64().unwrap(), p["free"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(pools.first(), Some(&(nr0, free0)), "{pools:?}");
+    assert!(pools.contains(&(nr0 + 2, free0 + 2)), "grown: {pools:?}");
+    assert!(pools.contains(&(nr0 + 2, min_free)), "in use: {pools:?}");
+    assert_eq!(
+        pools.last(),
+        Some(&(nr0 + 2, free0 + 2)),
+        "freed: {pools:?}"
+    );
+    let held: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["comm"] == "pw-layout")
+        .filter_map(|l| l.get("hugetlb_held"))
+        .collect();
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[0]["node"], 0);
+    let hugetlb_as_thp: Vec<&Value> = lines
+        .iter()
+        .filter_map(|l| l.get("thp_coverage"))
+        .filter(|c| c["vma"].as_str().unwrap().contains("anon_hugepage"))
+        .collect();
+    assert!(
+        hugetlb_as_thp.is_empty(),
+        "hugetlb is not THP: {hugetlb_as_thp:?}"
+    );
+    assert_eq!(held[0]["max_kb"].as_u64(), Some(used * 2048));
+    assert!(
+        table.contains("(pw-layout) node 0: 2048 kB"),
+        "table:\n{table}"
+    );
+    assert!(
+        table.contains("hugetlb pool 2048 kB node 0:"),
+        "table:\n{table}"
+    );
+    let tracks: Vec<&Value> = perfetto["traceEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["ph"] == "C")
+        .collect();
+    assert!(
+        tracks
+            .iter()
+            .any(|e| e["name"] == "hugetlb pool 2048 kB node 0"
+                && e["args"]["nr"].as_u64() == Some(nr0 + 2)),
+        "no pool counter track"
+    );
+    assert!(
+        tracks
+            .iter()
+            .any(|e| e["name"] == "hugetlb (kB)" && e["args"]["node0"].as_u64() == Some(2048)),
+        "no per-process hugetlb counter track"
+    );
 }

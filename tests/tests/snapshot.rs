@@ -77,16 +77,7 @@ const HUGETLB_2M: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages
 /// Reserve `n` more 2 MiB hugetlb pages, restored when the guard drops;
 /// None if the pool would not grow.
 fn reserve_hugetlb(n: u64) -> Option<Knobs> {
-    let read = || -> Option<u64> {
-        std::fs::read_to_string(HUGETLB_2M)
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    };
-    let old = read()?;
-    let knobs = Knobs::set(&[(HUGETLB_2M, &(old + n).to_string())])?;
-    (read()? >= old + n).then_some(knobs)
+    pagewatch_tests::grow_hugetlb_pool(HUGETLB_2M, n)
 }
 
 /// smaps field -> pagewatch JSON usage field.

@@ -14,6 +14,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::Args;
 use pagewatch::{
+    correlate::balloon::BalloonInterval,
     event::Event,
     proc::ProcRoot,
     record::{End, Interval, Metadata, Process, Record, RecordWriter, Sample},
@@ -217,6 +218,8 @@ impl Sink for RecordSink {
             .filter(|&p| view.shown(p))
             .chain(r.transitions.iter().map(|t| t.pid))
             .chain(r.counters.iter().map(|c| c.pid))
+            .chain(r.swap_returns.iter().map(|s| s.pid))
+            .chain(r.thp_coverage.iter().map(|c| c.pid))
             .collect();
         for pid in pids {
             let comm = view.comms.get(pid).to_owned();
@@ -237,6 +240,31 @@ impl Sink for RecordSink {
                 thp_pages: c.thp,
                 hugetlb_pages_per_node: c.hugetlb_per_node.clone(),
             }))?;
+        }
+        for s in &r.swap_returns {
+            self.writer()?.write(&Record::SwapReturns(s.clone()))?;
+        }
+        for p in &r.hugetlb_pools {
+            self.writer()?.write(&Record::HugetlbPool(p.clone()))?;
+        }
+        for c in &r.thp_coverage {
+            self.writer()?.write(&Record::VmaThp(c.clone()))?;
+        }
+        let b = &r.tally.system.page_events;
+        let balloon = BalloonInterval {
+            ts_ns: r.ts_ns,
+            vmstat_inflated: b.balloon_vmstat_inflated,
+            vmstat_deflated: b.balloon_vmstat_deflated,
+            hook_inflated: b.balloon_inflated,
+            hook_deflated: b.balloon_deflated,
+        };
+        if balloon
+            != (BalloonInterval {
+                ts_ns: r.ts_ns,
+                ..BalloonInterval::default()
+            })
+        {
+            self.writer()?.write(&Record::Balloon(balloon))?;
         }
         let events = self.events;
         self.writer()?.write(&Record::Interval(Interval {

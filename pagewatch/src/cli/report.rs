@@ -2,8 +2,11 @@
 //! readable timeline and summary (table), one JSON object per transition
 //! group (json, for jq), or Chrome trace-event JSON that ui.perfetto.dev
 //! opens (perfetto): counter tracks per process (RSS, anon, file, swap,
-//! THP, hugetlb per node), instant events for transitions and slices for
-//! reclaim and compaction episodes. A recording cut short is read up to
+//! THP, hugetlb per node, pages back from swap and their time there, THP
+//! coverage per VMA), system counter tracks for the per-node hugetlb pools,
+//! instant events for transitions and slices for reclaim, compaction and
+//! balloon episodes (with the pages each process lost during a balloon
+//! episode in the table and JSON too). A recording cut short is read up to
 //! its last complete record, and the report says where it was cut.
 
 use std::{
@@ -15,6 +18,11 @@ use std::{
 use clap::{Args, ValueEnum};
 use pagewatch::{
     aggregate::Aggregator,
+    correlate::{
+        balloon::{self, BalloonEpisode, BalloonInterval},
+        hugepages::{PoolSample, VmaThp},
+        swap::SwapReturns,
+    },
     event::{Event, EventKind},
     record::{Metadata, Note, Process, Record, RecordReader, Sample},
     transition::TransitionGroup,
@@ -56,6 +64,12 @@ struct Loaded {
     transitions: Vec<TransitionGroup>,
     processes: HashMap<u32, Process>,
     samples: Vec<Sample>,
+    swap_returns: Vec<SwapReturns>,
+    pools: Vec<PoolSample>,
+    thp_coverage: Vec<VmaThp>,
+    /// The end of every interval, and the intervals with balloon activity.
+    interval_ends: Vec<u64>,
+    balloon: Vec<BalloonInterval>,
     notes: Vec<Note>,
     events: Vec<Event>,
     aggregator: Aggregator,
@@ -78,6 +92,11 @@ fn load(args: &ReportArgs) -> anyhow::Result<Loaded> {
         transitions: Vec::new(),
         processes: HashMap::new(),
         samples: Vec::new(),
+        swap_returns: Vec::new(),
+        pools: Vec::new(),
+        thp_coverage: Vec::new(),
+        interval_ends: Vec::new(),
+        balloon: Vec::new(),
         notes: Vec::new(),
         events: Vec::new(),
         aggregator: Aggregator::default(),
@@ -100,6 +119,7 @@ fn load(args: &ReportArgs) -> anyhow::Result<Loaded> {
             },
             Ok(Record::Interval(i)) => {
                 l.intervals += 1;
+                l.interval_ends.push(i.ts_ns);
                 l.dropped = i.dropped;
             }
             Ok(Record::Transition(t)) if wanted(t.pid) => l.transitions.push(t),
@@ -107,6 +127,10 @@ fn load(args: &ReportArgs) -> anyhow::Result<Loaded> {
                 l.processes.insert(p.pid, p);
             }
             Ok(Record::Sample(s)) if wanted(s.pid) => l.samples.push(s),
+            Ok(Record::SwapReturns(s)) if wanted(s.pid) => l.swap_returns.push(s),
+            Ok(Record::HugetlbPool(p)) => l.pools.push(p),
+            Ok(Record::VmaThp(t)) if wanted(t.pid) => l.thp_coverage.push(t),
+            Ok(Record::Balloon(b)) => l.balloon.push(b),
             Ok(Record::Note(n)) => l.notes.push(n),
             Ok(Record::End(e)) => {
                 l.end = true;
@@ -215,6 +239,67 @@ fn table(out: &mut impl std::io::Write, l: &Loaded, by: By) -> anyhow::Result<()
             *pages as f64 * 4096.0 / f64::from(1 << 20)
         )?;
     }
+    // Time in swap per process and VMA over the whole recording.
+    let mut swap: BTreeMap<(u32, u64), SwapReturns> = BTreeMap::new();
+    for r in &l.swap_returns {
+        let total = swap
+            .entry((r.pid, r.vma_start))
+            .or_insert_with(|| SwapReturns {
+                pages: 0,
+                time_in_swap_ns: 0,
+                max_ns: 0,
+                ..r.clone()
+            });
+        total.pages += r.pages;
+        total.time_in_swap_ns += r.time_in_swap_ns;
+        total.max_ns = total.max_ns.max(r.max_ns);
+    }
+    if !swap.is_empty() {
+        writeln!(out, "\nswap round trips:")?;
+        for r in swap.values() {
+            writeln!(out, "  {}", r.describe(comm(l, r.pid)))?;
+        }
+    }
+    if !l.thp_coverage.is_empty() {
+        writeln!(out, "\nTHP coverage per VMA (when it changed):")?;
+        for c in &l.thp_coverage {
+            writeln!(
+                out,
+                "{:>8.2}s  {}",
+                secs(l, c.ts_ns),
+                c.describe(comm(l, c.pid))
+            )?;
+        }
+    }
+    if !l.pools.is_empty() {
+        writeln!(out, "\nhugetlb pools per node (when they changed):")?;
+        for p in &l.pools {
+            writeln!(out, "{:>8.2}s  {}", secs(l, p.ts_ns), p.describe())?;
+        }
+    }
+    let episodes = balloon_episodes(l);
+    if !episodes.is_empty() {
+        writeln!(
+            out,
+            "\nballoon episodes (pages lost by each process meanwhile):"
+        )?;
+        for e in &episodes {
+            let line = e.describe(l.meta.start_monotonic_ns, |pid| comm(l, pid).to_owned());
+            writeln!(out, "  {line}")?;
+        }
+    }
+    let held = hugetlb_held(l);
+    if !held.is_empty() {
+        writeln!(out, "\nhugetlb pages held (most at one snapshot):")?;
+        for ((pid, node), pages) in held {
+            writeln!(
+                out,
+                "  pid {pid} ({}) node {node}: {} kB",
+                comm(l, pid),
+                pages * 4
+            )?;
+        }
+    }
     let faults: BTreeMap<u32, u64> = l
         .aggregator
         .total()
@@ -230,6 +315,30 @@ fn table(out: &mut impl std::io::Write, l: &Loaded, by: By) -> anyhow::Result<()
         }
     }
     Ok(())
+}
+
+fn balloon_episodes(l: &Loaded) -> Vec<BalloonEpisode> {
+    balloon::episodes(
+        l.meta.start_monotonic_ns,
+        &l.interval_ends,
+        &l.balloon,
+        &l.transitions,
+    )
+}
+
+/// The most hugetlb pages (4 KiB units) each process held on each node at
+/// one snapshot.
+fn hugetlb_held(l: &Loaded) -> BTreeMap<(u32, usize), u64> {
+    let mut held: BTreeMap<(u32, usize), u64> = BTreeMap::new();
+    for s in &l.samples {
+        for (node, &pages) in s.hugetlb_pages_per_node.iter().enumerate() {
+            if pages > 0 {
+                let e = held.entry((s.pid, node)).or_default();
+                *e = (*e).max(pages);
+            }
+        }
+    }
+    held
 }
 
 fn name_by(by: By) -> &'static str {
@@ -249,6 +358,37 @@ fn json_lines(out: &mut impl std::io::Write, l: &Loaded) -> anyhow::Result<()> {
             o.insert("comm".into(), json!(comm(l, t.pid)));
         }
         writeln!(out, "{v}")?;
+    }
+    for s in &l.swap_returns {
+        writeln!(
+            out,
+            "{}",
+            json!({"t": secs(l, s.ts_ns), "comm": comm(l, s.pid), "swap_returns": s})
+        )?;
+    }
+    for c in &l.thp_coverage {
+        writeln!(
+            out,
+            "{}",
+            json!({"t": secs(l, c.ts_ns), "comm": comm(l, c.pid), "thp_coverage": c})
+        )?;
+    }
+    for p in &l.pools {
+        writeln!(out, "{}", json!({"t": secs(l, p.ts_ns), "hugetlb_pool": p}))?;
+    }
+    for e in balloon_episodes(l) {
+        writeln!(
+            out,
+            "{}",
+            json!({"t": secs(l, e.start_ns), "balloon_episode": e})
+        )?;
+    }
+    for ((pid, node), pages) in hugetlb_held(l) {
+        writeln!(
+            out,
+            "{}",
+            json!({"comm": comm(l, pid), "hugetlb_held": {"pid": pid, "node": node, "max_kb": pages * 4}})
+        )?;
     }
     writeln!(
         out,
@@ -298,6 +438,44 @@ fn perfetto(l: &Loaded) -> Value {
                 "args": per_node}),
             );
         }
+    }
+    // System tracks (pid 0): the per-node hugetlb pools, balloon episodes.
+    let episodes = balloon_episodes(l);
+    for e in &episodes {
+        ev.push(json!({"ph": "X", "cat": "balloon", "pid": 0, "tid": 0,
+            "name": if e.inflate { "balloon inflate" } else { "balloon deflate" },
+            "ts": us(e.start_ns), "dur": (e.end_ns - e.start_ns) as f64 / 1e3,
+            "args": e}));
+    }
+    if !l.pools.is_empty() || !episodes.is_empty() {
+        ev.push(
+            json!({"ph": "M", "name": "process_name", "pid": 0, "tid": 0,
+            "args": {"name": "system"}}),
+        );
+    }
+    for p in &l.pools {
+        let node = p
+            .pool
+            .node
+            .map_or_else(|| "all".to_owned(), |n| n.to_string());
+        ev.push(
+            json!({"ph": "C", "name": format!("hugetlb pool {} kB node {node}", p.pool.size_kb),
+            "pid": 0, "ts": us(p.ts_ns),
+            "args": {"nr": p.pool.nr, "free": p.pool.free, "surplus": p.pool.surplus}}),
+        );
+    }
+    for c in &l.thp_coverage {
+        ev.push(
+            json!({"ph": "C", "name": format!("THP {} {:#x} (kB)", c.vma_label(), c.vma_start),
+            "pid": c.pid, "ts": us(c.ts_ns), "args": {"pmd_mapped": c.thp_pages * 4}}),
+        );
+    }
+    for s in &l.swap_returns {
+        ev.push(
+            json!({"ph": "C", "name": "back from swap", "pid": s.pid, "ts": us(s.ts_ns),
+            "args": {"pages": s.pages,
+                     "avg_s_in_swap": s.time_in_swap_ns as f64 / s.pages.max(1) as f64 / 1e9}}),
+        );
     }
     for t in &l.transitions {
         ev.push(json!({"ph": "i", "s": "p", "pid": t.pid, "tid": t.pid, "ts": us(t.ts_ns),

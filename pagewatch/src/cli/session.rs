@@ -16,7 +16,13 @@ use aya::maps::{MapData, RingBuf};
 use clap::Args;
 use pagewatch::{
     aggregate::{Aggregator, Tally},
-    correlate::{self, ProcessCounters, evidence::Evidence, numa::NodeMap},
+    correlate::{
+        self, ProcessCounters,
+        evidence::Evidence,
+        hugepages::{HugepageTracker, PoolSample, VmaThp},
+        numa::NodeMap,
+        swap::{SwapLedger, SwapReturns},
+    },
     error::Error,
     event::{Decoder, Event, EventKind},
     hooks::Family,
@@ -148,6 +154,12 @@ pub struct IntervalReport {
     pub thp_scans: Vec<ThpScans>,
     /// Page counters of each snapshotted process at the interval's end.
     pub counters: Vec<ProcessCounters>,
+    /// Pages back from swap in the interval, with their time in swap.
+    pub swap_returns: Vec<SwapReturns>,
+    /// Per-node hugetlb pools that changed (all of them the first time).
+    pub hugetlb_pools: Vec<PoolSample>,
+    /// VMAs whose PMD-mapped page count changed.
+    pub thp_coverage: Vec<VmaThp>,
 }
 
 /// khugepaged scans of one VMA that ended with one result.
@@ -240,9 +252,14 @@ pub struct Session {
     exited: Vec<u32>,
     kpage: KpageFiles,
     nodes: NodeMap,
-    /// /proc/vmstat balloon_inflate and balloon_deflate at the last interval.
-    balloon_vmstat: (u64, u64),
+    /// /proc/vmstat at the last interval.
+    vmstat: Vmstat,
     last_snapshot: Option<PageTable>,
+    swaps: SwapLedger,
+    hugepages: HugepageTracker,
+    /// The pools and THP coverage at the start, reported with the first
+    /// interval.
+    initial_hugepages: (Vec<PoolSample>, Vec<VmaThp>),
     all_transitions: Vec<TransitionGroup>,
     started: Instant,
     intervals: u64,
@@ -252,13 +269,39 @@ pub struct Session {
     said_scan_without_page: bool,
 }
 
-/// /proc/vmstat balloon_inflate and balloon_deflate (0 where absent).
-fn balloon_vmstat() -> (u64, u64) {
-    let counters = std::fs::read_to_string("/proc/vmstat")
-        .map(|t| snapshot::sysfs::vmstat_counters(&t))
-        .unwrap_or_default();
-    let get = |k: &str| counters.get(k).copied().unwrap_or(0);
-    (get("balloon_inflate"), get("balloon_deflate"))
+/// The /proc/vmstat counters a session follows (0 where absent): balloon
+/// pages, and THP splits, which no x86 tracepoint marks.
+#[derive(Debug, Clone, Copy, Default)]
+struct Vmstat {
+    balloon_inflate: u64,
+    balloon_deflate: u64,
+    thp_split_pmd: u64,
+    thp_split_page: u64,
+}
+
+impl Vmstat {
+    fn read() -> Self {
+        let counters = std::fs::read_to_string("/proc/vmstat")
+            .map(|t| snapshot::sysfs::vmstat_counters(&t))
+            .unwrap_or_default();
+        let get = |k: &str| counters.get(k).copied().unwrap_or(0);
+        Self {
+            balloon_inflate: get("balloon_inflate"),
+            balloon_deflate: get("balloon_deflate"),
+            thp_split_pmd: get("thp_split_pmd"),
+            thp_split_page: get("thp_split_page"),
+        }
+    }
+
+    /// Counts since `earlier`.
+    fn since(&self, earlier: &Self) -> Self {
+        Self {
+            balloon_inflate: self.balloon_inflate.saturating_sub(earlier.balloon_inflate),
+            balloon_deflate: self.balloon_deflate.saturating_sub(earlier.balloon_deflate),
+            thp_split_pmd: self.thp_split_pmd.saturating_sub(earlier.thp_split_pmd),
+            thp_split_page: self.thp_split_page.saturating_sub(earlier.thp_split_page),
+        }
+    }
 }
 
 /// CLOCK_MONOTONIC now, in ns (the clock of the events' timestamps).
@@ -309,10 +352,20 @@ impl Session {
             tracked: BTreeSet::new(),
             followed: BTreeSet::new(),
             exited: Vec::new(),
-            kpage,
+            kpage: KpageFiles {
+                // The correlator compares pagemap entries, PMD mappings and
+                // kpageflags only: mapcounts (kpagecount) and memcgs
+                // (kpagecgroup) would be read every interval for nothing.
+                count: None,
+                cgroup: None,
+                ..kpage
+            },
             nodes: NodeMap::read(std::path::Path::new("/sys")),
-            balloon_vmstat: balloon_vmstat(),
+            vmstat: Vmstat::read(),
             last_snapshot: None,
+            swaps: SwapLedger::default(),
+            hugepages: HugepageTracker::default(),
+            initial_hugepages: (Vec::new(), Vec::new()),
             all_transitions: Vec::new(),
             started: Instant::now(),
             intervals: 0,
@@ -322,9 +375,15 @@ impl Session {
             config,
         };
         session.refresh_targets(true)?;
+        let ts_ns = monotonic_ns();
         if session.config.snapshots {
-            session.last_snapshot = Some(session.snapshot());
+            let first = session.snapshot();
+            session.initial_hugepages.1 = session.hugepages.thp(&first, ts_ns);
+            session.last_snapshot = Some(first);
         }
+        session.initial_hugepages.0 = session
+            .hugepages
+            .pools(snapshot::sysfs::hugetlb_pools(&session.proc), ts_ns);
         Ok(session)
     }
 
@@ -531,18 +590,20 @@ impl Session {
         sink: &mut impl Sink,
         after: Option<PageTable>,
     ) -> anyhow::Result<()> {
+        // The snapshot (taken by the caller) first, then vmstat: a change
+        // the snapshot shows was counted by this read or an earlier one.
+        let now = Vmstat::read();
+        let delta = now.since(&self.vmstat);
+        self.vmstat = now;
         // Balloon activity from vmstat: counted, and evidence of balloon
         // pressure even where the balloon hooks cannot attach.
-        let (inflate, deflate) = balloon_vmstat();
-        let (inflated, deflated) = (
-            inflate.saturating_sub(self.balloon_vmstat.0),
-            deflate.saturating_sub(self.balloon_vmstat.1),
-        );
-        self.balloon_vmstat = (inflate, deflate);
-        self.aggregator.add_balloon_vmstat(inflated, deflated);
-        if inflated > 0 {
+        self.aggregator
+            .add_balloon_vmstat(delta.balloon_inflate, delta.balloon_deflate);
+        if delta.balloon_inflate > 0 {
             self.evidence.set_balloon_inflating();
         }
+        self.evidence
+            .set_thp_splits(delta.thp_split_pmd, delta.thp_split_page);
         let tally = self.aggregator.take_interval();
         self.intervals += 1;
         let dropped_per_cpu = self.drops_per_cpu()?;
@@ -553,6 +614,11 @@ impl Session {
         let mut evidence = std::mem::take(&mut self.evidence);
         let mut thp_scans = Vec::new();
         let mut counters = Vec::new();
+        let (mut hugetlb_pools, mut thp_coverage) = std::mem::take(&mut self.initial_hugepages);
+        hugetlb_pools.extend(
+            self.hugepages
+                .pools(snapshot::sysfs::hugetlb_pools(&self.proc), ts_ns),
+        );
         let transitions = match (self.last_snapshot.take(), after) {
             (Some(before), Some(after)) => {
                 evidence.resolve_pfns(&before, &after);
@@ -576,9 +642,17 @@ impl Session {
                         scans,
                     });
                 }
-                let t = correlate::diff(&before, &after, &evidence, &self.nodes, ts_ns);
+                let t = correlate::diff(
+                    &before,
+                    &after,
+                    &evidence,
+                    &self.nodes,
+                    &mut self.swaps,
+                    ts_ns,
+                );
                 self.evidence.inherit(&evidence);
                 counters = correlate::counters(&after, &self.nodes);
+                thp_coverage.extend(self.hugepages.thp(&after, ts_ns));
                 self.last_snapshot = Some(after);
                 t
             }
@@ -596,6 +670,9 @@ impl Session {
             transitions,
             thp_scans,
             counters,
+            swap_returns: self.swaps.take(ts_ns),
+            hugetlb_pools,
+            thp_coverage,
         };
         let mut view = self.view();
         sink.interval(&mut view, &report)?;

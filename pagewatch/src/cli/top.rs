@@ -73,20 +73,32 @@ impl Sink for TopSink {
                 merge(&mut line, serde_json::to_value(stats)?);
                 writeln!(out, "{line}")?;
             }
-            for t in &r.transitions {
+            // One line per item, tagged with its kind and the process's name.
+            let mut tagged = |pid: u32, key: &str, item: serde_json::Value| {
                 writeln!(
                     out,
                     "{}",
                     json!({"interval": r.index, "t": round3(r.t),
-                    "comm": view.comms.get(t.pid), "transition": t})
-                )?;
+                    "comm": view.comms.get(pid), key: item})
+                )
+            };
+            for t in &r.transitions {
+                tagged(t.pid, "transition", serde_json::to_value(t)?)?;
             }
             for s in &r.thp_scans {
+                tagged(s.pid, "thp_scans", serde_json::to_value(s)?)?;
+            }
+            for s in &r.swap_returns {
+                tagged(s.pid, "swap_returns", serde_json::to_value(s)?)?;
+            }
+            for c in &r.thp_coverage {
+                tagged(c.pid, "thp_coverage", serde_json::to_value(c)?)?;
+            }
+            for p in &r.hugetlb_pools {
                 writeln!(
                     out,
                     "{}",
-                    json!({"interval": r.index, "t": round3(r.t),
-                    "comm": view.comms.get(s.pid), "thp_scans": s})
+                    json!({"interval": r.index, "t": round3(r.t), "hugetlb_pool": p})
                 )?;
             }
             writeln!(
@@ -111,11 +123,7 @@ impl Sink for TopSink {
             write_table(&mut out, &rows, self.limit, view.comms)?;
             write_transitions(&mut out, &r.transitions, self.limit, view.comms)?;
             for s in r.thp_scans.iter().take(self.limit) {
-                let vma = if s.vma.is_empty() {
-                    "[anon]"
-                } else {
-                    s.vma.as_str()
-                };
+                let vma = pagewatch::transition::vma_label(&s.vma);
                 writeln!(
                     out,
                     "{:>9} pid {} ({}) {} {:#x}: khugepaged scanned {} times: {}",
@@ -127,6 +135,15 @@ impl Sink for TopSink {
                     s.scans,
                     s.result
                 )?;
+            }
+            for s in r.swap_returns.iter().take(self.limit) {
+                writeln!(out, "{:>9} {}", "", s.describe(view.comms.get(s.pid)))?;
+            }
+            for c in r.thp_coverage.iter().take(self.limit) {
+                writeln!(out, "{:>9} {}", "", c.describe(view.comms.get(c.pid)))?;
+            }
+            for p in &r.hugetlb_pools {
+                writeln!(out, "{:>9} {}", "", p.describe())?;
             }
         }
         out.flush()?;

@@ -113,6 +113,11 @@ pub struct Evidence {
     exited: HashSet<u32>,
     execed: HashSet<u32>,
     oom_victims: HashSet<u32>,
+    /// /proc/vmstat (thp_split_pmd, thp_split_page) deltas of this interval
+    /// and of the one before (a split just before a snapshot is counted by
+    /// the vmstat read of the previous interval).
+    thp_splits: (u64, u64),
+    earlier_thp_splits: (u64, u64),
 }
 
 impl Evidence {
@@ -191,6 +196,14 @@ impl Evidence {
         self.earlier_collapses = previous.khugepaged_ranges.clone();
         self.earlier_madv_ranges = previous.madv_ranges.clone();
         self.earlier_reclaim = previous.reclaim.clone();
+        self.earlier_thp_splits = previous.thp_splits;
+    }
+
+    /// The interval's /proc/vmstat `thp_split_pmd` and `thp_split_page`
+    /// deltas: the only evidence of THP splits where no tracepoint or
+    /// fentry hook marks them. Read after the interval's snapshot.
+    pub fn set_thp_splits(&mut self, pmd: u64, page: u64) {
+        self.thp_splits = (pmd, page);
     }
 
     /// Marks a balloon inflation seen by other means (vmstat balloon_inflate
@@ -264,7 +277,14 @@ impl Evidence {
             Unmapped if self.oom_victims.contains(&pid) => Cause::Oom,
             Unmapped if self.exited.contains(&pid) => Cause::Exit,
             Unmapped if self.execed.contains(&pid) => Cause::Exec,
-            Unmapped | SplitFromThp => Cause::Unexplained,
+            Unmapped => Cause::Unexplained,
+            SplitFromThp if self.thp_splits.0 + self.earlier_thp_splits.0 > 0 => {
+                Cause::VmstatThpSplitPmd
+            }
+            FolioSplit if self.thp_splits.1 + self.earlier_thp_splits.1 > 0 => {
+                Cause::VmstatThpSplitPage
+            }
+            SplitFromThp | FolioSplit => Cause::Unexplained,
             CollapsedToThp => {
                 let range = (pid, va & !(PMD_SIZE - 1));
                 if self.madv_ranges.contains(&range) {
@@ -468,6 +488,30 @@ mod tests {
             Cause::Unexplained,
             "one interval only"
         );
+    }
+
+    #[test]
+    fn thp_splits_are_explained_only_by_their_own_vmstat_counter() {
+        use TransitionKind::{FolioSplit, SplitFromThp};
+        let mut e = Evidence::default();
+        e.set_thp_splits(1, 0);
+        assert_eq!(e.cause(1, 0, None, SplitFromThp), Cause::VmstatThpSplitPmd);
+        assert_eq!(e.cause(1, 0, None, FolioSplit), Cause::Unexplained);
+        let mut next = Evidence::default();
+        next.inherit(&e);
+        next.set_thp_splits(0, 2);
+        assert_eq!(
+            next.cause(1, 0, None, SplitFromThp),
+            Cause::VmstatThpSplitPmd,
+            "counted just before the snapshot that showed it"
+        );
+        assert_eq!(
+            next.cause(1, 0, None, FolioSplit),
+            Cause::VmstatThpSplitPage
+        );
+        let mut later = Evidence::default();
+        later.inherit(&Evidence::default());
+        assert_eq!(later.cause(1, 0, None, SplitFromThp), Cause::Unexplained);
     }
 
     #[test]

@@ -6,10 +6,16 @@
 //!
 //! - [`numa`]: PFN -> NUMA node from sysfs memory blocks;
 //! - [`evidence`]: what the events of one interval say happened;
+//! - [`swap`]: swap round trips matched through swap entries;
+//! - [`hugepages`]: hugetlb pools per node and THP coverage per VMA over time;
+//! - [`balloon`]: balloon episodes and the pages processes lost in them;
 //! - this module: page states, classification and the snapshot diff.
 
+pub mod balloon;
 pub mod evidence;
+pub mod hugepages;
 pub mod numa;
+pub mod swap;
 
 use std::collections::BTreeMap;
 
@@ -22,13 +28,15 @@ use crate::{
 };
 use evidence::Evidence;
 use numa::NodeMap;
+use swap::SwapLedger;
 
-/// What one virtual page looked like in a snapshot: its pagemap entry and
-/// the kpageflags of its PFN (0 when not present).
+/// What one virtual page looked like in a snapshot: its pagemap entry, the
+/// kpageflags of its PFN (0 when not present) and whether a PMD mapped it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageState {
     pub pagemap: u64,
     pub kflags: u64,
+    pub pmd: bool,
 }
 
 impl PageState {
@@ -90,8 +98,14 @@ pub fn classify(
         (Some(b), Some(a)) => {
             if a.thp() && !b.thp() {
                 TransitionKind::CollapsedToThp
-            } else if b.thp() && !a.thp() {
+            } else if b.pmd && !a.pmd {
+                // The PMD mapping was split into PTEs (partial munmap,
+                // mprotect, madvise...); the folio may stay large until the
+                // deferred-split shrinker splits it.
                 TransitionKind::SplitFromThp
+            } else if b.thp() && !a.thp() {
+                // A PTE-mapped large folio became small pages.
+                TransitionKind::FolioSplit
             } else if a.ksm() && !b.ksm() {
                 TransitionKind::KsmMerged
             } else if b.ksm() && !a.ksm() {
@@ -206,6 +220,7 @@ fn rows(t: &PageTable) -> impl Iterator<Item = Row> + '_ {
             state: PageState {
                 pagemap: t.pagemap(i),
                 kflags: t.flags(i),
+                pmd: t.pmd_mapped(i),
             },
         }
     })
@@ -226,12 +241,14 @@ struct GroupKey {
 /// Diffs two snapshots of the same processes (each built from processes in
 /// ascending pid order, as [`PageTable::from_scans`] keeps them) and
 /// attributes every change with `evidence` (already resolved against
-/// `before` with [`Evidence::resolve_pfns`]). `ts_ns` stamps the groups.
+/// `before` with [`Evidence::resolve_pfns`]); swap-outs and returns go to
+/// `swaps`. `ts_ns` stamps the groups.
 pub fn diff(
     before: &PageTable,
     after: &PageTable,
     evidence: &Evidence,
     nodes: &NodeMap,
+    swaps: &mut SwapLedger,
     ts_ns: u64,
 ) -> Vec<TransitionGroup> {
     let mut groups: BTreeMap<GroupKey, u64> = BTreeMap::new();
@@ -262,18 +279,24 @@ pub fn diff(
         match order {
             std::cmp::Ordering::Less => {
                 let row = b.next().expect("peeked");
+                let vma_start = before.vmas[row.vma as usize].start;
+                swaps.observe(row.pid, row.va, vma_start, Some(row.state), None, ts_ns);
                 if let Some(c) = classify(Some(row.state), None, nodes) {
                     add(before, row, c);
                 }
             }
             std::cmp::Ordering::Greater => {
                 let row = a.next().expect("peeked");
+                let vma_start = after.vmas[row.vma as usize].start;
+                swaps.observe(row.pid, row.va, vma_start, None, Some(row.state), ts_ns);
                 if let Some(c) = classify(None, Some(row.state), nodes) {
                     add(after, row, c);
                 }
             }
             std::cmp::Ordering::Equal => {
                 let (x, y) = (b.next().expect("peeked"), a.next().expect("peeked"));
+                let vma_start = after.vmas[y.vma as usize].start;
+                swaps.observe(y.pid, y.va, vma_start, Some(x.state), Some(y.state), ts_ns);
                 if let Some(c) = classify(Some(x.state), Some(y.state), nodes) {
                     add(after, y, c);
                 }
@@ -308,13 +331,19 @@ mod tests {
         Some(PageState {
             pagemap: PM_PRESENT | pfn,
             kflags,
+            pmd: false,
         })
+    }
+
+    fn pmd_mapped(pfn: u64) -> Option<PageState> {
+        present(pfn, THP).map(|p| PageState { pmd: true, ..p })
     }
 
     fn swapped() -> Option<PageState> {
         Some(PageState {
             pagemap: PM_SWAP | (123 << 5),
             kflags: 0,
+            pmd: false,
         })
     }
 
@@ -337,7 +366,13 @@ mod tests {
             kind(present(10, 0), present(512, THP)),
             Some(CollapsedToThp)
         );
-        assert_eq!(kind(present(512, THP), present(512, 0)), Some(SplitFromThp));
+        assert_eq!(kind(present(10, 0), pmd_mapped(512)), Some(CollapsedToThp));
+        // A partial munmap or mprotect splits the PMD; the folio stays a
+        // THP until the deferred split, which is a second transition.
+        assert_eq!(kind(pmd_mapped(512), present(512, THP)), Some(SplitFromThp));
+        assert_eq!(kind(pmd_mapped(512), present(512, 0)), Some(SplitFromThp));
+        assert_eq!(kind(present(512, THP), present(512, 0)), Some(FolioSplit));
+        assert_eq!(kind(pmd_mapped(512), pmd_mapped(512)), None);
         assert_eq!(kind(present(10, 0), present(99, KSM)), Some(KsmMerged));
         assert_eq!(kind(present(99, KSM), present(10, 0)), Some(KsmUnmerged));
         assert_eq!(kind(present(10, 0), present(11, 0)), Some(Migrated));

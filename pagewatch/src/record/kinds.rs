@@ -5,7 +5,15 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut, TryGetError};
 
-use crate::transition::{Cause, TransitionGroup, TransitionKind};
+use crate::{
+    correlate::{
+        balloon::BalloonInterval,
+        hugepages::{PoolSample, VmaThp},
+        swap::SwapReturns,
+    },
+    snapshot::sysfs::HugetlbPool,
+    transition::{Cause, TransitionGroup, TransitionKind},
+};
 
 /// Kind byte of [`Record::Event`].
 pub(super) const EVENT: u8 = 1;
@@ -21,6 +29,14 @@ const SAMPLE: u8 = 5;
 const NOTE: u8 = 6;
 /// Kind byte of [`Record::End`].
 const END: u8 = 7;
+/// Kind byte of [`Record::SwapReturns`].
+const SWAP_RETURNS: u8 = 8;
+/// Kind byte of [`Record::HugetlbPool`].
+const HUGETLB_POOL: u8 = 9;
+/// Kind byte of [`Record::VmaThp`].
+const VMA_THP: u8 = 10;
+/// Kind byte of [`Record::Balloon`].
+const BALLOON: u8 = 11;
 
 /// One record of a recording.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +51,14 @@ pub enum Record {
     Sample(Sample),
     Note(Note),
     End(End),
+    /// Pages of one process and VMA back from swap in one interval.
+    SwapReturns(SwapReturns),
+    /// A per-node hugetlb pool that changed (or was first read).
+    HugetlbPool(PoolSample),
+    /// A VMA whose PMD-mapped page count changed.
+    VmaThp(VmaThp),
+    /// Balloon activity in one interval (none: no record).
+    Balloon(BalloonInterval),
 }
 
 /// The end of one reporting interval.
@@ -129,7 +153,8 @@ impl From<TryGetError> for Undecodable {
 }
 
 impl Record {
-    /// The record's kind byte (fixed forever: 1 Event ... 7 End).
+    /// The record's kind byte (fixed forever: 1 Event ... 7 End, 8
+    /// SwapReturns, 9 HugetlbPool, 10 VmaThp, 11 Balloon).
     pub fn kind(&self) -> u8 {
         match self {
             Self::Event(_) => EVENT,
@@ -139,6 +164,10 @@ impl Record {
             Self::Sample(_) => SAMPLE,
             Self::Note(_) => NOTE,
             Self::End(_) => END,
+            Self::SwapReturns(_) => SWAP_RETURNS,
+            Self::HugetlbPool(_) => HUGETLB_POOL,
+            Self::VmaThp(_) => VMA_THP,
+            Self::Balloon(_) => BALLOON,
         }
     }
 
@@ -195,6 +224,38 @@ impl Record {
                 buf.put_u64_le(e.events);
                 buf.put_u64_le(e.dropped);
                 buf.put_u64_le(e.duration_ns);
+            }
+            Self::SwapReturns(r) => {
+                buf.put_u64_le(r.ts_ns);
+                buf.put_u32_le(r.pid);
+                buf.put_u64_le(r.vma_start);
+                buf.put_u64_le(r.pages);
+                buf.put_u64_le(r.time_in_swap_ns);
+                buf.put_u64_le(r.max_ns);
+            }
+            Self::HugetlbPool(PoolSample { ts_ns, pool: p }) => {
+                buf.put_u64_le(*ts_ns);
+                buf.put_u64_le(p.size_kb);
+                buf.put_u32_le(p.node.unwrap_or(u32::MAX));
+                buf.put_u64_le(p.nr);
+                buf.put_u64_le(p.free);
+                buf.put_u64_le(p.surplus);
+                buf.put_u64_le(p.resv.unwrap_or(u64::MAX));
+            }
+            Self::VmaThp(t) => {
+                buf.put_u64_le(t.ts_ns);
+                buf.put_u32_le(t.pid);
+                buf.put_u64_le(t.vma_start);
+                buf.put_u64_le(t.vma_pages);
+                buf.put_u64_le(t.thp_pages);
+                put_str(buf, &t.vma);
+            }
+            Self::Balloon(b) => {
+                buf.put_u64_le(b.ts_ns);
+                buf.put_u64_le(b.vmstat_inflated);
+                buf.put_u64_le(b.vmstat_deflated);
+                buf.put_u64_le(b.hook_inflated);
+                buf.put_u64_le(b.hook_deflated);
             }
         }
     }
@@ -261,6 +322,40 @@ impl Record {
                 dropped: b.try_get_u64_le()?,
                 duration_ns: b.try_get_u64_le()?,
             }),
+            SWAP_RETURNS => Self::SwapReturns(SwapReturns {
+                ts_ns: b.try_get_u64_le()?,
+                pid: b.try_get_u32_le()?,
+                vma_start: b.try_get_u64_le()?,
+                pages: b.try_get_u64_le()?,
+                time_in_swap_ns: b.try_get_u64_le()?,
+                max_ns: b.try_get_u64_le()?,
+            }),
+            HUGETLB_POOL => Self::HugetlbPool(PoolSample {
+                ts_ns: b.try_get_u64_le()?,
+                pool: HugetlbPool {
+                    size_kb: b.try_get_u64_le()?,
+                    node: Some(b.try_get_u32_le()?).filter(|&n| n != u32::MAX),
+                    nr: b.try_get_u64_le()?,
+                    free: b.try_get_u64_le()?,
+                    surplus: b.try_get_u64_le()?,
+                    resv: Some(b.try_get_u64_le()?).filter(|&r| r != u64::MAX),
+                },
+            }),
+            VMA_THP => Self::VmaThp(VmaThp {
+                ts_ns: b.try_get_u64_le()?,
+                pid: b.try_get_u32_le()?,
+                vma_start: b.try_get_u64_le()?,
+                vma_pages: b.try_get_u64_le()?,
+                thp_pages: b.try_get_u64_le()?,
+                vma: get_str(b)?,
+            }),
+            BALLOON => Self::Balloon(BalloonInterval {
+                ts_ns: b.try_get_u64_le()?,
+                vmstat_inflated: b.try_get_u64_le()?,
+                vmstat_deflated: b.try_get_u64_le()?,
+                hook_inflated: b.try_get_u64_le()?,
+                hook_deflated: b.try_get_u64_le()?,
+            }),
             _ => return Err(Undecodable::Newer),
         })
     }
@@ -325,7 +420,7 @@ mod tests {
             .iter()
             .map(Record::kind)
             .collect();
-        assert_eq!(kinds, [1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(kinds, [1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 7]);
     }
 
     #[test]

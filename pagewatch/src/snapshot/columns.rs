@@ -4,8 +4,9 @@
 //!
 //! Per page kept between snapshots: 16 bytes.
 //! - `frame` (8 bytes): bits 0-39 the PFN (or swap type|offset<<5), bits
-//!   40-46 the pagemap flag bits 55-58 and 61-63, bits 47-63 the mapcount
-//!   (saturating at 131071). 40 bits of PFN cover 4 PiB of RAM; swap
+//!   40-46 the pagemap flag bits 55-58 and 61-63, bit 47 PMD-mapped
+//!   (PAGEMAP_SCAN's PAGE_IS_HUGE), bits 48-63 the mapcount (saturating at
+//!   65535). 40 bits of PFN cover 4 PiB of RAM; swap
 //!   offsets past 2^35 pages (128 TiB) are truncated.
 //! - `flags_idx`, `memcg_idx` (2 bytes each): indices into small tables of
 //!   the distinct kpageflags words and memcg inodes seen.
@@ -22,7 +23,8 @@ use super::{flags::PM_PFN_MASK, scan::ProcessPages};
 
 const FRAME_BITS: u32 = 40;
 const FRAME_MASK: u64 = (1 << FRAME_BITS) - 1;
-const MAPCOUNT_SHIFT: u32 = 47;
+const PMD_BIT: u64 = 1 << 47;
+const MAPCOUNT_SHIFT: u32 = 48;
 const MAPCOUNT_MAX: u64 = (1 << (64 - MAPCOUNT_SHIFT)) - 1;
 /// The pagemap bits kept, in order: 55, 56, 57, 58, 61, 62, 63.
 const PM_KEPT: [u32; 7] = [55, 56, 57, 58, 61, 62, 63];
@@ -121,6 +123,7 @@ impl PageTable {
                     t.frame.push(
                         (pm & PM_PFN_MASK & FRAME_MASK)
                             | (bits << FRAME_BITS)
+                            | if v.pmd[k] { PMD_BIT } else { 0 }
                             | (mc << MAPCOUNT_SHIFT),
                     );
                     t.flags_idx
@@ -163,6 +166,10 @@ impl PageTable {
     pub fn pfn(&self, i: usize) -> Option<u64> {
         let pm = self.pagemap(i);
         (pm >> 63 == 1 && pm & FRAME_MASK != 0).then_some(pm & FRAME_MASK)
+    }
+    /// Whether page `i` was mapped by a PMD (part of a PMD-mapped THP).
+    pub fn pmd_mapped(&self, i: usize) -> bool {
+        self.frame[i] & PMD_BIT != 0
     }
     /// kpageflags of page `i`.
     pub fn flags(&self, i: usize) -> u64 {
@@ -240,7 +247,7 @@ mod tests {
             flags: vec![1 << 12, 1 << 12, 1 << 5],
             mapcount: vec![1, 3, 2],
             cgroup: vec![42, 42, 43],
-            pmd: vec![false; 3],
+            pmd: vec![false, true, false],
             folded: vec![false; 3],
         };
         let p = ProcessPages {
@@ -261,6 +268,7 @@ mod tests {
             assert_eq!(t.pagemap(i), *e);
         }
         assert_eq!((t.mapcount(1), t.flags(2), t.memcg(2)), (3, 1 << 5, 43));
+        assert_eq!((t.pmd_mapped(0), t.pmd_mapped(1)), (false, true));
         let o = t.owners(77);
         assert_eq!(o.len(), 2);
         assert_eq!(

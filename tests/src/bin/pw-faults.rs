@@ -5,7 +5,9 @@
 //! `pw-faults window MIB`: prints `pid N` and `ready` after a warm-up that
 //! faults in everything the measured window uses, waits for a line on
 //! stdin, runs the window, prints `delta D pages P`, then waits for stdin
-//! to close before exiting (so a tracer sees no other faults from it).
+//! to close before exiting (so a tracer sees no other faults from it);
+//! each `touch` line meanwhile touches the region again and prints
+//! `touched`.
 //!
 //! `pw-faults rate MIB ROUNDS`: maps, touches and unmaps the region ROUNDS
 //! times as fast as it can and prints `faults F seconds S` (benchmark).
@@ -78,8 +80,17 @@ fn window(mib: usize) {
         .write_all(out.as_bytes())
         .expect("write result");
     std::io::stdout().flush().expect("flush");
-    // Stay alive and quiet until told to go.
-    while stdin.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {}
+    // Stay alive and quiet until told to go, touching again when asked.
+    line.clear();
+    while stdin.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+        if line.trim() == "touch" {
+            touch(region, len);
+            let mut stdout = std::io::stdout();
+            stdout.write_all(b"touched\n").expect("write touched");
+            stdout.flush().expect("flush");
+        }
+        line.clear();
+    }
 }
 
 fn rate(mib: usize, rounds: usize) {

@@ -3,13 +3,19 @@
 //! to be collapsed with MADV_HUGEPAGE + MADV_COLLAPSE (6.1+), and reports
 //! the region's smaps AnonHugePages before and after.
 //!
-//! `pw-thp MIB [madvise|khugepaged] [TOUCH_PCT] [WAIT_S]`: touches
+//! `pw-thp MIB [madvise|khugepaged|split] [TOUCH_PCT] [WAIT_S]`: touches
 //! TOUCH_PCT percent (default 100) of each 2 MiB range, prints `pid N`,
 //! `region START LEN` and `ready`; after a line on stdin, with `madvise`
 //! (the default) calls MADV_COLLAPSE, with `khugepaged` only MADV_HUGEPAGE
 //! and then waits up to WAIT_S (default 20) seconds for khugepaged to
 //! collapse the whole region; prints
 //! `collapse RC ERRNO before KB after KB`; exits when stdin closes.
+//!
+//! `split` instead faults the region in as THPs (MADV_HUGEPAGE), and after
+//! the line unmaps the first 1 MiB of the first 2 MiB range and makes the
+//! first 1 MiB of the second read-only, splitting both PMD mappings;
+//! prints `split RC ERRNO before KB after KB` with the process's
+//! smaps_rollup AnonHugePages.
 
 use std::io::{BufRead as _, Write as _};
 
@@ -28,16 +34,17 @@ fn anon_huge_kb(start: usize) -> u64 {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let usage = || -> ! {
-        eprintln!("usage: pw-thp MIB [madvise|khugepaged] [TOUCH_PCT] [WAIT_S]");
+        eprintln!("usage: pw-thp MIB [madvise|khugepaged|split] [TOUCH_PCT] [WAIT_S]");
         std::process::exit(2)
     };
     let mib: usize = args
         .get(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| usage());
-    let khugepaged = match args.get(2).map(String::as_str) {
-        None | Some("madvise") => false,
-        Some("khugepaged") => true,
+    let (khugepaged, split) = match args.get(2).map(String::as_str) {
+        None | Some("madvise") => (false, false),
+        Some("khugepaged") => (true, false),
+        Some("split") => (false, true),
         Some(_) => usage(),
     };
     let touch_pct: usize = args
@@ -71,10 +78,12 @@ fn main() {
         if raw_end > end {
             libc::munmap(end as *mut libc::c_void, raw_end - end);
         }
-        assert_eq!(
-            libc::madvise(start as *mut _, len, libc::MADV_NOHUGEPAGE),
-            0
-        );
+        let advice = if split {
+            libc::MADV_HUGEPAGE
+        } else {
+            libc::MADV_NOHUGEPAGE
+        };
+        assert_eq!(libc::madvise(start as *mut _, len, advice), 0);
     }
     for off in (0..len).step_by(4096) {
         if off % PMD < PMD * touch_pct / 100 {
@@ -89,6 +98,23 @@ fn main() {
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
     let _ = lines.next();
+    if split {
+        let pid = std::process::id();
+        let before = pagewatch_tests::rollup(pid)["AnonHugePages"];
+        // SAFETY: both ranges lie inside our own region.
+        let (rc, errno) = unsafe {
+            let mut rc = libc::munmap(start as *mut _, PMD / 2);
+            if rc == 0 {
+                rc = libc::mprotect((start + PMD) as *mut _, PMD / 2, libc::PROT_READ);
+            }
+            (rc, *libc::__errno_location())
+        };
+        let after = pagewatch_tests::rollup(pid)["AnonHugePages"];
+        println!("split {rc} {errno} before {before} after {after}");
+        std::io::stdout().flush().expect("flush");
+        for _ in lines {}
+        return;
+    }
     let before = anon_huge_kb(start);
     // SAFETY: madvise on our own region.
     let (rc, errno) = unsafe {
