@@ -40,9 +40,10 @@ pub struct Evidence {
     memcg_reclaimers: HashSet<u32>,
     kswapd_ran: bool,
     balloon_inflating: bool,
-    /// (PFN, scan status, by khugepaged) of collapse scans (khugepaged's,
+    /// (PFN, scan status, scanning tgid or None for khugepaged) of collapse
+    /// scans (khugepaged's,
     /// or a process's own MADV_COLLAPSE), before resolution.
-    scans: Vec<(u64, i64, bool)>,
+    scans: Vec<(u64, i64, Option<u32>)>,
     /// (pid, PMD-aligned address) collapsed by MADV_COLLAPSE, after resolution.
     madv_ranges: HashSet<(u32, u64)>,
     /// khugepaged scan results per (pid, VMA start), after resolution.
@@ -90,7 +91,8 @@ impl Evidence {
             EventKind::KswapdWake { .. } | EventKind::KswapdSleep { .. } => self.kswapd_ran = true,
             EventKind::LruShrinkInactive { .. } | EventKind::WriteFolio { .. } => {}
             EventKind::ScanPmd { pfn, status, .. } => {
-                self.scans.push((pfn, status, is_khugepaged(e.tgid)));
+                let by = (!is_khugepaged(e.tgid)).then_some(e.tgid);
+                self.scans.push((pfn, status, by));
             }
             EventKind::KsmMerge { pfn, err: 0, .. } => {
                 self.ksm_pfns.insert(pfn);
@@ -147,15 +149,18 @@ impl Evidence {
     /// map of the snapshot taken before the interval.
     pub fn resolve_pfns(&mut self, before: &PageTable) {
         // khugepaged's scan_result 1 is SCAN_SUCCEED on every 6.x kernel.
-        for (pfn, status, by_khugepaged) in self.scans.drain(..) {
+        for (pfn, status, by) in self.scans.drain(..) {
             for o in before.owners(pfn) {
                 let range = (o.pid, o.va & !(PMD_SIZE - 1));
-                match (status == 1, by_khugepaged) {
-                    (true, true) => self.khugepaged_ranges.insert(range),
-                    (true, false) => self.madv_ranges.insert(range),
-                    (false, _) => false,
+                match (status == 1, by) {
+                    (true, None) => self.khugepaged_ranges.insert(range),
+                    // MADV_COLLAPSE scans in the caller's context: a PFN
+                    // that was another process's in the snapshot before
+                    // (freed and reused since) says nothing about it.
+                    (true, Some(tgid)) if tgid == o.pid => self.madv_ranges.insert(range),
+                    _ => false,
                 };
-                if by_khugepaged {
+                if by.is_none() {
                     let vma_start = before.vmas[o.vma as usize].start;
                     *self
                         .scan_results
@@ -417,6 +422,67 @@ mod tests {
         let mut later = Evidence::default();
         later.inherit(&Evidence::default());
         assert_eq!(later.cause(1, 0, None, SplitFromThp), Cause::Unexplained);
+    }
+
+    /// A table in which `pid` maps PFN 0x500 at 0x200000.
+    fn owned_by(pid: u32) -> PageTable {
+        use crate::snapshot::{
+            flags::PM_PRESENT,
+            maps::Vma,
+            scan::{ProcessPages, VmaPages},
+        };
+        let vma = Vma {
+            start: 0x200000,
+            end: 0x400000,
+            perms: "rw-p".into(),
+            offset: 0,
+            dev: "00:00".into(),
+            inode: 0,
+            name: String::new(),
+        };
+        let v = VmaPages {
+            vma,
+            idx: vec![0],
+            pm: vec![PM_PRESENT | 0x500],
+            flags: vec![0],
+            mapcount: vec![1],
+            cgroup: vec![0],
+            pmd: vec![false],
+        };
+        PageTable::from_scans(&[ProcessPages {
+            pid,
+            comm: "x".into(),
+            vmas: vec![v],
+            pfns_visible: true,
+            partial: false,
+            notes: vec![],
+        }])
+    }
+
+    #[test]
+    fn madv_collapse_scans_explain_only_the_callers_own_memory() {
+        let scan = EventKind::ScanPmd {
+            mm: 0,
+            pfn: 0x500,
+            referenced: 0,
+            none_or_zero: 0,
+            status: 1,
+            unmapped: 0,
+        };
+        let kind = TransitionKind::CollapsedToThp;
+        // Its own PFN: its own collapse.
+        let mut own = evidence(&[ev(7, scan)]);
+        own.resolve_pfns(&owned_by(7));
+        assert_eq!(own.cause(7, 0x200000, None, kind), Cause::MadvCollapse);
+        // Another process's MADV_COLLAPSE on a PFN pid 7 had before (freed
+        // and reused since): no evidence for pid 7.
+        let mut other = evidence(&[ev(50, scan)]);
+        other.resolve_pfns(&owned_by(7));
+        assert_eq!(other.cause(7, 0x200000, None, kind), Cause::Unexplained);
+        // khugepaged (tgid 77 in these tests) scans any process's memory.
+        let mut k = evidence(&[ev(77, scan)]);
+        k.resolve_pfns(&owned_by(7));
+        assert_eq!(k.cause(7, 0x200000, None, kind), Cause::Khugepaged);
     }
 
     #[test]
