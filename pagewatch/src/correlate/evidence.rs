@@ -78,7 +78,9 @@ struct Scan {
     pfn: u64,
     /// The kernel's scan_result code.
     status: i64,
-    by_khugepaged: bool,
+    /// The thread group that scanned (its own MADV_COLLAPSE), or None for
+    /// khugepaged.
+    by: Option<u32>,
     /// A scan's result (tallied per VMA), not an isolation.
     scan: bool,
 }
@@ -147,7 +149,7 @@ impl Evidence {
             EventKind::ScanPmd { pfn, status, .. } => self.scans.push(Scan {
                 pfn,
                 status,
-                by_khugepaged: comm(e.tgid) == "khugepaged",
+                by: (comm(e.tgid) != "khugepaged").then_some(e.tgid),
                 scan: true,
             }),
             // A successful isolation names a page of the range about to be
@@ -156,7 +158,7 @@ impl Evidence {
             EventKind::CollapseIsolate { pfn, status: 1, .. } => self.scans.push(Scan {
                 pfn,
                 status: 1,
-                by_khugepaged: comm(e.tgid) == "khugepaged",
+                by: (comm(e.tgid) != "khugepaged").then_some(e.tgid),
                 scan: false,
             }),
             EventKind::KsmMerge { pfn, err: 0, .. } => {
@@ -222,7 +224,7 @@ impl Evidence {
         for Scan {
             pfn,
             status,
-            by_khugepaged,
+            by,
             scan,
         } in self.scans.drain(..)
         {
@@ -234,12 +236,15 @@ impl Evidence {
             }
             for o in owners {
                 let range = (o.pid, o.va & !(PMD_SIZE - 1));
-                match (status == 1, by_khugepaged) {
-                    (true, true) => self.khugepaged_ranges.insert(range),
-                    (true, false) => self.madv_ranges.insert(range),
-                    (false, _) => false,
+                match (status == 1, by) {
+                    (true, None) => self.khugepaged_ranges.insert(range),
+                    // MADV_COLLAPSE scans in the caller's context: a PFN
+                    // that was another process's in the snapshot before
+                    // (freed and reused since) says nothing about it.
+                    (true, Some(tgid)) if tgid == o.pid => self.madv_ranges.insert(range),
+                    _ => false,
                 };
-                if by_khugepaged && scan {
+                if by.is_none() && scan {
                     let vma_start = table.vmas[o.vma as usize].start;
                     *self
                         .scan_results
@@ -512,6 +517,45 @@ mod tests {
         let mut later = Evidence::default();
         later.inherit(&Evidence::default());
         assert_eq!(later.cause(1, 0, None, SplitFromThp), Cause::Unexplained);
+    }
+
+    /// A table in which `pid` maps PFN 0x500 at 0x200000.
+    fn owned_by(pid: u32) -> PageTable {
+        use crate::snapshot::{columns::test_table, flags::PM_PRESENT};
+        test_table(
+            pid,
+            0x200000,
+            vec![0],
+            vec![PM_PRESENT | 0x500],
+            vec![0],
+            vec![false],
+        )
+    }
+
+    #[test]
+    fn madv_collapse_scans_explain_only_the_callers_own_memory() {
+        let scan = EventKind::ScanPmd {
+            mm: 0,
+            pfn: 0x500,
+            referenced: 0,
+            none_or_zero: 0,
+            status: 1,
+            unmapped: 0,
+        };
+        let kind = TransitionKind::CollapsedToThp;
+        // Its own PFN: its own collapse.
+        let mut own = evidence(&[ev(7, scan)]);
+        own.resolve_pfns(&owned_by(7), &owned_by(7));
+        assert_eq!(own.cause(7, 0x200000, None, kind), Cause::MadvCollapse);
+        // Another process's MADV_COLLAPSE on a PFN pid 7 had before (freed
+        // and reused since): no evidence for pid 7.
+        let mut other = evidence(&[ev(50, scan)]);
+        other.resolve_pfns(&owned_by(7), &owned_by(7));
+        assert_eq!(other.cause(7, 0x200000, None, kind), Cause::Unexplained);
+        // khugepaged (tgid 77 in these tests) scans any process's memory.
+        let mut k = evidence(&[ev(77, scan)]);
+        k.resolve_pfns(&owned_by(7), &owned_by(7));
+        assert_eq!(k.cause(7, 0x200000, None, kind), Cause::Khugepaged);
     }
 
     #[test]

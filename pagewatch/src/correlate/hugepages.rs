@@ -152,11 +152,7 @@ impl HugepageTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::{
-        flags::PM_PRESENT,
-        maps::Vma,
-        scan::{ProcessPages, VmaPages},
-    };
+    use crate::snapshot::flags::PM_PRESENT;
 
     fn pool(node: Option<u32>, nr: u64, free: u64) -> HugetlbPool {
         HugetlbPool {
@@ -201,31 +197,14 @@ mod tests {
 
     fn table_with(pmd_pages: usize, kflags: u64) -> PageTable {
         let n = 1024;
-        let v = VmaPages {
-            vma: Vma {
-                start: 0x4000_0000,
-                end: 0x4000_0000 + n as u64 * 4096,
-                perms: "rw-p".into(),
-                offset: 0,
-                dev: "00:00".into(),
-                inode: 0,
-                name: String::new(),
-            },
-            idx: (0..n as u32).collect(),
-            pm: (0..n as u64).map(|i| PM_PRESENT | (0x1000 + i)).collect(),
-            flags: vec![kflags; n],
-            mapcount: vec![1; n],
-            cgroup: vec![0; n],
-            pmd: (0..n).map(|i| i < pmd_pages).collect(),
-        };
-        PageTable::from_scans(&[ProcessPages {
-            pid: 9,
-            comm: "x".into(),
-            vmas: vec![v],
-            pfns_visible: true,
-            partial: false,
-            notes: vec![],
-        }])
+        crate::snapshot::columns::test_table(
+            9,
+            0x4000_0000,
+            (0..n as u32).collect(),
+            (0..n as u64).map(|i| PM_PRESENT | (0x1000 + i)).collect(),
+            vec![kflags; n],
+            (0..n).map(|i| i < pmd_pages).collect(),
+        )
     }
 
     #[test]

@@ -215,6 +215,57 @@ impl PageTable {
     }
 }
 
+/// A table of process `pid` with one anonymous VMA at `start` whose pages
+/// `idx` have pagemap entries `pm`, kpageflags `flags`, PMD-mapped bits
+/// `pmd`, mapcount 1 and no memcg (for unit tests).
+#[cfg(test)]
+pub(crate) fn test_table(
+    pid: u32,
+    start: u64,
+    idx: Vec<u32>,
+    pm: Vec<u64>,
+    flags: Vec<u64>,
+    pmd: Vec<bool>,
+) -> PageTable {
+    use super::{
+        maps::{Vma, VmaSource},
+        scan::{ScanInfo, VmaPages},
+    };
+    let n = pm.len();
+    let pages = u64::from(idx.iter().max().map_or(0, |m| m + 1));
+    let vma = Vma {
+        start,
+        end: start + pages.max(512) * 4096,
+        perms: "rw-p".into(),
+        offset: 0,
+        dev: "00:00".into(),
+        inode: 0,
+        name: String::new(),
+    };
+    let v = VmaPages {
+        vma: vma.clone(),
+        idx,
+        pm,
+        flags,
+        mapcount: vec![1; n],
+        cgroup: vec![0; n],
+        pmd,
+        folded: vec![false; n],
+    };
+    PageTable::from_scans(&[ProcessPages {
+        info: ScanInfo {
+            pid,
+            comm: "x".into(),
+            vma_source: VmaSource::MapsText,
+            vmas: vec![vma],
+            pfns_visible: true,
+            partial: false,
+            notes: vec![],
+        },
+        vmas: vec![v],
+    }])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
