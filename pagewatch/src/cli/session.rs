@@ -21,7 +21,7 @@ use pagewatch::{
     event::{Decoder, Event, EventKind},
     hooks::Family,
     probe::{Probe, ProbeOptions},
-    proc::{CommCache, ProcRoot},
+    proc::{CommCache, ProcRoot, ProcessKey},
     snapshot::{
         self,
         columns::PageTable,
@@ -136,7 +136,7 @@ pub struct IntervalReport {
     pub t: f64,
     /// CLOCK_MONOTONIC ns at the end of the interval.
     pub ts_ns: u64,
-    pub tally: Tally,
+    pub tally: Tally<ProcessKey>,
     /// Drops since the previous interval.
     pub dropped: u64,
     /// Drops since the start, in total and per CPU.
@@ -165,7 +165,7 @@ pub struct ThpScans {
 pub struct Summary {
     /// CLOCK_MONOTONIC ns at the end.
     pub end_ns: u64,
-    pub total: Tally,
+    pub total: Tally<ProcessKey>,
     pub dropped_per_cpu: Vec<u64>,
     pub dropped_per_hook: BTreeMap<&'static str, u64>,
     pub decode_errors: u64,
@@ -207,7 +207,7 @@ impl SessionView<'_> {
     }
 
     /// khugepaged scan results by the running kernel's names for them.
-    pub fn scan_results(&self, tally: &Tally) -> BTreeMap<String, u64> {
+    pub fn scan_results(&self, tally: &Tally<ProcessKey>) -> BTreeMap<String, u64> {
         tally
             .scan_status
             .iter()
@@ -228,7 +228,9 @@ pub struct Session {
     probe: Probe,
     ring: Option<RingBuf<MapData>>,
     decoder: Decoder,
-    aggregator: Aggregator,
+    /// Per-process tallies by pid and start time: a reused pid is a new
+    /// process.
+    aggregator: Aggregator<ProcessKey>,
     evidence: Evidence,
     comms: CommCache,
     proc: ProcRoot,
@@ -450,26 +452,34 @@ impl Session {
                     continue;
                 }
             };
-            // Look the name up on first sight, while the process most
-            // likely still exists; an exit event names those already gone.
-            self.comms.get(event.tgid);
+            // Look the process (start time and name) up on first sight,
+            // while it most likely still exists; an exit event names those
+            // already gone.
+            let process = self.comms.key_at(event.tgid, event.ts_ns);
             match event.kind {
                 EventKind::ProcessExit { pid, comm, .. } if pid == i64::from(event.tgid) => {
                     self.comms.learn(event.tgid, &comm);
                     self.exited.push(event.tgid);
                 }
+                // Exec keeps the process and renames it.
                 EventKind::ProcessExec { .. } => self.comms.refresh(event.tgid),
-                // Children of followed processes are followed too (the
-                // kernel filter already took them in at fork).
                 EventKind::ProcessFork {
                     parent_pid,
                     child_pid,
-                } if !matches!(self.config.target, Target::All)
-                    && u32::try_from(parent_pid).is_ok_and(|p| self.tracked.contains(&p)) =>
-                {
+                } => {
                     if let Ok(child) = u32::try_from(child_pid) {
-                        self.tracked.insert(child);
-                        self.followed.insert(child);
+                        // A new process: if its pid was used before, it is
+                        // not the process that had it (the fork event
+                        // precedes every event of the child in the ring).
+                        self.comms.forked(child, event.ts_ns);
+                        // Children of followed processes are followed too
+                        // (the kernel filter already took them in at fork).
+                        if !matches!(self.config.target, Target::All)
+                            && u32::try_from(parent_pid).is_ok_and(|p| self.tracked.contains(&p))
+                        {
+                            self.tracked.insert(child);
+                            self.followed.insert(child);
+                        }
                     }
                 }
                 _ => {}
@@ -478,7 +488,7 @@ impl Session {
             self.evidence.add(&event, &self.decoder, |tgid| {
                 comms.get(tgid) == "khugepaged"
             });
-            self.aggregator.add(&event);
+            self.aggregator.add_for(&event, process);
             sink.event(&item, &event)?;
         }
         Ok(())
@@ -575,6 +585,7 @@ impl Session {
             }
             self.comms.forget(pid);
         }
+        self.comms.end_interval();
         Ok(())
     }
 
