@@ -79,6 +79,25 @@ pub fn run_pagewatch(args: &[&str]) -> (std::process::ExitStatus, String, String
     )
 }
 
+/// pagewatch's note when this kernel's /proc/kpageflags sets KSM on every
+/// anonymous page (a kernel bug pagewatch probes for): no per-page KSM
+/// state can be known there, so KSM checks are skipped with this reason.
+pub fn kpageflags_ksm_bug() -> Option<String> {
+    let pid = std::process::id().to_string();
+    let (status, out, err) = run_pagewatch(&["snapshot", "--pid", &pid, "--format", "json"]);
+    assert!(
+        status.success(),
+        "pagewatch snapshot of the test failed: {err}"
+    );
+    let j: serde_json::Value = serde_json::from_str(&out).expect("snapshot JSON");
+    j["notes"]
+        .as_array()?
+        .iter()
+        .filter_map(|n| n.as_str())
+        .find(|n| n.contains("sets KSM on every anonymous page"))
+        .map(str::to_owned)
+}
+
 /// `pagewatch top --json ARGS` in the background, stopped with SIGINT.
 pub struct Tracer {
     /// `None` once stopped.

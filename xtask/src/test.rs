@@ -1,8 +1,9 @@
-//! `cargo xtask test`: build, check formatting and lints, then run the unit
+//! `cargo xtask test`: build, check formatting and lints, run the unit
 //! tests and the integration suite against the running kernel, one test at a
-//! time (several change global kernel state). Tests that cannot run here
-//! log a reason to a skip file; the closing line counts them as skipped,
-//! not passed.
+//! time (several change global kernel state), then the same suite and the
+//! VM scenarios in QEMU guests on each test kernel (`--host-only` skips
+//! them). Tests that cannot run here log a reason to a skip file; the
+//! closing lines count them as skipped, not passed.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -31,10 +32,17 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         return crate::vm::suite::run(&opts.vm, &opts.args);
     }
     host(&opts)?;
-    if opts.vm.wanted() {
-        crate::vm::suite::run(&opts.vm, &opts.args)?;
+    if !opts.vm.wanted() {
+        return Ok(());
     }
-    Ok(())
+    if !cmd::is_root() {
+        println!(
+            "\nSKIPPED the VM suite: booting test guests needs root (to install QEMU and \
+             virtme-ng, and for /dev/kvm); run `sudo cargo xtask test` for it"
+        );
+        return Ok(());
+    }
+    crate::vm::suite::run(&opts.vm, &opts.args)
 }
 
 /// The host suite.

@@ -294,6 +294,10 @@ impl Session {
             names.join(", ")
         );
         let snap_root = ProcRoot::default();
+        let kpage = KpageFiles::open(&snap_root);
+        if let Some(note) = &kpage.ksm_unreliable {
+            eprintln!("pagewatch: {note}");
+        }
         let mut session = Self {
             decoder: Decoder::new(&probe.attached),
             probe,
@@ -305,7 +309,7 @@ impl Session {
             tracked: BTreeSet::new(),
             followed: BTreeSet::new(),
             exited: Vec::new(),
-            kpage: KpageFiles::open(&snap_root),
+            kpage,
             nodes: NodeMap::read(std::path::Path::new("/sys")),
             balloon_vmstat: balloon_vmstat(),
             last_snapshot: None,
@@ -422,8 +426,9 @@ impl Session {
                     guard.clear_ready();
                 }
                 _ = ticker.tick() => {
+                    let after = self.next_snapshot();
                     self.drain(ring.get_mut(), sink)?;
-                    self.end_interval(sink)?;
+                    self.end_interval(sink, after)?;
                     self.refresh_targets(false)?;
                 }
                 _ = sigint.recv() => break,
@@ -432,12 +437,13 @@ impl Session {
                 () = &mut stop => break,
             }
         }
+        let after = self.next_snapshot();
         self.drain(ring.get_mut(), sink)?;
         // The last, partial interval, unless the stop fell on a tick.
         if self.aggregator.has_events()
             || self.dropped_reported != self.drops_per_cpu()?.iter().sum::<u64>()
         {
-            self.end_interval(sink)?;
+            self.end_interval(sink, after)?;
         }
         self.finish(sink)
     }
@@ -485,9 +491,8 @@ impl Session {
                 _ => {}
             }
             let comms = &mut self.comms;
-            self.evidence.add(&event, &self.decoder, |tgid| {
-                comms.get(tgid) == "khugepaged"
-            });
+            self.evidence
+                .add(&event, &self.decoder, |tgid| comms.get(tgid).to_owned());
             self.aggregator.add_for(&event, process);
             sink.event(&item, &event)?;
         }
@@ -508,7 +513,22 @@ impl Session {
         Ok(per_cpu)
     }
 
-    fn end_interval(&mut self, sink: &mut impl Sink) -> anyhow::Result<()> {
+    /// The snapshot that ends an interval, taken before the interval's last
+    /// drain of the ring buffer: an event emitted while the (slow) scan ran
+    /// then belongs to this interval, and its PFN resolves against the
+    /// previous snapshot, where the page it names was still mapped. (The
+    /// collapse tracepoints fire after the PMD is installed; draining first
+    /// would leave such an event to the next interval, whose previous
+    /// snapshot already shows the THP.)
+    fn next_snapshot(&mut self) -> Option<PageTable> {
+        self.last_snapshot.is_some().then(|| self.snapshot())
+    }
+
+    fn end_interval(
+        &mut self,
+        sink: &mut impl Sink,
+        after: Option<PageTable>,
+    ) -> anyhow::Result<()> {
         // Balloon activity from vmstat: counted, and evidence of balloon
         // pressure even where the balloon hooks cannot attach.
         let (inflate, deflate) = balloon_vmstat();
@@ -531,9 +551,8 @@ impl Session {
         let mut evidence = std::mem::take(&mut self.evidence);
         let mut thp_scans = Vec::new();
         let mut counters = Vec::new();
-        let transitions = match self.last_snapshot.take() {
-            Some(before) => {
-                let after = self.snapshot();
+        let transitions = match (self.last_snapshot.take(), after) {
+            (Some(before), Some(after)) => {
                 evidence.resolve_pfns(&before);
                 for (&(pid, vma_start, status), &scans) in evidence.scan_results() {
                     let vma = before
@@ -560,7 +579,7 @@ impl Session {
                 self.last_snapshot = Some(after);
                 t
             }
-            None => Vec::new(),
+            _ => Vec::new(),
         };
         self.all_transitions.extend(transitions.iter().cloned());
         let report = IntervalReport {

@@ -191,7 +191,12 @@ struct SystemOut {
 pub fn run(args: SnapshotArgs) -> Result<()> {
     let cfg = Config::try_from(args)?;
     let kp = KpageFiles::open(&cfg.root);
-    let mut notes: Vec<String> = kp.missing.iter().cloned().collect();
+    let mut notes: Vec<String> = kp
+        .missing
+        .iter()
+        .chain(&kp.ksm_unreliable)
+        .cloned()
+        .collect();
     let mut scans: Vec<ProcessPages> = Vec::new();
     let mut reports: Vec<ProcessReport> = Vec::new();
     let mut working: Vec<WorkingSet> = Vec::new();

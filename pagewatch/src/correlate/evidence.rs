@@ -32,14 +32,52 @@ fn migrate_cause(reason: &str) -> Cause {
     }
 }
 
+/// Which reclaim ran in an interval.
+#[derive(Debug, Default, Clone)]
+struct Reclaim {
+    direct_reclaimers: HashSet<u32>,
+    memcg_reclaimers: HashSet<u32>,
+    /// kswapd woke, slept or shrank an LRU list.
+    kswapd_ran: bool,
+    balloon_inflating: bool,
+}
+
+impl Reclaim {
+    fn cause(&self, pid: u32) -> Cause {
+        let any_reclaim = self.kswapd_ran
+            || !self.direct_reclaimers.is_empty()
+            || !self.memcg_reclaimers.is_empty();
+        if self.balloon_inflating && any_reclaim {
+            Cause::BalloonPressure
+        } else if self.memcg_reclaimers.contains(&pid) {
+            Cause::MemcgReclaim
+        } else if self.direct_reclaimers.contains(&pid) {
+            Cause::DirectReclaim
+        } else if self.kswapd_ran {
+            Cause::KswapdReclaim
+        } else {
+            // Reclaim by others: attributable only when of one kind.
+            match (
+                self.memcg_reclaimers.is_empty(),
+                self.direct_reclaimers.is_empty(),
+            ) {
+                (false, true) => Cause::MemcgReclaim,
+                (true, false) => Cause::DirectReclaim,
+                _ => Cause::Unexplained,
+            }
+        }
+    }
+}
+
 /// Evidence gathered from one interval's events.
 #[derive(Debug, Default)]
 pub struct Evidence {
     faulted: HashSet<u32>,
-    direct_reclaimers: HashSet<u32>,
-    memcg_reclaimers: HashSet<u32>,
-    kswapd_ran: bool,
-    balloon_inflating: bool,
+    reclaim: Reclaim,
+    /// The previous interval's reclaim: a page reclaimed after a snapshot,
+    /// whose events were drained into that interval, shows as swapped out
+    /// in the next snapshot, when reclaim may have stopped.
+    earlier_reclaim: Reclaim,
     /// (PFN, scan status, by khugepaged) of collapse scans (khugepaged's,
     /// or a process's own MADV_COLLAPSE), before resolution.
     scans: Vec<(u64, i64, bool)>,
@@ -64,28 +102,31 @@ pub struct Evidence {
 }
 
 impl Evidence {
-    /// Takes one event into account. `is_khugepaged(tgid)` tells khugepaged's
-    /// thread from a process collapsing its own memory with MADV_COLLAPSE.
-    pub fn add(
-        &mut self,
-        e: &Event,
-        decoder: &Decoder,
-        mut is_khugepaged: impl FnMut(u32) -> bool,
-    ) {
+    /// Takes one event into account. `comm(tgid)` names the thread, which
+    /// tells khugepaged from a process collapsing its own memory with
+    /// MADV_COLLAPSE, and kswapd's LRU shrinking from a direct reclaimer's.
+    pub fn add(&mut self, e: &Event, decoder: &Decoder, mut comm: impl FnMut(u32) -> String) {
         match e.kind {
             EventKind::PageFault { .. } => {
                 self.faulted.insert(e.tgid);
             }
             EventKind::DirectReclaimBegin { .. } | EventKind::DirectReclaimEnd { .. } => {
-                self.direct_reclaimers.insert(e.tgid);
+                self.reclaim.direct_reclaimers.insert(e.tgid);
             }
             EventKind::MemcgReclaimBegin { .. } | EventKind::MemcgReclaimEnd { .. } => {
-                self.memcg_reclaimers.insert(e.tgid);
+                self.reclaim.memcg_reclaimers.insert(e.tgid);
             }
-            EventKind::KswapdWake { .. } | EventKind::KswapdSleep { .. } => self.kswapd_ran = true,
+            EventKind::KswapdWake { .. } | EventKind::KswapdSleep { .. } => {
+                self.reclaim.kswapd_ran = true;
+            }
+            // kswapd can run through a whole interval without waking or
+            // sleeping in it; its LRU shrinking shows it ran.
+            EventKind::LruShrinkInactive { .. } if !self.reclaim.kswapd_ran => {
+                self.reclaim.kswapd_ran = comm(e.tgid).starts_with("kswapd");
+            }
             EventKind::LruShrinkInactive { .. } | EventKind::WriteFolio { .. } => {}
             EventKind::ScanPmd { pfn, status, .. } => {
-                self.scans.push((pfn, status, is_khugepaged(e.tgid)));
+                self.scans.push((pfn, status, comm(e.tgid) == "khugepaged"));
             }
             EventKind::KsmMerge { pfn, err: 0, .. } => {
                 self.ksm_pfns.insert(pfn);
@@ -113,21 +154,23 @@ impl Evidence {
                     self.oom_victims.insert(pid);
                 }
             }
-            EventKind::Balloon { inflate: true, .. } => self.balloon_inflating = true,
+            EventKind::Balloon { inflate: true, .. } => self.reclaim.balloon_inflating = true,
             _ => {}
         }
     }
 
-    /// Carries `previous`'s (resolved) collapse evidence into this interval.
+    /// Carries `previous`'s (resolved) collapse and reclaim evidence into
+    /// this interval.
     pub fn inherit(&mut self, previous: &Evidence) {
         self.earlier_collapses = previous.khugepaged_ranges.clone();
         self.earlier_madv_ranges = previous.madv_ranges.clone();
+        self.earlier_reclaim = previous.reclaim.clone();
     }
 
     /// Marks a balloon inflation seen by other means (vmstat balloon_inflate
     /// delta) where the balloon hooks cannot attach.
     pub fn set_balloon_inflating(&mut self) {
-        self.balloon_inflating = true;
+        self.reclaim.balloon_inflating = true;
     }
 
     /// Resolves PFN-named evidence to (pid, address) with the PFN -> owner
@@ -173,7 +216,10 @@ impl Evidence {
         };
         match kind {
             FaultedIn | SwappedIn | ZeroPageMapped | BecameHugetlb | KsmUnmerged => faulted(),
-            SwappedOut => self.reclaim_cause(pid),
+            SwappedOut => match self.reclaim.cause(pid) {
+                Cause::Unexplained => self.earlier_reclaim.cause(pid),
+                cause => cause,
+            },
             Unmapped if self.oom_victims.contains(&pid) => Cause::Oom,
             Unmapped if self.exited.contains(&pid) => Cause::Exit,
             Unmapped if self.execed.contains(&pid) => Cause::Exec,
@@ -205,31 +251,6 @@ impl Evidence {
             }
         }
     }
-
-    fn reclaim_cause(&self, pid: u32) -> Cause {
-        let any_reclaim = self.kswapd_ran
-            || !self.direct_reclaimers.is_empty()
-            || !self.memcg_reclaimers.is_empty();
-        if self.balloon_inflating && any_reclaim {
-            Cause::BalloonPressure
-        } else if self.memcg_reclaimers.contains(&pid) {
-            Cause::MemcgReclaim
-        } else if self.direct_reclaimers.contains(&pid) {
-            Cause::DirectReclaim
-        } else if self.kswapd_ran {
-            Cause::KswapdReclaim
-        } else {
-            // Reclaim by others: attributable only when of one kind.
-            match (
-                self.memcg_reclaimers.is_empty(),
-                self.direct_reclaimers.is_empty(),
-            ) {
-                (false, true) => Cause::MemcgReclaim,
-                (true, false) => Cause::DirectReclaim,
-                _ => Cause::Unexplained,
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -249,7 +270,11 @@ mod tests {
     fn evidence(events: &[Event]) -> Evidence {
         let mut e = Evidence::default();
         for x in events {
-            e.add(x, &Decoder::default(), |tgid| tgid == 77);
+            e.add(x, &Decoder::default(), |tgid| match tgid {
+                77 => "khugepaged".into(),
+                78 => "kswapd0".into(),
+                _ => "proc".into(),
+            });
         }
         e
     }
@@ -336,6 +361,35 @@ mod tests {
         assert_eq!(
             e.cause(5, 0, None, TransitionKind::SwappedOut),
             Cause::BalloonPressure
+        );
+    }
+
+    #[test]
+    fn kswapd_shrinking_through_an_interval_and_the_interval_after_explain_swap_out() {
+        let shrink = EventKind::LruShrinkInactive {
+            nid: 0,
+            nr_scanned: 32,
+            nr_reclaimed: 32,
+            priority: 12,
+        };
+        let out = TransitionKind::SwappedOut;
+        // A process shrinking LRUs is a direct reclaimer, said by its own
+        // begin/end events, not kswapd.
+        assert_eq!(
+            evidence(&[ev(5, shrink)]).cause(5, 0, None, out),
+            Cause::Unexplained
+        );
+        let during = evidence(&[ev(78, shrink)]);
+        assert_eq!(during.cause(5, 0, None, out), Cause::KswapdReclaim);
+        let mut after = Evidence::default();
+        after.inherit(&during);
+        assert_eq!(after.cause(5, 0, None, out), Cause::KswapdReclaim);
+        let mut later = Evidence::default();
+        later.inherit(&after);
+        assert_eq!(
+            later.cause(5, 0, None, out),
+            Cause::Unexplained,
+            "one interval only"
         );
     }
 

@@ -36,6 +36,8 @@ pub struct KpageFiles {
     pub cgroup: Option<U64Table>,
     /// Why flags/count are missing, said once by the caller.
     pub missing: Option<String>,
+    /// Why the KSM flag is not used (a kernel bug), said once by the caller.
+    pub ksm_unreliable: Option<String>,
 }
 
 impl KpageFiles {
@@ -50,13 +52,65 @@ impl KpageFiles {
                  Pss, clean/dirty, KSM, zero-page, hugetlb, memcg and large-folio figures are unavailable; Rss counts every present PTE and USS every page pagemap marks exclusive"
             )),
         };
+        let mut flags = flags.ok();
+        let ksm_unreliable = flags
+            .as_mut()
+            .filter(|f| ksm_flag_on_plain_anon_page(root, f))
+            .map(|f| {
+                f.clear_bits(1 << kpf::KSM);
+                "this kernel's /proc/kpageflags sets KSM on every anonymous page (stable_page_flags() \
+                 tests `mapping & PAGE_MAPPING_KSM`, true for any anon mapping; kernels from 6.10 until \
+                 the fix): per-process figures ignore the flag, so KSM pages count as ordinary anonymous \
+                 pages and KSM merges are not seen; the system census shows the flags as the kernel \
+                 gives them"
+                    .to_owned()
+            });
         KpageFiles {
-            flags: flags.ok(),
+            flags,
             count: open("kpagecount").ok(),
             cgroup: open("kpagecgroup").ok(),
             missing,
+            ksm_unreliable,
         }
     }
+}
+
+/// Whether kpageflags says KSM for a page that cannot be one: a private
+/// anonymous page of this process, written, never marked mergeable. Only
+/// for the live /proc (a captured tree has no such page): false when the
+/// probe cannot run.
+fn ksm_flag_on_plain_anon_page(root: &ProcRoot, flags: &U64Table) -> bool {
+    const PAGE: usize = 4096;
+    if root.proc != std::path::Path::new("/proc") {
+        return false;
+    }
+    // SAFETY: a fresh private anonymous mapping, checked, written and
+    // unmapped here only.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return false;
+    }
+    // SAFETY: p is our one-page mapping.
+    unsafe { p.cast::<u8>().write_volatile(1) };
+    let pfn = U64Table::open(root.proc_file("self/pagemap"))
+        .and_then(|pm| pm.read(p as u64 / PAGE as u64, 1))
+        .ok()
+        .and_then(|e| e.first().copied())
+        .filter(|e| e & PM_PRESENT != 0 && e & PM_PFN_MASK != 0)
+        .map(|e| e & PM_PFN_MASK);
+    let word = pfn.and_then(|pfn| flags.read(pfn, 1).ok()?.first().copied());
+    // SAFETY: unmapping the mapping made above.
+    unsafe { libc::munmap(p, PAGE) };
+    word.is_some_and(|w| has(w, kpf::ANON) && has(w, kpf::KSM))
 }
 
 /// The pages of one VMA that are present or swapped.

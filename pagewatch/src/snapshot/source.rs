@@ -27,6 +27,9 @@ pub fn read_text(path: &Path) -> Result<String> {
 pub struct U64Table {
     file: File,
     path: PathBuf,
+    /// ANDed into every entry read (all ones: entries as the kernel wrote
+    /// them); clears a bit the kernel is known to set wrongly.
+    mask: u64,
 }
 
 impl U64Table {
@@ -36,7 +39,13 @@ impl U64Table {
         Ok(U64Table {
             file: File::open(&path)?,
             path,
+            mask: !0,
         })
+    }
+
+    /// Clears the bits of `bits` in every entry read from now on.
+    pub fn clear_bits(&mut self, bits: u64) {
+        self.mask &= !bits;
     }
 
     /// The file's path.
@@ -67,6 +76,9 @@ impl U64Table {
                 Err(e) => return Err(e),
             };
             done += got / 8;
+            if self.mask != !0 {
+                chunk[..got / 8].iter_mut().for_each(|e| *e &= self.mask);
+            }
             if got < n * 8 {
                 out[done..].fill(0);
                 break;
@@ -96,6 +108,9 @@ mod tests {
         let t = U64Table::open(&dir).unwrap();
         assert_eq!(t.read(10, 3).unwrap(), vec![10, 11, 12]);
         assert_eq!(t.read(998, 5).unwrap(), vec![998, 999]);
+        let mut t = t;
+        t.clear_bits(1);
+        assert_eq!(t.read(10, 3).unwrap(), vec![10, 10, 12]);
         std::fs::remove_file(&dir).unwrap();
     }
 }

@@ -9,9 +9,9 @@
 //! `--hugetlb`: MAP_HUGETLB 2 MiB, written) and `ksm` (with `--ksm`:
 //! identical pages marked MADV_MERGEABLE).
 //!
-//! `pw-layout --vmas N --exit-after-ms MS` instead maps N small separate
-//! VMAs, prints `ready` and exits after MS milliseconds (for the mid-scan
-//! exit test).
+//! `pw-layout --vmas N` instead maps N small separate VMAs, prints `ready`
+//! and holds them until stdin closes (the mid-scan exit test kills it while
+//! pagewatch scans it).
 
 use std::{
     io::{Read, Write},
@@ -114,7 +114,7 @@ fn wait_stdin() {
     while std::io::stdin().read(&mut buf).is_ok_and(|n| n > 0) {}
 }
 
-fn many_vmas(n: usize, exit_after_ms: u64) {
+fn many_vmas(n: usize) {
     for i in 0..n {
         let p = map(4096, 0);
         // Alternate protections so neighbouring mappings never merge.
@@ -128,7 +128,7 @@ fn many_vmas(n: usize, exit_after_ms: u64) {
     }
     println!("ready");
     std::io::stdout().flush().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(exit_after_ms));
+    wait_stdin();
 }
 
 fn main() {
@@ -139,8 +139,7 @@ fn main() {
             .map(|i| args[i + 1].clone())
     };
     if let Some(n) = opt("--vmas") {
-        let ms = opt("--exit-after-ms").map_or(300, |s| s.parse().unwrap());
-        many_vmas(n.parse().unwrap(), ms);
+        many_vmas(n.parse().unwrap());
         return;
     }
     let anon = map(4 * MIB, 0);

@@ -17,7 +17,12 @@ pub mod run;
 pub mod setup;
 pub mod suite;
 
-use std::path::PathBuf;
+use std::{
+    fs::{File, TryLockError},
+    path::PathBuf,
+};
+
+use anyhow::Context as _;
 
 use crate::cmd;
 
@@ -27,6 +32,36 @@ pub fn vm_dir() -> PathBuf {
         .parent()
         .expect("release dir has a parent")
         .join("vm")
+}
+
+/// Takes `target/vm/lock` for as long as the returned file lives: two
+/// guests at once would share the results directories and QMP sockets
+/// (and on 2 cores, TCG guests slow each other past their timeouts).
+pub fn exclusive() -> anyhow::Result<File> {
+    let dir = vm_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join("lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            cmd::step(&format!(
+                "another guest is running (it holds {}): waiting for it to end",
+                path.display()
+            ));
+            file.lock()
+                .with_context(|| format!("cannot lock {}", path.display()))?;
+        }
+        Err(TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+        }
+    }
+    Ok(file)
 }
 
 /// The virtme-ng venv's `bin`, which goes first on PATH (vng execs virtme-run).

@@ -42,7 +42,8 @@ pub struct VmOptions {
 }
 
 pub fn run(opts: VmOptions, args: Vec<String>) -> anyhow::Result<()> {
-    setup::host()?;
+    setup::ensure(opts.kernel.as_deref())?;
+    let _lock = super::exclusive()?;
     build::run()?;
     let kernel = match &opts.kernel {
         Some(k) => kernels::resolve(k)?,

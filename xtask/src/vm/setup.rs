@@ -60,8 +60,19 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `test --vm` and `run --vm` check (and install) before booting:
+/// the host packages, virtme-ng and, unless a kernel is named, the default
+/// kernel set, so they work on a fresh machine without `vm-setup`.
+pub fn ensure(kernel: Option<&str>) -> anyhow::Result<()> {
+    host()?;
+    if kernel.is_none() {
+        fetch_default_set(false)?;
+    }
+    Ok(())
+}
+
 /// Host packages and virtme-ng: what every VM command checks first.
-pub fn host() -> anyhow::Result<()> {
+fn host() -> anyhow::Result<()> {
     setup::apt_install(HOST_PACKAGES)?;
     virtme_ng()
 }

@@ -49,14 +49,20 @@ fi
 "#;
 
 /// The scenarios `pw-vm-scenario` knows, in the order they run.
-const SCENARIOS: &[&str] = &["balloon", "balloon-pressure", "numa-hugetlb", "thp"];
+const SCENARIOS: &[&str] = &[
+    "balloon",
+    "balloon-pressure",
+    "numa-hugetlb",
+    "numa-migrate",
+    "thp",
+];
 
 /// The VM options of `cargo xtask test`.
 #[derive(Debug, Args)]
 pub struct VmTestOptions {
-    /// Also run the integration suite and the VM scenarios in guests, one
-    /// boot per kernel of the set (see `cargo xtask vm-setup`).
-    #[arg(long)]
+    /// Run the integration suite and the VM scenarios in guests too, one
+    /// boot per kernel of the set: the default, unless --host-only.
+    #[arg(long, conflicts_with = "host_only")]
     pub vm: bool,
     /// Only the guests: skip lints and the host suite (implies --vm).
     #[arg(long, conflicts_with = "host_only")]
@@ -82,7 +88,7 @@ pub struct VmTestOptions {
 impl VmTestOptions {
     /// Whether the guests run.
     pub fn wanted(&self) -> bool {
-        !self.host_only && (self.vm || self.vm_only || self.kernel.is_some())
+        self.vm || !self.host_only
     }
 }
 
@@ -106,7 +112,8 @@ struct Tally {
 
 pub fn run(opts: &VmTestOptions, test_args: &[String]) -> anyhow::Result<()> {
     let start = Instant::now();
-    setup::host()?;
+    setup::ensure(opts.kernel.as_deref())?;
+    let _lock = super::exclusive()?;
     let kernels = kernels::selected(opts.kernel.as_deref())?;
     let accel = guest::accelerator(opts.kernel.as_deref())?;
     let binaries = if opts.scenarios_only {
@@ -171,8 +178,15 @@ pub fn run(opts: &VmTestOptions, test_args: &[String]) -> anyhow::Result<()> {
             println!("  FAILED on {}: {f}", t.kernel);
         }
     }
+    let sum = |f: fn(&Tally) -> u64| tallies.iter().map(f).sum::<u64>();
     println!(
-        "xtask test --vm: {} kernels in {:.0}s, {retries} retries after exit 255",
+        "xtask test --vm: {} passed, {} failed, {} skipped; scenarios {}/{}/{}; {} kernels in {:.0}s, {retries} retries after exit 255",
+        sum(|t| t.passed),
+        sum(|t| t.failed),
+        sum(|t| t.skipped),
+        sum(|t| t.scenarios_passed.len() as u64),
+        sum(|t| t.scenarios_failed.len() as u64),
+        sum(|t| t.scenarios_skipped.len() as u64),
         tallies.len(),
         start.elapsed().as_secs_f64()
     );

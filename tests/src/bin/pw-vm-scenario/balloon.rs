@@ -3,7 +3,8 @@
 //! pagewatch's census counts exactly the ballooned pages as OFFLINE, equal
 //! to vmstat balloon_inflate/deflate deltas and to QEMU's `query-balloon`;
 //! under pressure (a workload holding most of memory, zram swap) it checks
-//! that the pages the workload lost show in its snapshot as swap.
+//! that the pages the workload lost show in its snapshot as swap, and that
+//! pagewatch's correlator attributes them to it, caused by balloon pressure.
 
 use std::process::Command;
 
@@ -248,6 +249,18 @@ pub fn under_pressure() -> Result {
     let w = Child::start(&["hold", &hold_mib.to_string()])?;
     let mut checks = Checks::default();
     let (rss0, swap0) = proc_totals(w.pid)?;
+    let rollup = format!("/proc/{}/smaps_rollup", w.pid);
+    let smaps_swap0 = host::kb_field(&rollup, "Swap")?;
+    // The correlator follows the workload through the whole episode.
+    let pid = w.pid.to_string();
+    let top = Top::start(&[
+        "--pid",
+        &pid,
+        "--events",
+        "balloon,reclaim",
+        "--interval",
+        "1s",
+    ])?;
     let pswpout0 = vmstat("pswpout");
     let b = before()?;
     resize(target, pages, "balloon_inflate", b.inflate, &mut checks)?;
@@ -271,8 +284,10 @@ pub fn under_pressure() -> Result {
         std::thread::sleep(std::time::Duration::from_millis(500));
         std::mem::replace(&mut last, now) == now
     });
+    // Two more intervals see the settled state.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let lines = top.stop_lines()?;
     let (rss1, swap1) = proc_totals(w.pid)?;
-    let rollup = format!("/proc/{}/smaps_rollup", w.pid);
     let smaps_swap = host::kb_field(&rollup, "Swap")?;
     let smaps_rss = host::kb_field(&rollup, "Rss")?;
     println!(
@@ -301,6 +316,39 @@ pub fn under_pressure() -> Result {
     checks.that(
         "pages swapped out system-wide cover the workload's swap",
         (vmstat("pswpout") - pswpout0) * 4 >= swap1 - swap0,
+    );
+    // Attribution: the workload's net swapped-out pages in pagewatch's
+    // transitions equal what smaps says it lost to swap, and each swap-out
+    // has a reclaim cause (balloon_pressure while the balloon inflated).
+    let mut by_cause = std::collections::BTreeMap::<String, i64>::new();
+    for t in lines.iter().filter_map(|l| l.get("transition")) {
+        if t["pid"].as_u64() != Some(u64::from(w.pid)) {
+            continue;
+        }
+        let sign = match t["kind"].as_str() {
+            Some("swapped_out") => 1,
+            Some("swapped_in") => -1,
+            _ => continue,
+        };
+        let key = format!("{} by {}", t["kind"].as_str().unwrap_or("?"), t["cause"]);
+        *by_cause.entry(key).or_default() += sign * t["pages"].as_i64().unwrap_or(0);
+    }
+    println!("  pagewatch swap transitions of the workload: {by_cause:?}");
+    let net: i64 = by_cause.values().sum();
+    checks.eq(
+        "pagewatch net swapped-out pages vs smaps_rollup Swap delta (pages)",
+        u64::try_from(net).unwrap_or(0),
+        (smaps_swap - smaps_swap0) / 4,
+    );
+    checks.that(
+        "swap-outs caused by balloon pressure",
+        by_cause
+            .get("swapped_out by \"balloon_pressure\"")
+            .is_some_and(|n| *n > 0),
+    );
+    checks.that(
+        "no unexplained swap-out",
+        !by_cause.keys().any(|k| k.contains("unexplained")),
     );
     drop(w);
     checks.result()

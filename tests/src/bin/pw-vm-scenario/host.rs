@@ -194,7 +194,15 @@ impl Top {
     }
 
     /// Stops it as Ctrl-C does and returns its `summary` object.
-    pub fn stop(mut self) -> Result<Value> {
+    pub fn stop(self) -> Result<Value> {
+        self.stop_lines()?
+            .into_iter()
+            .find_map(|l| l.get("summary").cloned())
+            .ok_or_else(|| "pagewatch top exited without a summary".to_string())
+    }
+
+    /// Stops it as Ctrl-C does and returns every JSON line it printed.
+    pub fn stop_lines(mut self) -> Result<Vec<Value>> {
         // SAFETY: kill on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let out = std::mem::replace(
@@ -205,11 +213,13 @@ impl Top {
         )
         .wait_with_output()
         .map_err(|e| format!("wait for pagewatch top: {e}"))?;
-        String::from_utf8_lossy(&out.stdout)
+        if !out.status.success() {
+            return Err(format!("pagewatch top exited {}", out.status));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find_map(|l| l.get("summary").cloned())
-            .ok_or_else(|| format!("pagewatch top exited {} without a summary", out.status))
+            .collect())
     }
 }
 

@@ -7,7 +7,8 @@
 //! Scenarios: `balloon` (2 GiB guest inflated to 1 GiB and back),
 //! `balloon-pressure` (the same while a workload holds most memory, with
 //! zram swap), `numa-hugetlb` (a node-1 hugetlb pool mapped by a workload
-//! bound to node 1), `thp` (THP `always` and MADV_COLLAPSE). The other
+//! bound to node 1), `numa-migrate` (a workload's pages moved from node 0 to
+//! node 1 by migrate_pages), `thp` (THP `always` and MADV_COLLAPSE). The other
 //! subcommands (`hold`, `hugetlb-child`, `thp-child`) are the workloads the
 //! scenarios start. QEMU is driven by the host through [`host::qmp`].
 
@@ -22,7 +23,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(name) = args.first() else {
         eprintln!(
-            "usage: pw-vm-scenario balloon|balloon-pressure|numa-hugetlb|thp (in a test guest)"
+            "usage: pw-vm-scenario balloon|balloon-pressure|numa-hugetlb|numa-migrate|thp (in a test guest)"
         );
         return ExitCode::from(2);
     };
@@ -31,6 +32,7 @@ fn main() -> ExitCode {
         "balloon" => balloon::inflate_and_back(),
         "balloon-pressure" => balloon::under_pressure(),
         "numa-hugetlb" => memory::numa_hugetlb(),
+        "numa-migrate" => memory::numa_migrate(),
         "thp" => memory::thp_collapse(),
         "hold" => workload::hold(rest),
         "hugetlb-child" => workload::hugetlb_child(rest),

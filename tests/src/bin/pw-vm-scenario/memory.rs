@@ -1,12 +1,14 @@
 //! Memory-layout scenarios: a hugetlb pool reserved on NUMA node 1 only
 //! (per-node sysfs) and mapped by a workload bound to node 1, checked
-//! against sysfs, smaps and numa_maps; and THP `always` plus MADV_COLLAPSE,
-//! checked against smaps AnonHugePages.
+//! against sysfs, smaps and numa_maps; a workload's pages moved from node 0
+//! to node 1 with migrate_pages(2), which the correlator must report as
+//! node changes (numa_maps and vmstat are the oracles); and THP `always`
+//! plus MADV_COLLAPSE, checked against smaps AnonHugePages.
 
 use pagewatch_tests::skip;
 
 use crate::{
-    host::{self, Checks, Result, snapshot},
+    host::{self, Checks, Result, Top, snapshot},
     workload::Child,
 };
 
@@ -135,6 +137,95 @@ pub fn numa_hugetlb() -> Result {
         owned_on_node1,
         mapped * 512,
     );
+    drop(w);
+    checks.result()
+}
+
+/// Pages of process `pid` on NUMA node `node`, summed over its VMAs
+/// (/proc/PID/numa_maps `N<node>=` fields).
+fn numa_maps_pages(pid: u32, node: u32) -> Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/numa_maps"))
+        .map_err(|e| format!("numa_maps of {pid}: {e}"))?;
+    let key = format!("N{node}=");
+    Ok(text
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix(key.as_str()))
+        .filter_map(|n| n.parse::<u64>().ok())
+        .sum())
+}
+
+/// A workload's 64 MiB allocated on node 0, moved to node 1 by
+/// migrate_pages(2) while pagewatch follows it: the correlator reports
+/// `node_changed` 0 -> 1 caused by `migrate_syscall` for as many pages as
+/// numa_maps says arrived on node 1.
+pub fn numa_migrate() -> Result {
+    const TEST: &str = "vm-numa-migrate";
+    const MIB: u64 = 64;
+    if !std::path::Path::new("/sys/devices/system/node/node1").exists() {
+        skip(TEST, "the guest has no NUMA node 1");
+        return Ok(());
+    }
+    let w = Child::start(&["hold", &MIB.to_string(), "0"])?;
+    let pid = w.pid.to_string();
+    let mut checks = Checks::default();
+    let on0 = numa_maps_pages(w.pid, 0)?;
+    let on1 = numa_maps_pages(w.pid, 1)?;
+    println!("  workload {pid}: {on0} pages on node 0, {on1} on node 1");
+    checks.that("the workload's memory is on node 0 first", on0 >= MIB * 256);
+    let top = Top::start(&["--pid", &pid, "--events", "migrate", "--interval", "1s"])?;
+    let migrated0 = pagewatch_tests::vmstat("pgmigrate_success");
+    let (old, new): (u64, u64) = (1 << 0, 1 << 1);
+    // SAFETY: migrate_pages reads the two 64-bit node masks for the call only.
+    let left = unsafe {
+        libc::syscall(
+            libc::SYS_migrate_pages,
+            w.pid as libc::c_long,
+            64 as libc::c_ulong,
+            &old as *const u64,
+            &new as *const u64,
+        )
+    };
+    if left < 0 {
+        return Err(format!(
+            "migrate_pages({pid}, 0 -> 1): {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // Two more intervals see the result.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let lines = top.stop_lines()?;
+    let moved = numa_maps_pages(w.pid, 1)? - on1;
+    println!(
+        "  migrate_pages left {left} pages; numa_maps: {moved} pages arrived on node 1; pgmigrate_success +{}",
+        pagewatch_tests::vmstat("pgmigrate_success") - migrated0
+    );
+    checks.that(
+        "most of the 64 MiB moved to node 1",
+        moved >= MIB * 256 * 9 / 10,
+    );
+    let mut by_cause = std::collections::BTreeMap::<String, u64>::new();
+    for t in lines.iter().filter_map(|l| l.get("transition")) {
+        if t["pid"].as_u64() != Some(u64::from(w.pid)) || t["kind"] != "node_changed" {
+            continue;
+        }
+        let key = format!(
+            "{} -> {} by {}",
+            t["from_node"],
+            t["to_node"],
+            t["cause"].as_str().unwrap_or("?")
+        );
+        *by_cause.entry(key).or_default() += t["pages"].as_u64().unwrap_or(0);
+    }
+    println!("  pagewatch node changes: {by_cause:?}");
+    checks.eq(
+        "pagewatch node_changed 0 -> 1 by migrate_syscall vs numa_maps",
+        by_cause
+            .get("0 -> 1 by migrate_syscall")
+            .copied()
+            .unwrap_or(0),
+        moved,
+    );
+    checks.that("no other node changes or causes", by_cause.len() == 1);
     drop(w);
     checks.result()
 }

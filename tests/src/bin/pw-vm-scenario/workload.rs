@@ -129,26 +129,24 @@ fn ready_and_wait() -> Result {
     Ok(())
 }
 
-/// `hold MIB`: MIB of written anonymous 4 KiB pages, held until stdin closes.
+/// `hold MIB [NODE]`: MIB of written anonymous 4 KiB pages (allocated on
+/// NUMA node NODE if given), held until stdin closes.
 pub fn hold(args: &[String]) -> Result {
     let mib: usize = args
         .first()
         .and_then(|s| s.parse().ok())
-        .ok_or("usage: hold MIB")?;
+        .ok_or("usage: hold MIB [NODE]")?;
+    if let Some(node) = args.get(1).and_then(|s| s.parse().ok()) {
+        bind_to(node)?;
+    }
     let p = map_aligned(mib * MIB)?;
     madvise(p, mib * MIB, libc::MADV_NOHUGEPAGE)?;
     fill(p, mib * MIB);
     ready_and_wait()
 }
 
-/// `hugetlb-child N NODE`: binds its memory to NODE, maps N 2 MiB hugetlb
-/// pages and writes them.
-pub fn hugetlb_child(args: &[String]) -> Result {
-    let n: usize = args
-        .first()
-        .and_then(|s| s.parse().ok())
-        .ok_or("usage: hugetlb-child N NODE")?;
-    let node: u32 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1);
+/// Binds this process's future allocations to NUMA node `node`.
+fn bind_to(node: u32) -> Result {
     let mask: u64 = 1 << node;
     // SAFETY: set_mempolicy reads `mask` (64 bits) for the call only.
     let r = unsafe {
@@ -166,6 +164,18 @@ pub fn hugetlb_child(args: &[String]) -> Result {
         );
         return Err("set_mempolicy failed".into());
     }
+    Ok(())
+}
+
+/// `hugetlb-child N NODE`: binds its memory to NODE, maps N 2 MiB hugetlb
+/// pages and writes them.
+pub fn hugetlb_child(args: &[String]) -> Result {
+    let n: usize = args
+        .first()
+        .and_then(|s| s.parse().ok())
+        .ok_or("usage: hugetlb-child N NODE")?;
+    let node: u32 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1);
+    bind_to(node)?;
     let p = match map(n * HUGE, libc::MAP_HUGETLB) {
         Ok(p) => p,
         Err(e) => {
