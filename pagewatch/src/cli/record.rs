@@ -74,6 +74,10 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     } else {
         RecordWriter::create(&args.output, &metadata)
     }?;
+    // The hooks are attached and the recording is open: what is left needs
+    // only the capabilities for reading pages. The command, started
+    // before, keeps its own.
+    session.drop_privileges();
     let mut sink = RecordSink {
         path: writer.path().to_owned(),
         writer: Some(writer),

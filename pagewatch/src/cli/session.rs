@@ -20,6 +20,7 @@ use pagewatch::{
     error::Error,
     event::{Decoder, Event, EventKind},
     hooks::Family,
+    privileges::{self, CAP_SYS_ADMIN, CapSets},
     probe::{Probe, ProbeOptions},
     proc::{CommCache, ProcRoot, ProcessKey},
     snapshot::{
@@ -261,6 +262,26 @@ fn balloon_vmstat() -> (u64, u64) {
     (get("balloon_inflate"), get("balloon_deflate"))
 }
 
+/// The /proc/kpage* tables for snapshots. Without CAP_SYS_ADMIN pagemap
+/// reads every PFN as zero, so the tables would describe PFN 0 for every
+/// page: they are left out and the snapshots degrade as for non-root users.
+fn kpage_files(root: &ProcRoot) -> KpageFiles {
+    if CapSets::current().is_ok_and(|c| !c.has(CAP_SYS_ADMIN)) {
+        return KpageFiles {
+            flags: None,
+            count: None,
+            cgroup: None,
+            ksm_unreliable: None,
+            missing: Some(
+                "no CAP_SYS_ADMIN: pagemap hides PFNs, so snapshots leave out what \
+                 /proc/kpageflags, kpagecount and kpagecgroup tell (Pss, clean/dirty, KSM, memcg, folios)"
+                    .to_owned(),
+            ),
+        };
+    }
+    KpageFiles::open(root)
+}
+
 /// CLOCK_MONOTONIC now, in ns (the clock of the events' timestamps).
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -294,9 +315,14 @@ impl Session {
             names.join(", ")
         );
         let snap_root = ProcRoot::default();
-        let kpage = KpageFiles::open(&snap_root);
+        let kpage = kpage_files(&snap_root);
         if let Some(note) = &kpage.ksm_unreliable {
             eprintln!("pagewatch: {note}");
+        }
+        if config.snapshots
+            && let Some(why) = &kpage.missing
+        {
+            eprintln!("pagewatch: note: {why}");
         }
         let mut session = Self {
             decoder: Decoder::new(&probe.attached),
@@ -325,6 +351,25 @@ impl Session {
             session.last_snapshot = Some(session.snapshot());
         }
         Ok(session)
+    }
+
+    /// Drops the capabilities the rest of the session does not need (see
+    /// `pagewatch::privileges`): call it once the output is open, before
+    /// the session starts any thread. A failure is said and tracing goes
+    /// on; it only loses the hardening.
+    pub fn drop_privileges(&self) {
+        match privileges::drop_unneeded() {
+            Ok(d) => eprintln!(
+                "pagewatch: dropped every capability but {}{}; no_new_privs set",
+                d.kept.join(", "),
+                if d.bounding {
+                    ""
+                } else {
+                    " (the bounding set is unchanged: no CAP_SETPCAP)"
+                }
+            ),
+            Err(e) => eprintln!("pagewatch: note: cannot drop capabilities: {e}"),
+        }
     }
 
     /// The probe (hooks attached and skipped).

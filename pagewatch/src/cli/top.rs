@@ -36,9 +36,9 @@ pub fn run(args: TopArgs) -> anyhow::Result<()> {
         limit: args.limit,
     };
     super::block_on(async {
-        Session::start(config)?
-            .run(&mut sink, std::future::pending())
-            .await
+        let session = Session::start(config)?;
+        session.drop_privileges();
+        session.run(&mut sink, std::future::pending()).await
     })
 }
 
