@@ -9,6 +9,11 @@
 //!
 //! Snapshots: see bench_snapshot.rs (pagewatch snapshot against a plain
 //! pagemap read, smaps_rollup, and dd of /proc/kpageflags).
+//!
+//! Scale, one big process, and the soak: see bench_scale.rs (collector CPU
+//! and RSS under load, over time). `--only PART` runs one part; the
+//! default runs faults, snapshot, scale and big (the soak takes 10 minutes
+//! and runs only when asked).
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -22,8 +27,23 @@ use clap::Args;
 
 use crate::{build, cmd, setup};
 
+/// A part of the benchmarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    Faults,
+    Snapshot,
+    Scale,
+    Big,
+    Soak,
+}
+
 #[derive(Debug, Args)]
 pub struct Options {
+    /// Run only these parts (repeatable; default: all but soak).
+    #[arg(long, value_enum)]
+    only: Vec<Part>,
+    #[command(flatten)]
+    scale: crate::bench_scale::ScaleOptions,
     /// Repetitions of each variant (the median is reported).
     #[arg(long, default_value_t = 5)]
     reps: usize,
@@ -39,9 +59,23 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         bail!("the benchmarks trace the kernel and need root");
     }
     let dir = cmd::release_dir();
-    let mut markdown = faults(&dir, &opts)?;
-    markdown.push('\n');
-    markdown.push_str(&crate::bench_snapshot::run(&dir.join("pagewatch"), &dir)?);
+    let pagewatch = dir.join("pagewatch");
+    let parts = if opts.only.is_empty() {
+        vec![Part::Faults, Part::Snapshot, Part::Scale, Part::Big]
+    } else {
+        opts.only.clone()
+    };
+    let mut sections = Vec::new();
+    for part in parts {
+        sections.push(match part {
+            Part::Faults => faults(&dir, &opts)?,
+            Part::Snapshot => crate::bench_snapshot::run(&pagewatch, &dir)?,
+            Part::Scale => crate::bench_scale::scale(&pagewatch, &dir, &opts.scale)?,
+            Part::Big => crate::bench_scale::big(&pagewatch, &dir, &opts.scale)?,
+            Part::Soak => crate::bench_scale::soak(&pagewatch, &dir, &opts.scale)?,
+        });
+    }
+    let markdown = sections.join("\n");
     println!("\n{markdown}");
     let out = dir.join("bench.md");
     std::fs::write(&out, &markdown).with_context(|| format!("writing {}", out.display()))?;

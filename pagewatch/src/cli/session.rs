@@ -149,6 +149,8 @@ pub struct IntervalReport {
     pub thp_scans: Vec<ThpScans>,
     /// Page counters of each snapshotted process at the interval's end.
     pub counters: Vec<ProcessCounters>,
+    /// How long the interval's snapshot took (none when not snapshotting).
+    pub snapshot_time: Option<Duration>,
 }
 
 /// khugepaged scans of one VMA that ended with one result.
@@ -246,6 +248,8 @@ pub struct Session {
     /// /proc/vmstat balloon_inflate and balloon_deflate at the last interval.
     balloon_vmstat: (u64, u64),
     last_snapshot: Option<PageTable>,
+    /// How long the last snapshot took.
+    snapshot_time: Option<Duration>,
     all_transitions: Vec<TransitionGroup>,
     started: Instant,
     intervals: u64,
@@ -339,6 +343,7 @@ impl Session {
             nodes: NodeMap::read(std::path::Path::new("/sys")),
             balloon_vmstat: balloon_vmstat(),
             last_snapshot: None,
+            snapshot_time: None,
             all_transitions: Vec::new(),
             started: Instant::now(),
             intervals: 0,
@@ -566,7 +571,10 @@ impl Session {
     /// would leave such an event to the next interval, whose previous
     /// snapshot already shows the THP.)
     fn next_snapshot(&mut self) -> Option<PageTable> {
-        self.last_snapshot.is_some().then(|| self.snapshot())
+        let started = Instant::now();
+        let after = self.last_snapshot.is_some().then(|| self.snapshot());
+        self.snapshot_time = after.as_ref().map(|_| started.elapsed());
+        after
     }
 
     fn end_interval(
@@ -596,6 +604,7 @@ impl Session {
         let mut evidence = std::mem::take(&mut self.evidence);
         let mut thp_scans = Vec::new();
         let mut counters = Vec::new();
+        let snapshot_time = self.snapshot_time.take();
         let transitions = match (self.last_snapshot.take(), after) {
             (Some(before), Some(after)) => {
                 evidence.resolve_pfns(&before);
@@ -638,6 +647,7 @@ impl Session {
             transitions,
             thp_scans,
             counters,
+            snapshot_time,
         };
         let mut view = self.view();
         sink.interval(&mut view, &report)?;
