@@ -174,7 +174,9 @@ pub struct Summary {
     pub decode_errors: u64,
     pub intervals: u64,
     pub duration_s: f64,
-    pub transitions: Vec<TransitionGroup>,
+    /// Transition groups reported over the run (counted, not kept: a
+    /// long run would keep every one in memory).
+    pub transitions: u64,
 }
 
 /// Where a session's results go.
@@ -250,7 +252,7 @@ pub struct Session {
     last_snapshot: Option<PageTable>,
     /// How long the last snapshot took.
     snapshot_time: Option<Duration>,
-    all_transitions: Vec<TransitionGroup>,
+    transitions: u64,
     started: Instant,
     intervals: u64,
     decode_errors: u64,
@@ -344,7 +346,7 @@ impl Session {
             balloon_vmstat: balloon_vmstat(),
             last_snapshot: None,
             snapshot_time: None,
-            all_transitions: Vec::new(),
+            transitions: 0,
             started: Instant::now(),
             intervals: 0,
             decode_errors: 0,
@@ -635,7 +637,7 @@ impl Session {
             }
             _ => Vec::new(),
         };
-        self.all_transitions.extend(transitions.iter().cloned());
+        self.transitions += transitions.len() as u64;
         let report = IntervalReport {
             index: self.intervals,
             t: self.started.elapsed().as_secs_f64(),
@@ -680,7 +682,7 @@ impl Session {
             decode_errors: self.decode_errors,
             intervals: self.intervals,
             duration_s: self.started.elapsed().as_secs_f64(),
-            transitions: std::mem::take(&mut self.all_transitions),
+            transitions: self.transitions,
         };
         let mut view = self.view();
         sink.finish(&mut view, &summary)?;

@@ -167,7 +167,7 @@ impl Sink for TopSink {
                 "processes": rows.len(),
                 "system": s.total.system,
                 "thp_scan_results": scans,
-                "transitions": s.transitions.len(),
+                "transitions": s.transitions,
                 "hooks": hooks,
                 "skipped_hooks": skipped,
             }});
