@@ -81,6 +81,25 @@ impl Sampled {
         (avg(&|t| t <= secs), avg(&|t| t >= end - secs))
     }
 
+    /// Mean RSS (MiB) of each minute, as a list.
+    fn rss_by_minute(&self) -> String {
+        let mut minutes: Vec<(u64, usize)> = Vec::new();
+        for &(t, _, rss) in &self.samples {
+            let m = (t / 60.0) as usize;
+            if minutes.len() <= m {
+                minutes.resize(m + 1, (0, 0));
+            }
+            minutes[m].0 += rss;
+            minutes[m].1 += 1;
+        }
+        minutes
+            .iter()
+            .filter(|m| m.1 > 0)
+            .map(|&(sum, n)| format!("{:.1}", sum as f64 / n as f64 / 1024.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// Snapshot times (ms) of every interval that took one.
     fn snapshot_ms(&self) -> Vec<f64> {
         let mut v: Vec<f64> = self
@@ -429,13 +448,13 @@ pub fn soak(pagewatch: &Path, dir: &Path, o: &ScaleOptions) -> anyhow::Result<St
     let secs = o.soak_minutes * 60;
     // Three loops until the deadline: 32 MiB of faults a second (8,192
     // faults), a 256 MiB file read through a 64 MiB memory cgroup every
-    // 2 s, and an 8 MiB MADV_COLLAPSE every 5 s (kept 2 s, so snapshots
-    // see the THP).
+    // 2 s, and an 8 MiB MADV_COLLAPSE every 5 s (1.5 s after the 4 KiB
+    // pages are written, kept 2 s after: snapshots see both sides).
     let script = format!(
         "export end=$(( $(date +%s) + {secs} ))\n\
          sh -c 'while [ $(date +%s) -lt $end ]; do {bin}/pw-faults rate 8 4 >/dev/null; sleep 1; done' &\n\
          sh -c 'echo $$ > {cg}/cgroup.procs; while [ $(date +%s) -lt $end ]; do cat {data} >/dev/null; sleep 2; done' &\n\
-         sh -c 'while [ $(date +%s) -lt $end ]; do (echo go; sleep 2) | {bin}/pw-thp 8 madvise >/dev/null; sleep 3; done' &\n\
+         sh -c 'while [ $(date +%s) -lt $end ]; do (sleep 1.5; echo go; sleep 2) | {bin}/pw-thp 8 madvise >/dev/null; sleep 1.5; done' &\n\
          wait\n",
         bin = dir.display(),
         cg = cgroup.0.display(),
@@ -493,11 +512,12 @@ pub fn soak(pagewatch: &Path, dir: &Path, o: &ScaleOptions) -> anyhow::Result<St
          `pagewatch record -- sh -c SCRIPT` (default 4 MiB ring buffer, 1 s intervals) of three loops: \
          `pw-faults rate 8 4` then 1 s of sleep (8,192 faults a second), `cat` of a 256 MiB file \
          in a 64 MiB v1 memory cgroup every 2 s (memcg reclaim), and `pw-thp 8 madvise` every 5 s \
-         (MADV_COLLAPSE). Load average at the start: {load_at_start}.\n\n\
+         (MADV_COLLAPSE 1.5 s after its 4 KiB pages are written, exit 2 s later). Load average at the start: {load_at_start}.\n\n\
          | figure | value |\n|---|---:|\n\
          | collector RSS, first minute (mean) | {rss_start:.1} MiB |\n\
          | collector RSS, last minute (mean) | {rss_end:.1} MiB |\n\
          | collector RSS, max | {rss_max:.1} MiB |\n\
+         | collector RSS by minute (mean, MiB) | {by_minute} |\n\
          | collector CPU (one core) | {cpu:.1}% |\n\
          | events recorded | {events} |\n\
          | dropped by the kernel | {dropped} |\n\
@@ -508,6 +528,7 @@ pub fn soak(pagewatch: &Path, dir: &Path, o: &ScaleOptions) -> anyhow::Result<St
          ```\n{by_cause}\n```\n",
         m = o.soak_minutes,
         rss_max = s.rss_max_mib(),
+        by_minute = s.rss_by_minute(),
         cpu = s.cpu_pct(),
         events = summary["events"],
         dropped = summary["dropped"],
