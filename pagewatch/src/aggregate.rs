@@ -103,19 +103,33 @@ pub struct SystemStats {
     pub page_events: PageEventStats,
 }
 
-/// Everything counted over one interval (or a whole run).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Tally {
+/// Everything counted over one interval (or a whole run), per process
+/// keyed by `K`: a pid (a recording's reader) or a
+/// [`ProcessKey`](crate::proc::ProcessKey), pid and start time (the live
+/// collector, where a reused pid must not merge two processes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tally<K = u32> {
     pub events: u64,
-    pub processes: BTreeMap<u32, ProcessStats>,
+    pub processes: BTreeMap<K, ProcessStats>,
     pub system: SystemStats,
     /// khugepaged/MADV_COLLAPSE scan results by the kernel's status code:
     /// why ranges did (1) or did not collapse.
     pub scan_status: BTreeMap<i64, u64>,
 }
 
-impl Tally {
-    fn merge(&mut self, other: &Tally) {
+impl<K> Default for Tally<K> {
+    fn default() -> Self {
+        Self {
+            events: 0,
+            processes: BTreeMap::new(),
+            system: SystemStats::default(),
+            scan_status: BTreeMap::new(),
+        }
+    }
+}
+
+impl<K: Ord + Copy> Tally<K> {
+    fn merge(&mut self, other: &Tally<K>) {
         self.events += other.events;
         for (pid, s) in &other.processes {
             let t = self.processes.entry(*pid).or_default();
@@ -188,19 +202,38 @@ enum Episode {
 }
 
 /// Folds events into the current interval and the run's totals.
-#[derive(Debug, Default)]
-pub struct Aggregator {
-    current: Tally,
-    total: Tally,
+#[derive(Debug)]
+pub struct Aggregator<K = u32> {
+    current: Tally<K>,
+    total: Tally<K>,
     /// Reclaim episodes begun and not yet ended: (kind, tid) -> begin ns.
     open: HashMap<(Episode, u32), u64>,
     /// kswapd threads awake: nid -> wake ns.
     kswapd_awake: HashMap<i64, u64>,
 }
 
+impl<K> Default for Aggregator<K> {
+    fn default() -> Self {
+        Self {
+            current: Tally::default(),
+            total: Tally::default(),
+            open: HashMap::new(),
+            kswapd_awake: HashMap::new(),
+        }
+    }
+}
+
 impl Aggregator {
-    /// Counts one event.
+    /// Counts one event for the process its tgid names.
     pub fn add(&mut self, e: &Event) {
+        self.add_for(e, e.tgid);
+    }
+}
+
+impl<K: Ord + Copy> Aggregator<K> {
+    /// Counts one event; per-process figures go to `process` (the event's
+    /// tgid, resolved by the caller).
+    pub fn add_for(&mut self, e: &Event, process: K) {
         self.current.events += 1;
         match e.kind {
             EventKind::PageFault {
@@ -208,7 +241,7 @@ impl Aggregator {
                 error_code,
                 ..
             } => {
-                let f = &mut self.current.processes.entry(e.tgid).or_default().faults;
+                let f = &mut self.current.processes.entry(process).or_default().faults;
                 f.faults += 1;
                 if error_code & fault_bits::WRITE != 0 {
                     f.write += 1;
@@ -243,10 +276,10 @@ impl Aggregator {
                 self.open.insert((Episode::Memcg, e.tid), e.ts_ns);
             }
             EventKind::DirectReclaimEnd { nr_reclaimed } => {
-                self.end_episode(e, Episode::Direct, nr_reclaimed)
+                self.end_episode(e, process, Episode::Direct, nr_reclaimed)
             }
             EventKind::MemcgReclaimEnd { nr_reclaimed } => {
-                self.end_episode(e, Episode::Memcg, nr_reclaimed)
+                self.end_episode(e, process, Episode::Memcg, nr_reclaimed)
             }
             EventKind::LruShrinkInactive {
                 nr_scanned,
@@ -263,12 +296,12 @@ impl Aggregator {
                     self.current.system.page_events.thp_scans_without_page += 1;
                 }
                 *self.current.scan_status.entry(status).or_default() += 1;
-                self.current.processes.entry(e.tgid).or_default().thp_scans += 1;
+                self.current.processes.entry(process).or_default().thp_scans += 1;
             }
             EventKind::ScanFile { .. } => self.current.system.page_events.thp_scans += 1,
             // khugepaged's result codes: 1 is SCAN_SUCCEED on every 6.x kernel.
-            EventKind::CollapseHugePage { status, .. } => self.collapse(e.tgid, status == 1),
-            EventKind::CollapseFile { result, .. } => self.collapse(e.tgid, result == 1),
+            EventKind::CollapseHugePage { status, .. } => self.collapse(process, status == 1),
+            EventKind::CollapseFile { result, .. } => self.collapse(process, result == 1),
             EventKind::CollapseIsolate { .. }
             | EventKind::CollapseSwapin { .. }
             | EventKind::CompactionBegin { .. }
@@ -315,13 +348,13 @@ impl Aggregator {
         }
     }
 
-    fn collapse(&mut self, tgid: u32, ok: bool) {
+    fn collapse(&mut self, process: K, ok: bool) {
         let p = &mut self.current.system.page_events;
         if ok {
             p.thp_collapses += 1;
             self.current
                 .processes
-                .entry(tgid)
+                .entry(process)
                 .or_default()
                 .thp_collapses += 1;
         } else {
@@ -329,14 +362,14 @@ impl Aggregator {
         }
     }
 
-    fn end_episode(&mut self, e: &Event, kind: Episode, nr_reclaimed: u64) {
+    fn end_episode(&mut self, e: &Event, process: K, kind: Episode, nr_reclaimed: u64) {
         // An end without its begin (pagewatch attached mid-episode) still
         // counts the pages, with no duration.
         let ns = self
             .open
             .remove(&(kind, e.tid))
             .map_or(0, |start| e.ts_ns.saturating_sub(start));
-        let proc_reclaim = &mut self.current.processes.entry(e.tgid).or_default().reclaim;
+        let proc_reclaim = &mut self.current.processes.entry(process).or_default().reclaim;
         for r in [proc_reclaim, &mut self.current.system.reclaim] {
             match kind {
                 Episode::Direct => {
@@ -354,7 +387,7 @@ impl Aggregator {
     }
 
     /// Ends the current interval: returns its tally and adds it to the totals.
-    pub fn take_interval(&mut self) -> Tally {
+    pub fn take_interval(&mut self) -> Tally<K> {
         let interval = std::mem::take(&mut self.current);
         self.total.merge(&interval);
         interval
@@ -373,7 +406,7 @@ impl Aggregator {
     }
 
     /// Totals of every interval taken so far.
-    pub fn total(&self) -> &Tally {
+    pub fn total(&self) -> &Tally<K> {
         &self.total
     }
 }
@@ -422,6 +455,21 @@ mod tests {
         assert_eq!(t.processes[&11].faults.kernel_addr, 1);
         assert_eq!(t.events, 4);
         assert_eq!(a.total().processes[&10].faults.faults, 3);
+    }
+
+    #[test]
+    fn a_reused_pid_is_counted_as_another_process() {
+        let mut a = Aggregator::<(u32, u64)>::default();
+        a.add_for(&fault(10, 0x1000, 0b00110), (10, 1));
+        a.take_interval();
+        a.add_for(&fault(10, 0x1000, 0b00110), (10, 2));
+        a.add_for(&fault(10, 0x2000, 0b00110), (10, 2));
+        a.take_interval();
+        let p = &a.total().processes;
+        assert_eq!(
+            (p[&(10, 1)].faults.faults, p[&(10, 2)].faults.faults),
+            (1, 2)
+        );
     }
 
     #[test]

@@ -11,6 +11,11 @@ pub enum Error {
         "pagewatch needs root (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN) to load its eBPF programs; run it as root"
     )]
     NotRoot,
+    /// The caller lacks these capabilities (checked before loading).
+    #[error(
+        "pagewatch needs root to load and attach its eBPF programs: this process lacks {0} (CAP_SYS_ADMIN would stand in); run it as root"
+    )]
+    MissingCapabilities(String),
     /// tracefs is neither mounted nor mountable.
     #[error("tracefs is not mounted and mounting it on /sys/kernel/tracing failed: {0}")]
     Tracefs(std::io::Error),

@@ -7,7 +7,8 @@
 //! - [`event`]: decoding ring-buffer records into typed events;
 //! - [`aggregate`]: per-process and system-wide tallies per interval;
 //! - [`correlate`]: snapshot diffs joined with events into attributed transitions;
-//! - [`proc`]: small /proc readers (process names, privileges);
+//! - [`proc`]: small /proc readers (processes by pid and start time, names);
+//! - [`privileges`]: capabilities held, named when missing, dropped when done;
 //! - [`snapshot`]: pagemap/kpageflags page census;
 //! - [`transition`]: page state transitions and their causes;
 //! - [`record`]: the recording file format (writer and reader).
@@ -17,6 +18,7 @@ pub mod correlate;
 pub mod error;
 pub mod event;
 pub mod hooks;
+pub mod privileges;
 pub mod probe;
 pub mod proc;
 pub mod record;

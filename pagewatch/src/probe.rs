@@ -109,6 +109,15 @@ impl Probe {
         if unsafe { libc::geteuid() } != 0 {
             return Err(Error::NotRoot);
         }
+        // Root without some capabilities (a container, setpriv, capsh):
+        // name them rather than fail on an EPERM later.
+        if let Some(missing) = crate::privileges::CapSets::current()
+            .ok()
+            .as_ref()
+            .and_then(crate::privileges::missing_for_tracing)
+        {
+            return Err(Error::MissingCapabilities(missing));
+        }
         let (tracefs, mounted_tracefs) = Tracefs::find_or_mount()?;
         let filter = u8::from(opts.filter_tgids);
         let wakeup = u64::from(opts.ring_buffer_bytes / WAKEUP_FRACTION);

@@ -122,20 +122,106 @@ impl ProcRoot {
     }
 }
 
-/// Process names, looked up once per pid and kept after the process exits.
+/// A process rather than a pid: its pid and its start time (clock ticks
+/// after boot, /proc/PID/stat field 22). A pid reused by a later process is
+/// another key, so the two are never merged. (Two processes given the same
+/// pid within one clock tick, 10 ms, cannot be told apart this way; only a
+/// forced `ns_last_pid` does that.)
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ProcessKey {
+    pub pid: u32,
+    /// 0 when the process had exited before it was first looked up.
+    pub start_ticks: u64,
+}
+
+/// Which process each pid belongs to now, and the names of every process
+/// seen, looked up once per process and kept after it exits.
+///
+/// Events are read some time after they happened, so the process a pid
+/// names in /proc may already be a later one: a start time after the event
+/// is not the event's process. Its start time then comes from its fork
+/// event, when pagewatch saw it (the kernel stamps start and fork within
+/// the same microseconds), else it is 0 (unknown).
 #[derive(Debug, Default)]
 pub struct CommCache {
     root: ProcRoot,
-    names: HashMap<u32, String>,
+    /// The process each pid was last seen to belong to.
+    current: HashMap<u32, ProcessKey>,
+    names: HashMap<ProcessKey, String>,
+    /// Start ticks of processes whose fork was seen in this interval.
+    born: HashMap<u32, u64>,
+    /// CLOCK_BOOTTIME minus CLOCK_MONOTONIC (event times), in ns.
+    boot_offset_ns: u64,
+    /// Nanoseconds per clock tick (10 ms at USER_HZ 100).
+    tick_ns: u64,
 }
 
 impl CommCache {
-    /// A cache reading names from `root`.
+    /// A cache reading start times and names from `root`.
     pub fn new(root: ProcRoot) -> Self {
+        let boot = crate::record::clock_ns(libc::CLOCK_BOOTTIME);
+        let mono = crate::record::clock_ns(libc::CLOCK_MONOTONIC);
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
         Self {
             root,
-            names: HashMap::new(),
+            boot_offset_ns: u64::try_from(boot - mono).unwrap_or(0),
+            tick_ns: 1_000_000_000 / u64::try_from(hz).unwrap_or(100).max(1),
+            ..Self::default()
         }
+    }
+
+    /// Start-time ticks of an event at CLOCK_MONOTONIC `ts_ns`.
+    fn ticks_at(&self, ts_ns: u64) -> u64 {
+        (ts_ns + self.boot_offset_ns) / self.tick_ns.max(1)
+    }
+
+    /// The process `pid` belongs to now (for output).
+    pub fn key(&mut self, pid: u32) -> ProcessKey {
+        self.key_at(pid, u64::MAX)
+    }
+
+    /// The process `pid` belonged to at CLOCK_MONOTONIC `ts_ns` (an
+    /// event's time): read from /proc on first sight (or after
+    /// [`forget`](Self::forget)), with its name.
+    pub fn key_at(&mut self, pid: u32, ts_ns: u64) -> ProcessKey {
+        if let Some(&key) = self.current.get(&pid) {
+            return key;
+        }
+        let at = if ts_ns == u64::MAX {
+            u64::MAX
+        } else {
+            self.ticks_at(ts_ns)
+        };
+        let stat = self
+            .root
+            .stat_fields(pid)
+            .filter(|s| s.1 <= at.saturating_add(1));
+        let key = ProcessKey {
+            pid,
+            start_ticks: stat.map_or_else(|| self.born.get(&pid).copied().unwrap_or(0), |s| s.1),
+        };
+        self.current.insert(pid, key);
+        let root = &self.root;
+        self.names.entry(key).or_insert_with(|| {
+            stat.and_then(|_| root.comm(pid))
+                .unwrap_or_else(|| "?".to_owned())
+        });
+        key
+    }
+
+    /// A fork at CLOCK_MONOTONIC `ts_ns` gave `pid` to a new process: the
+    /// next lookup is of that process.
+    pub fn forked(&mut self, pid: u32, ts_ns: u64) {
+        self.current.remove(&pid);
+        let ticks = self.ticks_at(ts_ns);
+        self.born.insert(pid, ticks);
+    }
+
+    /// Drops the fork times of the interval, once its events are read
+    /// (threads' forks are never looked up as processes).
+    pub fn end_interval(&mut self) {
+        self.born.clear();
     }
 
     /// Records the name an exiting process reported (from its exit event),
@@ -143,31 +229,38 @@ impl CommCache {
     pub fn learn(&mut self, pid: u32, comm: &[u8]) {
         let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
         let name = String::from_utf8_lossy(&comm[..end]).into_owned();
-        let slot = self.names.entry(pid).or_insert_with(|| "?".to_owned());
+        let key = self.key(pid);
+        let slot = self.names.entry(key).or_insert_with(|| "?".to_owned());
         if slot == "?" && !name.is_empty() {
             *slot = name;
         }
     }
 
-    /// Reads the name of `pid` again (after an exec changed it).
+    /// Reads the name of `pid` again after an exec changed it: the same
+    /// process, a new name.
     pub fn refresh(&mut self, pid: u32) {
+        let key = self.key(pid);
         if let Some(name) = self.root.comm(pid) {
-            self.names.insert(pid, name);
+            self.names.insert(key, name);
         }
     }
 
-    /// Forgets the name of `pid`, which exited: a process that reuses the
-    /// pid is looked up afresh.
+    /// `pid` exited: the next lookup reads its start time and name afresh.
+    /// Names already read are kept.
     pub fn forget(&mut self, pid: u32) {
-        self.names.remove(&pid);
+        self.current.remove(&pid);
     }
 
-    /// The name of `pid`; `?` when it exited before it was first seen.
+    /// The name of the process `pid` belongs to; `?` when it exited before
+    /// it was first seen.
     pub fn get(&mut self, pid: u32) -> &str {
-        let root = &self.root;
-        self.names
-            .entry(pid)
-            .or_insert_with(|| root.comm(pid).unwrap_or_else(|| "?".to_owned()))
+        let key = self.key(pid);
+        self.name(key)
+    }
+
+    /// The name of a process seen before (`?` if never seen).
+    pub fn name(&self, key: ProcessKey) -> &str {
+        self.names.get(&key).map_or("?", String::as_str)
     }
 }
 
@@ -215,7 +308,39 @@ mod tests {
         );
         cache.learn(42, b"renamed\0");
         assert_eq!(cache.get(42), "worker", "a name read from /proc is kept");
+        let old = cache.key(42);
+        assert_eq!(old.start_ticks, 123456);
+        std::fs::create_dir_all(dir.join("42")).unwrap();
+        std::fs::write(dir.join("42/comm"), "reused\n").unwrap();
+        std::fs::write(
+            dir.join("42/stat"),
+            "42 (reused) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 999999 0\n",
+        )
+        .unwrap();
+        assert_eq!(cache.key(42), old, "the same process until told otherwise");
         cache.forget(42);
-        assert_eq!(cache.get(42), "?", "a reused pid is looked up again");
+        let new = cache.key(42);
+        assert_eq!((new.pid, new.start_ticks), (42, 999999));
+        assert_eq!(cache.get(42), "reused", "a reused pid is a new process");
+        assert_eq!(cache.name(old), "worker", "the old process keeps its name");
+        std::fs::write(dir.join("42/comm"), "execd\n").unwrap();
+        cache.refresh(42);
+        assert_eq!(cache.key(42), new, "exec keeps the process");
+        assert_eq!(cache.get(42), "execd", "exec renames it");
+        // Events read late: pid 42's /proc entry (start 999999) is a later
+        // process than an event at tick 1000's; its fork time stands in.
+        let tick = cache.tick_ns;
+        let before = (1000 * tick).saturating_sub(cache.boot_offset_ns);
+        cache.forked(42, before);
+        let late = cache.key_at(42, before + tick);
+        assert_eq!(late.start_ticks, cache.ticks_at(before));
+        assert_ne!(late, new);
+        assert_eq!(
+            cache.name(late),
+            "?",
+            "a name read from /proc would be the later one's"
+        );
+        cache.end_interval();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

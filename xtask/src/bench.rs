@@ -9,6 +9,11 @@
 //!
 //! Snapshots: see bench_snapshot.rs (pagewatch snapshot against a plain
 //! pagemap read, smaps_rollup, and dd of /proc/kpageflags).
+//!
+//! Scale, one big process, and the soak: see bench_scale.rs (collector CPU
+//! and RSS under load, over time). `--only PART` runs one part; the
+//! default runs faults, snapshot, scale and big (the soak takes 10 minutes
+//! and runs only when asked).
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -18,30 +23,33 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use clap::{Args, ValueEnum};
+use clap::Args;
 
 use crate::{build, cmd, setup};
 
+/// A part of the benchmarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    Faults,
+    Snapshot,
+    Scale,
+    Big,
+    Soak,
+}
+
 #[derive(Debug, Args)]
 pub struct Options {
+    /// Run only these parts (repeatable; default: all but soak).
+    #[arg(long, value_enum)]
+    only: Vec<Part>,
+    #[command(flatten)]
+    scale: crate::bench_scale::ScaleOptions,
     /// Repetitions of each variant (the median is reported).
     #[arg(long, default_value_t = 5)]
     reps: usize,
     /// Rounds of 256 MiB per fault run (65536 faults each).
     #[arg(long, default_value_t = 16)]
     rounds: usize,
-    /// Run only this benchmark.
-    #[arg(long, value_enum)]
-    only: Option<Bench>,
-}
-
-/// The benchmarks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Bench {
-    /// Fault tracing overhead (`pagewatch top`).
-    Faults,
-    /// `pagewatch snapshot` against pagemap, smaps_rollup and dd.
-    Snapshot,
 }
 
 pub fn run(opts: Options) -> anyhow::Result<()> {
@@ -50,20 +58,26 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         bail!("the benchmarks read /proc/kpage* and trace the kernel: they need root");
     }
     let dir = cmd::release_dir();
-    let wanted = |b: Bench| opts.only.is_none_or(|o| o == b);
-    let mut parts = Vec::new();
-    if wanted(Bench::Faults) {
-        setup::apt_install(&["linux-perf"])?;
-        parts.push(faults(&dir, &opts)?);
+    let pagewatch = dir.join("pagewatch");
+    let parts = if opts.only.is_empty() {
+        vec![Part::Faults, Part::Snapshot, Part::Scale, Part::Big]
+    } else {
+        opts.only.clone()
+    };
+    let mut sections = Vec::new();
+    for part in parts {
+        sections.push(match part {
+            Part::Faults => {
+                setup::apt_install(&["linux-perf"])?;
+                faults(&dir, &opts)?
+            }
+            Part::Snapshot => crate::bench_snapshot::run(&pagewatch, &dir, opts.reps)?,
+            Part::Scale => crate::bench_scale::scale(&pagewatch, &dir, &opts.scale)?,
+            Part::Big => crate::bench_scale::big(&pagewatch, &dir, &opts.scale)?,
+            Part::Soak => crate::bench_scale::soak(&pagewatch, &dir, &opts.scale)?,
+        });
     }
-    if wanted(Bench::Snapshot) {
-        parts.push(crate::bench_snapshot::run(
-            &dir.join("pagewatch"),
-            &dir,
-            opts.reps,
-        )?);
-    }
-    let markdown = parts.join("\n");
+    let markdown = sections.join("\n");
     println!("\n{markdown}");
     let out = dir.join("bench.md");
     std::fs::write(&out, &markdown).with_context(|| format!("writing {}", out.display()))?;

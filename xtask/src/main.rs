@@ -3,6 +3,7 @@
 //! test-VM commands (vm-setup, balloon; `run --vm`, `test --vm`).
 
 mod bench;
+mod bench_scale;
 mod bench_snapshot;
 mod build;
 mod cmd;

@@ -16,7 +16,7 @@ use clap::Args;
 use pagewatch::{
     correlate::balloon::BalloonInterval,
     event::Event,
-    proc::ProcRoot,
+    proc::{ProcRoot, ProcessKey},
     record::{End, Interval, Metadata, Process, Record, RecordWriter, Sample},
 };
 
@@ -75,6 +75,10 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     } else {
         RecordWriter::create(&args.output, &metadata)
     }?;
+    // The hooks are attached and the recording is open: what is left needs
+    // only the capabilities for reading pages. The command, started
+    // before, keeps its own.
+    session.drop_privileges();
     let mut sink = RecordSink {
         path: writer.path().to_owned(),
         writer: Some(writer),
@@ -167,9 +171,10 @@ struct RecordSink {
     path: PathBuf,
     /// Bytes written, once finished.
     size: Option<u64>,
-    /// Processes already described by a Process record, with the name
-    /// written (a new record follows an exec).
-    seen: BTreeMap<u32, String>,
+    /// Processes (pid and start time: a reused pid is another process)
+    /// already described by a Process record, with the name written (a new
+    /// record follows an exec).
+    seen: BTreeMap<ProcessKey, String>,
     proc: ProcRoot,
     events: u64,
     transitions: u64,
@@ -182,18 +187,28 @@ impl RecordSink {
             .context("internal: the recording is already closed")
     }
 
-    /// A Process record the first time `pid` appears.
-    fn describe(&mut self, pid: u32, ts_ns: u64, comm: &str) -> anyhow::Result<()> {
-        if self.seen.get(&pid).is_some_and(|c| c == comm) {
+    /// A Process record the first time a process appears, and again when
+    /// an exec renamed it.
+    fn describe(&mut self, key: ProcessKey, ts_ns: u64, comm: &str) -> anyhow::Result<()> {
+        if self.seen.get(&key).is_some_and(|c| c == comm) {
             return Ok(());
         }
-        self.seen.insert(pid, comm.to_owned());
-        let stat = self.proc.stat_fields(pid);
-        let cmdline = self.proc.cmdline(pid);
+        self.seen.insert(key, comm.to_owned());
+        let pid = key.pid;
+        // ppid and command line only while the pid is still this process.
+        let stat = self
+            .proc
+            .stat_fields(pid)
+            .filter(|s| key.start_ticks == 0 || s.1 == key.start_ticks);
+        let cmdline = if stat.is_some() {
+            self.proc.cmdline(pid)
+        } else {
+            Vec::new()
+        };
         self.writer()?.write(&Record::Process(Process {
             ts_ns,
             pid,
-            start_ticks: stat.map_or(0, |s| s.1),
+            start_ticks: stat.map_or(key.start_ticks, |s| s.1),
             ppid: stat.map_or(0, |s| s.0),
             comm: comm.to_owned(),
             cmdline,
@@ -210,20 +225,28 @@ impl Sink for RecordSink {
     }
 
     fn interval(&mut self, view: &mut SessionView<'_>, r: &IntervalReport) -> anyhow::Result<()> {
-        let pids: BTreeSet<u32> = r
-            .tally
-            .processes
-            .keys()
-            .copied()
-            .filter(|&p| view.shown(p))
-            .chain(r.transitions.iter().map(|t| t.pid))
+        let snapshotted: BTreeSet<u32> = r
+            .transitions
+            .iter()
+            .map(|t| t.pid)
             .chain(r.counters.iter().map(|c| c.pid))
             .chain(r.swap_returns.iter().map(|s| s.pid))
             .chain(r.thp_coverage.iter().map(|c| c.pid))
             .collect();
-        for pid in pids {
-            let comm = view.comms.get(pid).to_owned();
-            self.describe(pid, r.ts_ns, &comm)?;
+        let mut processes: BTreeSet<ProcessKey> = snapshotted
+            .into_iter()
+            .map(|pid| view.comms.key(pid))
+            .collect();
+        processes.extend(
+            r.tally
+                .processes
+                .keys()
+                .filter(|k| view.shown(k.pid))
+                .copied(),
+        );
+        for key in processes {
+            let comm = view.comms.name(key).to_owned();
+            self.describe(key, r.ts_ns, &comm)?;
         }
         for t in &r.transitions {
             self.transitions += 1;

@@ -26,8 +26,9 @@ use pagewatch::{
     error::Error,
     event::{Decoder, Event, EventKind},
     hooks::Family,
+    privileges::{self, CAP_SYS_ADMIN, CapSets},
     probe::{Probe, ProbeOptions},
-    proc::{CommCache, ProcRoot},
+    proc::{CommCache, ProcRoot, ProcessKey},
     snapshot::{
         self,
         columns::PageTable,
@@ -142,7 +143,7 @@ pub struct IntervalReport {
     pub t: f64,
     /// CLOCK_MONOTONIC ns at the end of the interval.
     pub ts_ns: u64,
-    pub tally: Tally,
+    pub tally: Tally<ProcessKey>,
     /// Drops since the previous interval.
     pub dropped: u64,
     /// Drops since the start, in total and per CPU.
@@ -160,6 +161,8 @@ pub struct IntervalReport {
     pub hugetlb_pools: Vec<PoolSample>,
     /// VMAs whose PMD-mapped page count changed.
     pub thp_coverage: Vec<VmaThp>,
+    /// How long the interval's snapshot took (none when not snapshotting).
+    pub snapshot_time: Option<Duration>,
 }
 
 /// khugepaged scans of one VMA that ended with one result.
@@ -177,13 +180,15 @@ pub struct ThpScans {
 pub struct Summary {
     /// CLOCK_MONOTONIC ns at the end.
     pub end_ns: u64,
-    pub total: Tally,
+    pub total: Tally<ProcessKey>,
     pub dropped_per_cpu: Vec<u64>,
     pub dropped_per_hook: BTreeMap<&'static str, u64>,
     pub decode_errors: u64,
     pub intervals: u64,
     pub duration_s: f64,
-    pub transitions: Vec<TransitionGroup>,
+    /// Transition groups reported over the run (counted, not kept: a
+    /// long run would keep every one in memory).
+    pub transitions: u64,
 }
 
 /// Where a session's results go.
@@ -219,7 +224,7 @@ impl SessionView<'_> {
     }
 
     /// khugepaged scan results by the running kernel's names for them.
-    pub fn scan_results(&self, tally: &Tally) -> BTreeMap<String, u64> {
+    pub fn scan_results(&self, tally: &Tally<ProcessKey>) -> BTreeMap<String, u64> {
         tally
             .scan_status
             .iter()
@@ -240,7 +245,9 @@ pub struct Session {
     probe: Probe,
     ring: Option<RingBuf<MapData>>,
     decoder: Decoder,
-    aggregator: Aggregator,
+    /// Per-process tallies by pid and start time: a reused pid is a new
+    /// process.
+    aggregator: Aggregator<ProcessKey>,
     evidence: Evidence,
     comms: CommCache,
     proc: ProcRoot,
@@ -260,7 +267,9 @@ pub struct Session {
     /// The pools and THP coverage at the start, reported with the first
     /// interval.
     initial_hugepages: (Vec<PoolSample>, Vec<VmaThp>),
-    all_transitions: Vec<TransitionGroup>,
+    /// How long the last snapshot took.
+    snapshot_time: Option<Duration>,
+    transitions: u64,
     started: Instant,
     intervals: u64,
     decode_errors: u64,
@@ -304,6 +313,26 @@ impl Vmstat {
     }
 }
 
+/// The /proc/kpage* tables for snapshots. Without CAP_SYS_ADMIN pagemap
+/// reads every PFN as zero, so the tables would describe PFN 0 for every
+/// page: they are left out and the snapshots degrade as for non-root users.
+fn kpage_files(root: &ProcRoot) -> KpageFiles {
+    if CapSets::current().is_ok_and(|c| !c.has(CAP_SYS_ADMIN)) {
+        return KpageFiles {
+            flags: None,
+            count: None,
+            cgroup: None,
+            ksm_unreliable: None,
+            missing: Some(
+                "no CAP_SYS_ADMIN: pagemap hides PFNs, so snapshots leave out what \
+                 /proc/kpageflags, kpagecount and kpagecgroup tell (Pss, clean/dirty, KSM, memcg, folios)"
+                    .to_owned(),
+            ),
+        };
+    }
+    KpageFiles::open(root)
+}
+
 /// CLOCK_MONOTONIC now, in ns (the clock of the events' timestamps).
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -337,9 +366,14 @@ impl Session {
             names.join(", ")
         );
         let snap_root = ProcRoot::default();
-        let kpage = KpageFiles::open(&snap_root);
+        let kpage = kpage_files(&snap_root);
         if let Some(note) = &kpage.ksm_unreliable {
             eprintln!("pagewatch: {note}");
+        }
+        if config.snapshots
+            && let Some(why) = &kpage.missing
+        {
+            eprintln!("pagewatch: note: {why}");
         }
         let mut session = Self {
             decoder: Decoder::new(&probe.attached),
@@ -366,7 +400,8 @@ impl Session {
             swaps: SwapLedger::default(),
             hugepages: HugepageTracker::default(),
             initial_hugepages: (Vec::new(), Vec::new()),
-            all_transitions: Vec::new(),
+            snapshot_time: None,
+            transitions: 0,
             started: Instant::now(),
             intervals: 0,
             decode_errors: 0,
@@ -385,6 +420,25 @@ impl Session {
             .hugepages
             .pools(snapshot::sysfs::hugetlb_pools(&session.proc), ts_ns);
         Ok(session)
+    }
+
+    /// Drops the capabilities the rest of the session does not need (see
+    /// `pagewatch::privileges`): call it once the output is open, before
+    /// the session starts any thread. A failure is said and tracing goes
+    /// on; it only loses the hardening.
+    pub fn drop_privileges(&self) {
+        match privileges::drop_unneeded() {
+            Ok(d) => eprintln!(
+                "pagewatch: dropped every capability but {}{}; no_new_privs set",
+                d.kept.join(", "),
+                if d.bounding {
+                    ""
+                } else {
+                    " (the bounding set is unchanged: no CAP_SETPCAP)"
+                }
+            ),
+            Err(e) => eprintln!("pagewatch: note: cannot drop capabilities: {e}"),
+        }
     }
 
     /// The probe (hooks attached and skipped).
@@ -518,14 +572,16 @@ impl Session {
                     continue;
                 }
             };
-            // Look the name up on first sight, while the process most
-            // likely still exists; an exit event names those already gone.
-            self.comms.get(event.tgid);
+            // Look the process (start time and name) up on first sight,
+            // while it most likely still exists; an exit event names those
+            // already gone.
+            let process = self.comms.key_at(event.tgid, event.ts_ns);
             match event.kind {
                 EventKind::ProcessExit { pid, comm, .. } if pid == i64::from(event.tgid) => {
                     self.comms.learn(event.tgid, &comm);
                     self.exited.push(event.tgid);
                 }
+                // Exec keeps the process and renames it.
                 EventKind::ProcessExec { .. } => self.comms.refresh(event.tgid),
                 EventKind::ScanPmd { pfn: u64::MAX, .. } if !self.said_scan_without_page => {
                     self.said_scan_without_page = true;
@@ -541,12 +597,20 @@ impl Session {
                 EventKind::ProcessFork {
                     parent_pid,
                     child_pid,
-                } if !matches!(self.config.target, Target::All)
-                    && u32::try_from(parent_pid).is_ok_and(|p| self.tracked.contains(&p)) =>
-                {
+                } => {
                     if let Ok(child) = u32::try_from(child_pid) {
-                        self.tracked.insert(child);
-                        self.followed.insert(child);
+                        // A new process: if its pid was used before, it is
+                        // not the process that had it (the fork event
+                        // precedes every event of the child in the ring).
+                        self.comms.forked(child, event.ts_ns);
+                        // Children of followed processes are followed too
+                        // (the kernel filter already took them in at fork).
+                        if !matches!(self.config.target, Target::All)
+                            && u32::try_from(parent_pid).is_ok_and(|p| self.tracked.contains(&p))
+                        {
+                            self.tracked.insert(child);
+                            self.followed.insert(child);
+                        }
                     }
                 }
                 _ => {}
@@ -554,7 +618,7 @@ impl Session {
             let comms = &mut self.comms;
             self.evidence
                 .add(&event, &self.decoder, |tgid| comms.get(tgid).to_owned());
-            self.aggregator.add(&event);
+            self.aggregator.add_for(&event, process);
             sink.event(&item, &event)?;
         }
         Ok(())
@@ -582,7 +646,10 @@ impl Session {
     /// would leave such an event to the next interval, whose previous
     /// snapshot already shows the THP.)
     fn next_snapshot(&mut self) -> Option<PageTable> {
-        self.last_snapshot.is_some().then(|| self.snapshot())
+        let started = Instant::now();
+        let after = self.last_snapshot.is_some().then(|| self.snapshot());
+        self.snapshot_time = after.as_ref().map(|_| started.elapsed());
+        after
     }
 
     fn end_interval(
@@ -619,6 +686,7 @@ impl Session {
             self.hugepages
                 .pools(snapshot::sysfs::hugetlb_pools(&self.proc), ts_ns),
         );
+        let snapshot_time = self.snapshot_time.take();
         let transitions = match (self.last_snapshot.take(), after) {
             (Some(before), Some(after)) => {
                 evidence.resolve_pfns(&before, &after);
@@ -658,7 +726,7 @@ impl Session {
             }
             _ => Vec::new(),
         };
-        self.all_transitions.extend(transitions.iter().cloned());
+        self.transitions += transitions.len() as u64;
         let report = IntervalReport {
             index: self.intervals,
             t: self.started.elapsed().as_secs_f64(),
@@ -673,6 +741,7 @@ impl Session {
             swap_returns: self.swaps.take(ts_ns),
             hugetlb_pools,
             thp_coverage,
+            snapshot_time,
         };
         let mut view = self.view();
         sink.interval(&mut view, &report)?;
@@ -684,6 +753,7 @@ impl Session {
             }
             self.comms.forget(pid);
         }
+        self.comms.end_interval();
         Ok(())
     }
 
@@ -704,7 +774,7 @@ impl Session {
             decode_errors: self.decode_errors,
             intervals: self.intervals,
             duration_s: self.started.elapsed().as_secs_f64(),
-            transitions: std::mem::take(&mut self.all_transitions),
+            transitions: self.transitions,
         };
         let mut view = self.view();
         sink.finish(&mut view, &summary)?;

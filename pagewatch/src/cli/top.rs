@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, io::Write as _};
 use clap::Args;
 use pagewatch::{
     aggregate::{ProcessStats, SystemStats},
-    proc::CommCache,
+    proc::{CommCache, ProcessKey},
     transition::TransitionGroup,
 };
 use serde_json::json;
@@ -36,9 +36,9 @@ pub fn run(args: TopArgs) -> anyhow::Result<()> {
         limit: args.limit,
     };
     super::block_on(async {
-        Session::start(config)?
-            .run(&mut sink, std::future::pending())
-            .await
+        let session = Session::start(config)?;
+        session.drop_privileges();
+        session.run(&mut sink, std::future::pending()).await
     })
 }
 
@@ -48,16 +48,18 @@ struct TopSink {
     limit: usize,
 }
 
+/// One row per process (a reused pid is a row of its own), most faults
+/// first.
 fn rows(
     view: &SessionView<'_>,
-    processes: &BTreeMap<u32, ProcessStats>,
-) -> Vec<(u32, ProcessStats)> {
-    let mut rows: Vec<(u32, ProcessStats)> = processes
+    processes: &BTreeMap<ProcessKey, ProcessStats>,
+) -> Vec<(ProcessKey, ProcessStats)> {
+    let mut rows: Vec<(ProcessKey, ProcessStats)> = processes
         .iter()
-        .filter(|(pid, _)| view.shown(**pid))
-        .map(|(pid, s)| (*pid, *s))
+        .filter(|(key, _)| view.shown(key.pid))
+        .map(|(key, s)| (*key, *s))
         .collect();
-    rows.sort_by_key(|(pid, s)| (std::cmp::Reverse(s.faults.faults), *pid));
+    rows.sort_by_key(|(key, s)| (std::cmp::Reverse(s.faults.faults), *key));
     rows
 }
 
@@ -67,9 +69,9 @@ impl Sink for TopSink {
         let scans = view.scan_results(&r.tally);
         let mut out = std::io::stdout().lock();
         if self.json {
-            for (pid, stats) in &rows {
-                let mut line = json!({"interval": r.index, "t": round3(r.t), "pid": pid,
-                    "comm": view.comms.get(*pid)});
+            for (key, stats) in &rows {
+                let mut line = json!({"interval": r.index, "t": round3(r.t), "pid": key.pid,
+                    "start_ticks": key.start_ticks, "comm": view.comms.name(*key)});
                 merge(&mut line, serde_json::to_value(stats)?);
                 writeln!(out, "{line}")?;
             }
@@ -106,7 +108,8 @@ impl Sink for TopSink {
                 "{}",
                 json!({"interval": r.index, "t": round3(r.t),
                 "events": r.tally.events, "dropped": r.dropped, "system": r.tally.system,
-                "thp_scan_results": scans})
+                "thp_scan_results": scans,
+                "snapshot_ms": r.snapshot_time.map(|d| round3(d.as_secs_f64() * 1e3))})
             )?;
         } else {
             writeln!(
@@ -181,7 +184,7 @@ impl Sink for TopSink {
                 "processes": rows.len(),
                 "system": s.total.system,
                 "thp_scan_results": scans,
-                "transitions": s.transitions.len(),
+                "transitions": s.transitions,
                 "hooks": hooks,
                 "skipped_hooks": skipped,
             }});
@@ -325,9 +328,9 @@ fn page_events_line(s: &SystemStats, scans: &BTreeMap<String, u64>) -> Option<St
 
 fn write_table(
     out: &mut impl std::io::Write,
-    rows: &[(u32, ProcessStats)],
+    rows: &[(ProcessKey, ProcessStats)],
     limit: usize,
-    comms: &mut CommCache,
+    comms: &CommCache,
 ) -> std::io::Result<()> {
     if rows.is_empty() {
         return Ok(());
@@ -347,13 +350,13 @@ fn write_table(
         "MEMCG_MS",
         "THP_COLL"
     )?;
-    for (pid, s) in rows.iter().take(limit) {
+    for (key, s) in rows.iter().take(limit) {
         let f = &s.faults;
         writeln!(
             out,
             "{:>8} {:<16} {:>9} {:>9} {:>9} {:>7} {:>7} {:>6} {:>10.1} {:>10.1} {:>8}",
-            pid,
-            comms.get(*pid),
+            key.pid,
+            comms.name(*key),
             f.faults,
             f.read,
             f.write,

@@ -202,7 +202,7 @@ impl Metadata {
 }
 
 /// Nanoseconds on `clock`.
-fn clock_ns(clock: libc::clockid_t) -> i128 {
+pub(crate) fn clock_ns(clock: libc::clockid_t) -> i128 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
