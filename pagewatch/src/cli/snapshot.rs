@@ -314,7 +314,7 @@ fn usage_row(label: &str, u: &Usage) -> String {
         u.file,
         opt(u.shmem),
         u.swap,
-        u.anon_huge_pages,
+        opt(u.anon_huge_pages),
         opt(u.private_hugetlb.zip(u.shared_hugetlb).map(|(a, b)| a + b)),
     )
 }

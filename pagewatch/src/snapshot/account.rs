@@ -23,6 +23,9 @@
 //!   page swapped in by a read fault is PTE-clean until written and still in
 //!   the swap cache, so it reads clean here as in smaps unless it was
 //!   written after a swap cache drop (rare; no swap is configured here).
+//!   Before 6.10, kpageflags of a large folio's tail pages lack the folio's
+//!   SWAPBACKED/DIRTY/LRU bits (6.10 reads them from the folio): an
+//!   anonymous tail without LRU is taken as swap-backed, like its head.
 //! - AnonHugePages / ShmemPmdMapped / FilePmdMapped: PMD-mapped folios, as
 //!   reported by the PAGEMAP_SCAN ioctl's PAGE_IS_HUGE category.
 //! - Private_Hugetlb / Shared_Hugetlb: per page of a hugetlb folio (HUGE),
@@ -218,8 +221,12 @@ impl MemStats {
         } else {
             self.pss_file_raw += pss * n;
         }
+        // Before 6.10 a tail page's kpageflags are its own, without the
+        // folio's (head-only) SWAPBACKED, DIRTY or LRU bits: an anonymous
+        // tail off the LRU then counts as its swap-backed folio does.
+        let folio_swapbacked = swapbacked || (has(f, kpf::COMPOUND_TAIL) && !has(f, kpf::LRU));
         let dirty = has(f, kpf::DIRTY)
-            || (anon && swapbacked && !has(f, kpf::SWAPCACHE) && !has(f, kpf::KSM));
+            || (anon && folio_swapbacked && !has(f, kpf::SWAPCACHE) && !has(f, kpf::KSM));
         match (dirty, private) {
             (true, true) => self.private_dirty += PAGE_SIZE * n,
             (true, false) => self.shared_dirty += PAGE_SIZE * n,

@@ -90,6 +90,7 @@ pub const KPF_HACKING_FIRST: u32 = 32;
 pub mod kpf {
     pub const REFERENCED: u32 = 2;
     pub const DIRTY: u32 = 4;
+    pub const LRU: u32 = 5;
     pub const SLAB: u32 = 7;
     pub const BUDDY: u32 = 10;
     pub const MMAP: u32 = 11;

@@ -50,7 +50,7 @@ pub struct Usage {
     /// KSM.
     pub ksm: Option<u64>,
     /// AnonHugePages.
-    pub anon_huge_pages: u64,
+    pub anon_huge_pages: Option<u64>,
     /// ShmemPmdMapped.
     pub shmem_pmd_mapped: Option<u64>,
     /// FilePmdMapped.
@@ -75,7 +75,9 @@ pub struct Usage {
 
 impl Usage {
     /// Convert raw counters.
-    pub fn from_stats(s: &MemStats, visible: bool) -> Self {
+    /// `visible`: PFNs (and so kpage* data) were readable; `pmd_known`:
+    /// PMD mappings were (PAGEMAP_SCAN).
+    pub fn from_stats(s: &MemStats, visible: bool, pmd_known: bool) -> Self {
         let kb = |b: u64| b >> 10;
         let pss = |raw: u64| raw >> (super::account::PSS_SHIFT + 10);
         let v = |x: u64| visible.then_some(x);
@@ -95,9 +97,9 @@ impl Usage {
             file: kb(s.file),
             shmem: v(kb(s.shmem)),
             ksm: v(kb(s.ksm)),
-            anon_huge_pages: kb(s.anon_huge),
-            shmem_pmd_mapped: v(kb(s.shmem_pmd)),
-            file_pmd_mapped: v(kb(s.file_pmd)),
+            anon_huge_pages: pmd_known.then_some(kb(s.anon_huge)),
+            shmem_pmd_mapped: v(kb(s.shmem_pmd)).filter(|_| pmd_known),
+            file_pmd_mapped: v(kb(s.file_pmd)).filter(|_| pmd_known),
             swap: kb(s.swap),
             private_hugetlb: v(kb(s.private_hugetlb)),
             shared_hugetlb: v(kb(s.shared_hugetlb)),
@@ -307,7 +309,7 @@ impl<'a> ReportBuilder<'a> {
                     perms: vma.perms.clone(),
                     name: vma.name.clone(),
                     size: vma.len() >> 10,
-                    usage: Usage::from_stats(&acc.stats, info.pfns_visible),
+                    usage: Usage::from_stats(&acc.stats, info.pfns_visible, info.pmd_known),
                     hugetlb_by_size: acc.hugetlb,
                     folios: acc.folios,
                     memcg: acc.memcg,
@@ -320,7 +322,7 @@ impl<'a> ReportBuilder<'a> {
             vma_source: info.vma_source,
             pfns_visible: info.pfns_visible,
             partial: info.partial,
-            total: Usage::from_stats(&total, info.pfns_visible),
+            total: Usage::from_stats(&total, info.pfns_visible, info.pmd_known),
             hugetlb_by_size: hugetlb,
             folios,
             memcg,

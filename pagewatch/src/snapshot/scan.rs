@@ -306,6 +306,9 @@ pub struct ScanInfo {
     pub pfns_visible: bool,
     /// The process exited during the scan.
     pub partial: bool,
+    /// Whether PMD mappings were seen (PAGEMAP_SCAN, 6.7+): without it
+    /// AnonHugePages, ShmemPmdMapped and FilePmdMapped are unknown.
+    pub pmd_known: bool,
     /// Things worth telling the user about this scan.
     pub notes: Vec<String>,
 }
@@ -371,6 +374,7 @@ pub fn scan_process_with(
         vmas: Vec::new(),
         pfns_visible: kp.flags.is_some(),
         partial: false,
+        pmd_known: true,
         notes: Vec::new(),
     };
     let mut scan_ok = true;
@@ -407,9 +411,10 @@ pub fn scan_process_with(
             }
         }
     }
+    info.pmd_known = scan_ok;
     if !scan_ok {
         info.notes.push(
-            "PAGEMAP_SCAN is unavailable (kernel < 6.7): PMD-mapped THP cannot be told from PTE-mapped, AnonHugePages reads 0"
+            "PAGEMAP_SCAN is unavailable (kernel < 6.7): PMD-mapped THP cannot be told from PTE-mapped, so AnonHugePages, ShmemPmdMapped and FilePmdMapped are unknown (null)"
                 .into(),
         );
     }

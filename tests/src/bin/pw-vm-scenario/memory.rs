@@ -254,7 +254,7 @@ const THP_ENABLED: &str = "/sys/kernel/mm/transparent_hugepage/enabled";
 /// The workload's THP in kB by pagewatch's census, and smaps AnonHugePages.
 ///
 /// Before 6.7 (no PAGEMAP_SCAN) pagewatch cannot tell PMD- from PTE-mapped
-/// THP and reports AnonHugePages 0 with a note; there the census of 2 MiB
+/// THP and reports AnonHugePages as unknown with a note; there the census of 2 MiB
 /// anonymous folios is compared instead (the workload maps them whole).
 fn anon_huge(pid: &str, log_skip: bool) -> Result<(u64, u64)> {
     let v = snapshot(&["--pid", pid])?;
