@@ -172,7 +172,7 @@ pub fn numa_migrate() -> Result {
     let on1 = numa_maps_pages(w.pid, 1)?;
     println!("  workload {pid}: {on0} pages on node 0, {on1} on node 1");
     checks.that("the workload's memory is on node 0 first", on0 >= MIB * 256);
-    let top = Top::start(&["--pid", &pid, "--events", "migrate", "--interval", "1s"])?;
+    let top = Top::start(&["--pid", &pid, "--events", "migration", "--interval", "1s"])?;
     let migrated0 = pagewatch_tests::vmstat("pgmigrate_success");
     let (old, new): (u64, u64) = (1 << 0, 1 << 1);
     // SAFETY: migrate_pages reads the two 64-bit node masks for the call only.
