@@ -34,7 +34,7 @@ use pagewatch::{
         columns::PageTable,
         scan::{KpageFiles, ScanOptions, scan_process},
     },
-    transition::TransitionGroup,
+    transition::{Cause, TransitionGroup, TransitionKind},
 };
 use pagewatch_common::hook::Hook;
 use tokio::{
@@ -276,6 +276,9 @@ pub struct Session {
     dropped_reported: u64,
     /// Whether the note on scan events without a page was given.
     said_scan_without_page: bool,
+    /// Unexplained page moves of the last interval, waiting for the next
+    /// interval's migration events.
+    pending_moves: Vec<TransitionGroup>,
 }
 
 /// The /proc/vmstat counters a session follows (0 where absent): balloon
@@ -407,6 +410,7 @@ impl Session {
             decode_errors: 0,
             dropped_reported: 0,
             said_scan_without_page: false,
+            pending_moves: Vec::new(),
             config,
         };
         session.refresh_targets(true)?;
@@ -542,7 +546,7 @@ impl Session {
                 _ = ticker.tick() => {
                     let after = self.next_snapshot();
                     self.drain(ring.get_mut(), sink)?;
-                    self.end_interval(sink, after)?;
+                    self.end_interval(sink, after, false)?;
                     self.refresh_targets(false)?;
                 }
                 _ = sigint.recv() => break,
@@ -553,11 +557,13 @@ impl Session {
         }
         let after = self.next_snapshot();
         self.drain(ring.get_mut(), sink)?;
-        // The last, partial interval, unless the stop fell on a tick.
+        // The last, partial interval, unless the stop fell on a tick (and
+        // nothing is left to report).
         if self.aggregator.has_events()
+            || !self.pending_moves.is_empty()
             || self.dropped_reported != self.drops_per_cpu()?.iter().sum::<u64>()
         {
-            self.end_interval(sink, after)?;
+            self.end_interval(sink, after, true)?;
         }
         self.finish(sink)
     }
@@ -652,10 +658,13 @@ impl Session {
         after
     }
 
+    /// Ends an interval with the snapshot `after` (taken by the caller);
+    /// `last` when the session stops after it.
     fn end_interval(
         &mut self,
         sink: &mut impl Sink,
         after: Option<PageTable>,
+        last: bool,
     ) -> anyhow::Result<()> {
         // The snapshot (taken by the caller) first, then vmstat: a change
         // the snapshot shows was counted by this read or an earlier one.
@@ -687,7 +696,7 @@ impl Session {
                 .pools(snapshot::sysfs::hugetlb_pools(&self.proc), ts_ns),
         );
         let snapshot_time = self.snapshot_time.take();
-        let transitions = match (self.last_snapshot.take(), after) {
+        let mut transitions = match (self.last_snapshot.take(), after) {
             (Some(before), Some(after)) => {
                 evidence.resolve_pfns(&before, &after);
                 for (&(pid, vma_start, status), &scans) in evidence.scan_results() {
@@ -726,6 +735,26 @@ impl Session {
             }
             _ => Vec::new(),
         };
+        // Page moves no event of their interval explains wait one interval:
+        // mm_migrate_pages fires when a whole migrate_pages() call ends, so a
+        // snapshot taken while a long call runs sees part of its moves before
+        // the event. Those still unexplained then are reported unexplained.
+        let waiting = std::mem::take(&mut self.pending_moves);
+        if !last {
+            let (later, now) = transitions.into_iter().partition(|g: &TransitionGroup| {
+                g.cause == Cause::Unexplained
+                    && matches!(
+                        g.kind,
+                        TransitionKind::Migrated | TransitionKind::NodeChanged
+                    )
+            });
+            self.pending_moves = later;
+            transitions = now;
+        }
+        for mut g in waiting {
+            g.cause = evidence.cause(g.pid, g.vma_start, None, g.kind);
+            transitions.push(g);
+        }
         self.transitions += transitions.len() as u64;
         let report = IntervalReport {
             index: self.intervals,

@@ -85,6 +85,15 @@ struct Scan {
     scan: bool,
 }
 
+/// The one cause with pages in `migrations`, if exactly one has.
+fn only_cause(migrations: &BTreeMap<Cause, u64>) -> Option<Cause> {
+    let mut causes = migrations.iter().filter(|(_, n)| **n > 0);
+    match (causes.next(), causes.next()) {
+        (Some((cause, _)), None) => Some(*cause),
+        _ => None,
+    }
+}
+
 /// Evidence gathered from one interval's events.
 #[derive(Debug, Default)]
 pub struct Evidence {
@@ -110,8 +119,9 @@ pub struct Evidence {
     earlier_madv_ranges: HashSet<(u32, u64)>,
     /// KSM pages merged into (the events name the resulting KSM page).
     ksm_pfns: HashSet<u64>,
-    /// Pages migrated per cause in the interval.
+    /// Pages migrated per cause in the interval, and in the one before.
     migrations: BTreeMap<Cause, u64>,
+    earlier_migrations: BTreeMap<Cause, u64>,
     exited: HashSet<u32>,
     execed: HashSet<u32>,
     oom_victims: HashSet<u32>,
@@ -198,6 +208,7 @@ impl Evidence {
         self.earlier_collapses = previous.khugepaged_ranges.clone();
         self.earlier_madv_ranges = previous.madv_ranges.clone();
         self.earlier_reclaim = previous.reclaim.clone();
+        self.earlier_migrations = previous.migrations.clone();
         self.earlier_thp_splits = previous.thp_splits;
     }
 
@@ -307,14 +318,15 @@ impl Evidence {
             // The merge events name the KSM page the page now maps.
             KsmMerged if pfn.is_some_and(|p| self.ksm_pfns.contains(&p)) => Cause::Ksm,
             KsmMerged => Cause::Unexplained,
-            Migrated | NodeChanged => {
-                // Only one cause of migration in the interval identifies it.
-                let mut causes = self.migrations.iter().filter(|(_, n)| **n > 0);
-                match (causes.next(), causes.next()) {
-                    (Some((cause, _)), None) => *cause,
-                    _ => Cause::Unexplained,
+            // Only one cause of migration in the interval identifies it; with
+            // none, the previous interval's (a move completed after a
+            // snapshot shows in the next, its event drained before it).
+            Migrated | NodeChanged => match only_cause(&self.migrations) {
+                None if self.migrations.values().all(|n| *n == 0) => {
+                    only_cause(&self.earlier_migrations).unwrap_or(Cause::Unexplained)
                 }
-            }
+                cause => cause.unwrap_or(Cause::Unexplained),
+            },
         }
     }
 }
@@ -473,6 +485,22 @@ mod tests {
             Cause::Unexplained
         );
         assert_eq!(migrate_cause("syscall_or_cpuset"), Cause::MigrateSyscall);
+    }
+
+    #[test]
+    fn a_move_seen_one_interval_after_its_migration_event_is_still_attributed() {
+        let mut earlier = Evidence::default();
+        earlier.migrations.insert(Cause::MigrateSyscall, 100);
+        let mut now = Evidence::default();
+        now.inherit(&earlier);
+        let kind = TransitionKind::NodeChanged;
+        assert_eq!(now.cause(1, 0, None, kind), Cause::MigrateSyscall);
+        // This interval's own (different) migrations win.
+        now.migrations.insert(Cause::Compaction, 5);
+        assert_eq!(now.cause(1, 0, None, kind), Cause::Compaction);
+        let mut later = Evidence::default();
+        later.inherit(&Evidence::default());
+        assert_eq!(later.cause(1, 0, None, kind), Cause::Unexplained);
     }
 
     #[test]

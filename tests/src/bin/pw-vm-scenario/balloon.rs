@@ -251,16 +251,21 @@ pub fn under_pressure() -> Result {
     let (rss0, swap0) = proc_totals(w.pid)?;
     let rollup = format!("/proc/{}/smaps_rollup", w.pid);
     let smaps_swap0 = host::kb_field(&rollup, "Swap")?;
-    // The correlator follows the workload through the whole episode.
+    // The correlator follows the workload through the whole episode, live
+    // (top) and into a recording whose report has the balloon episodes.
     let pid = w.pid.to_string();
-    let top = Top::start(&[
+    let follow = [
         "--pid",
         &pid,
         "--events",
         "balloon,reclaim",
         "--interval",
         "1s",
-    ])?;
+    ];
+    let top = Top::start(&follow)?;
+    let recording = "/var/tmp/pw-balloon-pressure.pwrec";
+    let _ = std::fs::remove_file(recording);
+    let record = Top::record(recording, &follow)?;
     let pswpout0 = vmstat("pswpout");
     let b = before()?;
     resize(target, pages, "balloon_inflate", b.inflate, &mut checks)?;
@@ -287,6 +292,8 @@ pub fn under_pressure() -> Result {
     // Two more intervals see the settled state.
     std::thread::sleep(std::time::Duration::from_millis(2500));
     let lines = top.stop_lines()?;
+    record.stop_lines()?;
+    let inflated = vmstat("balloon_inflate") - b.inflate;
     let (rss1, swap1) = proc_totals(w.pid)?;
     let smaps_swap = host::kb_field(&rollup, "Swap")?;
     let smaps_rss = host::kb_field(&rollup, "Rss")?;
@@ -350,6 +357,51 @@ pub fn under_pressure() -> Result {
         "no unexplained swap-out",
         !by_cause.keys().any(|k| k.contains("unexplained")),
     );
+    // The recording's balloon episodes: the inflation with vmstat's pages
+    // (and the hooks' where they attach), and the workload's losses in it.
+    let out = Command::new(pagewatch_tests::pagewatch_bin())
+        .args(["report", recording, "--format", "json"])
+        .output()
+        .map_err(|e| format!("pagewatch report: {e}"))?;
+    let _ = std::fs::remove_file(recording);
+    let episodes: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|l| l.get("balloon_episode").cloned())
+        .collect();
+    println!("  report's balloon episodes: {episodes:?}");
+    let inflations: Vec<&serde_json::Value> =
+        episodes.iter().filter(|e| e["inflate"] == true).collect();
+    checks.eq(
+        "inflation episodes in the report",
+        inflations.len() as u64,
+        1,
+    );
+    if let Some(e) = inflations.first() {
+        checks.eq(
+            "episode vmstat_inflated vs vmstat balloon_inflate delta (pages)",
+            e["vmstat_inflated"].as_u64().unwrap_or(0),
+            inflated,
+        );
+        let hooks = e["hook_inflated"].as_u64().unwrap_or(0);
+        if hooks > 0 {
+            checks.eq("episode hook_inflated (pages)", hooks, inflated);
+        }
+        let lost = e["losses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["pid"].as_u64() == Some(u64::from(w.pid)))
+            .and_then(|l| l["swapped_out"].as_u64())
+            .unwrap_or(0);
+        let grew = (smaps_swap - smaps_swap0) / 4;
+        checks.that(
+            &format!(
+                "the workload's swapped_out during the inflation ({lost}) is most of, and at most, its smaps Swap growth ({grew} pages; kswapd goes on after it)"
+            ),
+            lost * 2 >= grew && lost <= grew + grew / 100,
+        );
+    }
     drop(w);
     checks.result()
 }

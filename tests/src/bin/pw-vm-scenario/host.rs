@@ -146,7 +146,8 @@ impl Checks {
     }
 }
 
-/// `pagewatch top --json` running in the background while a scenario acts.
+/// `pagewatch top --json` (or `record`) running in the background while a
+/// scenario acts.
 pub struct Top {
     child: std::process::Child,
 }
@@ -155,15 +156,23 @@ impl Top {
     /// Starts `pagewatch top --json ARGS` and waits until it traces; if it
     /// exits first, the error is what it printed.
     pub fn start(args: &[&str]) -> Result<Top> {
+        Self::spawn(&[&["top", "--json"], args].concat())
+    }
+
+    /// Starts `pagewatch record -o FILE ARGS` the same way.
+    pub fn record(file: &str, args: &[&str]) -> Result<Top> {
+        Self::spawn(&[&["record", "-o", file], args].concat())
+    }
+
+    fn spawn(args: &[&str]) -> Result<Top> {
         use std::io::BufRead as _;
         let mut child = std::process::Command::new(pagewatch_tests::pagewatch_bin())
-            .args(["top", "--json"])
             .args(args)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
-            .map_err(|e| format!("spawn pagewatch top: {e}"))?;
+            .map_err(|e| format!("spawn pagewatch {args:?}: {e}"))?;
         let stderr = child.stderr.take().expect("piped");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
