@@ -237,12 +237,13 @@ impl CommCache {
     }
 
     /// Reads the name of `pid` again after an exec changed it: the same
-    /// process, a new name.
+    /// process, a new name. If it is already gone, the name from before the
+    /// exec is wrong (a child between fork and exec has its parent's name):
+    /// `?`, for its exit event to fill in.
     pub fn refresh(&mut self, pid: u32) {
         let key = self.key(pid);
-        if let Some(name) = self.root.comm(pid) {
-            self.names.insert(key, name);
-        }
+        let name = self.root.comm(pid).unwrap_or_else(|| "?".to_owned());
+        self.names.insert(key, name);
     }
 
     /// `pid` exited: the next lookup reads its start time and name afresh.
@@ -339,6 +340,13 @@ mod tests {
             cache.name(late),
             "?",
             "a name read from /proc would be the later one's"
+        );
+        cache.refresh(43);
+        cache.learn(43, b"after-exec\0");
+        assert_eq!(
+            cache.get(43),
+            "after-exec",
+            "exec then exit: the exit names it"
         );
         cache.end_interval();
         std::fs::remove_dir_all(&dir).unwrap();
