@@ -227,10 +227,10 @@ fn swap_round_trips_are_matched_by_swap_slot_with_their_time_in_swap() {
         (swap_before - swap_after) / 4,
         "round trips vs smaps Swap of the region"
     );
-    assert!(
-        pswpin >= trips,
-        "vmstat pswpin rose by {pswpin}, fewer than {trips} round trips"
-    );
+    // Not pswpin >= trips: a page faulted back from the swap cache comes
+    // back without a read (7.3 guests: 18,884 round trips, pswpin +16,471);
+    // smaps Swap above is the exact oracle.
+    assert!(pswpin > 0, "the touch read pages back from swap");
     let all_trips: u64 = returns.iter().map(|r| r["pages"].as_u64().unwrap()).sum();
     assert_eq!(
         all_trips,
@@ -692,7 +692,7 @@ fn hugetlb_pool_changes_and_holders_per_node_are_reported() {
     // 1.5 s) one 2 MiB hugetlb page, pinned to node 0 by the grown pool
     // being the only one with free pages.
     let script = format!(
-        "sleep 1.2; sleep 1.5 | {} --hugetlb >/dev/null",
+        "sleep 1.2; sleep 3 | {} --hugetlb >/dev/null",
         env!("CARGO_BIN_EXE_pw-layout")
     );
     let mut rec = Command::new(pagewatch_tests::pagewatch_bin())
@@ -757,10 +757,12 @@ fn hugetlb_pool_changes_and_holders_per_node_are_reported() {
         Some(&(nr0 + 2, free0 + 2)),
         "freed: {pools:?}"
     );
+    // By what it holds, not by name: a process whose exec event is read
+    // after it exited is named `?` until its exit event names it.
     let held: Vec<&Value> = lines
         .iter()
-        .filter(|l| l["comm"] == "pw-layout")
         .filter_map(|l| l.get("hugetlb_held"))
+        .filter(|h| h["max_kb"].as_u64() >= Some(2048))
         .collect();
     assert_eq!(held.len(), 1, "{held:?}");
     assert_eq!(held[0]["node"], 0);
