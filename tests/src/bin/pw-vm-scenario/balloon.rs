@@ -258,7 +258,7 @@ pub fn under_pressure() -> Result {
         "--pid",
         &pid,
         "--events",
-        "balloon,reclaim",
+        "balloon,reclaim,faults",
         "--interval",
         "1s",
     ];
@@ -353,9 +353,20 @@ pub fn under_pressure() -> Result {
             .get("swapped_out by \"balloon_pressure\"")
             .is_some_and(|n| *n > 0),
     );
+    // A few pages can go out after reclaim evidence has aged out (one
+    // interval of slack) while the squeezed guest lags: at most 1%.
+    let swapped_out = |unexplained: bool| -> i64 {
+        by_cause
+            .iter()
+            .filter(|(k, _)| k.starts_with("swapped_out"))
+            .filter(|(k, _)| !unexplained || k.contains("unexplained"))
+            .map(|(_, n)| *n)
+            .sum()
+    };
+    let (unexplained, out) = (swapped_out(true), swapped_out(false));
     checks.that(
-        "no unexplained swap-out",
-        !by_cause.keys().any(|k| k.contains("unexplained")),
+        &format!("unexplained swap-outs ({unexplained} of {out}) at most 1%"),
+        unexplained * 100 <= out,
     );
     // The recording's balloon episodes: the inflation with vmstat's pages
     // (and the hooks' where they attach), and the workload's losses in it.
