@@ -1,8 +1,7 @@
 //! `cargo xtask test`: build, check formatting and lints, run the unit
 //! tests and the integration suite against the running kernel, one test at a
-//! time (several change global kernel state), then the same suite and the
-//! VM scenarios in QEMU guests on each test kernel (`--host-only` skips
-//! them). Tests that cannot run here log a reason to a skip file; the
+//! time (several change global kernel state), and with `--vm` the same
+//! suite and the VM scenarios in QEMU guests on each test kernel. Tests that cannot run here log a reason to a skip file; the
 //! closing lines count them as skipped, not passed.
 
 use std::{
