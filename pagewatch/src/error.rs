@@ -16,6 +16,12 @@ pub enum Error {
         "pagewatch needs root to load and attach its eBPF programs: this process lacks {0} (CAP_SYS_ADMIN would stand in); run it as root"
     )]
     MissingCapabilities(String),
+    /// Every tracepoint's perf event was refused to a process without
+    /// CAP_SYS_ADMIN (perf_event_paranoid, here the value read).
+    #[error(
+        "this kernel lets only CAP_SYS_ADMIN attach tracepoints (perf_event_paranoid is {0}; kernels with Debian's restriction ignore CAP_PERFMON then), and this process lacks CAP_SYS_ADMIN; run pagewatch as root with CAP_SYS_ADMIN"
+    )]
+    TracepointsNeedSysAdmin(String),
     /// tracefs is neither mounted nor mountable.
     #[error("tracefs is not mounted and mounting it on /sys/kernel/tracing failed: {0}")]
     Tracefs(std::io::Error),

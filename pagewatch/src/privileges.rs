@@ -141,7 +141,17 @@ fn prctl(option: libc::c_int, arg: libc::c_ulong) -> io::Result<()> {
 /// process has one thread, so every thread started later inherits the cut
 /// sets (it refuses otherwise). Children started before keep theirs.
 pub fn drop_unneeded() -> io::Result<Dropped> {
-    let threads = std::fs::read_dir("/proc/self/task")?.count();
+    let count = || std::fs::read_dir("/proc/self/task").map(Iterator::count);
+    // A thread joined just before (a snapshot's kpage reader) stays listed
+    // until the kernel has released it, a moment after join returns.
+    let mut threads = count()?;
+    for _ in 0..200 {
+        if threads <= 1 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        threads = count()?;
+    }
     if threads > 1 {
         return Err(io::Error::other(format!(
             "the process has {threads} threads; capabilities must be dropped while it has one"

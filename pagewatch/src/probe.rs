@@ -165,6 +165,18 @@ impl Probe {
             }
         }
         if attached.is_empty() {
+            // Kernels carrying Debian's perf_event_paranoid=3 patch refuse
+            // every tracepoint perf event to a process without
+            // CAP_SYS_ADMIN, whatever CAP_PERFMON says: name that, not 30
+            // identical attach failures.
+            if skipped.iter().all(|s| s.reason.starts_with(PERF_REFUSED)) {
+                let paranoid =
+                    std::fs::read_to_string(proc.proc_file("sys/kernel/perf_event_paranoid"));
+                return Err(Error::TracepointsNeedSysAdmin(paranoid.map_or_else(
+                    |e| format!("unreadable: {e}"),
+                    |p| p.trim().to_owned(),
+                )));
+            }
             return Err(Error::NoHooks(
                 skipped
                     .iter()
@@ -383,6 +395,10 @@ fn attach_btf(
     })
 }
 
+/// How a skip reason starts when the kernel refused a tracepoint's perf
+/// event for lack of privilege.
+const PERF_REFUSED: &str = "the kernel refused the tracepoint's perf event";
+
 /// Configures and attaches one hook, or says why it cannot be.
 fn attach(
     ebpf: &mut Ebpf,
@@ -411,9 +427,15 @@ fn attach(
     program
         .load()
         .map_err(|e| format!("loading {}: {e}", spec.program))?;
-    program
-        .attach(spec.category, name)
-        .map_err(|e| format!("attaching to {}/{name}: {e}", spec.category))?;
+    program.attach(spec.category, name).map_err(|e| match &e {
+        ProgramError::SyscallError(aya::sys::SyscallError {
+            call: "perf_event_open_trace_point",
+            io_error,
+        }) if matches!(io_error.raw_os_error(), Some(libc::EACCES | libc::EPERM)) => {
+            format!("{PERF_REFUSED} for {}/{name}: {io_error}", spec.category)
+        }
+        _ => format!("attaching to {}/{name}: {e}", spec.category),
+    })?;
     Ok(AttachedHook {
         hook: spec.hook,
         tracepoint: format!("{}/{name}", spec.category),
