@@ -79,11 +79,18 @@ pub enum Hook {
     BalloonInflate = 30,
     /// fexit on `balloon_page_dequeue`: a page came back out: pfn, struct page *.
     BalloonDeflate = 31,
+    /// fentry on `__split_huge_pmd`: a PMD mapping of a THP is being split
+    /// into PTEs: pfn (of the PMD's folio, 0 if not a present huge PMD), address.
+    SplitPmd = 32,
+    /// fentry on the folio split function (`__folio_split`, else
+    /// `split_huge_page_to_list_to_order`, else `split_huge_page_to_list`):
+    /// a large folio is being split: pfn, struct page *.
+    SplitFolio = 33,
 }
 
 impl Hook {
     /// Every hook, in discriminant order.
-    pub const ALL: [Hook; 32] = [
+    pub const ALL: [Hook; 34] = [
         Hook::PageFaultUser,
         Hook::KswapdWake,
         Hook::KswapdSleep,
@@ -116,6 +123,8 @@ impl Hook {
         Hook::PageFree,
         Hook::BalloonInflate,
         Hook::BalloonDeflate,
+        Hook::SplitPmd,
+        Hook::SplitFolio,
     ];
 
     /// The hook with discriminant `value`, if there is one.

@@ -250,7 +250,8 @@ fn raw_arg(ctx: *mut core::ffi::c_void, n: usize) -> u64 {
     unsafe { bpf_probe_read_kernel(ctx.cast::<u64>().add(n)) }.unwrap_or(0)
 }
 
-/// A page entering or leaving a balloon, always recorded (not filtered).
+/// A page entering or leaving a balloon, or a folio being split, always
+/// recorded (not filtered): pfn, struct page *.
 #[inline(always)]
 fn emit_page(hook: Hook, page: u64) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -282,6 +283,48 @@ pub fn balloon_deflate(ctx: FExitContext) -> u32 {
         return 0;
     }
     emit_page(Hook::BalloonDeflate, page)
+}
+
+/// x86-64 PMD entry bits: present, PROT_NONE (NUMA hinting keeps such a
+/// PMD mapped), huge (PSE), and the PFN of a 2 MiB mapping (bits 21-51).
+const PMD_PRESENT: u64 = 1;
+const PMD_PROTNONE: u64 = 1 << 8;
+const PMD_HUGE: u64 = 1 << 7;
+const PMD_PFN_MASK: u64 = 0x000f_ffff_ffe0_0000;
+
+/// `__split_huge_pmd(struct vm_area_struct *, pmd_t *, unsigned long
+/// address, ...)`: the PMD still maps the THP when the function starts.
+#[fentry(function = "__split_huge_pmd")]
+pub fn thp_split_pmd(ctx: FEntryContext) -> u32 {
+    let pmd_ptr = raw_arg(ctx.as_ptr(), 1);
+    let address = raw_arg(ctx.as_ptr(), 2);
+    // SAFETY: a kernel pointer read with bpf_probe_read_kernel, which
+    // fails cleanly.
+    let pmd = unsafe { bpf_probe_read_kernel(pmd_ptr as *const u64) }.unwrap_or(0);
+    let mapped = pmd & (PMD_PRESENT | PMD_PROTNONE) != 0 && pmd & PMD_HUGE != 0;
+    let pfn = if mapped {
+        (pmd & PMD_PFN_MASK) >> 12
+    } else {
+        0
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    submit::<NARROW_ARGS>(
+        Hook::SplitPmd,
+        (pid_tgid >> 32) as u32,
+        pid_tgid as u32,
+        |i| match i {
+            0 => pfn,
+            1 => address,
+            _ => 0,
+        },
+    )
+}
+
+/// The folio split function: its first argument is the folio (its head
+/// page) or, before 6.15, a page of it.
+#[fentry(function = "__folio_split")]
+pub fn thp_split_folio(ctx: FEntryContext) -> u32 {
+    emit_page(Hook::SplitFolio, raw_arg(ctx.as_ptr(), 0))
 }
 
 #[cfg(not(test))]

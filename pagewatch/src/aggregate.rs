@@ -62,6 +62,9 @@ pub struct PageEventStats {
     pub thp_scans_without_page: u64,
     pub thp_collapses: u64,
     pub thp_collapse_failed: u64,
+    /// THP PMD mappings and large folios being split (fentry hooks).
+    pub thp_pmd_splits: u64,
+    pub thp_folio_splits: u64,
     /// compaction: runs ended, pages migrated / failed by compaction.
     pub compactions: u64,
     pub compaction_migrated: u64,
@@ -344,6 +347,12 @@ impl<K: Ord + Copy> Aggregator<K> {
             }
             EventKind::Balloon { inflate: false, .. } => {
                 self.current.system.page_events.balloon_deflated += 1
+            }
+            EventKind::ThpSplit { pmd: true, .. } => {
+                self.current.system.page_events.thp_pmd_splits += 1
+            }
+            EventKind::ThpSplit { pmd: false, .. } => {
+                self.current.system.page_events.thp_folio_splits += 1
             }
         }
     }

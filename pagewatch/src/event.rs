@@ -200,6 +200,13 @@ pub enum EventKind {
         page: u64,
         inflate: bool,
     },
+    /// A THP is being split (fentry): its PMD mapping (`pmd`, at `address`)
+    /// or the folio itself; `pfn` names a page of it (0 if unknown).
+    ThpSplit {
+        pfn: u64,
+        address: u64,
+        pmd: bool,
+    },
 }
 
 /// Why a record could not be decoded.
@@ -419,6 +426,16 @@ impl Decoder {
                 pfn: a[0],
                 page: a[1],
                 inflate: hook == Hook::BalloonInflate,
+            },
+            Hook::SplitPmd => EventKind::ThpSplit {
+                pfn: a[0],
+                address: a[1],
+                pmd: true,
+            },
+            Hook::SplitFolio => EventKind::ThpSplit {
+                pfn: a[0],
+                address: 0,
+                pmd: false,
             },
         };
         Ok(Event {

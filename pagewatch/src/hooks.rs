@@ -430,6 +430,34 @@ pub const HOOKS: &[HookSpec] = &[
         per_process: false,
         attach: Attach::FExit,
     },
+    // No tracepoint marks THP splits on x86: fentry on the functions that
+    // split a PMD mapping and a folio. The PMD program reads the PMD entry
+    // for its PFN; the folio program turns the folio (= head page) pointer
+    // into a PFN.
+    HookSpec {
+        hook: Hook::SplitPmd,
+        family: Family::Thp,
+        program: "thp_split_pmd",
+        category: "",
+        names: &["__split_huge_pmd"],
+        fields: &[],
+        per_process: false,
+        attach: Attach::FEntry,
+    },
+    HookSpec {
+        hook: Hook::SplitFolio,
+        family: Family::Thp,
+        program: "thp_split_folio",
+        category: "",
+        names: &[
+            "__folio_split",
+            "split_huge_page_to_list_to_order",
+            "split_huge_page_to_list",
+        ],
+        fields: &[],
+        per_process: false,
+        attach: Attach::FEntry,
+    },
 ];
 
 /// The spec of `hook`.

@@ -349,10 +349,16 @@ fn attach_btf(
         let text = e.to_string();
         if format!("{e:?}").contains("PermissionDenied") || text.contains("Operation not permitted")
         {
+            let fallback = if spec.family == Family::Balloon {
+                "balloon pages are still counted by the OFFLINE census and /proc/vmstat \
+                 balloon_inflate/balloon_deflate"
+            } else {
+                "THP splits are still seen in the snapshots, their cause labelled from \
+                 /proc/vmstat thp_split_pmd/thp_split_page"
+            };
             format!(
                 "the kernel refused fentry/fexit on {function} (EPERM: kernel lockdown or \
-                 ftrace hooks disabled); balloon pages are still counted by the OFFLINE census \
-                 and /proc/vmstat balloon_inflate/balloon_deflate"
+                 ftrace hooks disabled); {fallback}"
             )
         } else {
             format!("{function}: {text}")

@@ -98,11 +98,18 @@ pub enum Cause {
     VmstatThpSplitPmd = 15,
     /// As above for folio splits: /proc/vmstat `thp_split_page` rose.
     VmstatThpSplitPage = 16,
+    /// The split hook (fentry on `__split_huge_pmd` or the folio split
+    /// function) saw the process's own thread split it: its munmap,
+    /// mprotect, madvise or mremap.
+    ThpSplitByProcess = 17,
+    /// The split hook saw another thread split it: the deferred-split
+    /// shrinker in reclaim, migration, compaction, khugepaged.
+    ThpSplitByOther = 18,
 }
 
 impl Cause {
     /// Every cause, in discriminant order.
-    pub const ALL: [Cause; 17] = [
+    pub const ALL: [Cause; 19] = [
         Self::Unexplained,
         Self::Fault,
         Self::KswapdReclaim,
@@ -120,6 +127,8 @@ impl Cause {
         Self::Exec,
         Self::VmstatThpSplitPmd,
         Self::VmstatThpSplitPage,
+        Self::ThpSplitByProcess,
+        Self::ThpSplitByOther,
     ];
 
     /// The cause with discriminant `v`.

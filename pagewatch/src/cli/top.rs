@@ -258,7 +258,7 @@ fn reclaim_line(s: &SystemStats) -> String {
 fn page_events_line(s: &SystemStats, scans: &BTreeMap<String, u64>) -> Option<String> {
     let p = &s.page_events;
     let any = [
-        p.thp_scans,
+        p.thp_scans + p.thp_pmd_splits + p.thp_folio_splits,
         p.compactions,
         p.pages_migrated + p.migrate_failed,
         p.ksm_merges,
@@ -283,12 +283,14 @@ fn page_events_line(s: &SystemStats, scans: &BTreeMap<String, u64>) -> Option<St
         .map(|(name, n)| format!("{name} {n}"))
         .collect();
     Some(format!(
-        "thp: scans {} ({}) collapsed {} failed {} | compaction {} migrated {} failed {} | \
+        "thp: scans {} ({}) collapsed {} failed {} split pmd {} folio {} | compaction {} migrated {} failed {} | \
          migrate ok {} failed {} | ksm merges {} | oom kills {} | fork {} exec {} exit {}{}{}",
         p.thp_scans,
         reasons.join(", "),
         p.thp_collapses,
         p.thp_collapse_failed,
+        p.thp_pmd_splits,
+        p.thp_folio_splits,
         p.compactions,
         p.compaction_migrated,
         p.compaction_failed,

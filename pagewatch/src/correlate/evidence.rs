@@ -85,6 +85,17 @@ struct Scan {
     scan: bool,
 }
 
+/// A THP split the split hooks saw, before resolution.
+#[derive(Debug, Clone, Copy)]
+struct Split {
+    /// A page of the THP.
+    pfn: u64,
+    /// The thread group that split it.
+    by: u32,
+    /// The PMD mapping (else the folio).
+    pmd: bool,
+}
+
 /// The one cause with pages in `migrations`, if exactly one has.
 fn only_cause(migrations: &BTreeMap<Cause, u64>) -> Option<Cause> {
     let mut causes = migrations.iter().filter(|(_, n)| **n > 0);
@@ -130,6 +141,12 @@ pub struct Evidence {
     /// the vmstat read of the previous interval).
     thp_splits: (u64, u64),
     earlier_thp_splits: (u64, u64),
+    /// Splits the split hooks saw, before resolution.
+    splits: Vec<Split>,
+    /// (pid, PMD-aligned address, PMD split) -> split by the process itself,
+    /// after resolution; and those of the previous interval.
+    split_ranges: BTreeMap<(u32, u64, bool), bool>,
+    earlier_split_ranges: BTreeMap<(u32, u64, bool), bool>,
 }
 
 impl Evidence {
@@ -198,6 +215,11 @@ impl Evidence {
                 }
             }
             EventKind::Balloon { inflate: true, .. } => self.reclaim.balloon_inflating = true,
+            EventKind::ThpSplit { pfn, pmd, .. } if pfn != 0 => self.splits.push(Split {
+                pfn,
+                by: e.tgid,
+                pmd,
+            }),
             _ => {}
         }
     }
@@ -210,6 +232,7 @@ impl Evidence {
         self.earlier_reclaim = previous.reclaim.clone();
         self.earlier_migrations = previous.migrations.clone();
         self.earlier_thp_splits = previous.thp_splits;
+        self.earlier_split_ranges = previous.split_ranges.clone();
     }
 
     /// The interval's /proc/vmstat `thp_split_pmd` and `thp_split_page`
@@ -231,6 +254,7 @@ impl Evidence {
     /// only the snapshot ending it (`after`) has it. (A successful collapse
     /// frees the page it names, so only `before` can own it.)
     pub fn resolve_pfns(&mut self, before: &PageTable, after: &PageTable) {
+        self.resolve_splits(before, after);
         // khugepaged's scan_result 1 is SCAN_SUCCEED on every 6.x kernel.
         for Scan {
             pfn,
@@ -266,6 +290,40 @@ impl Evidence {
         }
     }
 
+    /// Resolves the split hooks' PFNs to (pid, PMD range): the THP was
+    /// mapped in the snapshot before the interval, or, made during it, its
+    /// pages still are in the one after (a split keeps them mapped).
+    fn resolve_splits(&mut self, before: &PageTable, after: &PageTable) {
+        for Split { pfn, by, pmd } in self.splits.drain(..) {
+            let mut owners = before.owners(pfn);
+            if owners.is_empty() {
+                owners = after.owners(pfn);
+            }
+            for o in owners {
+                let by_process = self
+                    .split_ranges
+                    .entry((o.pid, o.va & !(PMD_SIZE - 1), pmd))
+                    .or_default();
+                *by_process |= by == o.pid;
+            }
+        }
+    }
+
+    /// The split hooks' cause for a split of `pid`'s `va` (`pmd`: of its
+    /// PMD mapping), this interval or the one before.
+    fn split_cause(&self, pid: u32, va: u64, pmd: bool) -> Option<Cause> {
+        let key = (pid, va & !(PMD_SIZE - 1), pmd);
+        let by_process = self
+            .split_ranges
+            .get(&key)
+            .or_else(|| self.earlier_split_ranges.get(&key))?;
+        Some(if *by_process {
+            Cause::ThpSplitByProcess
+        } else {
+            Cause::ThpSplitByOther
+        })
+    }
+
     /// khugepaged's scans of the followed processes' memory in the interval:
     /// (pid, VMA start, kernel status code) -> scans. Says why a range did
     /// or did not collapse, e.g. 40 scans refused for `exceed_none_pte`.
@@ -294,13 +352,27 @@ impl Evidence {
             Unmapped if self.exited.contains(&pid) => Cause::Exit,
             Unmapped if self.execed.contains(&pid) => Cause::Exec,
             Unmapped => Cause::Unexplained,
-            SplitFromThp if self.thp_splits.0 + self.earlier_thp_splits.0 > 0 => {
-                Cause::VmstatThpSplitPmd
+            // The split hooks name the process; where they cannot attach,
+            // the vmstat counter that rose is the evidence, labelled so.
+            SplitFromThp | FolioSplit => {
+                let pmd = kind == SplitFromThp;
+                let (vmstat, label) = if pmd {
+                    (
+                        self.thp_splits.0 + self.earlier_thp_splits.0,
+                        Cause::VmstatThpSplitPmd,
+                    )
+                } else {
+                    (
+                        self.thp_splits.1 + self.earlier_thp_splits.1,
+                        Cause::VmstatThpSplitPage,
+                    )
+                };
+                self.split_cause(pid, va, pmd).unwrap_or(if vmstat > 0 {
+                    label
+                } else {
+                    Cause::Unexplained
+                })
             }
-            FolioSplit if self.thp_splits.1 + self.earlier_thp_splits.1 > 0 => {
-                Cause::VmstatThpSplitPage
-            }
-            SplitFromThp | FolioSplit => Cause::Unexplained,
             CollapsedToThp => {
                 let range = (pid, va & !(PMD_SIZE - 1));
                 if self.madv_ranges.contains(&range) {
