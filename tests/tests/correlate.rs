@@ -395,6 +395,8 @@ struct ThpRun {
     after: u64,
     /// /proc/vmstat thp_split_pmd across the action (system-wide).
     split_pmd: u64,
+    /// The `cold` line of split mode's second step.
+    cold: Option<String>,
     lines: Vec<Value>,
 }
 
@@ -434,6 +436,13 @@ fn pw_thp_run(args: &[&str]) -> ThpRun {
     let split_pmd = pagewatch_tests::vmstat("thp_split_pmd") - split_before;
     // Two more snapshots see the final state.
     std::thread::sleep(Duration::from_millis(700));
+    // Split mode's second step, in later intervals: a folio split.
+    let cold = (args.get(1) == Some(&"split")).then(|| {
+        writeln!(stdin, "cold").unwrap();
+        let line = out.next().unwrap().unwrap();
+        std::thread::sleep(Duration::from_millis(700));
+        line
+    });
     let lines = tracer.stop();
     drop(stdin);
     let _ = child.wait();
@@ -445,6 +454,7 @@ fn pw_thp_run(args: &[&str]) -> ThpRun {
         before: f[4].parse().unwrap(),
         after: f[6].parse().unwrap(),
         split_pmd,
+        cold,
         lines,
     }
 }
@@ -631,6 +641,35 @@ fn thp_split_by_partial_munmap_and_mprotect_is_reported() {
         let start = x["vma_start"].as_u64().unwrap();
         assert!(start >= run.region && start < end, "{x}");
     }
+    // The second step split the second range's folio (MADV_COLD on part
+    // of it): its 512 pages are folio_split, in the range's two VMAs.
+    let cold = run.cold.as_deref().unwrap_or_default();
+    let c: Vec<&str> = cold.split(' ').collect();
+    assert_eq!((c[0], c[1]), ("cold", "0"), "{cold}");
+    let folio_hook = summary(&run.lines)["hooks"].as_array().is_some_and(|h| {
+        h.iter().any(|h| {
+            [
+                "fentry:__folio_split",
+                "fentry:split_huge_page_to_list_to_order",
+                "fentry:split_huge_page_to_list",
+            ]
+            .iter()
+            .any(|f| h == f)
+        })
+    });
+    let second = run.region + (2 << 20)..run.region + (4 << 20);
+    let mut folio = transitions(&run.lines, run.pid, "folio_split");
+    folio.retain(|x| second.contains(&x["vma_start"].as_u64().unwrap()));
+    assert_ne!(c[4], "0", "the kernel split the folio: {cold}");
+    assert_eq!(pages(&folio), 512, "{folio:?}");
+    let want = if folio_hook {
+        "thp_split_by_process"
+    } else {
+        "vmstat_thp_split_page"
+    };
+    for x in &folio {
+        assert_eq!(x["cause"], want, "{x}");
+    }
     let mut gone = transitions(&run.lines, run.pid, "unmapped");
     gone.retain(|x| x["vma_start"].as_u64() == Some(run.region));
     assert_eq!(pages(&gone), unmapped_pages, "{gone:?}");
@@ -656,11 +695,14 @@ fn thp_split_by_partial_munmap_and_mprotect_is_reported() {
     }
     assert_eq!(last.values().sum::<u64>(), run.after / 4, "{last:?}");
     eprintln!(
-        "{name}: AnonHugePages {} -> {} kB, thp_split_pmd +{}, split_from_thp {} pages by {cause}",
+        "{name}: AnonHugePages {} -> {} kB, thp_split_pmd +{}, split_from_thp {} pages by {cause}; \
+         MADV_COLD: thp_split_page +{}, folio_split {} pages by {want}",
         run.before,
         run.after,
         run.split_pmd,
-        pages(&t)
+        pages(&t),
+        c[4],
+        pages(&folio)
     );
 }
 

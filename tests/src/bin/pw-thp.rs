@@ -15,7 +15,10 @@
 //! the line unmaps the first 1 MiB of the first 2 MiB range and makes the
 //! first 1 MiB of the second read-only, splitting both PMD mappings;
 //! prints `split RC ERRNO before KB after KB` with the process's
-//! smaps_rollup AnonHugePages.
+//! smaps_rollup AnonHugePages. After one more line it calls MADV_COLD on
+//! 64 KiB of the second range's writable half, which makes the kernel
+//! split that (now PTE-mapped) folio, and prints `cold RC ERRNO
+//! thp_split_page DELTA` with /proc/vmstat's count of folio splits.
 
 use std::io::{BufRead as _, Write as _};
 
@@ -111,6 +114,16 @@ fn main() {
         };
         let after = pagewatch_tests::rollup(pid)["AnonHugePages"];
         println!("split {rc} {errno} before {before} after {after}");
+        std::io::stdout().flush().expect("flush");
+        let _ = lines.next();
+        let splits = pagewatch_tests::vmstat("thp_split_page");
+        // SAFETY: madvise on our own region.
+        let (rc, errno) = unsafe {
+            let rc = libc::madvise((start + PMD + PMD / 2) as *mut _, 64 << 10, libc::MADV_COLD);
+            (rc, *libc::__errno_location())
+        };
+        let splits = pagewatch_tests::vmstat("thp_split_page") - splits;
+        println!("cold {rc} {errno} thp_split_page {splits}");
         std::io::stdout().flush().expect("flush");
         for _ in lines {}
         return;
