@@ -633,6 +633,51 @@ mod tests {
     }
 
     #[test]
+    fn split_hooks_name_who_split_and_win_over_vmstat() {
+        use TransitionKind::{FolioSplit, SplitFromThp};
+        let split = |pmd| EventKind::ThpSplit {
+            pfn: 0x500,
+            address: 0x200000,
+            pmd,
+        };
+        // pid 7's own munmap split the PMD; kswapd (78) split the folio.
+        let mut e = evidence(&[ev(7, split(true)), ev(78, split(false))]);
+        e.set_thp_splits(1, 1);
+        e.resolve_pfns(&owned_by(7), &owned_by(7));
+        assert_eq!(
+            e.cause(7, 0x3ff000, None, SplitFromThp),
+            Cause::ThpSplitByProcess
+        );
+        assert_eq!(
+            e.cause(7, 0x200000, None, FolioSplit),
+            Cause::ThpSplitByOther
+        );
+        // Another PMD range, or process, falls back to the vmstat label.
+        assert_eq!(
+            e.cause(7, 0x400000, None, SplitFromThp),
+            Cause::VmstatThpSplitPmd
+        );
+        assert_eq!(
+            e.cause(8, 0x200000, None, FolioSplit),
+            Cause::VmstatThpSplitPage
+        );
+        // A split seen just before a snapshot explains the next interval.
+        let mut next = Evidence::default();
+        next.inherit(&e);
+        assert_eq!(
+            next.cause(7, 0x200000, None, SplitFromThp),
+            Cause::ThpSplitByProcess
+        );
+        // A PFN no snapshot owns explains nothing.
+        let mut stray = evidence(&[ev(7, split(true))]);
+        stray.resolve_pfns(&owned_by(9), &owned_by(9));
+        assert_eq!(
+            stray.cause(7, 0x200000, None, SplitFromThp),
+            Cause::Unexplained
+        );
+    }
+
+    #[test]
     fn madv_collapse_scans_explain_only_the_callers_own_memory() {
         let scan = EventKind::ScanPmd {
             mm: 0,
