@@ -172,7 +172,7 @@ pub fn numa_migrate() -> Result {
     let on1 = numa_maps_pages(w.pid, 1)?;
     println!("  workload {pid}: {on0} pages on node 0, {on1} on node 1");
     checks.that("the workload's memory is on node 0 first", on0 >= MIB * 256);
-    let top = Top::start(&["--pid", &pid, "--events", "migration", "--interval", "1s"])?;
+    let mut top = Top::start(&["--pid", &pid, "--events", "migration", "--interval", "1s"])?;
     let migrated0 = pagewatch_tests::vmstat("pgmigrate_success");
     let (old, new): (u64, u64) = (1 << 0, 1 << 1);
     // SAFETY: migrate_pages reads the two 64-bit node masks for the call only.
@@ -191,10 +191,20 @@ pub fn numa_migrate() -> Result {
             std::io::Error::last_os_error()
         ));
     }
-    // Two more intervals see the result.
-    std::thread::sleep(std::time::Duration::from_millis(2500));
-    let lines = top.stop_lines()?;
+    // migrate_pages(2) returns once every page it could move has moved:
+    // numa_maps is final now. pagewatch sees the move in the first snapshot
+    // after the call, its evidence (mm_migrate_pages fires as the call ends)
+    // can come an interval later, and the interval running during the call
+    // may have seen part of it: three intervals from now, and until one sees
+    // no node change of the workload.
     let moved = numa_maps_pages(w.pid, 1)? - on1;
+    top.mark();
+    let settled = top.settle(3, 120, |l| {
+        l["transition"]["pid"].as_u64() == Some(u64::from(w.pid))
+            && l["transition"]["kind"] == "node_changed"
+    });
+    checks.that("pagewatch's node changes settled within 120 s", settled);
+    let lines = top.stop_lines()?;
     println!(
         "  migrate_pages left {left} pages; numa_maps: {moved} pages arrived on node 1; pgmigrate_success +{}",
         pagewatch_tests::vmstat("pgmigrate_success") - migrated0
