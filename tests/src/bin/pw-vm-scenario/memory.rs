@@ -175,6 +175,7 @@ pub fn numa_migrate() -> Result {
     let mut top = Top::start(&["--pid", &pid, "--events", "migration", "--interval", "1s"])?;
     let migrated0 = pagewatch_tests::vmstat("pgmigrate_success");
     let (old, new): (u64, u64) = (1 << 0, 1 << 1);
+    let call = std::time::Instant::now();
     // SAFETY: migrate_pages reads the two 64-bit node masks for the call only.
     let left = unsafe {
         libc::syscall(
@@ -191,6 +192,7 @@ pub fn numa_migrate() -> Result {
             std::io::Error::last_os_error()
         ));
     }
+    let call = call.elapsed();
     // migrate_pages(2) returns once every page it could move has moved:
     // numa_maps is final now. pagewatch sees the move in the first snapshot
     // after the call, its evidence (mm_migrate_pages fires as the call ends)
@@ -206,7 +208,8 @@ pub fn numa_migrate() -> Result {
     checks.that("pagewatch's node changes settled within 120 s", settled);
     let lines = top.stop_lines()?;
     println!(
-        "  migrate_pages left {left} pages; numa_maps: {moved} pages arrived on node 1; pgmigrate_success +{}",
+        "  migrate_pages left {left} pages in {:.2} s; numa_maps: {moved} pages arrived on node 1; pgmigrate_success +{}",
+        call.as_secs_f64(),
         pagewatch_tests::vmstat("pgmigrate_success") - migrated0
     );
     checks.that(
