@@ -217,8 +217,14 @@ pub fn numa_migrate() -> Result {
         moved >= MIB * 256 * 9 / 10,
     );
     let mut by_cause = std::collections::BTreeMap::<String, u64>::new();
+    let mut others = std::collections::BTreeMap::<String, u64>::new();
     for t in lines.iter().filter_map(|l| l.get("transition")) {
-        if t["pid"].as_u64() != Some(u64::from(w.pid)) || t["kind"] != "node_changed" {
+        if t["pid"].as_u64() != Some(u64::from(w.pid)) {
+            continue;
+        }
+        if t["kind"] != "node_changed" {
+            let key = format!("{} by {}", t["kind"], t["cause"]);
+            *others.entry(key).or_default() += t["pages"].as_u64().unwrap_or(0);
             continue;
         }
         let key = format!(
@@ -229,7 +235,10 @@ pub fn numa_migrate() -> Result {
         );
         *by_cause.entry(key).or_default() += t["pages"].as_u64().unwrap_or(0);
     }
-    println!("  pagewatch node changes: {by_cause:?}");
+    let dropped: u64 = lines.iter().filter_map(|l| l["dropped"].as_u64()).sum();
+    println!(
+        "  pagewatch node changes: {by_cause:?}; the workload's other transitions: {others:?}; events dropped: {dropped}"
+    );
     checks.eq(
         "pagewatch node_changed 0 -> 1 by migrate_syscall vs numa_maps",
         by_cause
