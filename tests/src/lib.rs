@@ -170,6 +170,18 @@ pub fn summary(lines: &[serde_json::Value]) -> &serde_json::Value {
         .expect("a summary line")
 }
 
+/// NUMA balancing off until the guard drops (restored even on failure),
+/// where the kernel has it: on a NUMA machine (the test VM has two nodes)
+/// its hinting faults, some retried and some from kernel mode, add faults a
+/// window did not ask for (seen as 5-6 extra faults on 6.12 and 7.3
+/// guests), and its migrations compete with the ones a test makes.
+pub fn no_numa_balancing() -> Option<Knobs> {
+    const NUMA_BALANCING: &str = "/proc/sys/kernel/numa_balancing";
+    std::path::Path::new(NUMA_BALANCING)
+        .exists()
+        .then(|| Knobs::set(&[(NUMA_BALANCING, "0")]).expect("cannot switch NUMA balancing off"))
+}
+
 /// sysfs/procfs knobs set for a test and restored (in reverse) on drop,
 /// even when the test fails.
 pub struct Knobs(Vec<(PathBuf, String)>);

@@ -5,12 +5,12 @@
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    path::Path,
     process::{Child, ChildStdin, Command, Stdio},
 };
 
 use pagewatch_tests::{
-    Knobs, MemCgroup, Tracer, pagewatch_bin, run_pagewatch, skip_unless_root, summary, vmstat,
+    MemCgroup, Tracer, no_numa_balancing, pagewatch_bin, run_pagewatch, skip_unless_root, summary,
+    vmstat,
 };
 use serde_json::Value;
 
@@ -67,18 +67,6 @@ fn faults_of(lines: &[Value], pid: u32) -> u64 {
         .filter(|l| l["pid"].as_u64() == Some(u64::from(pid)))
         .map(|l| l["faults"].as_u64().expect("faults"))
         .sum()
-}
-
-/// NUMA balancing off until the guard drops (restored even on failure): on
-/// a NUMA machine (the test VM has two nodes) its hinting faults, some
-/// retried and some from kernel mode, add faults the windows did not ask
-/// for, which the kernel's counters and the user-fault tracepoint count
-/// differently (seen as 5-6 extra faults on 6.12 and 7.3 guests).
-fn no_numa_balancing() -> Option<Knobs> {
-    const NUMA_BALANCING: &str = "/proc/sys/kernel/numa_balancing";
-    Path::new(NUMA_BALANCING)
-        .exists()
-        .then(|| Knobs::set(&[(NUMA_BALANCING, "0")]).expect("cannot switch NUMA balancing off"))
 }
 
 /// pagewatch counts exactly the faults the kernel counted for the process.

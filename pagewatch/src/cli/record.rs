@@ -52,6 +52,8 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     if !args.command.is_empty() && targeted {
         bail!("give either a command after -- or --pid/--comm/--all, not both");
     }
+    // Loading the hooks takes seconds: refuse a bad output path first.
+    RecordWriter::check_path(&args.output, args.force)?;
     let command_line: Vec<String> = std::env::args().collect();
     let target = if args.command.is_empty() {
         command_line[1..].join(" ")

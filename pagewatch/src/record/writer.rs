@@ -32,6 +32,43 @@ pub struct RecordWriter {
 }
 
 impl RecordWriter {
+    /// Refuses now what [`Self::create`] (or, with `force`,
+    /// [`Self::replace`]) would refuse at `path`, creating nothing: a
+    /// recorder checks this before spending seconds loading its hooks. The
+    /// creation itself checks again.
+    pub fn check_path(path: &Path, force: bool) -> Result<(), RecordError> {
+        let path_buf = || path.to_owned();
+        match path.symlink_metadata() {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(RecordError::Symlink { path: path_buf() });
+            }
+            Ok(_) if !force => return Err(RecordError::Exists { path: path_buf() }),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(RecordError::Create {
+                    path: path_buf(),
+                    source,
+                });
+            }
+        }
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        match std::fs::metadata(parent) {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(RecordError::Create {
+                path: path_buf(),
+                source: std::io::Error::from(std::io::ErrorKind::NotADirectory),
+            }),
+            Err(source) => Err(RecordError::Create {
+                path: path_buf(),
+                source,
+            }),
+        }
+    }
+
     /// Creates a new recording at `path` and writes its header. Fails if
     /// anything exists at `path`, a symbolic link included.
     pub fn create(path: &Path, metadata: &Metadata) -> Result<Self, RecordError> {

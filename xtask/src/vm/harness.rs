@@ -26,6 +26,12 @@ pub struct Harness {
     pub passed: u64,
     pub failed: u64,
     pub failed_tests: Vec<String>,
+    /// Seconds since the boot started when the guest's script began.
+    pub booted_at: Option<f64>,
+    /// The step (binary or scenario) running and when it started.
+    pub current: Option<(String, f64)>,
+    /// Every finished step and its seconds, in order.
+    pub step_secs: Vec<(String, f64)>,
 }
 
 impl Harness {
@@ -43,12 +49,22 @@ impl Harness {
             passed: 0,
             failed: 0,
             failed_tests: Vec::new(),
+            booted_at: None,
+            current: None,
+            step_secs: Vec::new(),
         }
     }
 
-    pub fn line(&mut self, line: &str) {
+    /// Reads one console line, `secs` seconds after the boot started.
+    pub fn line(&mut self, line: &str, secs: f64) {
         if let Some(at) = line.find("@@pw-vm ") {
             let words: Vec<&str> = line[at + 8..].split_whitespace().collect();
+            if let ["binary" | "binary-exit" | "scenario" | "scenario-exit", ..] | ["end"] =
+                words.as_slice()
+                && let Some((name, from)) = self.current.take()
+            {
+                self.step_secs.push((name, secs - from));
+            }
             match words.as_slice() {
                 ["begin", ..] => {
                     // A retried boot starts over.
@@ -58,11 +74,15 @@ impl Harness {
                         self.rw.clone(),
                         self.qmp_path.clone(),
                     );
+                    self.booted_at = Some(secs);
+                    self.current = Some(("guest setup".into(), secs));
                 }
                 ["binary", label] => {
                     self.binary = Some(label.to_string());
                     self.failures_before = self.failed_tests.len();
+                    self.current = Some((label.to_string(), secs));
                 }
+                ["scenario", name] => self.current = Some((format!("scenario {name}"), secs)),
                 ["binary-exit", label, code]
                     if *code != "0" && self.failed_tests.len() == self.failures_before =>
                 {

@@ -108,6 +108,9 @@ struct Tally {
     exit: Option<i32>,
     retries: u32,
     elapsed: Duration,
+    /// Seconds from boot start to the guest script, and per step.
+    booted_at: Option<f64>,
+    step_secs: Vec<(String, f64)>,
 }
 
 pub fn run(opts: &VmTestOptions, test_args: &[String]) -> anyhow::Result<()> {
@@ -171,6 +174,9 @@ pub fn run(opts: &VmTestOptions, test_args: &[String]) -> anyhow::Result<()> {
         );
     }
     for t in &tallies {
+        print_times(t);
+    }
+    for t in &tallies {
         for s in &t.skips {
             println!("  SKIPPED on {}: {s}", t.kernel);
         }
@@ -197,6 +203,40 @@ pub fn run(opts: &VmTestOptions, test_args: &[String]) -> anyhow::Result<()> {
         bail!("the VM suite failed");
     }
     Ok(())
+}
+
+/// Where one kernel's time went: boot, the test binaries, the scenarios,
+/// power-off, and the slowest steps.
+fn print_times(t: &Tally) {
+    let total = t.elapsed.as_secs_f64();
+    let Some(boot) = t.booted_at else {
+        println!(
+            "  time on {}: {total:.0}s, the guest script never began",
+            t.kernel
+        );
+        return;
+    };
+    let sum = |scenarios: bool| -> f64 {
+        t.step_secs
+            .iter()
+            .filter(|(n, _)| n.starts_with("scenario ") == scenarios)
+            .map(|(_, s)| s)
+            .sum()
+    };
+    let (binaries, scenarios) = (sum(false), sum(true));
+    let mut slowest: Vec<&(String, f64)> = t.step_secs.iter().collect();
+    slowest.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let top: Vec<String> = slowest
+        .iter()
+        .take(8)
+        .map(|(n, s)| format!("{n} {s:.0}s"))
+        .collect();
+    println!(
+        "  time on {}: {total:.0}s = boot {boot:.0}s + setup and test binaries {binaries:.0}s + scenarios {scenarios:.0}s + power-off {:.0}s; slowest: {}",
+        t.kernel,
+        total - boot - binaries - scenarios,
+        top.join(", ")
+    );
 }
 
 /// A test binary built on the host: (label, path).
@@ -343,10 +383,10 @@ fn run_kernel(
     let mut retries = 0;
     let outcome = {
         let mut on_line = |line: &str| {
-            console.push_str(line);
-            console.push('\n');
-            println!("[{}] {line}", state.kernel);
-            state.line(line);
+            let at = start.elapsed().as_secs_f64();
+            let _ = writeln!(console, "{at:7.1} {line}");
+            println!("[{} {at:4.0}s] {line}", state.kernel);
+            state.line(line, at);
         };
         let mut before_retry = || {
             let _ = std::fs::remove_file(rw.join("skips.log"));
@@ -370,6 +410,8 @@ fn run_kernel(
 impl Tally {
     fn finish(&mut self, h: Harness, scenarios: &[&str]) {
         self.finished = h.finished;
+        self.booted_at = h.booted_at;
+        self.step_secs.clone_from(&h.step_secs);
         let skipped_names: Vec<&str> = self
             .skips
             .iter()

@@ -147,9 +147,11 @@ impl Checks {
 }
 
 /// `pagewatch top --json` (or `record`) running in the background while a
-/// scenario acts.
+/// scenario acts; its JSON lines are read as they come.
 pub struct Top {
     child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<Value>,
+    seen: Vec<Value>,
 }
 
 impl Top {
@@ -188,8 +190,26 @@ impl Top {
             }
             let _ = tx.send(Err(said.join(" ")));
         });
+        let stdout = child.stdout.take().expect("piped");
+        let (line_tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(|l| l.ok())
+            {
+                if let Ok(v) = serde_json::from_str::<Value>(&line)
+                    && line_tx.send(v).is_err()
+                {
+                    break;
+                }
+            }
+        });
         match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(Ok(())) => Ok(Top { child }),
+            Ok(Ok(())) => Ok(Top {
+                child,
+                lines,
+                seen: Vec::new(),
+            }),
             Ok(Err(said)) => {
                 let _ = child.wait();
                 Err(said)
@@ -210,25 +230,53 @@ impl Top {
             .ok_or_else(|| "pagewatch top exited without a summary".to_string())
     }
 
+    /// Takes in the lines printed so far: what follows comes after now.
+    pub fn mark(&mut self) {
+        self.seen.extend(self.lines.try_iter());
+    }
+
+    /// After [`Top::mark`], waits until at least `min` intervals have ended
+    /// and the last one printed no line `moving` matches: pagewatch has seen
+    /// the state the scenario waited for and nothing more is changing. A
+    /// squeezed TCG guest can take seconds per 1 s interval, so this counts
+    /// intervals instead of sleeping. False if `secs` pass first.
+    pub fn settle(&mut self, min: usize, secs: u64, moving: impl Fn(&Value) -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let (mut ended, mut quiet) = (0, true);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let Ok(v) = self.lines.recv_timeout(left) else {
+                return false;
+            };
+            quiet &= !moving(&v);
+            // Every interval ends with its `events` line.
+            if v.get("events").is_some() {
+                ended += 1;
+                if ended >= min && quiet {
+                    self.seen.push(v);
+                    return true;
+                }
+                quiet = true;
+            }
+            self.seen.push(v);
+        }
+        false
+    }
+
     /// Stops it as Ctrl-C does and returns every JSON line it printed.
     pub fn stop_lines(mut self) -> Result<Vec<Value>> {
         // SAFETY: kill on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let out = std::mem::replace(
-            &mut self.child,
-            std::process::Command::new("true")
-                .spawn()
-                .map_err(|e| format!("spawn true: {e}"))?,
-        )
-        .wait_with_output()
-        .map_err(|e| format!("wait for pagewatch top: {e}"))?;
-        if !out.status.success() {
-            return Err(format!("pagewatch top exited {}", out.status));
+        let status = self
+            .child
+            .wait()
+            .map_err(|e| format!("wait for pagewatch top: {e}"))?;
+        if !status.success() {
+            return Err(format!("pagewatch top exited {status}"));
         }
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .collect())
+        // The reader ends at the pipe's end, after the last line.
+        let mut seen = std::mem::take(&mut self.seen);
+        seen.extend(self.lines.iter());
+        Ok(seen)
     }
 }
 
