@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use crate::{
     snapshot::{
         columns::PageTable,
-        flags::{PM_FILE, PM_PFN_MASK, PM_PRESENT, PM_SWAP, has, kpf},
+        flags::{PM_FILE, PM_PFN_MASK, PM_PRESENT, PagemapEntry, has, kpf},
     },
     transition::{Cause, TransitionGroup, TransitionKind},
 };
@@ -43,12 +43,21 @@ impl PageState {
     fn present(self) -> bool {
         self.pagemap & PM_PRESENT != 0
     }
+    /// In a swap file (not a migration entry, which pagemap also marks
+    /// swapped).
     fn swapped(self) -> bool {
-        self.pagemap & PM_SWAP != 0
+        PagemapEntry(self.pagemap).in_swap_file()
+    }
+    /// Being migrated (or device-private, hwpoisoned): the page is the
+    /// entry's PFN, its flags unread.
+    fn moving(self) -> bool {
+        PagemapEntry(self.pagemap).moving_pfn().is_some()
     }
     fn pfn(self) -> Option<u64> {
         let pfn = self.pagemap & PM_PFN_MASK;
-        (self.present() && pfn != 0).then_some(pfn)
+        (self.present() && pfn != 0)
+            .then_some(pfn)
+            .or_else(|| PagemapEntry(self.pagemap).moving_pfn())
     }
     fn thp(self) -> bool {
         self.present() && has(self.kflags, kpf::THP)
@@ -84,17 +93,21 @@ pub fn classify(
         from_node: -1,
         to_node: -1,
     };
-    let before = before.filter(|b| b.present() || b.swapped());
-    let after = after.filter(|a| a.present() || a.swapped());
+    let before = before.filter(|b| b.present() || b.swapped() || b.moving());
+    let after = after.filter(|a| a.present() || a.swapped() || a.moving());
     let kind = match (before, after) {
         (None, None) => return None,
         (Some(_), None) => TransitionKind::Unmapped,
         // Faulted in and swapped out again within the interval.
         (None, Some(a)) if a.swapped() => TransitionKind::SwappedOut,
         (None, Some(a)) => appeared(a),
-        (Some(b), Some(a)) if b.swapped() && a.present() => TransitionKind::SwappedIn,
-        (Some(b), Some(a)) if b.present() && a.swapped() => TransitionKind::SwappedOut,
+        (Some(b), Some(a)) if b.swapped() && !a.swapped() => TransitionKind::SwappedIn,
+        (Some(b), Some(a)) if !b.swapped() && a.swapped() => TransitionKind::SwappedOut,
         (Some(b), Some(_)) if b.swapped() => return None,
+        // A page caught mid-migration (in a snapshot taken while
+        // migrate_pages ran) is still its old page: only a PFN change
+        // counts, its flags being unread.
+        (Some(b), Some(a)) if b.moving() || a.moving() => return moved(b, a, nodes),
         (Some(b), Some(a)) => {
             if a.thp() && !b.thp() {
                 TransitionKind::CollapsedToThp
@@ -117,25 +130,35 @@ pub fn classify(
             } else if b.zero() && !a.zero() {
                 // Write to a zero-page mapping: a fresh page faulted in.
                 TransitionKind::FaultedIn
-            } else if a.pfn() != b.pfn() {
-                let (from, to) = (
-                    b.pfn().map_or(-1, |p| nodes.node_of(p)),
-                    a.pfn().map_or(-1, |p| nodes.node_of(p)),
-                );
-                if from != to && from >= 0 && to >= 0 {
-                    return Some(PageChange {
-                        kind: TransitionKind::NodeChanged,
-                        from_node: from,
-                        to_node: to,
-                    });
-                }
-                TransitionKind::Migrated
             } else {
-                return None;
+                return moved(b, a, nodes);
             }
         }
     };
     Some(change(kind))
+}
+
+/// A page that stayed mapped but changed PFN: migrated, onto another NUMA
+/// node or not.
+fn moved(b: PageState, a: PageState, nodes: &NodeMap) -> Option<PageChange> {
+    if a.pfn() == b.pfn() {
+        return None;
+    }
+    let (from, to) = (
+        b.pfn().map_or(-1, |p| nodes.node_of(p)),
+        a.pfn().map_or(-1, |p| nodes.node_of(p)),
+    );
+    let kind = if from != to && from >= 0 && to >= 0 {
+        TransitionKind::NodeChanged
+    } else {
+        TransitionKind::Migrated
+    };
+    let node_changed = kind == TransitionKind::NodeChanged;
+    Some(PageChange {
+        kind,
+        from_node: if node_changed { from } else { -1 },
+        to_node: if node_changed { to } else { -1 },
+    })
 }
 
 fn appeared(a: PageState) -> TransitionKind {
@@ -322,6 +345,7 @@ pub fn diff(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::snapshot::flags::PM_SWAP;
 
     const THP: u64 = 1 << kpf::THP;
     const KSM: u64 = 1 << kpf::KSM;
@@ -345,6 +369,36 @@ mod tests {
             kflags: 0,
             pmd: false,
         })
+    }
+
+    /// A pagemap swap entry of `swap_type` and `offset`.
+    fn entry(swap_type: u64, offset: u64) -> Option<PageState> {
+        Some(PageState {
+            pagemap: PM_SWAP | swap_type | (offset << 5),
+            kflags: 0,
+            pmd: false,
+        })
+    }
+
+    /// The kernel's migration entries (type 25-28 with every kind of
+    /// non-swap entry built in) name the page being moved, and pagemap
+    /// marks them swapped: a snapshot taken while migrate_pages runs sees
+    /// them. They are neither swap-outs nor flag changes.
+    #[test]
+    fn pages_caught_mid_migration_are_their_old_page_not_swapped_out() {
+        use TransitionKind::*;
+        let migrating = |pfn| entry(26, pfn);
+        assert_eq!(kind(present(10, THP), migrating(10)), None);
+        assert_eq!(kind(migrating(10), present(10, 0)), None);
+        assert_eq!(kind(migrating(10), present(11, 0)), Some(Migrated));
+        assert_eq!(kind(present(10, 0), migrating(11)), Some(Migrated));
+        assert_eq!(kind(migrating(10), swapped()), Some(SwappedOut));
+        assert_eq!(kind(swapped(), migrating(10)), Some(SwappedIn));
+        assert_eq!(kind(None, migrating(10)), Some(FaultedIn));
+        // A PTE marker (type 31: uffd-wp, poison, guard) names no page.
+        assert_eq!(kind(present(10, 0), entry(31, 4)), Some(Unmapped));
+        // A swap file's entry, even a high type, is swap.
+        assert_eq!(kind(present(10, 0), entry(23, 99)), Some(SwappedOut));
     }
 
     fn kind(b: Option<PageState>, a: Option<PageState>) -> Option<TransitionKind> {

@@ -133,7 +133,10 @@ impl MemStats {
         if e.soft_dirty() {
             self.soft_dirty_pages += n;
         }
-        if e.swapped() && !e.present() {
+        // smaps counts swap files' entries only: a page caught
+        // mid-migration (a non-swap entry pagemap also marks swapped) is
+        // neither swap nor, its page unread, resident here.
+        if e.in_swap_file() {
             self.swap += PAGE_SIZE * n;
             *self
                 .swap_by_type

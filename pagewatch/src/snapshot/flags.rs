@@ -36,6 +36,16 @@ pub const PAGEMAP_BITS: [(u64, &str); 7] = [
     (PM_PRESENT, "present"),
 ];
 
+/// The first swap type that is no swap file: the kernel's non-swap entries
+/// take the top of the 5-bit type space, below 32 by 8 types when every
+/// kind is built in (so MAX_SWAPFILES is at least 24 on every kernel):
+/// hwpoison, migration and device-private entries, whose offset is a PFN,
+/// and, last (31), PTE markers (uffd-wp, poison, guard regions), which name
+/// no page. pagemap reports all of them as swapped (bit 62).
+pub const FIRST_NON_SWAP_TYPE: u8 = 24;
+/// The swap type of PTE markers.
+pub const PTE_MARKER_TYPE: u8 = 31;
+
 /// One decoded pagemap entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PagemapEntry(pub u64);
@@ -45,9 +55,23 @@ impl PagemapEntry {
     pub fn present(self) -> bool {
         self.0 & PM_PRESENT != 0
     }
-    /// Page is in swap.
+    /// Page is in swap (bit 62; also set for the kernel's non-swap entries,
+    /// see [`PagemapEntry::in_swap_file`]).
     pub fn swapped(self) -> bool {
         self.0 & PM_SWAP != 0
+    }
+    /// Page is in a swap file or device: swapped, with a swap file's type.
+    pub fn in_swap_file(self) -> bool {
+        self.swap_type().is_some_and(|t| t < FIRST_NON_SWAP_TYPE)
+    }
+    /// PFN of a page the entry names without mapping it: a page being
+    /// migrated (the migration entry names the page being copied), or a
+    /// device-private or hwpoisoned page.
+    pub fn moving_pfn(self) -> Option<u64> {
+        self.swap_type()
+            .filter(|t| (FIRST_NON_SWAP_TYPE..PTE_MARKER_TYPE).contains(t))
+            .and(self.swap_offset())
+            .filter(|&pfn| pfn != 0)
     }
     /// File-backed or shared anonymous page.
     pub fn file(self) -> bool {
