@@ -800,8 +800,12 @@ fn fill_kpage(kp: &KpageFiles, s: &mut Slot) -> io::Result<()> {
     );
     s.flag_plan.read(kp.flags.as_ref(), &mut s.values)?;
     s.flag_plan.store(&s.values, &mut v.flags, |f| f);
-    s.flag_plan.read(kp.cgroup.as_ref(), &mut s.values)?;
-    s.flag_plan.store(&s.values, &mut v.cgroup, |c| c);
+    // Without kpagecgroup (no CONFIG_MEMCG, or left out by the collector)
+    // every memcg stays 0.
+    if kp.cgroup.is_some() {
+        s.flag_plan.read(kp.cgroup.as_ref(), &mut s.values)?;
+        s.flag_plan.store(&s.values, &mut v.cgroup, |c| c);
+    }
     s.count_plan.read(kp.count.as_ref(), &mut s.values)?;
     s.count_plan.store(&s.values, &mut v.mapcount, |c| {
         c.min(u64::from(u32::MAX)) as u32
