@@ -2,9 +2,9 @@
 //! entries, and storing the values read back per entry.
 //!
 //! The wanted entries are taken in address order as runs of consecutive
-//! PFNs (4 KiB pages faulted in one after another mostly get ascending
-//! PFNs, so a batch has far fewer runs than pages; a folded PMD block is
-//! a run of one). The runs are sorted by PFN and merged into one pread
+//! PFNs, ascending or descending (4 KiB pages faulted in one after another
+//! mostly get neighbouring PFNs, so a batch has far fewer runs than pages;
+//! a folded PMD block is a run of one). The runs are sorted by PFN and merged into one pread
 //! when they overlap or are at most [`GAP`] entries apart; each run then
 //! knows where its values land, and storing them is one copy per run, with
 //! no per-page lookup. The kernel charges per entry read (~50-90 ns for
@@ -20,14 +20,16 @@ use super::source::U64Table;
 /// pread's fixed cost).
 pub const GAP: u64 = 4;
 
-/// Wanted entries `k..k + len` have PFNs `pfn..pfn + len`; their values
-/// are at `off..off + len` once read.
+/// Wanted entries `k..k + len` have PFNs `pfn..pfn + len`, in that order
+/// or, when `down`, in the reverse one; their values are at
+/// `off..off + len` once read.
 #[derive(Debug, Clone, Copy)]
 struct Run {
     pfn: u64,
     k: u32,
     len: u32,
     off: u32,
+    down: bool,
 }
 
 /// One pread: `len` entries from `start`, stored at `off` in the values.
@@ -57,12 +59,19 @@ impl PfnPlan {
         for (k, pfn) in wanted {
             let k = k as u32;
             match self.runs.last_mut() {
-                Some(r) if r.k + r.len == k && r.pfn + u64::from(r.len) == pfn => r.len += 1,
+                Some(r) if r.k + r.len == k && !r.down && r.pfn + u64::from(r.len) == pfn => {
+                    r.len += 1
+                }
+                Some(r) if r.k + r.len == k && (r.down || r.len == 1) && pfn + 1 == r.pfn => {
+                    (r.pfn, r.down) = (pfn, true);
+                    r.len += 1;
+                }
                 _ => self.runs.push(Run {
                     pfn,
                     k,
                     len: 1,
                     off: 0,
+                    down: false,
                 }),
             }
         }
@@ -121,8 +130,13 @@ impl PfnPlan {
     pub fn store<T>(&self, values: &[u64], out: &mut [T], f: impl Fn(u64) -> T) {
         for r in &self.runs {
             let (k, off, n) = (r.k as usize, r.off as usize, r.len as usize);
-            for (o, v) in out[k..k + n].iter_mut().zip(&values[off..off + n]) {
-                *o = f(*v);
+            let (out, values) = (&mut out[k..k + n], &values[off..off + n]);
+            if r.down {
+                out.iter_mut()
+                    .zip(values.iter().rev())
+                    .for_each(|(o, v)| *o = f(*v));
+            } else {
+                out.iter_mut().zip(values).for_each(|(o, v)| *o = f(*v));
             }
         }
     }
@@ -166,6 +180,21 @@ mod tests {
         // Planning again forgets the previous plan.
         plan.plan(std::iter::empty());
         assert_eq!((plan.entries(), plan.preads()), (0, 0));
+    }
+
+    #[test]
+    fn descending_runs_are_stored_in_address_order() {
+        // 9, 8, 7 down, then 20, 21 up, 6 (down from 7 but not adjacent in
+        // entry order to the first run: a new run), 5, 4.
+        let pfns = [9u64, 8, 7, 20, 21, 6, 5, 4];
+        let mut plan = PfnPlan::default();
+        plan.plan(pfns.iter().copied().enumerate());
+        assert_eq!(plan.runs.len(), 3);
+        // 4..=9 in one read, 20..=21 in another.
+        assert_eq!((plan.preads(), plan.entries()), (2, 8));
+        let mut out = vec![0u64; pfns.len()];
+        plan.store(&identity_values(&plan), &mut out, |v| v);
+        assert_eq!(out, pfns);
     }
 
     #[test]
