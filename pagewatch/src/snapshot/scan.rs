@@ -1,6 +1,7 @@
-//! Reading one process: /proc/PID/maps, then pagemap for every VMA in large
-//! preads, then kpageflags / kpagecount / kpagecgroup for the sorted,
-//! coalesced PFNs actually present, on up to three threads.
+//! Reading one process: /proc/PID/maps, then pagemap for every VMA in
+//! batches, then kpageflags / kpagecount / kpagecgroup for the PFNs
+//! actually present (planned per run of neighbouring PFNs, see
+//! [`super::pfnplan`]); big VMAs on two threads (see [`super::batches`]).
 //!
 //! Work is kept per folio where that is exact: a 2 MiB-aligned block of 512
 //! pagemap entries that PAGEMAP_SCAN reports as PMD-mapped, whose entries are
