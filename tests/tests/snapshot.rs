@@ -165,33 +165,35 @@ fn vma_at(vmas: &[SmapsVma], start: u64) -> &SmapsVma {
 /// per folio: one folded entry per 2 MiB, only the head's kpage entries
 /// read. That VMA must still equal smaps field by field, and its folios be
 /// PMD-mapped, aligned 2 MiB ones.
-#[test]
-fn exclusive_thp_accounted_per_folio_equals_smaps() {
-    let test = "exclusive_thp_accounted_per_folio_equals_smaps";
+/// A pw-hold process with `mib` MiB written (`thp` or `nothp`): its big
+/// VMA as pagewatch reports it (read in several batches on two threads)
+/// and as smaps does, every field compared; None (after saying why) when
+/// the test cannot run.
+fn big_vma_equals_smaps(test: &str, mib: &str, mode: &str) -> Option<(Value, SmapsVma)> {
     if skip_unless_root(test) {
-        return;
+        return None;
     }
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pw-hold"));
-    cmd.args(["64", "thp"]);
+    cmd.args([mib, mode]);
     let w = Layout::spawn(cmd);
     let pid = w.pid.to_string();
     let j = snapshot_json(&["snapshot", "--pid", &pid, "--vma", "--format", "json"]);
     if let Some(note) = pmd_unknown(&j["processes"][0]) {
-        return skip(test, &note);
+        skip(test, &note);
+        return None;
     }
+    let bytes = mib.parse::<u64>().unwrap() << 20;
     let sm = smaps(w.pid);
-    let Some(s) = sm
-        .iter()
-        .find(|s| s.kb.get("AnonHugePages").is_some_and(|kb| *kb >= 2048))
-    else {
-        return skip(test, "the MADV_HUGEPAGE region got no PMD THP");
-    };
+    let s = sm
+        .into_iter()
+        .find(|s| s.kb["Rss"] << 10 >= bytes)
+        .expect("pw-hold's written mapping in smaps");
     let v = j["processes"][0]["vmas"]
         .as_array()
         .unwrap()
         .iter()
         .find(|v| v["start"] == format!("{:x}", s.start).as_str())
-        .expect("the THP VMA in pagewatch's report")
+        .expect("the big VMA in pagewatch's report")
         .clone();
     let mut compared = 0;
     for (smaps_name, ours) in FIELDS {
@@ -199,21 +201,62 @@ fn exclusive_thp_accounted_per_folio_equals_smaps() {
             assert_eq!(
                 v["usage"][ours].as_u64(),
                 Some(*expect),
-                "{smaps_name} of the THP VMA (smaps {expect})"
+                "{smaps_name} of the big VMA (smaps {expect})"
             );
             compared += 1;
         }
     }
     assert!(compared >= 10, "compared only {compared} fields");
+    assert_eq!(
+        v["usage"]["exclusive_pages"].as_u64(),
+        Some(s.kb["Rss"] / 4)
+    );
+    // Every page's memory cgroup was read: they add up to Rss, all in the
+    // process's own memory cgroup (v1 controller line of /proc/PID/cgroup).
+    let memcg = v["memcg"].as_object().expect("memcg per VMA");
+    let total: u64 = memcg.values().map(|kb| kb.as_u64().unwrap()).sum();
+    assert_eq!(total, s.kb["Rss"], "memcg kB of the big VMA: {memcg:?}");
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let (_, rest) = l.split_once(':')?;
+            let (ctrl, path) = rest.split_once(':')?;
+            ctrl.split(',')
+                .any(|c| c == "memory")
+                .then(|| path.to_owned())
+        });
+    if let Some(own) = own {
+        assert_eq!(memcg.keys().collect::<Vec<_>>(), [&own], "{memcg:?}");
+    }
+    Some((v, s))
+}
+
+#[test]
+fn exclusive_thp_accounted_per_folio_equals_smaps() {
+    let test = "exclusive_thp_accounted_per_folio_equals_smaps";
+    let Some((v, s)) = big_vma_equals_smaps(test, "64", "thp") else {
+        return;
+    };
+    if s.kb["AnonHugePages"] < 2048 {
+        return skip(test, "the MADV_HUGEPAGE region got no PMD THP");
+    }
     let thp_bytes = s.kb["AnonHugePages"] << 10;
     let f = &v["folios"]["anon"]["2048"];
     assert_eq!(f["folios"].as_u64(), Some(thp_bytes >> 21), "{f}");
     assert_eq!(f["pmd_mapped"].as_u64(), Some(thp_bytes), "{f}");
     assert_eq!(f["aligned"].as_u64(), Some(thp_bytes), "{f}");
-    assert_eq!(
-        v["usage"]["exclusive_pages"].as_u64(),
-        Some(s.kb["Rss"] / 4)
-    );
+}
+
+#[test]
+fn big_vma_of_4k_pages_read_on_two_threads_equals_smaps() {
+    let test = "big_vma_of_4k_pages_read_on_two_threads_equals_smaps";
+    // 200 MiB: several batches, the last one short.
+    let Some((v, s)) = big_vma_equals_smaps(test, "200", "nothp") else {
+        return;
+    };
+    assert_eq!(s.kb["AnonHugePages"], 0);
+    assert_eq!(v["usage"]["rss"].as_u64(), Some(200 << 10));
 }
 
 #[test]

@@ -150,6 +150,33 @@ fn read_pagemap(pid: u32, start: u64, end: u64) -> Result<Duration> {
     Ok(t.elapsed())
 }
 
+/// Runs of consecutive PFNs in `[start, end)`'s pagemap: how fragmented
+/// the process's physical memory is (each run costs pagewatch a pread of
+/// kpageflags and one of kpagecgroup).
+fn pfn_runs(pid: u32, start: u64, end: u64) -> Result<u64> {
+    const PFN_MASK: u64 = (1 << 55) - 1;
+    let f = File::open(format!("/proc/{pid}/pagemap"))?;
+    let mut buf = vec![0u8; 512 << 10];
+    let (mut off, stop) = (start / 4096 * 8, end / 4096 * 8);
+    let (mut runs, mut prev) = (0u64, None::<u64>);
+    while off < stop {
+        let n = ((stop - off) as usize).min(buf.len());
+        let got = f.read_at(&mut buf[..n], off)?;
+        if got == 0 {
+            bail!("pagemap of pid {pid} ended early");
+        }
+        for e in buf[..got].chunks_exact(8) {
+            let pfn = u64::from_ne_bytes(e.try_into().expect("8 bytes")) & PFN_MASK;
+            if prev.is_none_or(|p| pfn != p + 1) {
+                runs += 1;
+            }
+            prev = Some(pfn);
+        }
+        off += got as u64;
+    }
+    Ok(runs)
+}
+
 /// The three load averages of /proc/loadavg.
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -176,13 +203,14 @@ pub fn run(pagewatch: &Path, workload_dir: &Path, reps: usize) -> Result<String>
         "Command: `cargo xtask bench` (xtask/src/bench_snapshot.rs). A pw-hold process holds {SIZE_MIB} MiB of \
          written anonymous memory; each figure is the median of {reps} runs, the three variants interleaved. (a) `pagewatch snapshot --pid PID \
          --format json` (maps, pagemap, kpageflags, kpagecount, kpagecgroup, Pss, folios, memcg), (b) a plain \
-         sequential read of the same pagemap range in 512 KiB preads, (c) `cat /proc/PID/smaps_rollup`.\n"
+         sequential read of the same pagemap range in 512 KiB preads, (c) `cat /proc/PID/smaps_rollup`. PFN runs: runs of \
+         consecutive PFNs in the mapping (physical fragmentation; pagewatch reads kpageflags and kpagecgroup per run).\n"
     )?;
     writeln!(
         md,
-        "| memory | pages | AnonHugePages | (a) pagewatch | (b) pagemap read | (c) smaps_rollup | (a) pages/s | (a)/(b) | (a)/(c) |"
+        "| memory | pages | AnonHugePages | PFN runs | (a) pagewatch | (b) pagemap read | (c) smaps_rollup | (a) pages/s | (a)/(b) | (a)/(c) |"
     )?;
-    writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
     for thp in [false, true] {
         let label = if thp {
             "THP (MADV_HUGEPAGE)"
@@ -193,6 +221,7 @@ pub fn run(pagewatch: &Path, workload_dir: &Path, reps: usize) -> Result<String>
         let hold = Hold::start(workload_dir, thp)?;
         let pid = hold.pid.to_string();
         let pages = (hold.end - hold.start) / 4096;
+        let runs = pfn_runs(hold.pid, hold.start, hold.end)?;
         let [a, b, c] = interleaved(
             [
                 "pagewatch snapshot --pid",
@@ -213,7 +242,7 @@ pub fn run(pagewatch: &Path, workload_dir: &Path, reps: usize) -> Result<String>
         )?;
         writeln!(
             md,
-            "| {label} | {pages} | {} MiB | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} M | {:.1}x | {:.1}x |",
+            "| {label} | {pages} | {} MiB | {runs} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} M | {:.1}x | {:.1}x |",
             hold.rollup_kb("AnonHugePages") >> 10,
             ms(a),
             ms(b),

@@ -42,6 +42,20 @@ pub const PSS_SHIFT: u32 = 12;
 /// Base page size.
 pub const PAGE_SIZE: u64 = 4096;
 
+/// The kpageflags bits [`MemStats::add_n`] reads: pages differing only in
+/// other bits (referenced, active, idle, ...) count alike.
+pub const ACCOUNTED_FLAGS: u64 = (1 << kpf::OFFLINE)
+    | (1 << kpf::ZERO_PAGE)
+    | (1 << kpf::HUGE)
+    | (1 << kpf::MMAP)
+    | (1 << kpf::ANON)
+    | (1 << kpf::SWAPBACKED)
+    | (1 << kpf::KSM)
+    | (1 << kpf::COMPOUND_TAIL)
+    | (1 << kpf::LRU)
+    | (1 << kpf::DIRTY)
+    | (1 << kpf::SWAPCACHE);
+
 /// What is known about one mapped page.
 #[derive(Debug, Clone, Copy)]
 pub struct PageFacts {
@@ -315,6 +329,37 @@ mod tests {
         let mut z = MemStats::default();
         z.add(&page(PM_PRESENT | 1, &[kpf::ZERO_PAGE], 0), true);
         assert_eq!((z.rss, z.zero_pages), (0, 1));
+    }
+
+    #[test]
+    fn only_the_accounted_flags_change_the_counts() {
+        let pms = [PM_PRESENT | 5, PM_PRESENT | PM_EXCLUSIVE | 5];
+        for pm in pms {
+            for mapcount in [1, 3] {
+                // Every subset of the accounted bits, with and without all
+                // the other bits set.
+                let bits: Vec<u32> = (0..64).filter(|b| ACCOUNTED_FLAGS >> b & 1 == 1).collect();
+                for subset in 0..1u64 << bits.len() {
+                    let f = bits
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| subset >> i & 1 == 1)
+                        .fold(0u64, |a, (_, b)| a | (1 << b));
+                    let count = |flags| {
+                        let mut s = MemStats::default();
+                        let p = PageFacts {
+                            pm,
+                            flags,
+                            mapcount,
+                            pmd_mapped: false,
+                        };
+                        s.add(&p, true);
+                        s
+                    };
+                    assert_eq!(count(f), count(f | !ACCOUNTED_FLAGS), "flags {f:#x}");
+                }
+            }
+        }
     }
 
     #[test]

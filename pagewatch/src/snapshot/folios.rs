@@ -90,14 +90,14 @@ pub fn compound_runs(
     mut each: impl FnMut(&Segment, u64),
 ) {
     let mut cur: Option<(Segment, u64)> = None;
-    for g in v.segments() {
+    v.for_each_segment(|g| {
         if let Some((first, len)) = &mut cur {
             if g.pfn() == first.pfn().map(|p| p + *len)
                 && (!same_va || u64::from(g.idx) == u64::from(first.idx) + *len)
                 && has(g.flags, kpf::COMPOUND_TAIL)
             {
                 *len += u64::from(g.pages);
-                continue;
+                return;
             }
             each(first, *len);
             cur = None;
@@ -105,7 +105,7 @@ pub fn compound_runs(
         if g.pfn().is_some() && starts(&g) {
             cur = Some((g, u64::from(g.pages)));
         }
-    }
+    });
     if let Some((first, len)) = cur {
         each(&first, len);
     }

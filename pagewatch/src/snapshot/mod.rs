@@ -6,8 +6,8 @@
 //! - [`source`]: the [`ProcRoot`] every reader takes, batched u64 tables;
 //! - [`maps`], [`procmap_query`], [`flags`], [`pagemap_scan`]: the kernel
 //!   files and ioctls, and their bits;
-//! - [`scan`], [`pfnplan`]: reading one process's pages (pagemap, then
-//!   kpage* for the PFNs found);
+//! - [`scan`], [`pfnplan`], [`batches`]: reading one process's pages
+//!   (pagemap, then kpage* for the PFNs found, on two threads);
 //! - [`account`], [`folios`], [`report`]: smaps-exact accounting,
 //!   thpmaps-like large-folio stats, per-VMA/process reports;
 //! - [`memcg`]: kpagecgroup inodes to cgroup paths;
@@ -17,6 +17,7 @@
 //! - [`select`]: which processes to look at.
 
 pub mod account;
+pub mod batches;
 pub mod census;
 pub mod columns;
 pub mod error;

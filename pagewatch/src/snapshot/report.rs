@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::{
-    account::{MemStats, PageFacts},
+    account::{ACCOUNTED_FLAGS, MemStats, PageFacts},
     flags::{PM_PFN_MASK, PagemapEntry, has, kpf},
     folios::{FolioStats, compound_runs, folio_stats},
     maps::VmaSource,
@@ -163,8 +163,8 @@ pub struct ProcessReport {
     pub notes: Vec<String>,
 }
 
-/// Account every page of one VMA, runs of pages with identical facts at
-/// once (a folded PMD block is two runs: head and tails).
+/// Account every page of one VMA, runs of pages with the same accounted
+/// facts at once (a folded PMD block is two runs: head and tails).
 pub fn vma_stats(v: &VmaPages, visible: bool) -> MemStats {
     let mut s = MemStats::default();
     // Swapped entries carry per-page swap offsets: compare those whole.
@@ -174,32 +174,31 @@ pub fn vma_stats(v: &VmaPages, visible: bool) -> MemStats {
         } else {
             g.pm
         };
-        (pm, g.flags, g.mapcount, g.pmd)
-    };
-    let mut add = |g: &Segment, n: u64| {
-        let facts = PageFacts {
-            pm: g.pm,
-            flags: g.flags,
-            mapcount: u64::from(g.mapcount),
-            pmd_mapped: g.pmd,
-        };
-        s.add_n(&facts, n, visible);
+        (pm, g.flags & ACCOUNTED_FLAGS, g.mapcount, g.pmd)
     };
     let mut run: Option<(Segment, u64)> = None;
-    for g in v.segments() {
-        match &mut run {
-            Some((first, n)) if key(first) == key(&g) => *n += u64::from(g.pages),
-            _ => {
-                if let Some((first, n)) = run.replace((g, u64::from(g.pages))) {
-                    add(&first, n);
-                }
+    v.for_each_segment(|g| match &mut run {
+        Some((first, n)) if key(first) == key(&g) => *n += u64::from(g.pages),
+        _ => {
+            if let Some((first, n)) = run.replace((g, u64::from(g.pages))) {
+                s.add_n(&facts(&first), n, visible);
             }
         }
-    }
+    });
     if let Some((first, n)) = run {
-        add(&first, n);
+        s.add_n(&facts(&first), n, visible);
     }
     s
+}
+
+/// What the accounting needs of a run's pages.
+fn facts(g: &Segment) -> PageFacts {
+    PageFacts {
+        pm: g.pm,
+        flags: g.flags,
+        mapcount: u64::from(g.mapcount),
+        pmd_mapped: g.pmd,
+    }
 }
 
 fn hugetlb_sizes(v: &VmaPages) -> BTreeMap<u64, u64> {
@@ -220,10 +219,10 @@ fn hugetlb_sizes(v: &VmaPages) -> BTreeMap<u64, u64> {
 fn memcg_kb(v: &VmaPages, names: &MemcgNames, out: &mut BTreeMap<String, u64>) {
     let mut by_ino: BTreeMap<u64, u64> = BTreeMap::new();
     let (mut cur, mut kb) = (0u64, 0u64);
-    for g in v.segments() {
+    v.for_each_segment(|g| {
         let f = g.flags;
         if !(PagemapEntry(g.pm).present() && has(f, kpf::MMAP) && !has(f, kpf::ZERO_PAGE)) {
-            continue;
+            return;
         }
         if g.cgroup != cur {
             if kb > 0 {
@@ -232,7 +231,7 @@ fn memcg_kb(v: &VmaPages, names: &MemcgNames, out: &mut BTreeMap<String, u64>) {
             (cur, kb) = (g.cgroup, 0);
         }
         kb += 4 * u64::from(g.pages);
-    }
+    });
     if kb > 0 {
         *by_ino.entry(cur).or_default() += kb;
     }

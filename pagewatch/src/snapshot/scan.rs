@@ -1,6 +1,7 @@
-//! Reading one process: /proc/PID/maps, then pagemap for every VMA in large
-//! preads, then kpageflags / kpagecount / kpagecgroup for the sorted,
-//! coalesced PFNs actually present, on up to three threads.
+//! Reading one process: /proc/PID/maps, then pagemap for every VMA in
+//! batches, then kpageflags / kpagecount / kpagecgroup for the PFNs
+//! actually present (planned per run of neighbouring PFNs, see
+//! [`super::pfnplan`]); big VMAs on two threads (see [`super::batches`]).
 //!
 //! Work is kept per folio where that is exact: a 2 MiB-aligned block of 512
 //! pagemap entries that PAGEMAP_SCAN reports as PMD-mapped, whose entries are
@@ -15,14 +16,18 @@
 //! page, since per-page mapcounts of one folio can differ. kpagecount is
 //! read only for pages pagemap does not mark exclusive.
 
-use std::io;
+use std::{
+    io,
+    sync::atomic::{AtomicBool, Ordering},
+};
 
 use super::{
+    batches,
     error::{Result, SnapshotError},
     flags::{PM_EXCLUSIVE, PM_PFN_MASK, PM_PRESENT, PM_SWAP, PagemapEntry, has, kpf},
     maps::{Vma, VmaSource, read_vmas},
     pagemap_scan::{self, PAGE_IS_HUGE, PAGE_IS_PRESENT, PAGE_IS_SWAPPED},
-    pfnplan::{PfnPlan, PlanPart},
+    pfnplan::PfnPlan,
     source::{ProcRoot, U64Table},
 };
 
@@ -164,6 +169,16 @@ pub struct Segment {
 }
 
 impl Segment {
+    /// The 511 tails of the folded block whose head this is.
+    fn tails(&self) -> Segment {
+        Segment {
+            idx: self.idx + 1,
+            pages: PMD_PAGES as u32 - 1,
+            pm: self.pm + 1,
+            flags: tail_flags(self.flags),
+            ..*self
+        }
+    }
     /// PFN of the first page (None if swapped or hidden).
     pub fn pfn(&self) -> Option<u64> {
         PagemapEntry(self.pm).pfn().filter(|p| *p != 0)
@@ -192,17 +207,6 @@ impl VmaPages {
     pub fn pfn(&self, k: usize) -> Option<u64> {
         PagemapEntry(self.pm[k]).pfn().filter(|p| *p != 0)
     }
-    fn segment(&self, k: usize) -> Segment {
-        Segment {
-            idx: self.idx[k],
-            pages: 1,
-            pm: self.pm[k],
-            flags: self.flags[k],
-            mapcount: self.mapcount[k],
-            cgroup: self.cgroup[k],
-            pmd: self.pmd[k],
-        }
-    }
     /// The entries as runs in address order: an unfolded page is one run,
     /// a folded block two (its head, then its 511 tails).
     pub fn segments(&self) -> Segments<'_> {
@@ -210,6 +214,35 @@ impl VmaPages {
             v: self,
             k: 0,
             tails: None,
+        }
+    }
+    /// Call `f` for each of [`VmaPages::segments`] (cheaper than the
+    /// iterator in the per-page loops).
+    #[inline]
+    pub fn for_each_segment(&self, mut f: impl FnMut(Segment)) {
+        let n = self.pm.len();
+        let columns = self.idx[..n]
+            .iter()
+            .zip(&self.pm)
+            .zip(&self.flags[..n])
+            .zip(&self.mapcount[..n])
+            .zip(&self.cgroup[..n])
+            .zip(&self.pmd[..n])
+            .zip(&self.folded[..n]);
+        for ((((((&idx, &pm), &flags), &mapcount), &cgroup), &pmd), &folded) in columns {
+            let head = Segment {
+                idx,
+                pages: 1,
+                pm,
+                flags,
+                mapcount,
+                cgroup,
+                pmd,
+            };
+            f(head);
+            if folded {
+                f(head.tails());
+            }
         }
     }
     /// Append another batch of the same VMA, one entry per page (folded
@@ -244,20 +277,22 @@ impl Iterator for Segments<'_> {
         if let Some(t) = self.tails.take() {
             return Some(t);
         }
-        let k = self.k;
-        if k >= self.v.pm.len() {
+        let (v, k) = (self.v, self.k);
+        if k >= v.pm.len() {
             return None;
         }
         self.k += 1;
-        let head = self.v.segment(k);
-        if self.v.folded[k] {
-            self.tails = Some(Segment {
-                idx: head.idx + 1,
-                pages: PMD_PAGES as u32 - 1,
-                pm: head.pm + 1,
-                flags: tail_flags(head.flags),
-                ..head
-            });
+        let head = Segment {
+            idx: v.idx[k],
+            pages: 1,
+            pm: v.pm[k],
+            flags: v.flags[k],
+            mapcount: v.mapcount[k],
+            cgroup: v.cgroup[k],
+            pmd: v.pmd[k],
+        };
+        if v.folded[k] {
+            self.tails = Some(head.tails());
         }
         Some(head)
     }
@@ -313,24 +348,41 @@ pub struct ScanInfo {
     pub notes: Vec<String>,
 }
 
-/// Pages per batch: 256 MiB of address space (512 KiB of pagemap). Batches
+/// Pages per batch: 64 MiB of address space (128 KiB of pagemap). Batches
 /// end on 2 MiB boundaries so a PMD-mapped folio never straddles two.
-/// (128 MiB batches fault in less buffer memory but made 4 KiB-page runs
-/// ~20% slower.)
-const BATCH_PAGES: u64 = 1 << 16;
+/// Small batches keep the memory faulted in small (in VMs with free page
+/// reporting every new page is a host fault too) and let the two reader
+/// threads share the work finely.
+const BATCH_PAGES: u64 = 1 << 14;
 /// Pages per batch in hugetlb VMAs: 1 GiB, so a 1 GiB page is never split.
 const HUGETLB_BATCH_PAGES: u64 = 1 << 18;
+/// VMAs of at least this many pages are read in two or more batches, on
+/// two threads (below it, starting a thread costs more than it saves).
+const PARALLEL_PAGES: u64 = 1 << 12;
+/// Batches in memory at once: read ahead of the one being handed over.
+const SLOTS: usize = 4;
 
-/// Buffers reused from batch to batch: keeping the peak footprint at one
-/// batch matters because fresh memory is expensive to fault in (in VMs
-/// with free page reporting every new page is a host fault too).
+/// One batch and the memory reused to read it.
+#[derive(Debug)]
+struct Slot {
+    batch: VmaPages,
+    /// Offsets of the PMD-mapping candidates (see [`pmd_candidates`]).
+    blocks: Vec<usize>,
+    /// kpageflags / kpagecgroup reads, for every visible PFN.
+    flag_plan: PfnPlan,
+    /// kpagecount reads, for PFNs pagemap does not mark exclusive.
+    count_plan: PfnPlan,
+    /// Values read from one kpage table.
+    values: Vec<u64>,
+    /// How reading the batch went.
+    read: Option<io::Result<Read>>,
+}
+
+/// Slots reused from batch to batch and from VMA to VMA: keeping the peak
+/// footprint small matters because fresh memory is expensive to fault in.
 #[derive(Debug, Default)]
 struct Buffers {
-    flags: Vec<u64>,
-    cgroup: Vec<u64>,
-    count: Vec<u64>,
-    /// Batches and buffers of the pairs read in parallel (see `scan_vma`).
-    slots: Vec<(VmaPages, Buffers)>,
+    slots: Vec<Slot>,
 }
 
 /// How to scan a process.
@@ -448,12 +500,12 @@ pub fn scan_process(
 }
 
 /// Read one VMA batch by batch, filling kpage data, and hand each batch
-/// to `sink`. Ok(false) when the process is gone.
+/// to `sink` in order. Ok(false) when the process is gone.
 ///
-/// Batches are read two at a time, one on a helper thread, each into its
-/// own slot, while this thread also hands the previous pair to `sink`: the
-/// kernel work (pagemap walk, ~50 ns per kpage* entry) and the accounting
-/// overlap on two CPUs, and `sink` still sees the batches in order.
+/// VMAs of [`PARALLEL_PAGES`] or more are cut into at least two batches
+/// read by two threads (see [`batches::run_ordered`]): the kernel work
+/// (pagemap walk, ~50-90 ns per kpage* entry) runs on both CPUs, and this
+/// thread also hands finished batches to `sink` while the other reads.
 fn scan_vma(
     pagemap: &U64Table,
     kp: &KpageFiles,
@@ -468,6 +520,9 @@ fn scan_vma(
     let pages = (end - start) / 4096;
     let batch_pages = if vma.maybe_hugetlb() {
         HUGETLB_BATCH_PAGES
+    } else if pages >= PARALLEL_PAGES {
+        // At least two batches, so both threads have work.
+        BATCH_PAGES.min((pages / 2).next_multiple_of(PMD_PAGES))
     } else {
         BATCH_PAGES
     };
@@ -502,98 +557,66 @@ fn scan_vma(
             pos = stop;
         }
     }
-    let pairs: Vec<&[(u64, u64)]> = spans.chunks(2).collect();
-    // Slots 0-1 take even pairs, 2-3 odd ones.
-    let mut slots = std::mem::take(&mut bufs.slots);
-    slots.resize_with(4, || (VmaPages::empty(vma.clone()), Buffers::default()));
-    for s in &mut slots {
-        s.0.vma = vma.clone();
+    let slots = &mut bufs.slots;
+    slots.resize_with(SLOTS, || Slot {
+        batch: VmaPages::empty(vma.clone()),
+        blocks: Vec::new(),
+        flag_plan: PfnPlan::default(),
+        count_plan: PfnPlan::default(),
+        values: Vec::new(),
+        read: None,
+    });
+    for s in slots.iter_mut() {
+        s.batch.vma = vma.clone();
     }
-    let mut pending: Option<[Option<io::Result<Read>>; 2]> = None;
-    let r = (|| {
-        for p in 0..=pairs.len() {
-            let (lo, hi) = slots.split_at_mut(2);
-            let (cur, prev) = if p % 2 == 0 { (lo, hi) } else { (hi, lo) };
-            let (c0, c1) = cur.split_at_mut(1);
-            let (c0, c1) = (&mut c0[0], &mut c1[0]);
-            let pair = pairs.get(p).copied();
-            let (ok, vis) = (*scan_ok, info.pfns_visible);
-            let earlier = pending.take();
-            let (done, read) = std::thread::scope(|sc| {
-                let helper = pair.filter(|q| q.len() == 2).map(|q| {
-                    let s1 = q[1];
-                    sc.spawn(move || {
-                        read_batch(pagemap, kp, &mut c1.0, &mut c1.1, s1, ok, vis, false)
-                    })
-                });
-                let done = match earlier {
-                    Some(rs) => deliver(rs, prev, scan_ok, info, sink),
-                    None => Ok(true),
-                };
-                let r0 = match (&done, pair) {
-                    (Ok(true), Some(q)) => Some(read_batch(
-                        pagemap,
-                        kp,
-                        &mut c0.0,
-                        &mut c0.1,
-                        q[0],
-                        ok,
-                        vis,
-                        q.len() == 1,
-                    )),
-                    _ => None,
-                };
-                let r1 = helper.map(|h| h.join().expect("batch reader"));
-                (done, [r0, r1])
-            });
-            if !done? {
-                return Ok(false);
-            }
-            pending = Some(read);
-        }
-        Ok(true)
-    })();
-    bufs.slots = slots;
-    r
+    // What one batch learns (PAGEMAP_SCAN fails, PFNs are hidden) spares
+    // the batches read after it the attempt.
+    let ok = AtomicBool::new(*scan_ok);
+    let visible = AtomicBool::new(info.pfns_visible);
+    batches::run_ordered(
+        spans.len(),
+        slots,
+        |s, i| {
+            let r = read_batch(pagemap, kp, s, spans[i], &ok, &visible);
+            s.read = Some(r);
+        },
+        |s, _| deliver(s, scan_ok, info, sink),
+    )
 }
 
-/// Hand a pair's batches to `sink` in order, applying what their reads
-/// learnt. Ok(false) when the process is gone.
+/// Hand a read batch to `sink`, applying what its read learnt. Ok(false)
+/// when the process is gone.
 fn deliver(
-    read: [Option<io::Result<Read>>; 2],
-    slots: &[(VmaPages, Buffers)],
+    s: &mut Slot,
     scan_ok: &mut bool,
     info: &mut ScanInfo,
     sink: &mut dyn FnMut(&VmaPages, bool),
 ) -> io::Result<bool> {
-    for (r, (b, _)) in read.into_iter().zip(slots) {
-        let Some(r) = r else { continue };
-        match r? {
-            Read::Gone => return Ok(false),
-            Read::Done {
-                scan_failed,
-                hidden,
-            } => {
-                if scan_failed {
-                    *scan_ok = false;
-                }
-                if hidden && info.pfns_visible {
-                    info.pfns_visible = false;
-                    info.notes.push(
-                        "pagemap PFNs read as zero (no CAP_SYS_ADMIN): kpage* data unavailable"
-                            .into(),
-                    );
-                }
-                if !b.pm.is_empty() {
-                    sink(b, info.pfns_visible);
-                }
+    match s.read.take().expect("batch read before delivery")? {
+        Read::Gone => Ok(false),
+        Read::Done {
+            scan_failed,
+            hidden,
+        } => {
+            if scan_failed {
+                *scan_ok = false;
             }
+            if hidden && info.pfns_visible {
+                info.pfns_visible = false;
+                info.notes.push(
+                    "pagemap PFNs read as zero (no CAP_SYS_ADMIN): kpage* data unavailable".into(),
+                );
+            }
+            if !s.batch.pm.is_empty() {
+                sink(&s.batch, info.pfns_visible);
+            }
+            Ok(true)
         }
     }
-    Ok(true)
 }
 
 /// How reading one batch went.
+#[derive(Debug)]
 enum Read {
     /// The process is gone.
     Gone,
@@ -606,23 +629,22 @@ enum Read {
     },
 }
 
-/// Read pages `pos..stop` of `batch`'s VMA into `batch` (pagemap, PMD
-/// marks, and kpage data when `pfns_visible`); `split` reads the kpage
-/// tables on two threads.
-#[allow(clippy::too_many_arguments)]
+/// Read pages `pos..stop` of the slot's VMA into its batch (pagemap, PMD
+/// marks, and kpage data while PFNs are `visible`). Clears `scan_ok` when
+/// PAGEMAP_SCAN fails and `visible` when the PFNs read as zero.
 fn read_batch(
     pagemap: &U64Table,
     kp: &KpageFiles,
-    batch: &mut VmaPages,
-    bufs: &mut Buffers,
+    s: &mut Slot,
     (pos, stop): (u64, u64),
-    scan_ok: bool,
-    pfns_visible: bool,
-    split: bool,
+    scan_ok: &AtomicBool,
+    visible: &AtomicBool,
 ) -> io::Result<Read> {
+    let batch = &mut s.batch;
     let start = batch.vma.start;
     let first = start / 4096;
     let n = (stop - pos) as usize;
+    let pfns_visible = visible.load(Ordering::Relaxed);
     // Read straight into `pm` and keep the present or swapped entries in
     // place (no separate pagemap buffer to fault in).
     batch.pm.resize(n, 0);
@@ -630,18 +652,24 @@ fn read_batch(
     if got < n {
         return Ok(Read::Gone);
     }
-    let blocks = pmd_candidates(&batch.pm, first + pos);
+    pmd_candidates(&batch.pm, first + pos, &mut s.blocks);
     let (mut scan_failed, mut huge) = (false, Vec::new());
-    if scan_ok && !blocks.is_empty() {
+    if !s.blocks.is_empty() && scan_ok.load(Ordering::Relaxed) {
         let (a, b) = (start + pos * 4096, start + stop * 4096);
         match pagemap_scan::scan(pagemap.file(), a, b, PAGE_IS_HUGE, 0) {
             Ok(regions) => huge = regions,
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(Read::Gone),
-            Err(_) => scan_failed = true,
+            Err(_) => {
+                scan_ok.store(false, Ordering::Relaxed);
+                scan_failed = true;
+            }
         }
     }
-    let (any_present, any_pfn) = compact(batch, pos, &blocks, &huge, pfns_visible);
+    let (any_present, any_pfn) = compact(batch, pos, &s.blocks, &huge, pfns_visible);
     let hidden = pfns_visible && any_present && !any_pfn;
+    if hidden {
+        visible.store(false, Ordering::Relaxed);
+    }
     let m = batch.pm.len();
     batch.flags.clear();
     batch.flags.resize(m, 0);
@@ -650,7 +678,7 @@ fn read_batch(
     batch.cgroup.clear();
     batch.cgroup.resize(m, 0);
     if pfns_visible && !hidden && m > 0 {
-        fill_kpage(kp, batch, bufs, split)?;
+        fill_kpage(kp, s)?;
     }
     Ok(Read::Done {
         scan_failed,
@@ -658,14 +686,14 @@ fn read_batch(
     })
 }
 
-/// Offsets in `pm` (whose first entry is virtual page `vpn`) of the
-/// 2 MiB-aligned blocks that look like a PMD mapping: 512 present entries
-/// `e, e + 1, ..., e + 511` (same bits, consecutive PFNs), or 512 equal
-/// present entries when PFNs are hidden.
-fn pmd_candidates(pm: &[u64], vpn: u64) -> Vec<usize> {
+/// Fill `out` with the offsets in `pm` (whose first entry is virtual page
+/// `vpn`) of the 2 MiB-aligned blocks that look like a PMD mapping: 512
+/// present entries `e, e + 1, ..., e + 511` (same bits, consecutive
+/// PFNs), or 512 equal present entries when PFNs are hidden.
+fn pmd_candidates(pm: &[u64], vpn: u64, out: &mut Vec<usize>) {
     let b = PMD_PAGES as usize;
     let mut i = ((PMD_PAGES - vpn % PMD_PAGES) % PMD_PAGES) as usize;
-    let mut out = Vec::new();
+    out.clear();
     while i + b <= pm.len() {
         let e = pm[i];
         let step = u64::from(e & PM_PFN_MASK != 0);
@@ -679,7 +707,6 @@ fn pmd_candidates(pm: &[u64], vpn: u64) -> Vec<usize> {
         }
         i += b;
     }
-    out
 }
 
 /// Keep the present or swapped entries of the batch just read into `v.pm`
@@ -747,86 +774,43 @@ fn compact(
     (any_present, any_pfn)
 }
 
-/// Call `f(pfn)` for every entry's visible PFN (a folded block's head).
-fn for_each_flag_pfn(v: &VmaPages, f: &mut dyn FnMut(u64)) {
-    (0..v.pm.len()).filter_map(|k| v.pfn(k)).for_each(f);
-}
-
-/// Call `f(pfn)` for every visible PFN pagemap does not mark exclusive.
-fn for_each_shared_pfn(v: &VmaPages, f: &mut dyn FnMut(u64)) {
-    for (k, &e) in v.pm.iter().enumerate() {
-        if !PagemapEntry(e).exclusive()
-            && let Some(pfn) = v.pfn(k)
-        {
-            f(pfn);
-        }
-    }
-}
-
-/// Below this much work (entries, plus [`PREAD_COST`] per pread) a
-/// batch's kpage reads stay on one thread: starting one costs more.
-const MIN_SPLIT_WORK: usize = 2048;
-/// A pread's fixed cost in entries (~1.5 us against ~50 ns an entry).
-const PREAD_COST: usize = 32;
-
-/// Read kpageflags, kpagecgroup and kpagecount for the batch's PFNs (on
-/// two threads) and store them per entry.
-fn fill_kpage(
-    kp: &KpageFiles,
-    v: &mut VmaPages,
-    bufs: &mut Buffers,
-    split: bool,
-) -> io::Result<()> {
-    let flag_plan = PfnPlan::new(|f| for_each_flag_pfn(v, f));
-    let count_plan = PfnPlan::new(|f| for_each_shared_pfn(v, f));
+/// Read kpageflags, kpagecgroup and kpagecount for the batch's PFNs and
+/// store them per entry (kpagecount only where pagemap does not say
+/// exclusive).
+fn fill_kpage(kp: &KpageFiles, s: &mut Slot) -> io::Result<()> {
+    let v = &mut s.batch;
+    let pfn = |e: u64| PagemapEntry(e).pfn().filter(|p| *p != 0);
+    s.flag_plan.plan(
+        v.pm.iter()
+            .enumerate()
+            .filter_map(|(k, &e)| Some((k, pfn(e)?))),
+    );
+    s.count_plan.plan(
+        v.pm.iter()
+            .enumerate()
+            .filter(|(_, e)| !PagemapEntry(**e).exclusive())
+            .filter_map(|(k, &e)| Some((k, pfn(e)?))),
+    );
     log::debug!(
         "kpage reads for {} entries: flags/cgroup {} entries in {} preads, count {} entries in {} preads",
         v.pm.len(),
-        flag_plan.entries(),
-        flag_plan.preads(),
-        count_plan.entries(),
-        count_plan.preads()
+        s.flag_plan.entries(),
+        s.flag_plan.preads(),
+        s.count_plan.entries(),
+        s.count_plan.preads()
     );
-    let Buffers {
-        flags,
-        cgroup,
-        count,
-        ..
-    } = bufs;
-    // The kernel's cost is per entry: give each of two threads (this one
-    // and a helper) half of every table's entries, so both stay busy
-    // whatever the tables cost.
-    let [f0, f1] = flag_plan.halves(flags);
-    let [c0, c1] = flag_plan.halves(cgroup);
-    let [m0, m1] = count_plan.halves(count);
-    let read = |f: PlanPart, c: PlanPart, m: PlanPart| -> io::Result<()> {
-        f.read(kp.flags.as_ref())?;
-        c.read(kp.cgroup.as_ref())?;
-        m.read(kp.count.as_ref())
-    };
-    let work = 2 * (flag_plan.entries() + PREAD_COST * flag_plan.preads())
-        + count_plan.entries()
-        + PREAD_COST * count_plan.preads();
-    if !split || work < MIN_SPLIT_WORK {
-        read(f0, c0, m0)?;
-        read(f1, c1, m1)?;
-    } else {
-        let (r0, r1) = std::thread::scope(|s| {
-            let h = s.spawn(|| read(f1, c1, m1));
-            let r0 = read(f0, c0, m0);
-            (r0, h.join().expect("kpage reader"))
-        });
-        r0?;
-        r1?;
+    s.flag_plan.read(kp.flags.as_ref(), &mut s.values)?;
+    s.flag_plan.store(&s.values, &mut v.flags, |f| f);
+    // Without kpagecgroup (no CONFIG_MEMCG, or left out by the collector)
+    // every memcg stays 0.
+    if kp.cgroup.is_some() {
+        s.flag_plan.read(kp.cgroup.as_ref(), &mut s.values)?;
+        s.flag_plan.store(&s.values, &mut v.cgroup, |c| c);
     }
-    for k in 0..v.pm.len() {
-        let Some(pfn) = v.pfn(k) else { continue };
-        v.flags[k] = flag_plan.get(flags, pfn);
-        v.cgroup[k] = flag_plan.get(cgroup, pfn);
-        if !PagemapEntry(v.pm[k]).exclusive() {
-            v.mapcount[k] = count_plan.get(count, pfn).min(u64::from(u32::MAX)) as u32;
-        }
-    }
+    s.count_plan.read(kp.count.as_ref(), &mut s.values)?;
+    s.count_plan.store(&s.values, &mut v.mapcount, |c| {
+        c.min(u64::from(u32::MAX)) as u32
+    });
     Ok(())
 }
 
@@ -872,7 +856,8 @@ mod tests {
         pm.extend((0..b).map(|j| if j == 3 { 0 } else { head + 3 * b + j }));
         let mut v = VmaPages::empty(vma(4 * b));
         v.pm = pm;
-        let blocks = pmd_candidates(&v.pm, v.vma.start / 4096);
+        let mut blocks = Vec::new();
+        pmd_candidates(&v.pm, v.vma.start / 4096, &mut blocks);
         assert_eq!(blocks, vec![0, 512, 1024]);
         let huge = [
             pagemap_scan::Region {
@@ -911,7 +896,7 @@ mod tests {
         // With PFNs hidden nothing folds.
         let mut h = VmaPages::empty(vma(b));
         h.pm = vec![PM_PRESENT | PM_EXCLUSIVE; b as usize];
-        let blocks = pmd_candidates(&h.pm, h.vma.start / 4096);
+        pmd_candidates(&h.pm, h.vma.start / 4096, &mut blocks);
         assert_eq!(compact(&mut h, 0, &blocks, &huge[..1], true), (true, false));
         assert!(h.folded.iter().all(|f| !f) && h.pmd.iter().all(|p| *p));
     }
