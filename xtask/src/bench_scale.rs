@@ -111,6 +111,26 @@ impl Sampled {
         v
     }
 
+    /// Per snapshot after the first: (processes read again, carried,
+    /// whether everything was read again and why).
+    fn snapshot_work(&self) -> Vec<(u64, u64, Option<String>)> {
+        self.lines
+            .iter()
+            .filter_map(|l| l.get("snapshot"))
+            .filter(|w| !w.is_null())
+            .map(|w| {
+                let n = |k: &str| w.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+                (
+                    n("rescanned"),
+                    n("carried"),
+                    w.get("all_because")
+                        .and_then(|a| a.as_str())
+                        .map(str::to_owned),
+                )
+            })
+            .collect()
+    }
+
     fn dropped(&self) -> u64 {
         self.lines
             .iter()
@@ -277,15 +297,23 @@ pub fn scale(pagewatch: &Path, dir: &Path, o: &ScaleOptions) -> anyhow::Result<S
     let holders = Holders::start(dir, o.scale_processes, o.scale_mib, false)?;
     let secs = format!("{}s", o.scale_seconds);
     let base = ["top", "--json", "--interval", "1s", "--duration", &secs];
-    let snap = sample_pagewatch(
-        pagewatch,
-        &strs(&[&base[..], &["--comm", "pw-hold"]].concat()),
-        dir,
-    )?;
+    // By pid, not --comm pw-hold: other pw-hold processes on a shared
+    // machine are not this benchmark's.
+    let pid_args: Vec<String> = holders
+        .0
+        .iter()
+        .flat_map(|c| ["--pid".to_owned(), c.id().to_string()])
+        .collect();
+    let snap = sample_pagewatch(pagewatch, &[strs(&base), pid_args].concat(), dir)?;
+    let load_after = load();
     let trace = sample_pagewatch(pagewatch, &strs(&base), dir)?;
     drop(holders);
     let pages = o.scale_processes * o.scale_mib * 256;
     let ms = snap.snapshot_ms();
+    let work = snap.snapshot_work();
+    let all: Vec<&str> = work.iter().filter_map(|w| w.2.as_deref()).collect();
+    let mut rescanned: Vec<f64> = work.iter().map(|w| w.0 as f64).collect();
+    rescanned.sort_by(f64::total_cmp);
     let row = |name: &str, s: &Sampled, snap: String| {
         format!(
             "| {name} | {snap} | {:.1}% | {:.1} MiB | {} |\n",
@@ -299,14 +327,26 @@ pub fn scale(pagewatch: &Path, dir: &Path, o: &ScaleOptions) -> anyhow::Result<S
          Command: `cargo xtask bench --only scale` (xtask/src/bench_scale.rs). {n} pw-hold \
          processes each write {mib} MiB of 4 KiB pages ({pages} pages in all) and stay idle; \
          pagewatch runs {secs} at 1 s intervals. CPU is the collector's utime+stime over its \
-         tracing time, RSS the largest VmRSS sampled each second. Load average at the start: {load_at_start}.\n\n\
+         tracing time, RSS the largest VmRSS sampled each second. Load average at the start: \
+         {load_at_start}; after the snapshotting run: {load_after}.\n\n\
          | variant | snapshot per interval: median / p95 / max | collector CPU (one core) | collector RSS (max) | dropped |\n\
          |---|---:|---:|---:|---:|\n{a}{b}\n\
-         Collector RSS per tracked page while snapshotting: {per_page:.1} bytes.\n",
+         Collector RSS per tracked page while snapshotting: {per_page:.1} bytes.\n\n\
+         Snapshots after the first ({snaps}): processes read again per snapshot median {r50:.0}, \
+         max {rmax:.0}; every process read again in {nall} of them{why}.\n",
+        snaps = work.len(),
+        r50 = percentile(&rescanned, 0.5),
+        rmax = percentile(&rescanned, 1.0),
+        nall = all.len(),
+        why = if all.is_empty() {
+            String::new()
+        } else {
+            format!(" (counters that moved: {})", all.join("; "))
+        },
         n = o.scale_processes,
         mib = o.scale_mib,
         a = row(
-            "`top --comm pw-hold` (traced and snapshotted)",
+            "`top --pid P1 --pid P2 ...` (traced and snapshotted)",
             &snap,
             format!(
                 "{:.0} / {:.0} / {:.0} ms ({} intervals)",
