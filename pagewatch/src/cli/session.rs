@@ -184,6 +184,9 @@ pub struct SnapshotWork {
     /// moved), if it was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub all_because: Option<String>,
+    /// The processes read again for a reason of their own (empty when
+    /// every process was).
+    pub rescanned_pids: Vec<u32>,
 }
 
 /// khugepaged scans of one VMA that ended with one result.
@@ -567,6 +570,9 @@ impl Session {
             );
             if let Ok(info) = scanned {
                 let table = table.finish(&info);
+                if work.all_because.is_none() {
+                    work.rescanned_pids.push(pid);
+                }
                 work.rescanned += 1;
                 work.rescanned_pages += table.len() as u64;
                 procs.push(Arc::new(table));
