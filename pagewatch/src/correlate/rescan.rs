@@ -182,32 +182,16 @@ fn read_u64(path: &std::path::Path) -> Option<u64> {
 /// faulting at the same moment can spoil one try; an approximate counter
 /// never moves by exactly one page).
 pub fn exact_rss_counters(root: &ProcRoot) -> bool {
-    const PAGE: usize = 4096;
     let status = root.proc_file("self/status");
     let rss_anon = || status_kb(&std::fs::read_to_string(&status).ok()?, "RssAnon");
     (0..3).any(|_| {
-        // SAFETY: a fresh private anonymous page, touched and unmapped here
-        // only.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                PAGE,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return false;
-        }
-        let before = rss_anon();
-        // SAFETY: p is our one-page mapping.
-        unsafe { p.cast::<u8>().write_volatile(1) };
-        let after = rss_anon();
-        // SAFETY: unmapping the mapping made above.
-        unsafe { libc::munmap(p, PAGE) };
-        matches!((before, after), (Some(b), Some(a)) if a == b + 4)
+        crate::proc::with_scratch_page(|p| {
+            let before = rss_anon();
+            // SAFETY: p is the scratch page.
+            unsafe { p.write_volatile(1) };
+            matches!((before, rss_anon()), (Some(b), Some(a)) if a == b + 4)
+        })
+        .unwrap_or(false)
     })
 }
 
