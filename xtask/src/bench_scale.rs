@@ -102,9 +102,25 @@ impl Sampled {
 
     /// Snapshot times (ms) of every interval that took one.
     fn snapshot_ms(&self) -> Vec<f64> {
+        self.snapshot_ms_where(|_| true)
+    }
+
+    /// Snapshot times (ms) of the intervals whose snapshot read pages
+    /// (`read`) or carried every process over (`!read`).
+    fn snapshot_ms_reading(&self, read: bool) -> Vec<f64> {
+        self.snapshot_ms_where(|l| {
+            let pages = l
+                .get("snapshot")
+                .and_then(|w| w.get("rescanned_pages")?.as_u64());
+            (pages.unwrap_or(0) > 0) == read
+        })
+    }
+
+    fn snapshot_ms_where(&self, keep: impl Fn(&serde_json::Value) -> bool) -> Vec<f64> {
         let mut v: Vec<f64> = self
             .lines
             .iter()
+            .filter(|l| keep(l))
             .filter_map(|l| l.get("snapshot_ms")?.as_f64())
             .collect();
         v.sort_by(f64::total_cmp);
@@ -411,16 +427,20 @@ pub fn big(pagewatch: &Path, dir: &Path, o: &ScaleOptions) -> anyhow::Result<Str
             dir,
         )?;
         drop(holder);
-        let ms = s.snapshot_ms();
+        let ms = s.snapshot_ms_reading(true);
+        let carried = s.snapshot_ms_reading(false);
         let pages = o.big_mib * 256;
         rows.push_str(&format!(
-            "| {} | {pages} | {:.0} ms | {:.0} ms | {:.1}x | {:.1} MiB | {:.1} |\n",
+            "| {} | {pages} | {:.0} ms ({} reads) | {:.1} ms ({}) | {:.0} ms | {:.1}x | {:.1} MiB | {:.1} |\n",
             if thp {
                 "THP (MADV_HUGEPAGE)"
             } else {
                 "4 KiB (MADV_NOHUGEPAGE)"
             },
             percentile(&ms, 0.5),
+            ms.len(),
+            percentile(&carried, 0.5),
+            carried.len(),
             percentile(&raw, 0.5),
             percentile(&ms, 0.5) / percentile(&raw, 0.5),
             s.rss_max_mib(),
@@ -431,10 +451,12 @@ pub fn big(pagewatch: &Path, dir: &Path, o: &ScaleOptions) -> anyhow::Result<Str
         "## One big process: {mib} MiB\n\n\
          Command: `cargo xtask bench --only big --big-mib {mib}` (xtask/src/bench_scale.rs). \
          One pw-hold process writes {mib} MiB; `pagewatch top --pid PID --interval 1s --duration 15s` \
-         snapshots it every second (median over the intervals) against `dd bs=512K` of the same \
-         pagemap range (median of 5), the raw read bound. Load average at the start: {load_at_start}.\n\n\
-         | memory | pages | snapshot (median) | pagemap read | ratio | collector RSS (max) | bytes per tracked page |\n\
-         |---|---:|---:|---:|---:|---:|---:|\n{rows}",
+         snapshots it every second against `dd bs=512K` of the same pagemap range (median of 5), \
+         the raw read bound. A snapshot that reads the process (the first, and any that a moved \
+         counter makes read it again) is timed apart from one that carries it over unchanged \
+         (medians, with their counts). Load average at the start: {load_at_start}.\n\n\
+         | memory | pages | snapshot reading it (median) | snapshot carrying it (median) | pagemap read | ratio (reading / pagemap) | collector RSS (max) | bytes per tracked page |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n{rows}",
         mib = o.big_mib,
     ))
 }
