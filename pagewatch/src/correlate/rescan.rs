@@ -14,12 +14,12 @@
 //! change can land after the snapshot of the interval that counted it).
 //!
 //! Reclaim and swap unmap pages, which the per-process RSS and swap
-//! counters show exactly where the kernel sums them (Linux 6.16+ reads
-//! /proc/PID/status with `percpu_counter_sum`; [`exact_rss_counters`]
-//! checks): there reclaim elsewhere on the machine does not make every
-//! followed process be read again. Where they are approximate (per-CPU
-//! deltas of up to 64 pages not yet folded in) the reclaim and swap
-//! counters count as foreign too.
+//! counters show exactly where the kernel sums them for /proc/PID/status
+//! (recent kernels such as 6.18 do; /proc/PID/stat's rss is approximate
+//! even there; [`exact_rss_counters`] checks): there reclaim elsewhere on
+//! the machine does not make every followed process be read again. Where
+//! they are approximate (per-CPU deltas of tens of pages not yet folded
+//! in) the reclaim and swap counters count as foreign too.
 
 use std::collections::{BTreeMap, BTreeSet};
 
