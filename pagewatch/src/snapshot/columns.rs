@@ -15,7 +15,9 @@
 //!   65535). 40 bits of PFN cover 4 PiB of RAM; swap
 //!   offsets past 2^35 pages (128 TiB) are truncated.
 //! - `flags_idx`, `memcg_idx` (2 bytes each): indices into small per-process
-//!   tables of the distinct kpageflags words and memcg inodes seen.
+//!   tables of the distinct kpageflags words and memcg inodes seen (no
+//!   `memcg_idx` when no page has a memcg, as in the session, which does
+//!   not read kpagecgroup).
 //! - `by_pfn` (4 bytes, built on the first owner lookup only): the
 //!   process's page indices sorted by PFN.
 //!
@@ -236,6 +238,10 @@ impl ProcessTableBuilder {
                 name: v.name.clone(),
             })
             .collect();
+        if t.memcg_values.iter().all(|&v| v == 0) {
+            // No memcg known (the session reads no kpagecgroup): no column.
+            t.memcg_idx = Vec::new();
+        }
         t.frame.shrink_to_fit();
         t.flags_idx.shrink_to_fit();
         t.memcg_idx.shrink_to_fit();
@@ -287,10 +293,11 @@ impl ProcessTable {
     pub fn mapcount(&self, i: usize) -> u64 {
         self.frame[i] >> MAPCOUNT_SHIFT
     }
-    /// Memory cgroup inode of page `i`.
+    /// Memory cgroup inode of page `i` (0: unknown).
     pub fn memcg(&self, i: usize) -> u64 {
-        self.memcg_values
-            .get(usize::from(self.memcg_idx[i]))
+        self.memcg_idx
+            .get(i)
+            .and_then(|&m| self.memcg_values.get(usize::from(m)))
             .copied()
             .unwrap_or(0)
     }
