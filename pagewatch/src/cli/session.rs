@@ -1,7 +1,9 @@
 //! The tracing session shared by `top` and `record`: load the hooks, stream
 //! the ring buffer through tokio's AsyncFd, fold events into per-interval
 //! tallies and correlator evidence, snapshot the tracked processes every
-//! interval and diff them into attributed transitions, and hand each
+//! interval (reading again only those that may have changed, see
+//! `pagewatch::correlate::rescan`) and diff them into attributed
+//! transitions, and hand each
 //! interval to a [`Sink`] (a table, JSON lines, a recording) until Ctrl-C,
 //! SIGTERM, `--duration` or the caller's own stop condition.
 
