@@ -866,3 +866,174 @@ fn hugetlb_pool_changes_and_holders_per_node_are_reported() {
         "no per-process hugetlb counter track"
     );
 }
+
+/// A workload child, killed on drop (before the cgroup it is in goes).
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Per snapshot (after the first): why every process was read again, if
+/// it was, and the processes read again for a reason of their own.
+fn snapshot_work(lines: &[Value]) -> Vec<(Option<String>, Vec<u64>)> {
+    lines
+        .iter()
+        .filter_map(|l| l.get("snapshot").filter(|w| !w.is_null()))
+        .map(|w| {
+            (
+                w["all_because"].as_str().map(str::to_owned),
+                w["rescanned_pids"]
+                    .as_array()
+                    .expect("rescanned_pids")
+                    .iter()
+                    .filter_map(Value::as_u64)
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// The snapshots read only what may have changed: an idle followed process
+/// is carried over from one snapshot to the next without being read,
+/// while a process that faults its pages in, and the same process once its
+/// pages are pushed to swap by another agent (this test lowering its memory
+/// cgroup's limit: the reclaim runs in the test's context, not the
+/// process's), are read again, and their transitions still equal what the
+/// kernel reports in smaps.
+#[test]
+fn steady_processes_are_carried_and_changed_ones_read_again() {
+    let name = "steady_processes_are_carried_and_changed_ones_read_again";
+    if skip_unless_root(name) {
+        return;
+    }
+    let _swap = match ZramSwap::setup("1G") {
+        Ok(s) => s,
+        Err(why) => return skip(name, &why),
+    };
+    let Some(cg) = MemCgroup::create(1 << 30) else {
+        return skip(name, "no memory cgroup controller");
+    };
+    let spawn = |bin: &str, args: &[&str]| {
+        let mut c = Command::new(bin)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn workload");
+        let out = BufReader::new(c.stdout.take().unwrap()).lines();
+        (Child(c), out)
+    };
+    let (mut idle, mut idle_out) = spawn(env!("CARGO_BIN_EXE_pw-hold"), &["8", "nothp"]);
+    let idle_pid: u32 = idle_out.next().unwrap().unwrap()[4..].parse().unwrap();
+    assert_eq!(idle_out.next().unwrap().unwrap(), "ready");
+    let (mut busy, mut busy_out) = spawn(env!("CARGO_BIN_EXE_pw-faults"), &["window", "64"]);
+    let busy_pid: u32 = busy_out.next().unwrap().unwrap()[4..].parse().unwrap();
+    assert_eq!(busy_out.next().unwrap().unwrap(), "ready");
+    cg.add(busy_pid);
+    let tracer = Tracer::start(&[
+        "--pid",
+        &idle_pid.to_string(),
+        "--pid",
+        &busy_pid.to_string(),
+        "--interval",
+        "300ms",
+    ]);
+    std::thread::sleep(Duration::from_millis(1500));
+    // Fault the 64 MiB window in, then stay idle.
+    writeln!(busy.0.stdin.as_mut().unwrap(), "go").unwrap();
+    let result = busy_out.next().unwrap().unwrap();
+    assert!(result.starts_with("delta "), "{result}");
+    std::thread::sleep(Duration::from_millis(1500));
+    let region = pagewatch_tests::smaps(busy_pid)
+        .into_iter()
+        .filter(|v| v.name.is_empty())
+        .max_by_key(|v| v.kb["Size"])
+        .expect("the 64 MiB region");
+    // Push it to swap from here: the limit write reclaims in this thread.
+    cg.set_limit(16 << 20);
+    std::thread::sleep(Duration::from_millis(1500));
+    let swap_kb = pagewatch_tests::rollup(busy_pid)["Swap"];
+    let lines = tracer.stop();
+    drop(idle.0.stdin.take());
+    drop((idle, busy));
+    drop(cg);
+    let work = snapshot_work(&lines);
+    let quiet: Vec<&Vec<u64>> = work
+        .iter()
+        .filter(|(all, _)| all.is_none())
+        .map(|(_, pids)| pids)
+        .collect();
+    for all in work.iter().filter_map(|w| w.0.as_deref()) {
+        eprintln!("{name}: a snapshot read everything again: {all}");
+    }
+    if quiet.len() < 3 {
+        return skip(
+            name,
+            &format!(
+                "system-wide counters of foreign page changes moved in {} of {} snapshots \
+                 (other activity on the machine): the rescan rule cannot be observed",
+                work.len() - quiet.len(),
+                work.len()
+            ),
+        );
+    }
+    // (a) The idle process was never read again for a reason of its own,
+    // and has no transition.
+    assert!(
+        quiet
+            .iter()
+            .all(|pids| !pids.contains(&u64::from(idle_pid))),
+        "idle pid {idle_pid} read again: {work:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .filter_map(|l| l.get("transition"))
+            .all(|t| t["pid"].as_u64() != Some(u64::from(idle_pid))),
+        "transitions of the idle process"
+    );
+    // (b) The busy process was carried while idle and read again when it
+    // changed.
+    let busy_reads = quiet
+        .iter()
+        .filter(|pids| pids.contains(&u64::from(busy_pid)))
+        .count();
+    assert!(
+        busy_reads > 0 && busy_reads < quiet.len(),
+        "busy pid {busy_pid} read again in {busy_reads} of {} quiet snapshots",
+        quiet.len()
+    );
+    // Its transitions equal the kernel's figures: the whole window faulted
+    // in, and as many pages net swapped out as smaps says are in swap.
+    let faulted: u64 = transitions(&lines, busy_pid, "faulted_in")
+        .iter()
+        .filter(|t| t["vma_start"].as_u64() == Some(region.start))
+        .map(|t| t["pages"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        faulted,
+        region.kb["Size"] / 4,
+        "faulted-in pages of the window"
+    );
+    assert!(
+        swap_kb > 32 << 10,
+        "64 MiB pushed under a 16 MiB limit swaps >32 MiB, smaps says {swap_kb} kB"
+    );
+    let net = pages(&transitions(&lines, busy_pid, "swapped_out")) as i64
+        - pages(&transitions(&lines, busy_pid, "swapped_in")) as i64;
+    assert_eq!(
+        net,
+        (swap_kb / 4) as i64,
+        "net swapped-out pages vs smaps Swap"
+    );
+    eprintln!(
+        "{name}: {} snapshots, {} quiet; busy pid read again in {busy_reads} of them; \
+         {faulted} pages faulted in, {net} swapped out",
+        work.len(),
+        quiet.len()
+    );
+}

@@ -102,13 +102,49 @@ impl Sampled {
 
     /// Snapshot times (ms) of every interval that took one.
     fn snapshot_ms(&self) -> Vec<f64> {
+        self.snapshot_ms_where(|_| true)
+    }
+
+    /// Snapshot times (ms) of the intervals whose snapshot read pages
+    /// (`read`) or carried every process over (`!read`).
+    fn snapshot_ms_reading(&self, read: bool) -> Vec<f64> {
+        self.snapshot_ms_where(|l| {
+            let pages = l
+                .get("snapshot")
+                .and_then(|w| w.get("rescanned_pages")?.as_u64());
+            (pages.unwrap_or(0) > 0) == read
+        })
+    }
+
+    fn snapshot_ms_where(&self, keep: impl Fn(&serde_json::Value) -> bool) -> Vec<f64> {
         let mut v: Vec<f64> = self
             .lines
             .iter()
+            .filter(|l| keep(l))
             .filter_map(|l| l.get("snapshot_ms")?.as_f64())
             .collect();
         v.sort_by(f64::total_cmp);
         v
+    }
+
+    /// Per snapshot after the first: (processes read again, carried,
+    /// whether everything was read again and why).
+    fn snapshot_work(&self) -> Vec<(u64, u64, Option<String>)> {
+        self.lines
+            .iter()
+            .filter_map(|l| l.get("snapshot"))
+            .filter(|w| !w.is_null())
+            .map(|w| {
+                let n = |k: &str| w.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+                (
+                    n("rescanned"),
+                    n("carried"),
+                    w.get("all_because")
+                        .and_then(|a| a.as_str())
+                        .map(str::to_owned),
+                )
+            })
+            .collect()
     }
 
     fn dropped(&self) -> u64 {
@@ -277,15 +313,23 @@ pub fn scale(pagewatch: &Path, dir: &Path, o: &ScaleOptions) -> anyhow::Result<S
     let holders = Holders::start(dir, o.scale_processes, o.scale_mib, false)?;
     let secs = format!("{}s", o.scale_seconds);
     let base = ["top", "--json", "--interval", "1s", "--duration", &secs];
-    let snap = sample_pagewatch(
-        pagewatch,
-        &strs(&[&base[..], &["--comm", "pw-hold"]].concat()),
-        dir,
-    )?;
+    // By pid, not --comm pw-hold: other pw-hold processes on a shared
+    // machine are not this benchmark's.
+    let pid_args: Vec<String> = holders
+        .0
+        .iter()
+        .flat_map(|c| ["--pid".to_owned(), c.id().to_string()])
+        .collect();
+    let snap = sample_pagewatch(pagewatch, &[strs(&base), pid_args].concat(), dir)?;
+    let load_after = load();
     let trace = sample_pagewatch(pagewatch, &strs(&base), dir)?;
     drop(holders);
     let pages = o.scale_processes * o.scale_mib * 256;
     let ms = snap.snapshot_ms();
+    let work = snap.snapshot_work();
+    let all: Vec<&str> = work.iter().filter_map(|w| w.2.as_deref()).collect();
+    let mut rescanned: Vec<f64> = work.iter().map(|w| w.0 as f64).collect();
+    rescanned.sort_by(f64::total_cmp);
     let row = |name: &str, s: &Sampled, snap: String| {
         format!(
             "| {name} | {snap} | {:.1}% | {:.1} MiB | {} |\n",
@@ -299,14 +343,26 @@ pub fn scale(pagewatch: &Path, dir: &Path, o: &ScaleOptions) -> anyhow::Result<S
          Command: `cargo xtask bench --only scale` (xtask/src/bench_scale.rs). {n} pw-hold \
          processes each write {mib} MiB of 4 KiB pages ({pages} pages in all) and stay idle; \
          pagewatch runs {secs} at 1 s intervals. CPU is the collector's utime+stime over its \
-         tracing time, RSS the largest VmRSS sampled each second. Load average at the start: {load_at_start}.\n\n\
+         tracing time, RSS the largest VmRSS sampled each second. Load average at the start: \
+         {load_at_start}; after the snapshotting run: {load_after}.\n\n\
          | variant | snapshot per interval: median / p95 / max | collector CPU (one core) | collector RSS (max) | dropped |\n\
          |---|---:|---:|---:|---:|\n{a}{b}\n\
-         Collector RSS per tracked page while snapshotting: {per_page:.1} bytes.\n",
+         Collector RSS per tracked page while snapshotting: {per_page:.1} bytes.\n\n\
+         Snapshots after the first ({snaps}): processes read again per snapshot median {r50:.0}, \
+         max {rmax:.0}; every process read again in {nall} of them{why}.\n",
+        snaps = work.len(),
+        r50 = percentile(&rescanned, 0.5),
+        rmax = percentile(&rescanned, 1.0),
+        nall = all.len(),
+        why = if all.is_empty() {
+            String::new()
+        } else {
+            format!(" (counters that moved: {})", all.join("; "))
+        },
         n = o.scale_processes,
         mib = o.scale_mib,
         a = row(
-            "`top --comm pw-hold` (traced and snapshotted)",
+            "`top --pid P1 --pid P2 ...` (traced and snapshotted)",
             &snap,
             format!(
                 "{:.0} / {:.0} / {:.0} ms ({} intervals)",
@@ -371,16 +427,20 @@ pub fn big(pagewatch: &Path, dir: &Path, o: &ScaleOptions) -> anyhow::Result<Str
             dir,
         )?;
         drop(holder);
-        let ms = s.snapshot_ms();
+        let ms = s.snapshot_ms_reading(true);
+        let carried = s.snapshot_ms_reading(false);
         let pages = o.big_mib * 256;
         rows.push_str(&format!(
-            "| {} | {pages} | {:.0} ms | {:.0} ms | {:.1}x | {:.1} MiB | {:.1} |\n",
+            "| {} | {pages} | {:.0} ms ({} reads) | {:.1} ms ({}) | {:.0} ms | {:.1}x | {:.1} MiB | {:.1} |\n",
             if thp {
                 "THP (MADV_HUGEPAGE)"
             } else {
                 "4 KiB (MADV_NOHUGEPAGE)"
             },
             percentile(&ms, 0.5),
+            ms.len(),
+            percentile(&carried, 0.5),
+            carried.len(),
             percentile(&raw, 0.5),
             percentile(&ms, 0.5) / percentile(&raw, 0.5),
             s.rss_max_mib(),
@@ -391,10 +451,12 @@ pub fn big(pagewatch: &Path, dir: &Path, o: &ScaleOptions) -> anyhow::Result<Str
         "## One big process: {mib} MiB\n\n\
          Command: `cargo xtask bench --only big --big-mib {mib}` (xtask/src/bench_scale.rs). \
          One pw-hold process writes {mib} MiB; `pagewatch top --pid PID --interval 1s --duration 15s` \
-         snapshots it every second (median over the intervals) against `dd bs=512K` of the same \
-         pagemap range (median of 5), the raw read bound. Load average at the start: {load_at_start}.\n\n\
-         | memory | pages | snapshot (median) | pagemap read | ratio | collector RSS (max) | bytes per tracked page |\n\
-         |---|---:|---:|---:|---:|---:|---:|\n{rows}",
+         snapshots it every second against `dd bs=512K` of the same pagemap range (median of 5), \
+         the raw read bound. A snapshot that reads the process (the first, and any that a moved \
+         counter makes read it again) is timed apart from one that carries it over unchanged \
+         (medians, with their counts). Load average at the start: {load_at_start}.\n\n\
+         | memory | pages | snapshot reading it (median) | snapshot carrying it (median) | pagemap read | ratio (reading / pagemap) | collector RSS (max) | bytes per tracked page |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n{rows}",
         mib = o.big_mib,
     ))
 }

@@ -17,7 +17,7 @@ use pagewatch::{
     correlate::balloon::BalloonInterval,
     event::Event,
     proc::{ProcRoot, ProcessKey},
-    record::{End, Interval, Metadata, Process, Record, RecordWriter, Sample},
+    record::{End, Interval, IntervalSnapshot, Metadata, Process, Record, RecordWriter, Sample},
 };
 
 use super::session::{
@@ -298,6 +298,15 @@ impl Sink for RecordSink {
             events,
             dropped: r.dropped_total,
             dropped_per_cpu: r.dropped_per_cpu.clone(),
+            snapshot: r.snapshot_work.as_ref().zip(r.snapshot_time).map(|(w, t)| {
+                IntervalSnapshot {
+                    ns: t.as_nanos() as u64,
+                    rescanned: w.rescanned,
+                    rescanned_pages: w.rescanned_pages,
+                    carried: w.carried,
+                    carried_pages: w.carried_pages,
+                }
+            }),
         }))?;
         // Each interval reaches the disk: a SIGKILL loses at most one.
         self.writer()?.flush()?;

@@ -24,7 +24,7 @@ use pagewatch::{
         swap::SwapReturns,
     },
     event::{Event, EventKind},
-    record::{Metadata, Note, Process, Record, RecordReader, Sample},
+    record::{IntervalSnapshot, Metadata, Note, Process, Record, RecordReader, Sample},
     transition::TransitionGroup,
 };
 use serde_json::{Value, json};
@@ -74,12 +74,37 @@ struct Loaded {
     events: Vec<Event>,
     aggregator: Aggregator,
     intervals: u64,
+    /// What each interval's snapshot read and carried over.
+    snapshots: Vec<IntervalSnapshot>,
     dropped: u64,
     undecodable: u64,
     end: bool,
     /// Where and why the recording stops early.
     cut: Option<String>,
     skipped_records: u64,
+}
+
+/// `snapshots: 60, median 1.2 ms; processes read again per snapshot:
+/// median 0, max 200 (pages 0 / 2560000); carried: median 200`.
+fn snapshot_line(s: &[IntervalSnapshot]) -> Option<String> {
+    if s.is_empty() {
+        return None;
+    }
+    let median = |f: fn(&IntervalSnapshot) -> u64| {
+        let mut v: Vec<u64> = s.iter().map(f).collect();
+        v.sort_unstable();
+        (v[v.len() / 2], v[v.len() - 1])
+    };
+    let (ns, _) = median(|x| x.ns);
+    let (r, rmax) = median(|x| x.rescanned);
+    let (rp, rpmax) = median(|x| x.rescanned_pages);
+    let (c, _) = median(|x| x.carried);
+    Some(format!(
+        "snapshots: {}, median {:.1} ms; processes read again per snapshot: median {r}, max {rmax} \
+         (pages {rp} / {rpmax}); carried over unchanged: median {c}",
+        s.len(),
+        ns as f64 / 1e6
+    ))
 }
 
 fn load(args: &ReportArgs) -> anyhow::Result<Loaded> {
@@ -101,6 +126,7 @@ fn load(args: &ReportArgs) -> anyhow::Result<Loaded> {
         events: Vec::new(),
         aggregator: Aggregator::default(),
         intervals: 0,
+        snapshots: Vec::new(),
         dropped: 0,
         undecodable: 0,
         end: false,
@@ -121,6 +147,7 @@ fn load(args: &ReportArgs) -> anyhow::Result<Loaded> {
                 l.intervals += 1;
                 l.interval_ends.push(i.ts_ns);
                 l.dropped = i.dropped;
+                l.snapshots.extend(i.snapshot);
             }
             Ok(Record::Transition(t)) if wanted(t.pid) => l.transitions.push(t),
             Ok(Record::Process(p)) => {
@@ -190,6 +217,9 @@ fn table(out: &mut impl std::io::Write, l: &Loaded, by: By) -> anyhow::Result<()
         started.as_secs(),
         l.intervals
     )?;
+    if let Some(line) = snapshot_line(&l.snapshots) {
+        writeln!(out, "{line}")?;
+    }
     writeln!(
         out,
         "hooks: {} attached, {} skipped; events {} ({} dropped by the kernel, {} undecodable)",
@@ -400,6 +430,7 @@ fn json_lines(out: &mut impl std::io::Write, l: &Loaded) -> anyhow::Result<()> {
             "events": l.events.len(),
             "dropped": l.dropped,
             "transitions": l.transitions.len(),
+            "snapshots": snapshot_line(&l.snapshots),
             "complete": l.end && l.cut.is_none(),
             "cut": l.cut,
             "skipped_records": l.skipped_records,

@@ -1,13 +1,16 @@
 //! The tracing session shared by `top` and `record`: load the hooks, stream
 //! the ring buffer through tokio's AsyncFd, fold events into per-interval
 //! tallies and correlator evidence, snapshot the tracked processes every
-//! interval and diff them into attributed transitions, and hand each
+//! interval (reading again only those that may have changed, see
+//! `pagewatch::correlate::rescan`) and diff them into attributed
+//! transitions, and hand each
 //! interval to a [`Sink`] (a table, JSON lines, a recording) until Ctrl-C,
 //! SIGTERM, `--duration` or the caller's own stop condition.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     future::Future,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -21,6 +24,7 @@ use pagewatch::{
         evidence::Evidence,
         hugepages::{HugepageTracker, PoolSample, VmaThp},
         numa::NodeMap,
+        rescan::{ForeignCounters, ProcessStamp, RescanRule, exact_rss_counters},
         swap::{SwapLedger, SwapReturns},
     },
     error::Error,
@@ -31,8 +35,8 @@ use pagewatch::{
     proc::{CommCache, ProcRoot, ProcessKey},
     snapshot::{
         self,
-        columns::PageTable,
-        scan::{KpageFiles, ScanOptions, scan_process},
+        columns::{PageTable, ProcessTableBuilder},
+        scan::{KpageFiles, ScanOptions, scan_process_with},
     },
     transition::{Cause, TransitionGroup, TransitionKind},
 };
@@ -40,6 +44,7 @@ use pagewatch_common::hook::Hook;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
+    time::MissedTickBehavior,
 };
 
 use super::{parse_duration, parse_size};
@@ -163,6 +168,27 @@ pub struct IntervalReport {
     pub thp_coverage: Vec<VmaThp>,
     /// How long the interval's snapshot took (none when not snapshotting).
     pub snapshot_time: Option<Duration>,
+    /// What the interval's snapshot read again and what it carried over.
+    pub snapshot_work: Option<SnapshotWork>,
+}
+
+/// What one snapshot read and what it carried over unchanged from the
+/// previous one (see `pagewatch::correlate::rescan`).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SnapshotWork {
+    /// Processes read again, and their pages.
+    pub rescanned: u64,
+    pub rescanned_pages: u64,
+    /// Processes carried over, and their pages.
+    pub carried: u64,
+    pub carried_pages: u64,
+    /// Why every process was read again (the system-wide counters that
+    /// moved), if it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub all_because: Option<String>,
+    /// The processes read again for a reason of their own (empty when
+    /// every process was).
+    pub rescanned_pids: Vec<u32>,
 }
 
 /// khugepaged scans of one VMA that ended with one result.
@@ -267,8 +293,14 @@ pub struct Session {
     /// The pools and THP coverage at the start, reported with the first
     /// interval.
     initial_hugepages: (Vec<PoolSample>, Vec<VmaThp>),
-    /// How long the last snapshot took.
+    /// How long the last snapshot took, and what it read.
     snapshot_time: Option<Duration>,
+    snapshot_work: Option<SnapshotWork>,
+    /// Which processes the next snapshot reads again.
+    rescan: RescanRule,
+    /// Whether /proc/PID/status shows RSS and swap exactly (else reclaim
+    /// and swap anywhere make every process be read again).
+    exact_rss: bool,
     transitions: u64,
     started: Instant,
     intervals: u64,
@@ -404,6 +436,9 @@ impl Session {
             hugepages: HugepageTracker::default(),
             initial_hugepages: (Vec::new(), Vec::new()),
             snapshot_time: None,
+            snapshot_work: None,
+            rescan: RescanRule::default(),
+            exact_rss: exact_rss_counters(&ProcRoot::default()),
             transitions: 0,
             started: Instant::now(),
             intervals: 0,
@@ -413,6 +448,12 @@ impl Session {
             pending_moves: Vec::new(),
             config,
         };
+        if session.config.snapshots && !session.exact_rss {
+            eprintln!(
+                "pagewatch: note: this kernel's per-process RSS counters are approximate, so \
+                 reclaim or swap anywhere on the machine makes every followed process be read again"
+            );
+        }
         session.refresh_targets(true)?;
         let ts_ns = monotonic_ns();
         if session.config.snapshots {
@@ -487,19 +528,60 @@ impl Session {
 
     /// Snapshot of the tracked processes (every process when tracing all)
     /// that still exist, in pid order. One that exits mid-scan is normal:
-    /// it is left out, or kept with what was read before it went.
+    /// it is left out, or kept with what was read before it went. A
+    /// process that cannot have changed since the last snapshot (see
+    /// `pagewatch::correlate::rescan`) is carried over without a read;
+    /// the others are read VMA batch by VMA batch straight into their
+    /// tables.
     fn snapshot(&mut self) -> PageTable {
         let root = ProcRoot::default();
         let pids: Vec<u32> = match self.config.target {
             Target::All => snapshot::select::all_pids(&root).unwrap_or_default(),
             _ => self.tracked.iter().copied().collect(),
         };
-        let mut scans: Vec<_> = pids
-            .into_iter()
-            .filter_map(|pid| scan_process(&root, &self.kpage, pid, &ScanOptions::default()).ok())
-            .collect();
-        scans.sort_by_key(|s| s.info.pid);
-        PageTable::from_scans(&scans)
+        let all_because = self
+            .rescan
+            .begin(ForeignCounters::read(&root, !self.exact_rss));
+        let mut work = SnapshotWork {
+            all_because,
+            ..SnapshotWork::default()
+        };
+        let mut procs = Vec::with_capacity(pids.len());
+        for pid in pids {
+            let stamp = ProcessStamp::read(&root, pid);
+            let last = self.last_snapshot.as_ref().and_then(|t| t.process(pid));
+            let rescan =
+                self.rescan
+                    .must_rescan(pid, stamp, work.all_because.is_some(), last.is_some());
+            if let Some(table) = last.filter(|_| !rescan) {
+                work.carried += 1;
+                work.carried_pages += table.len() as u64;
+                procs.push(Arc::clone(table));
+                continue;
+            }
+            let pages = stamp.map_or(0, |s| {
+                (s.rss_anon_kb + s.rss_file_kb + s.rss_shmem_kb + s.swap_kb) / 4
+            });
+            let mut table = ProcessTableBuilder::new(pid, pages as usize);
+            let scanned = scan_process_with(
+                &root,
+                &self.kpage,
+                pid,
+                &ScanOptions::default(),
+                |vi, b, _| table.add(vi, b),
+            );
+            if let Ok(info) = scanned {
+                let table = table.finish(&info);
+                if work.all_because.is_none() {
+                    work.rescanned_pids.push(pid);
+                }
+                work.rescanned += 1;
+                work.rescanned_pages += table.len() as u64;
+                procs.push(Arc::new(table));
+            }
+        }
+        self.snapshot_work = Some(work);
+        PageTable::from_processes(procs)
     }
 
     /// Runs until a signal, `--duration`, or `stop` completes.
@@ -515,6 +597,9 @@ impl Session {
             tokio::time::Instant::now() + self.config.interval,
             self.config.interval,
         );
+        // A snapshot longer than the interval delays the next tick rather
+        // than making the missed ones fire back to back.
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let stop_at = self
             .config
             .duration
@@ -587,8 +672,12 @@ impl Session {
                     self.comms.learn(event.tgid, &comm);
                     self.exited.push(event.tgid);
                 }
-                // Exec keeps the process and renames it.
-                EventKind::ProcessExec { .. } => self.comms.refresh(event.tgid),
+                // Exec keeps the process and renames it (and replaces its
+                // memory: its next snapshot reads it again).
+                EventKind::ProcessExec { .. } => {
+                    self.comms.refresh(event.tgid);
+                    self.rescan.touch(event.tgid);
+                }
                 EventKind::ScanPmd { pfn: u64::MAX, .. } if !self.said_scan_without_page => {
                     self.said_scan_without_page = true;
                     eprintln!(
@@ -604,6 +693,9 @@ impl Session {
                     parent_pid,
                     child_pid,
                 } => {
+                    if let Ok(parent) = u32::try_from(parent_pid) {
+                        self.rescan.touch(parent);
+                    }
                     if let Ok(child) = u32::try_from(child_pid) {
                         // A new process: if its pid was used before, it is
                         // not the process that had it (the fork event
@@ -696,15 +788,14 @@ impl Session {
                 .pools(snapshot::sysfs::hugetlb_pools(&self.proc), ts_ns),
         );
         let snapshot_time = self.snapshot_time.take();
+        let snapshot_work = self.snapshot_work.take();
         let mut transitions = match (self.last_snapshot.take(), after) {
             (Some(before), Some(after)) => {
                 evidence.resolve_pfns(&before, &after);
                 for (&(pid, vma_start, status), &scans) in evidence.scan_results() {
                     let vma = before
-                        .vmas
-                        .iter()
-                        .chain(&after.vmas)
-                        .find(|v| v.pid == pid && v.start == vma_start)
+                        .vma(pid, vma_start)
+                        .or_else(|| after.vma(pid, vma_start))
                         .map(|v| v.name.clone())
                         .unwrap_or_default();
                     let result = self
@@ -771,6 +862,7 @@ impl Session {
             hugetlb_pools,
             thp_coverage,
             snapshot_time,
+            snapshot_work,
         };
         let mut view = self.view();
         sink.interval(&mut view, &report)?;
@@ -782,6 +874,8 @@ impl Session {
             }
             self.comms.forget(pid);
         }
+        let tracked = &self.tracked;
+        self.rescan.retain(|pid| tracked.contains(&pid));
         self.comms.end_interval();
         Ok(())
     }

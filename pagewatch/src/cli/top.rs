@@ -109,7 +109,8 @@ impl Sink for TopSink {
                 json!({"interval": r.index, "t": round3(r.t),
                 "events": r.tally.events, "dropped": r.dropped, "system": r.tally.system,
                 "thp_scan_results": scans,
-                "snapshot_ms": r.snapshot_time.map(|d| round3(d.as_secs_f64() * 1e3))})
+                "snapshot_ms": r.snapshot_time.map(|d| round3(d.as_secs_f64() * 1e3)),
+                "snapshot": r.snapshot_work})
             )?;
         } else {
             writeln!(

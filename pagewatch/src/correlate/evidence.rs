@@ -263,10 +263,8 @@ impl Evidence {
             scan,
         } in self.scans.drain(..)
         {
-            let mut table = before;
             let mut owners = before.owners(pfn);
             if owners.is_empty() && status != 1 {
-                table = after;
                 owners = after.owners(pfn);
             }
             for o in owners {
@@ -280,10 +278,9 @@ impl Evidence {
                     _ => false,
                 };
                 if by.is_none() && scan {
-                    let vma_start = table.vmas[o.vma as usize].start;
                     *self
                         .scan_results
-                        .entry((o.pid, vma_start, status))
+                        .entry((o.pid, o.vma_start, status))
                         .or_default() += 1;
                 }
             }

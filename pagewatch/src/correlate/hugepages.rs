@@ -8,11 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::snapshot::{
-    columns::PageTable,
-    flags::{has, kpf},
-    sysfs::HugetlbPool,
-};
+use crate::snapshot::{columns::PageTable, sysfs::HugetlbPool};
 
 /// A per-node hugetlb pool as read at one interval's end.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -102,21 +98,18 @@ impl HugepageTracker {
     }
 
     /// The VMAs of `table` whose PMD-mapped page count changed since the
-    /// last call (one that lost them all, or is gone, with 0).
+    /// last call (one that lost them all, or is gone, with 0). The counts
+    /// come from each process table's totals: no page is walked here.
     pub fn thp(&mut self, table: &PageTable, ts_ns: u64) -> Vec<VmaThp> {
         let mut now: BTreeMap<(u32, u64), (String, u64, u64)> = BTreeMap::new();
-        let mut sizes: BTreeMap<(u32, u64), u64> = BTreeMap::new();
-        for v in &table.vmas {
-            sizes.insert((v.pid, v.start), (v.end - v.start) / 4096);
-        }
-        // PAGEMAP_SCAN's PAGE_IS_HUGE marks hugetlb mappings too.
-        let thp = |i: usize| table.pmd_mapped(i) && !has(table.flags(i), kpf::HUGE);
-        for i in (0..table.len()).filter(|&i| thp(i)) {
-            let o = table.owner(i);
-            let meta = &table.vmas[o.vma as usize];
-            now.entry((o.pid, meta.start))
-                .or_insert_with(|| (meta.name.clone(), (meta.end - meta.start) / 4096, 0))
-                .2 += 1;
+        for p in table.processes() {
+            for &(vi, pages) in &p.totals().pmd_thp {
+                let meta = &p.vmas[vi as usize];
+                now.insert(
+                    (p.pid, meta.start),
+                    (meta.name.clone(), (meta.end - meta.start) / 4096, pages),
+                );
+            }
         }
         let mut out = Vec::new();
         for (&(pid, vma_start), (vma, vma_pages, thp_pages)) in &now {
@@ -138,7 +131,9 @@ impl HugepageTracker {
                     pid,
                     vma_start,
                     vma: vma.clone(),
-                    vma_pages: sizes.get(&(pid, vma_start)).copied().unwrap_or(0),
+                    vma_pages: table
+                        .vma(pid, vma_start)
+                        .map_or(0, |v| (v.end - v.start) / 4096),
                     thp_pages: 0,
                 });
             }
@@ -152,7 +147,7 @@ impl HugepageTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::flags::PM_PRESENT;
+    use crate::snapshot::flags::{PM_PRESENT, kpf};
 
     fn pool(node: Option<u32>, nr: u64, free: u64) -> HugetlbPool {
         HugetlbPool {

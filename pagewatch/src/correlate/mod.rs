@@ -9,20 +9,22 @@
 //! - [`swap`]: swap round trips matched through swap entries;
 //! - [`hugepages`]: hugetlb pools per node and THP coverage per VMA over time;
 //! - [`balloon`]: balloon episodes and the pages processes lost in them;
+//! - [`rescan`]: which processes a snapshot reads again, which it carries;
 //! - this module: page states, classification and the snapshot diff.
 
 pub mod balloon;
 pub mod evidence;
 pub mod hugepages;
 pub mod numa;
+pub mod rescan;
 pub mod swap;
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use crate::{
     snapshot::{
-        columns::PageTable,
-        flags::{PM_FILE, PM_PFN_MASK, PM_PRESENT, PagemapEntry, has, kpf},
+        columns::{PageTable, ProcessTable, VmaMeta},
+        flags::{PM_PFN_MASK, PM_PRESENT, PagemapEntry, has, kpf},
     },
     transition::{Cause, TransitionGroup, TransitionKind},
 };
@@ -185,67 +187,53 @@ pub struct ProcessCounters {
     pub hugetlb_per_node: Vec<u64>,
 }
 
-/// Per-process counters of a snapshot, in pid order.
+/// Per-process counters of a snapshot, in pid order (from the totals each
+/// process table counted when it was built: no page is walked here).
 pub fn counters(table: &PageTable, nodes: &NodeMap) -> Vec<ProcessCounters> {
-    let mut out: Vec<ProcessCounters> = Vec::new();
-    for row in rows(table) {
-        if out.last().is_none_or(|c| c.pid != row.pid) {
-            out.push(ProcessCounters {
-                pid: row.pid,
-                ..ProcessCounters::default()
-            });
-        }
-        let c = out.last_mut().expect("pushed above");
-        let st = row.state;
-        if st.swapped() {
-            c.swap += 1;
-            continue;
-        }
-        if !st.present() {
-            continue;
-        }
-        c.rss += 1;
-        if st.pagemap & PM_FILE != 0 {
-            c.file += 1;
-        } else {
-            c.anon += 1;
-        }
-        if st.thp() {
-            c.thp += 1;
-        }
-        if st.hugetlb() {
-            let node = st.pfn().map_or(0, |p| nodes.node_of(p).max(0)) as usize;
-            if c.hugetlb_per_node.len() <= node {
-                c.hugetlb_per_node.resize(node + 1, 0);
+    table
+        .processes()
+        .iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let t = p.totals();
+            let mut hugetlb_per_node: Vec<u64> = Vec::new();
+            for &(pfn, pages) in &t.hugetlb {
+                let node = nodes.node_of(pfn).max(0) as usize;
+                if hugetlb_per_node.len() <= node {
+                    hugetlb_per_node.resize(node + 1, 0);
+                }
+                hugetlb_per_node[node] += pages;
             }
-            c.hugetlb_per_node[node] += 1;
-        }
-    }
-    out
+            ProcessCounters {
+                pid: p.pid,
+                rss: t.present,
+                anon: t.anon,
+                file: t.file,
+                swap: t.swapped,
+                thp: t.thp,
+                hugetlb_per_node,
+            }
+        })
+        .collect()
 }
 
-/// One page of a snapshot in (pid, address) order.
+/// One page of a process table, in address order.
 #[derive(Debug, Clone, Copy)]
 struct Row {
-    pid: u32,
     va: u64,
     vma: u32,
     state: PageState,
 }
 
-fn rows(t: &PageTable) -> impl Iterator<Item = Row> + '_ {
-    (0..t.len()).map(move |i| {
-        let o = t.owner(i);
-        Row {
-            pid: o.pid,
-            va: o.va,
-            vma: o.vma,
-            state: PageState {
-                pagemap: t.pagemap(i),
-                kflags: t.flags(i),
-                pmd: t.pmd_mapped(i),
-            },
-        }
+fn rows(t: &ProcessTable) -> impl Iterator<Item = Row> + '_ {
+    t.pages().map(move |(vma, va, i)| Row {
+        va,
+        vma,
+        state: PageState {
+            pagemap: t.pagemap(i),
+            kflags: t.flags(i),
+            pmd: t.pmd_mapped(i),
+        },
     })
 }
 
@@ -261,11 +249,60 @@ struct GroupKey {
     to_node: i32,
 }
 
-/// Diffs two snapshots of the same processes (each built from processes in
-/// ascending pid order, as [`PageTable::from_scans`] keeps them) and
-/// attributes every change with `evidence` (already resolved against
-/// `before` with [`Evidence::resolve_pfns`]); swap-outs and returns go to
-/// `swaps`. `ts_ns` stamps the groups.
+/// Transition groups being counted: consecutive pages mostly fall in the
+/// group of the page before, which is counted without a map lookup (or a
+/// copy of the VMA name).
+#[derive(Default)]
+struct Groups {
+    done: BTreeMap<GroupKey, u64>,
+    current: Option<(GroupKey, u64)>,
+}
+
+impl Groups {
+    fn add(&mut self, pid: u32, meta: &VmaMeta, change: PageChange, cause: Cause) {
+        if let Some((k, n)) = &mut self.current
+            && (k.pid, k.vma_start, k.kind, k.cause, k.from_node, k.to_node)
+                == (
+                    pid,
+                    meta.start,
+                    change.kind,
+                    cause,
+                    change.from_node,
+                    change.to_node,
+                )
+            && k.vma == meta.name
+        {
+            *n += 1;
+            return;
+        }
+        self.flush();
+        self.current = Some((
+            GroupKey {
+                pid,
+                vma_start: meta.start,
+                vma: meta.name.clone(),
+                kind: change.kind,
+                cause,
+                from_node: change.from_node,
+                to_node: change.to_node,
+            },
+            1,
+        ));
+    }
+
+    fn flush(&mut self) {
+        if let Some((k, n)) = self.current.take() {
+            *self.done.entry(k).or_default() += n;
+        }
+    }
+}
+
+/// Diffs two snapshots of the same processes and attributes every change
+/// with `evidence` (already resolved against `before` with
+/// [`Evidence::resolve_pfns`]); swap-outs and returns go to `swaps`.
+/// `ts_ns` stamps the groups. A process whose table is the same in both
+/// (carried over unchanged, see [`PageTable`]) has no transition and is
+/// skipped without looking at its pages.
 pub fn diff(
     before: &PageTable,
     after: &PageTable,
@@ -274,59 +311,33 @@ pub fn diff(
     swaps: &mut SwapLedger,
     ts_ns: u64,
 ) -> Vec<TransitionGroup> {
-    let mut groups: BTreeMap<GroupKey, u64> = BTreeMap::new();
-    let mut add = |table: &PageTable, row: Row, change: PageChange| {
-        let meta = &table.vmas[row.vma as usize];
-        let cause = evidence.cause(row.pid, row.va, row.state.pfn(), change.kind);
-        *groups
-            .entry(GroupKey {
-                pid: row.pid,
-                vma_start: meta.start,
-                vma: meta.name.clone(),
-                kind: change.kind,
-                cause,
-                from_node: change.from_node,
-                to_node: change.to_node,
-            })
-            .or_default() += 1;
-    };
-    let mut b = rows(before).peekable();
-    let mut a = rows(after).peekable();
+    let mut groups = Groups::default();
+    let mut b = before.processes().iter().peekable();
+    let mut a = after.processes().iter().peekable();
     loop {
-        let order = match (b.peek(), a.peek()) {
+        let pair = match (b.peek(), a.peek()) {
             (None, None) => break,
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (Some(x), Some(y)) => (x.pid, x.va).cmp(&(y.pid, y.va)),
+            (Some(x), Some(y)) if x.pid == y.pid => (b.next(), a.next()),
+            (Some(x), Some(y)) if x.pid < y.pid => (b.next(), None),
+            (Some(_), None) => (b.next(), None),
+            _ => (None, a.next()),
         };
-        match order {
-            std::cmp::Ordering::Less => {
-                let row = b.next().expect("peeked");
-                let vma_start = before.vmas[row.vma as usize].start;
-                swaps.observe(row.pid, row.va, vma_start, Some(row.state), None, ts_ns);
-                if let Some(c) = classify(Some(row.state), None, nodes) {
-                    add(before, row, c);
-                }
-            }
-            std::cmp::Ordering::Greater => {
-                let row = a.next().expect("peeked");
-                let vma_start = after.vmas[row.vma as usize].start;
-                swaps.observe(row.pid, row.va, vma_start, None, Some(row.state), ts_ns);
-                if let Some(c) = classify(None, Some(row.state), nodes) {
-                    add(after, row, c);
-                }
-            }
-            std::cmp::Ordering::Equal => {
-                let (x, y) = (b.next().expect("peeked"), a.next().expect("peeked"));
-                let vma_start = after.vmas[y.vma as usize].start;
-                swaps.observe(y.pid, y.va, vma_start, Some(x.state), Some(y.state), ts_ns);
-                if let Some(c) = classify(Some(x.state), Some(y.state), nodes) {
-                    add(after, y, c);
-                }
-            }
+        match pair {
+            (Some(x), Some(y)) if Arc::ptr_eq(x, y) => {}
+            (x, y) => diff_process(
+                x.map(|p| &**p),
+                y.map(|p| &**p),
+                evidence,
+                nodes,
+                swaps,
+                ts_ns,
+                &mut groups,
+            ),
         }
     }
+    groups.flush();
     groups
+        .done
         .into_iter()
         .map(|(k, pages)| TransitionGroup {
             ts_ns,
@@ -340,6 +351,64 @@ pub fn diff(
             to_node: k.to_node,
         })
         .collect()
+}
+
+/// The changes of one process between two tables (`None`: not in that
+/// snapshot), page by page in address order.
+fn diff_process(
+    before: Option<&ProcessTable>,
+    after: Option<&ProcessTable>,
+    evidence: &Evidence,
+    nodes: &NodeMap,
+    swaps: &mut SwapLedger,
+    ts_ns: u64,
+    groups: &mut Groups,
+) {
+    let Some(pid) = before.or(after).map(|p| p.pid) else {
+        return;
+    };
+    let mut add = |table: &ProcessTable, row: Row, change: PageChange| {
+        let cause = evidence.cause(pid, row.va, row.state.pfn(), change.kind);
+        groups.add(pid, &table.vmas[row.vma as usize], change, cause);
+    };
+    let empty = ProcessTable::default();
+    let (bt, at) = (before.unwrap_or(&empty), after.unwrap_or(&empty));
+    let mut b = rows(bt).peekable();
+    let mut a = rows(at).peekable();
+    loop {
+        let order = match (b.peek(), a.peek()) {
+            (None, None) => break,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some(x), Some(y)) => x.va.cmp(&y.va),
+        };
+        match order {
+            std::cmp::Ordering::Less => {
+                let row = b.next().expect("peeked");
+                let vma_start = bt.vmas[row.vma as usize].start;
+                swaps.observe(pid, row.va, vma_start, Some(row.state), None, ts_ns);
+                if let Some(c) = classify(Some(row.state), None, nodes) {
+                    add(bt, row, c);
+                }
+            }
+            std::cmp::Ordering::Greater => {
+                let row = a.next().expect("peeked");
+                let vma_start = at.vmas[row.vma as usize].start;
+                swaps.observe(pid, row.va, vma_start, None, Some(row.state), ts_ns);
+                if let Some(c) = classify(None, Some(row.state), nodes) {
+                    add(at, row, c);
+                }
+            }
+            std::cmp::Ordering::Equal => {
+                let (x, y) = (b.next().expect("peeked"), a.next().expect("peeked"));
+                let vma_start = at.vmas[y.vma as usize].start;
+                swaps.observe(pid, y.va, vma_start, Some(x.state), Some(y.state), ts_ns);
+                if let Some(c) = classify(Some(x.state), Some(y.state), nodes) {
+                    add(at, y, c);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -434,5 +503,78 @@ mod tests {
         assert_eq!(kind(present(10, 0), present(10, 0)), None);
         assert_eq!(kind(swapped(), swapped()), None);
         assert_eq!(kind(None, None), None);
+    }
+
+    /// A snapshot of process `pid` with pages 0..n of a VMA at 0x4000_0000
+    /// on PFNs `pfn0..`.
+    fn one(pid: u32, n: u32, pfn0: u64) -> PageTable {
+        crate::snapshot::columns::test_table(
+            pid,
+            0x4000_0000,
+            (0..n).collect(),
+            (0..u64::from(n)).map(|i| PM_PRESENT | (pfn0 + i)).collect(),
+            vec![0; n as usize],
+            vec![false; n as usize],
+        )
+    }
+
+    fn both(a: &PageTable, b: &PageTable) -> PageTable {
+        PageTable::from_processes(a.processes().iter().chain(b.processes()).cloned().collect())
+    }
+
+    #[test]
+    fn a_carried_process_table_has_no_transitions_and_the_others_are_diffed() {
+        let diff_of = |before: &PageTable, after: &PageTable| {
+            let mut swaps = SwapLedger::default();
+            diff(
+                before,
+                after,
+                &Evidence::default(),
+                &NodeMap::default(),
+                &mut swaps,
+                1,
+            )
+        };
+        let steady = one(1, 64, 0x1000);
+        let before = both(&steady, &one(2, 8, 0x2000));
+        // Pid 1 carried by Arc; pid 2 read again with 4 more pages and 2
+        // pages moved; pid 3 new.
+        let after2 = crate::snapshot::columns::test_table(
+            2,
+            0x4000_0000,
+            (0..12).collect(),
+            (0..12u64)
+                .map(|i| PM_PRESENT | if i < 2 { 0x9000 + i } else { 0x2000 + i })
+                .collect(),
+            vec![0; 12],
+            vec![false; 12],
+        );
+        let after = both(&both(&steady, &after2), &one(3, 5, 0x3000));
+        assert!(Arc::ptr_eq(&before.processes()[0], &after.processes()[0]));
+        let t = diff_of(&before, &after);
+        let got: Vec<(u32, TransitionKind, u64)> =
+            t.iter().map(|g| (g.pid, g.kind, g.pages)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (2, TransitionKind::FaultedIn, 4),
+                (2, TransitionKind::Migrated, 2),
+                (3, TransitionKind::FaultedIn, 5),
+            ]
+        );
+        // The same diff against a fresh read of the steady process (equal
+        // pages, another table) gives the same transitions: carrying loses
+        // nothing.
+        let fresh = both(&both(&one(1, 64, 0x1000), &after2), &one(3, 5, 0x3000));
+        assert_eq!(diff_of(&before, &fresh), t);
+        // Gone processes lose every page.
+        let gone = diff_of(&before, &steady);
+        assert_eq!(
+            gone.iter()
+                .map(|g| (g.pid, g.kind, g.pages))
+                .collect::<Vec<_>>(),
+            vec![(2, TransitionKind::Unmapped, 8)]
+        );
+        assert_eq!(counters(&after, &NodeMap::default())[1].rss, 12);
     }
 }

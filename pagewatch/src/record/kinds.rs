@@ -74,6 +74,22 @@ pub struct Interval {
     pub dropped: u64,
     /// `dropped` per possible CPU.
     pub dropped_per_cpu: Vec<u64>,
+    /// What the interval's snapshot cost (appended fields: absent in
+    /// recordings of sessions without snapshots and of older versions).
+    pub snapshot: Option<IntervalSnapshot>,
+}
+
+/// What one interval's snapshot read and carried over.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IntervalSnapshot {
+    /// How long it took.
+    pub ns: u64,
+    /// Processes read again, and their pages.
+    pub rescanned: u64,
+    pub rescanned_pages: u64,
+    /// Processes carried over unchanged, and their pages.
+    pub carried: u64,
+    pub carried_pages: u64,
 }
 
 /// A process as pagewatch first saw it (or saw it again after an exec).
@@ -181,6 +197,17 @@ impl Record {
                 buf.put_u64_le(i.events);
                 buf.put_u64_le(i.dropped);
                 put_u64s(buf, &i.dropped_per_cpu);
+                if let Some(s) = &i.snapshot {
+                    for v in [
+                        s.ns,
+                        s.rescanned,
+                        s.rescanned_pages,
+                        s.carried,
+                        s.carried_pages,
+                    ] {
+                        buf.put_u64_le(v);
+                    }
+                }
             }
             Self::Transition(t) => {
                 buf.put_u64_le(t.ts_ns);
@@ -272,6 +299,17 @@ impl Record {
                 events: b.try_get_u64_le()?,
                 dropped: b.try_get_u64_le()?,
                 dropped_per_cpu: get_u64s(b)?,
+                snapshot: if b.remaining() >= 5 * 8 {
+                    Some(IntervalSnapshot {
+                        ns: b.try_get_u64_le()?,
+                        rescanned: b.try_get_u64_le()?,
+                        rescanned_pages: b.try_get_u64_le()?,
+                        carried: b.try_get_u64_le()?,
+                        carried_pages: b.try_get_u64_le()?,
+                    })
+                } else {
+                    None
+                },
             }),
             TRANSITION => Self::Transition(TransitionGroup {
                 ts_ns: b.try_get_u64_le()?,
@@ -434,6 +472,30 @@ mod tests {
         let mut p = payload(&end);
         p.extend_from_slice(b"a field from a newer pagewatch");
         assert_eq!(Record::decode(END, p), Ok(end));
+    }
+
+    #[test]
+    fn interval_snapshot_figures_are_appended_and_optional() {
+        let Record::Interval(plain) = super::super::tests::one_of_each().remove(1) else {
+            panic!("one_of_each()[1] is an Interval");
+        };
+        let with = Record::Interval(Interval {
+            snapshot: Some(IntervalSnapshot {
+                ns: 1_500_000,
+                rescanned: 2,
+                rescanned_pages: 300,
+                carried: 198,
+                carried_pages: 2_534_400,
+            }),
+            ..plain.clone()
+        });
+        let p = payload(&with);
+        assert_eq!(Record::decode(INTERVAL, p.clone()), Ok(with));
+        // Without them (a session without snapshots, an older recording):
+        // the payload ends at the per-CPU drops and reads back as None.
+        let short = payload(&Record::Interval(plain.clone()));
+        assert_eq!(short.len(), p.len() - 40);
+        assert_eq!(Record::decode(INTERVAL, short), Ok(Record::Interval(plain)));
     }
 
     #[test]

@@ -124,6 +124,7 @@ pub(super) fn one_of_each() -> Vec<Record> {
             events: 1,
             dropped: 3,
             dropped_per_cpu: vec![1, 2],
+            snapshot: None,
         }),
         Record::Transition(TransitionGroup {
             ts_ns: 2_000_000,

@@ -96,32 +96,18 @@ fn ksm_flag_on_plain_anon_page(root: &ProcRoot, flags: &U64Table) -> bool {
     if root.proc != std::path::Path::new("/proc") {
         return false;
     }
-    // SAFETY: a fresh private anonymous mapping, checked, written and
-    // unmapped here only.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            PAGE,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return false;
-    }
-    // SAFETY: p is our one-page mapping.
-    unsafe { p.cast::<u8>().write_volatile(1) };
-    let pfn = U64Table::open(root.proc_file("self/pagemap"))
-        .and_then(|pm| pm.read(p as u64 / PAGE as u64, 1))
-        .ok()
-        .and_then(|e| e.first().copied())
-        .filter(|e| e & PM_PRESENT != 0 && e & PM_PFN_MASK != 0)
-        .map(|e| e & PM_PFN_MASK);
-    let word = pfn.and_then(|pfn| flags.read(pfn, 1).ok()?.first().copied());
-    // SAFETY: unmapping the mapping made above.
-    unsafe { libc::munmap(p, PAGE) };
+    let word = crate::proc::with_scratch_page(|p| {
+        // SAFETY: p is the scratch page.
+        unsafe { p.write_volatile(1) };
+        let pfn = U64Table::open(root.proc_file("self/pagemap"))
+            .and_then(|pm| pm.read(p as u64 / PAGE as u64, 1))
+            .ok()
+            .and_then(|e| e.first().copied())
+            .filter(|e| e & PM_PRESENT != 0 && e & PM_PFN_MASK != 0)
+            .map(|e| e & PM_PFN_MASK);
+        pfn.and_then(|pfn| flags.read(pfn, 1).ok()?.first().copied())
+    })
+    .flatten();
     word.is_some_and(|w| has(w, kpf::ANON) && has(w, kpf::KSM))
 }
 
