@@ -458,8 +458,10 @@ mod tests {
 
     /// A tracefs tree with the formats of an older kernel: only
     /// mm_vmscan_writepage (before 5.19), and a kswapd_wake without `order`.
-    fn old_kernel() -> Tracefs {
-        let root = std::env::temp_dir().join(format!("pw-tracefs-{}", std::process::id()));
+    /// One tree per test (`test`): tests run in parallel, and a tree being
+    /// rewritten by one would be read half-copied by another.
+    fn old_kernel(test: &str) -> Tracefs {
+        let root = std::env::temp_dir().join(format!("pw-tracefs-{}-{test}", std::process::id()));
         let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("test_data/tracefs");
         for (event, fixture) in [
             ("vmscan/mm_vmscan_writepage", "mm_vmscan_writepage.format"),
@@ -477,7 +479,7 @@ mod tests {
 
     #[test]
     fn older_tracepoint_name_is_used_when_the_newer_is_missing() {
-        let r = resolve(&old_kernel(), spec(Hook::WriteFolio)).unwrap();
+        let r = resolve(&old_kernel("older_name"), spec(Hook::WriteFolio)).unwrap();
         assert_eq!(r.name, "mm_vmscan_writepage");
         assert_eq!((r.config.offsets[0], r.config.sizes[0]), (8, 8));
         assert_eq!((r.config.offsets[1], r.layout.signed[1]), (16, true));
@@ -490,7 +492,7 @@ mod tests {
 
     #[test]
     fn missing_tracepoint_or_field_is_one_clear_line() {
-        let tracefs = old_kernel();
+        let tracefs = old_kernel("missing");
         let err = resolve(&tracefs, spec(Hook::PageFaultUser)).unwrap_err();
         assert_eq!(
             err,
