@@ -23,7 +23,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::proc::ProcRoot;
+use crate::{
+    proc::ProcRoot,
+    snapshot::sysfs::{read_u64, vmstat_where},
+};
 
 /// A process's own counters that move when it changes its pages.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -149,13 +152,7 @@ impl ForeignCounters {
 
     /// From /proc/vmstat's text and other (name, value) counters.
     pub fn parse(vmstat: &str, extra: Vec<(String, u64)>, reclaim: bool) -> Self {
-        let mut values: BTreeMap<String, u64> = vmstat
-            .lines()
-            .filter_map(|l| {
-                let (k, v) = l.split_once(' ')?;
-                foreign_vmstat(k, reclaim).then(|| Some((k.to_owned(), v.trim().parse().ok()?)))?
-            })
-            .collect();
+        let mut values = vmstat_where(vmstat, |k| foreign_vmstat(k, reclaim));
         values.extend(extra);
         Self { values }
     }
@@ -170,10 +167,6 @@ impl ForeignCounters {
             })
             .collect()
     }
-}
-
-fn read_u64(path: &std::path::Path) -> Option<u64> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 /// Whether /proc/PID/status shows this kernel's RSS counters exactly (a

@@ -47,7 +47,8 @@ pub struct SystemState {
     pub vmstat: BTreeMap<String, u64>,
 }
 
-fn read_u64(p: &Path) -> Option<u64> {
+/// A sysfs or procfs file holding one number.
+pub(crate) fn read_u64(p: &Path) -> Option<u64> {
     std::fs::read_to_string(p).ok()?.trim().parse().ok()
 }
 
@@ -150,13 +151,19 @@ pub fn thp_state(root: &ProcRoot) -> ThpState {
 
 /// The vmstat counters the snapshot reports, from the text of /proc/vmstat.
 pub fn vmstat_counters(text: &str) -> BTreeMap<String, u64> {
+    vmstat_where(text, |k| {
+        ["thp_", "balloon_", "pswp", "zswp"]
+            .iter()
+            .any(|p| k.starts_with(p))
+    })
+}
+
+/// The counters of /proc/vmstat's text whose names `keep` accepts.
+pub(crate) fn vmstat_where(text: &str, keep: impl Fn(&str) -> bool) -> BTreeMap<String, u64> {
     text.lines()
         .filter_map(|l| {
             let (k, v) = l.split_once(' ')?;
-            let keep = ["thp_", "balloon_", "pswp", "zswp"]
-                .iter()
-                .any(|p| k.starts_with(p));
-            keep.then(|| Some((k.to_string(), v.trim().parse().ok()?)))?
+            keep(k).then(|| Some((k.to_string(), v.trim().parse().ok()?)))?
         })
         .collect()
 }
