@@ -147,6 +147,10 @@ pub struct CommCache {
     root: ProcRoot,
     /// The process each pid was last seen to belong to.
     current: HashMap<u32, ProcessKey>,
+    /// Processes that exited (and were forgotten) whose pid no fork has
+    /// given out again: a later lookup of the pid, with /proc/PID gone, is
+    /// of them (a transition of their last pages, read an interval later).
+    departed: HashMap<u32, ProcessKey>,
     names: HashMap<ProcessKey, String>,
     /// Start ticks of processes whose fork was seen in this interval.
     born: HashMap<u32, u64>,
@@ -197,9 +201,20 @@ impl CommCache {
             .root
             .stat_fields(pid)
             .filter(|s| s.1 <= at.saturating_add(1));
-        let key = ProcessKey {
-            pid,
-            start_ticks: stat.map_or_else(|| self.born.get(&pid).copied().unwrap_or(0), |s| s.1),
+        let key = match (stat, self.born.get(&pid), self.departed.get(&pid)) {
+            (Some(s), ..) => ProcessKey {
+                pid,
+                start_ticks: s.1,
+            },
+            (None, Some(&born), _) => ProcessKey {
+                pid,
+                start_ticks: born,
+            },
+            (None, None, Some(&gone)) => gone,
+            (None, None, None) => ProcessKey {
+                pid,
+                start_ticks: 0,
+            },
         };
         self.current.insert(pid, key);
         let root = &self.root;
@@ -214,6 +229,7 @@ impl CommCache {
     /// next lookup is of that process.
     pub fn forked(&mut self, pid: u32, ts_ns: u64) {
         self.current.remove(&pid);
+        self.departed.remove(&pid);
         let ticks = self.ticks_at(ts_ns);
         self.born.insert(pid, ticks);
     }
@@ -246,10 +262,14 @@ impl CommCache {
         self.names.insert(key, name);
     }
 
-    /// `pid` exited: the next lookup reads its start time and name afresh.
-    /// Names already read are kept.
+    /// `pid` exited: the next lookup reads its start time and name afresh
+    /// (a process now in /proc/PID, or whose fork was seen, is a new one;
+    /// otherwise it is still the one that exited). Names already read are
+    /// kept.
     pub fn forget(&mut self, pid: u32) {
-        self.current.remove(&pid);
+        if let Some(key) = self.current.remove(&pid) {
+            self.departed.insert(pid, key);
+        }
     }
 
     /// The name of the process `pid` belongs to; `?` when it exited before
@@ -326,6 +346,13 @@ mod tests {
         assert_eq!(cache.get(42), "worker");
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(cache.get(42), "worker", "name survives the process");
+        let exited = cache.key(42);
+        cache.forget(42);
+        assert_eq!(
+            (cache.key(42), cache.get(42)),
+            (exited, "worker"),
+            "after its exit, a pid with no /proc entry and no fork is still the exited process"
+        );
         assert_eq!(cache.get(43), "?");
         cache.learn(43, b"short-lived\0\0\0\0\0");
         assert_eq!(
