@@ -122,18 +122,35 @@ impl Probe {
         let filter = u8::from(opts.filter_tgids);
         let wakeup = u64::from(opts.ring_buffer_bytes / WAKEUP_FRACTION);
         let proc = ProcRoot::default();
-        let wants_btf_hooks = HOOKS
+        let btf_hooks: Vec<&HookSpec> = HOOKS
             .iter()
-            .any(|s| s.attach != Attach::Tracepoint && opts.families.contains(&s.family));
-        // Where struct pages live, to turn a `struct page *` into a PFN:
-        // the randomised base's variable when the kernel has one.
-        let vmemmap_base_sym = if wants_btf_hooks {
-            proc.kallsyms(&["vmemmap_base"])[0].unwrap_or(0)
+            .filter(|s| s.attach != Attach::Tracepoint && opts.families.contains(&s.family))
+            .collect();
+        // One read of /proc/kallsyms (seconds in a TCG guest) for every
+        // function the fentry/fexit hooks may use, and for where struct
+        // pages live, to turn a `struct page *` into a PFN: the randomised
+        // base's variable when the kernel has one.
+        let symbols: Vec<&str> = btf_hooks
+            .iter()
+            .flat_map(|s| s.names.iter().copied())
+            .chain(["vmemmap_base"])
+            .collect();
+        let kallsyms: std::collections::HashMap<&str, u64> = if btf_hooks.is_empty() {
+            Default::default()
         } else {
-            0
+            symbols
+                .iter()
+                .zip(proc.kallsyms(&symbols))
+                .filter_map(|(name, addr)| Some((*name, addr?)))
+                .collect()
         };
+        let vmemmap_base_sym = kallsyms.get("vmemmap_base").copied().unwrap_or(0);
+        // Parsed once, for the loader's relocations and the fentry hooks.
+        let kernel_btf = aya::Btf::from_sys_fs()
+            .map_err(|e| format!("no kernel BTF (/sys/kernel/btf/vmlinux): {e}"));
         let mut ebpf =
             EbpfLoader::new()
+                .btf(kernel_btf.as_ref().ok())
                 .map_max_entries("EVENTS", opts.ring_buffer_bytes)
                 .override_global("FILTER_TGIDS", &filter, true)
                 .override_global("WAKEUP_BYTES", &wakeup, true)
@@ -150,11 +167,12 @@ impl Probe {
 
         let mut attached = Vec::new();
         let mut skipped = Vec::new();
-        let mut btf = None;
         for spec in HOOKS.iter().filter(|s| opts.families.contains(&s.family)) {
             let result = match spec.attach {
                 Attach::Tracepoint => attach(&mut ebpf, &tracefs, spec),
-                Attach::FEntry | Attach::FExit => attach_btf(&mut ebpf, &mut btf, &proc, spec),
+                Attach::FEntry | Attach::FExit => {
+                    attach_btf(&mut ebpf, kernel_btf.as_ref(), &kallsyms, spec)
+                }
             };
             match result {
                 Ok(hook) => attached.push(hook),
@@ -322,23 +340,16 @@ pub fn resolve(tracefs: &Tracefs, spec: &HookSpec) -> std::result::Result<Resolv
 /// kernel refuses fentry (lockdown, as on this project's hosts).
 fn attach_btf(
     ebpf: &mut Ebpf,
-    btf: &mut Option<std::result::Result<aya::Btf, String>>,
-    proc: &ProcRoot,
+    btf: std::result::Result<&aya::Btf, &String>,
+    kallsyms: &std::collections::HashMap<&str, u64>,
     spec: &HookSpec,
 ) -> std::result::Result<AttachedHook, String> {
-    let btf = btf
-        .get_or_insert_with(|| {
-            aya::Btf::from_sys_fs()
-                .map_err(|e| format!("no kernel BTF (/sys/kernel/btf/vmlinux): {e}"))
-        })
-        .as_ref()
-        .map_err(Clone::clone)?;
-    let addrs = proc.kallsyms(spec.names);
+    let btf = btf.map_err(Clone::clone)?;
     let Some(function) = spec
         .names
         .iter()
-        .zip(addrs)
-        .find_map(|(n, a)| a.map(|_| *n))
+        .copied()
+        .find(|n| kallsyms.contains_key(n))
     else {
         return Err(format!(
             "this kernel has no function {} (absent, or inlined)",
