@@ -61,11 +61,12 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
 }
 
 /// What `test --vm` and `run --vm` check (and install) before booting:
-/// the host packages, virtme-ng and, unless a kernel is named, the default
-/// kernel set, so they work on a fresh machine without `vm-setup`.
+/// the host packages, virtme-ng and, unless the kernel named is a file or
+/// tree of the user's, the default kernel set (`--kernel 6.12` names one of
+/// it), so they work on a fresh machine without `vm-setup`.
 pub fn ensure(kernel: Option<&str>) -> anyhow::Result<()> {
     host()?;
-    if kernel.is_none() {
+    if !kernel.is_some_and(|k| Path::new(k).exists()) {
         fetch_default_set(false)?;
     }
     Ok(())
