@@ -1,8 +1,9 @@
 //! `cargo xtask test`: build, check formatting and lints, run the unit
-//! tests and the integration suite against the running kernel, one test at a
-//! time (several change global kernel state), and with `--vm` the same
-//! suite and the VM scenarios in QEMU guests on each test kernel. Tests that cannot run here log a reason to a skip file; the
-//! closing lines count them as skipped, not passed.
+//! tests and the integration suite against the running kernel, one test at
+//! a time (several change global kernel state), then (unless
+//! `--host-only`) the same suite and the VM scenarios in QEMU guests on
+//! each test kernel. Tests that cannot run here log a reason to a skip
+//! file; the closing lines count them as skipped, not passed.
 
 use std::{
     io::{BufRead as _, BufReader},
