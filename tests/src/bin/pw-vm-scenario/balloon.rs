@@ -234,8 +234,9 @@ pub fn under_pressure() -> Result {
         return Ok(());
     }
     let full = guest_bytes()?;
-    // A quarter of the guest (512 MiB of 2 GiB): swapping under TCG costs
-    // about 12 s per 100 MiB, so the squeeze is kept to what shows it.
+    // A quarter of the guest (512 MiB of 2 GiB): the inflation waits on
+    // kswapd compressing the workload to zram, slow under TCG, so the
+    // squeeze is kept to what shows it.
     let target = full - full / 4;
     let pages = (full - target) / PAGE;
     let Some(_zram) = Zram::setup(full / 2)? else {
