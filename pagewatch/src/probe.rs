@@ -145,12 +145,8 @@ impl Probe {
                 .collect()
         };
         let vmemmap_base_sym = kallsyms.get("vmemmap_base").copied().unwrap_or(0);
-        // Parsed once, for the loader's relocations and the fentry hooks.
-        let kernel_btf = aya::Btf::from_sys_fs()
-            .map_err(|e| format!("no kernel BTF (/sys/kernel/btf/vmlinux): {e}"));
         let mut ebpf =
             EbpfLoader::new()
-                .btf(kernel_btf.as_ref().ok())
                 .map_max_entries("EVENTS", opts.ring_buffer_bytes)
                 .override_global("FILTER_TGIDS", &filter, true)
                 .override_global("WAKEUP_BYTES", &wakeup, true)
@@ -167,12 +163,11 @@ impl Probe {
 
         let mut attached = Vec::new();
         let mut skipped = Vec::new();
+        let mut btf = None;
         for spec in HOOKS.iter().filter(|s| opts.families.contains(&s.family)) {
             let result = match spec.attach {
                 Attach::Tracepoint => attach(&mut ebpf, &tracefs, spec),
-                Attach::FEntry | Attach::FExit => {
-                    attach_btf(&mut ebpf, kernel_btf.as_ref(), &kallsyms, spec)
-                }
+                Attach::FEntry | Attach::FExit => attach_btf(&mut ebpf, &mut btf, &kallsyms, spec),
             };
             match result {
                 Ok(hook) => attached.push(hook),
@@ -340,11 +335,17 @@ pub fn resolve(tracefs: &Tracefs, spec: &HookSpec) -> std::result::Result<Resolv
 /// kernel refuses fentry (lockdown, as on this project's hosts).
 fn attach_btf(
     ebpf: &mut Ebpf,
-    btf: std::result::Result<&aya::Btf, &String>,
+    btf: &mut Option<std::result::Result<aya::Btf, String>>,
     kallsyms: &std::collections::HashMap<&str, u64>,
     spec: &HookSpec,
 ) -> std::result::Result<AttachedHook, String> {
-    let btf = btf.map_err(Clone::clone)?;
+    let btf = btf
+        .get_or_insert_with(|| {
+            aya::Btf::from_sys_fs()
+                .map_err(|e| format!("no kernel BTF (/sys/kernel/btf/vmlinux): {e}"))
+        })
+        .as_ref()
+        .map_err(Clone::clone)?;
     let Some(function) = spec
         .names
         .iter()
