@@ -408,10 +408,13 @@ pub fn under_pressure() -> Result {
         "  report's balloon episodes: {episodes:?}; events the ring buffer dropped: {dropped}"
     );
     // An inflation that pauses (the squeezed guest gives pages slowly)
-    // shows as several episodes: compare their sums.
+    // shows as several episodes: compare their sums. A collector that
+    // falls behind can end one interval only after the deflation began:
+    // that interval is a deflation episode carrying the last inflated
+    // pages, so the page counts are summed over every episode.
     let inflations: Vec<&serde_json::Value> =
         episodes.iter().filter(|e| e["inflate"] == true).collect();
-    let sum = |key: &str| -> u64 { inflations.iter().filter_map(|e| e[key].as_u64()).sum() };
+    let sum = |key: &str| -> u64 { episodes.iter().filter_map(|e| e[key].as_u64()).sum() };
     checks.that("the report has inflation episodes", !inflations.is_empty());
     checks.eq(
         "episodes' vmstat_inflated vs vmstat balloon_inflate delta (pages)",
