@@ -245,7 +245,8 @@ pub fn under_pressure() -> Result {
     };
     let avail_kb = host::kb_field("/proc/meminfo", "MemAvailable")?;
     // Most of what is available: all but half the balloon's size, so the
-    // inflation must push at least that half to swap.
+    // inflation must reclaim at least that half, mostly the workload's
+    // pages to swap.
     let hold_mib = (avail_kb / 1024).saturating_sub((full - target) >> 21);
     println!(
         "  workload holds {hold_mib} MiB of {} MiB available",
