@@ -126,8 +126,9 @@ impl Probe {
             .iter()
             .filter(|s| s.attach != Attach::Tracepoint && opts.families.contains(&s.family))
             .collect();
-        // One read of /proc/kallsyms (seconds in a TCG guest) for every
-        // function the fentry/fexit hooks may use, and for where struct
+        // One read of /proc/kallsyms (the whole symbol table, which the
+        // kernel formats line by line) for every function the fentry/fexit
+        // hooks may use, not one per hook, and for where struct
         // pages live, to turn a `struct page *` into a PFN: the randomised
         // base's variable when the kernel has one.
         let symbols: Vec<&str> = btf_hooks
