@@ -224,7 +224,8 @@ pub fn read_u64(path: &str) -> Option<u64> {
 }
 
 /// A memory cgroup with a byte limit, removed on drop: v1 where the memory
-/// controller is mounted there (these hosts), else v2 (enabling the memory
+/// controller is mounted there (as on hosts whose v2 hierarchy has no
+/// controllers enabled), else v2 (enabling the memory
 /// controller in the root's subtree_control for the test, and restoring it).
 pub struct MemCgroup {
     dir: PathBuf,

@@ -399,7 +399,7 @@ fn madvise_collapse_is_counted_for_the_calling_process() {
     );
 }
 
-/// Balloon hooks use fentry/fexit, which locked-down kernels (these hosts)
+/// Balloon hooks use fentry/fexit, which locked-down kernels (integrity lockdown)
 /// refuse: the run goes on with the other hooks and says why, once per hook,
 /// in stderr and in the summary. Where fentry loads (the test VM's kernels)
 /// the hooks are attached instead.

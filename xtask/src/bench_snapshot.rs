@@ -1,4 +1,4 @@
-//! The snapshot benchmark of issue 4: for a process holding 4 GiB of
+//! The snapshot benchmark: for a process holding 4 GiB of
 //! touched anonymous memory, once as 4 KiB pages (MADV_NOHUGEPAGE) and once
 //! THP-backed (MADV_HUGEPAGE), time (a) `pagewatch snapshot --pid` (Pss and
 //! flags), (b) a plain sequential read of the same pagemap range in 512 KiB

@@ -2,7 +2,7 @@
 //! on a fresh Debian machine, idempotently, saying what it does. With
 //! everything present it only probes, in a few seconds.
 //!
-//! The recipe (measured in ../shared/reference/toolchain.md): Debian's
+//! The recipe (docs/toolchain.md says why each step is there): Debian's
 //! LLVM 22 development packages, bpf-linker 0.13 built against them, the
 //! nightly toolchain with rust-src (for `-Z build-std=core`), and tracefs.
 

@@ -1,4 +1,4 @@
-//! Page census from /proc/PID/maps, pagemap and /proc/kpage* (issue 4):
+//! Page census from /proc/PID/maps, pagemap and /proc/kpage*:
 //! what state every page is in right now and whose it is, equal to the
 //! kernel's own smaps accounting and far cheaper than page-types.
 //!

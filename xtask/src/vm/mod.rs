@@ -6,7 +6,7 @@
 //! `target/vm/`; `guest` boots one guest and streams its console; `qmp`
 //! talks to QEMU's monitor; `run`, `suite` and `balloon` are the
 //! `cargo xtask run --vm`, `test --vm` and `balloon` commands. The recipe
-//! and its pitfalls are measured in ../shared/reference/toolchain.md.
+//! and its pitfalls are written down in docs/toolchain.md.
 
 pub mod balloon;
 pub mod guest;
