@@ -86,11 +86,15 @@ pub enum Hook {
     /// `split_huge_page_to_list_to_order`, else `split_huge_page_to_list`):
     /// a large folio is being split: pfn, struct page *.
     SplitFolio = 33,
+    /// `task/task_newtask`: pid (the new task's), clone_flags. Fires in the
+    /// parent's context before the child runs; CLONE_THREAD in clone_flags
+    /// makes the child a thread of the parent's process, else a process.
+    TaskNewtask = 34,
 }
 
 impl Hook {
     /// Every hook, in discriminant order.
-    pub const ALL: [Hook; 34] = [
+    pub const ALL: [Hook; 35] = [
         Hook::PageFaultUser,
         Hook::KswapdWake,
         Hook::KswapdSleep,
@@ -125,6 +129,7 @@ impl Hook {
         Hook::BalloonDeflate,
         Hook::SplitPmd,
         Hook::SplitFolio,
+        Hook::TaskNewtask,
     ];
 
     /// The hook with discriminant `value`, if there is one.

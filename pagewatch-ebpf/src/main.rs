@@ -133,7 +133,13 @@ fn submit<const N: usize>(hook: Hook, tgid: u32, tid: u32, arg: impl Fn(usize) -
     });
     // SAFETY: load-time constant, as FILTER_TGIDS.
     let threshold = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };
-    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= threshold {
+    // SAFETY: load-time constant (see emit).
+    let filtering = unsafe { core::ptr::read_volatile(&FILTER_TGIDS) } != 0;
+    // A followed process's exec or new child wakes the collector at once:
+    // its first snapshot is taken then, not at the next interval (rare
+    // events, so the wakeup costs nothing measurable).
+    let followed = filtering && matches!(hook, Hook::ProcessExec | Hook::TaskNewtask);
+    let flags = if followed || EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= threshold {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
@@ -152,23 +158,31 @@ macro_rules! programs {
     )*};
 }
 
-/// `sched/sched_process_fork`: besides the event, a child of a filtered
-/// process joins the filter here, in the kernel, before it can run — so
-/// `record -- CMD` follows the whole process tree without losing the
-/// child's first faults.
+/// `clone(2)`'s flag for a new thread of the caller's process.
+const CLONE_THREAD: u64 = 0x0001_0000;
+
+/// `task/task_newtask`: besides the event, a new *process* forked by a
+/// filtered process joins the filter here, in the kernel, before it can
+/// run, so `record -- CMD` follows the whole process tree without losing
+/// the child's first faults. A new thread (CLONE_THREAD) does not: its
+/// events carry its process's tgid, which is already in the filter.
+/// (`sched_process_fork` fires for threads too and does not say which it
+/// is; this tracepoint fires in copy_process, in the parent, with the
+/// clone flags.)
 #[tracepoint]
-pub fn process_fork(ctx: TracePointContext) -> u32 {
+pub fn task_newtask(ctx: TracePointContext) -> u32 {
     // SAFETY: load-time constant (see emit).
     let filtering = unsafe { core::ptr::read_volatile(&FILTER_TGIDS) } != 0;
     if filtering
         // SAFETY: presence test only.
         && unsafe { TGIDS.get(&ctx.tgid()) }.is_some()
-        && let Some(cfg) = HOOKS.get(Hook::ProcessFork as u32)
+        && let Some(cfg) = HOOKS.get(Hook::TaskNewtask as u32)
+        && read_field(&ctx, cfg.offsets[1], cfg.sizes[1]) & CLONE_THREAD == 0
     {
-        let child = read_field(&ctx, cfg.offsets[1], cfg.sizes[1]) as u32;
+        let child = read_field(&ctx, cfg.offsets[0], cfg.sizes[0]) as u32;
         let _ = TGIDS.insert(&child, &1, 0);
     }
-    emit(&ctx, Hook::ProcessFork)
+    emit(&ctx, Hook::TaskNewtask)
 }
 
 programs! {
@@ -197,6 +211,7 @@ programs! {
     ksm_merge_with_ksm => KsmMergeWithKsm,
     ksm_remove => KsmRemove,
     oom_victim => OomVictim,
+    process_fork => ProcessFork,
     process_exec => ProcessExec,
     process_exit => ProcessExit,
     page_alloc => PageAlloc,

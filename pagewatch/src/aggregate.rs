@@ -50,6 +50,12 @@ pub struct ProcessStats {
     /// context (MADV_COLLAPSE; khugepaged's work counts under khugepaged).
     pub thp_scans: u64,
     pub thp_collapses: u64,
+    /// Processes and threads this process started (`task_newtask`).
+    pub processes_started: u64,
+    pub threads_started: u64,
+    /// Times the OOM killer chose this process (counted by the session,
+    /// which resolves the victim's thread to its process).
+    pub oom_killed: u64,
 }
 
 /// THP, compaction, migration, KSM, OOM and process-tree counts.
@@ -74,7 +80,10 @@ pub struct PageEventStats {
     pub migrate_failed: u64,
     pub ksm_merges: u64,
     pub oom_kills: u64,
+    /// `sched_process_fork` events: new processes and new threads.
     pub forks: u64,
+    /// New threads of existing processes (`task_newtask` with CLONE_THREAD).
+    pub new_threads: u64,
     pub execs: u64,
     pub exits: u64,
     /// kmem (opt-in): pages allocated / freed (4 KiB units).
@@ -140,6 +149,9 @@ impl<K: Ord + Copy> Tally<K> {
             add_reclaim(&mut t.reclaim, &s.reclaim);
             t.thp_scans += s.thp_scans;
             t.thp_collapses += s.thp_collapses;
+            t.processes_started += s.processes_started;
+            t.threads_started += s.threads_started;
+            t.oom_killed += s.oom_killed;
         }
         for (status, n) in &other.scan_status {
             *self.scan_status.entry(*status).or_default() += n;
@@ -168,6 +180,7 @@ fn add_page_events(t: &mut PageEventStats, s: &PageEventStats) {
     t.ksm_merges += s.ksm_merges;
     t.oom_kills += s.oom_kills;
     t.forks += s.forks;
+    t.new_threads += s.new_threads;
     t.execs += s.execs;
     t.exits += s.exits;
     t.pages_allocated += s.pages_allocated;
@@ -334,6 +347,15 @@ impl<K: Ord + Copy> Aggregator<K> {
             }
             EventKind::OomVictim { .. } => self.current.system.page_events.oom_kills += 1,
             EventKind::ProcessFork { .. } => self.current.system.page_events.forks += 1,
+            EventKind::TaskNew { .. } => {
+                let p = self.current.processes.entry(process).or_default();
+                if e.kind.is_new_thread() {
+                    p.threads_started += 1;
+                    self.current.system.page_events.new_threads += 1;
+                } else {
+                    p.processes_started += 1;
+                }
+            }
             EventKind::ProcessExec { .. } => self.current.system.page_events.execs += 1,
             EventKind::ProcessExit { .. } => self.current.system.page_events.exits += 1,
             EventKind::PageAlloc { order, .. } => {
@@ -400,6 +422,12 @@ impl<K: Ord + Copy> Aggregator<K> {
         let interval = std::mem::take(&mut self.current);
         self.total.merge(&interval);
         interval
+    }
+
+    /// Counts an OOM kill against `victim`, the process (not the thread)
+    /// the kernel named.
+    pub fn add_oom_victim(&mut self, victim: K) {
+        self.current.processes.entry(victim).or_default().oom_killed += 1;
     }
 
     /// Adds balloon page counts read from /proc/vmstat deltas.

@@ -168,6 +168,8 @@ pub enum EventKind {
         file_rss: u64,
         shmem_rss: u64,
     },
+    /// `sched_process_fork`: fires for new threads as well as processes;
+    /// `parent_pid` is the forking thread's id (see [`EventKind::TaskNew`]).
     ProcessFork {
         parent_pid: i64,
         child_pid: i64,
@@ -200,6 +202,13 @@ pub enum EventKind {
         page: u64,
         inflate: bool,
     },
+    /// A task was created by the event's thread (`task_newtask`): `pid` is
+    /// the new task's id, a thread of the same process if `clone_flags`
+    /// has CLONE_THREAD (see [`EventKind::is_new_thread`]), else a process.
+    TaskNew {
+        pid: i64,
+        clone_flags: u64,
+    },
     /// A THP is being split (fentry): its PMD mapping (`pmd`, at `address`)
     /// or the folio itself; `pfn` names a page of it (0 if unknown).
     ThpSplit {
@@ -207,6 +216,16 @@ pub enum EventKind {
         address: u64,
         pmd: bool,
     },
+}
+
+impl EventKind {
+    /// `clone(2)`'s CLONE_THREAD flag.
+    pub const CLONE_THREAD: u64 = 0x0001_0000;
+
+    /// Whether this is a new thread of an existing process (not a process).
+    pub fn is_new_thread(&self) -> bool {
+        matches!(self, EventKind::TaskNew { clone_flags, .. } if clone_flags & Self::CLONE_THREAD != 0)
+    }
 }
 
 /// Why a record could not be decoded.
@@ -246,6 +265,19 @@ impl Decoder {
     /// (e.g. khugepaged's `status` 5 is `exceed_none_pte` on 6.18).
     pub fn symbol(&self, hook: Hook, field: &str, value: i64) -> Option<&str> {
         self.formats[hook as usize].as_ref()?.symbol(field, value)
+    }
+
+    /// Whether the running kernel's format of `hook` has `field` (false
+    /// when the hook is not attached).
+    pub fn has_field(&self, hook: Hook, field: &str) -> bool {
+        self.formats[hook as usize]
+            .as_ref()
+            .is_some_and(|f| f.field(field).is_some())
+    }
+
+    /// Whether `hook` is attached.
+    pub fn attached(&self, hook: Hook) -> bool {
+        self.layouts[hook as usize].is_some()
     }
 
     /// Decodes one ring-buffer record (narrow or wide, by its header's size).
@@ -436,6 +468,10 @@ impl Decoder {
                 pfn: a[0],
                 address: 0,
                 pmd: false,
+            },
+            Hook::TaskNewtask => EventKind::TaskNew {
+                pid: s(0),
+                clone_flags: a[1],
             },
         };
         Ok(Event {

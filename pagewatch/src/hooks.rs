@@ -458,6 +458,18 @@ pub const HOOKS: &[HookSpec] = &[
         per_process: false,
         attach: Attach::FEntry,
     },
+    HookSpec {
+        hook: Hook::TaskNewtask,
+        family: Family::Process,
+        program: "task_newtask",
+        category: "task",
+        names: &["task_newtask"],
+        // pid first, clone_flags second: the eBPF program reads them by
+        // these slots to let new processes (not threads) into the filter.
+        fields: &["pid", "clone_flags"],
+        per_process: true,
+        attach: Attach::Tracepoint,
+    },
 ];
 
 /// The spec of `hook`.

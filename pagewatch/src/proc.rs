@@ -87,6 +87,44 @@ impl ProcRoot {
         Some((ppid, start))
     }
 
+    /// A thread of process `tgid` that has not exited, to read the
+    /// process's memory through: the leader while it runs, else any other.
+    /// Once the leader thread has exited (pthread_exit) while others run
+    /// on, /proc/TGID/{maps,pagemap,status} show no memory (the leader has
+    /// dropped its mm); /proc/TID/... of a live thread shows the process's.
+    /// None when no thread is alive: the thread group is dead (or gone).
+    pub fn live_thread(&self, tgid: u32) -> Option<u32> {
+        if self.task_alive(&self.pid_dir(tgid)) {
+            return Some(tgid);
+        }
+        let tasks = std::fs::read_dir(self.pid_dir(tgid).join("task")).ok()?;
+        tasks
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .find(|&tid| tid != tgid && self.task_alive(&self.pid_dir(tgid).join("task").join(tid.to_string())))
+    }
+
+    /// Whether the task whose /proc directory is `dir` exists and has not
+    /// exited (its stat state is neither Z, zombie, nor X, dead).
+    fn task_alive(&self, dir: &std::path::Path) -> bool {
+        std::fs::read_to_string(dir.join("stat")).is_ok_and(|text| {
+            text.rfind(')')
+                .and_then(|i| text.get(i + 2..i + 3))
+                .is_some_and(|state| !matches!(state, "Z" | "X" | "x"))
+        })
+    }
+
+    /// The process (thread group) thread `tid` belongs to, from
+    /// /proc/TID/status (readable for every thread, though /proc lists
+    /// only processes).
+    pub fn tgid_of(&self, tid: u32) -> Option<u32> {
+        let text = std::fs::read_to_string(self.pid_dir(tid).join("status")).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("Tgid:"))?
+            .trim()
+            .parse()
+            .ok()
+    }
+
     /// /proc/PID/cmdline split at NULs (at most 4 KiB of it).
     pub fn cmdline(&self, pid: u32) -> Vec<String> {
         let Ok(bytes) = std::fs::read(self.pid_dir(pid).join("cmdline")) else {
@@ -314,6 +352,34 @@ pub fn with_scratch_page<T>(f: impl FnOnce(*mut u8) -> T) -> Option<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_lives_while_any_thread_does() {
+        let dir = std::env::temp_dir().join(format!("pw-threads-{}", std::process::id()));
+        let stat = |path: &str, state: &str| {
+            let path = dir.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, format!("1 (a b) {state} 1 1 1 0 -1 0\n")).unwrap();
+        };
+        // Leader exited (zombie) while thread 12 runs on.
+        stat("10/stat", "Z");
+        stat("10/task/10/stat", "Z");
+        stat("10/task/11/stat", "X");
+        stat("10/task/12/stat", "S");
+        std::fs::write(dir.join("10/status"), "Name:\tx\nTgid:\t10\nPid:\t10\n").unwrap();
+        // A running leader; a group whose threads are all dead.
+        stat("20/stat", "R");
+        stat("30/stat", "Z");
+        stat("30/task/30/stat", "Z");
+        let root = ProcRoot::at(&dir);
+        assert_eq!(root.live_thread(10), Some(12));
+        assert_eq!(root.live_thread(20), Some(20));
+        assert_eq!(root.live_thread(30), None);
+        assert_eq!(root.live_thread(40), None, "gone");
+        assert_eq!(root.tgid_of(10), Some(10));
+        assert_eq!(root.tgid_of(12), None, "no status file");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn reads_names_from_a_proc_tree_and_keeps_them_after_exit() {

@@ -35,7 +35,7 @@ use pagewatch::{
     proc::{CommCache, ProcRoot, ProcessKey},
     snapshot::{
         self,
-        columns::{PageTable, ProcessTableBuilder},
+        columns::{PageTable, ProcessTable, ProcessTableBuilder},
         scan::{KpageFiles, ScanOptions, scan_process_with},
     },
     transition::{Cause, TransitionGroup, TransitionKind},
@@ -283,6 +283,18 @@ pub struct Session {
     followed: BTreeSet<u32>,
     /// Processes whose last thread exited in the current interval.
     exited: Vec<u32>,
+    /// Whether exit events mark the exit that ends a process (`group_dead`,
+    /// Linux 6.10+). Before, a process that had a thread exit in the
+    /// interval is looked up at its end: it ended if no thread of it is
+    /// alive (see [`ProcRoot::live_thread`]).
+    group_dead_known: bool,
+    /// Processes with a thread exit, on kernels without `group_dead`.
+    maybe_ended: BTreeSet<u32>,
+    /// Followed processes whose first snapshot is due: new, or just execed.
+    first_due: BTreeSet<u32>,
+    /// Counters of those first snapshots, reported with the interval's
+    /// (for processes its closing snapshot no longer finds).
+    first_counters: Vec<ProcessCounters>,
     kpage: KpageFiles,
     nodes: NodeMap,
     /// /proc/vmstat at the last interval.
@@ -421,6 +433,10 @@ impl Session {
             tracked: BTreeSet::new(),
             followed: BTreeSet::new(),
             exited: Vec::new(),
+            group_dead_known: false,
+            maybe_ended: BTreeSet::new(),
+            first_due: BTreeSet::new(),
+            first_counters: Vec::new(),
             kpage: KpageFiles {
                 // The correlator compares pagemap entries, PMD mappings and
                 // kpageflags only: mapcounts (kpagecount) and memcgs
@@ -448,6 +464,16 @@ impl Session {
             pending_moves: Vec::new(),
             config,
         };
+        session.group_dead_known = session.decoder.has_field(Hook::ProcessExit, "group_dead");
+        if session.config.probe.filter_tgids
+            && session.config.probe.families.contains(&Family::Process)
+            && !session.decoder.attached(Hook::TaskNewtask)
+        {
+            eprintln!(
+                "pagewatch: note: task/task_newtask is not attached, so the new processes of \
+                 followed processes are not followed"
+            );
+        }
         if session.config.snapshots && !session.exact_rss {
             eprintln!(
                 "pagewatch: note: this kernel's per-process RSS counters are approximate, so \
@@ -548,7 +574,11 @@ impl Session {
         };
         let mut procs = Vec::with_capacity(pids.len());
         for pid in pids {
-            let stamp = ProcessStamp::read(&root, pid);
+            // A process whose threads have all exited has no memory left.
+            let Some(reader) = root.live_thread(pid) else {
+                continue;
+            };
+            let stamp = ProcessStamp::read(&root, reader);
             let last = self.last_snapshot.as_ref().and_then(|t| t.process(pid));
             let rescan =
                 self.rescan
@@ -559,19 +589,7 @@ impl Session {
                 procs.push(Arc::clone(table));
                 continue;
             }
-            let pages = stamp.map_or(0, |s| {
-                (s.rss_anon_kb + s.rss_file_kb + s.rss_shmem_kb + s.swap_kb) / 4
-            });
-            let mut table = ProcessTableBuilder::new(pid, pages as usize);
-            let scanned = scan_process_with(
-                &root,
-                &self.kpage,
-                pid,
-                &ScanOptions::default(),
-                |vi, b, _| table.add(vi, b),
-            );
-            if let Ok(info) = scanned {
-                let table = table.finish(&info);
+            if let Some(table) = self.read_process(&root, pid, reader, stamp) {
                 if work.all_because.is_none() {
                     work.rescanned_pids.push(pid);
                 }
@@ -582,6 +600,70 @@ impl Session {
         }
         self.snapshot_work = Some(work);
         PageTable::from_processes(procs)
+    }
+
+    /// Reads process `pid` (a thread group) through its live thread
+    /// `reader` into a table, sized by its `stamp`; None if it went first.
+    fn read_process(
+        &self,
+        root: &ProcRoot,
+        pid: u32,
+        reader: u32,
+        stamp: Option<ProcessStamp>,
+    ) -> Option<ProcessTable> {
+        let pages = stamp.map_or(0, |s| {
+            (s.rss_anon_kb + s.rss_file_kb + s.rss_shmem_kb + s.swap_kb) / 4
+        });
+        let mut table = ProcessTableBuilder::new(pid, pages as usize);
+        let mut info = scan_process_with(
+            root,
+            &self.kpage,
+            reader,
+            &ScanOptions::default(),
+            |vi, b, _| table.add(vi, b),
+        )
+        .ok()?;
+        // Read through a thread, kept as the process.
+        info.pid = pid;
+        Some(table.finish(&info))
+    }
+
+    /// The first snapshot of each process followed (or execed) since the
+    /// last drain, taken now rather than at the next interval so that a
+    /// process shorter than an interval is seen: it replaces the process's
+    /// table in the last snapshot, the baseline of the next interval's
+    /// diff (so an exec's discarded image is not reported page by page as
+    /// unmapped). A process already gone has no snapshot; what it did is
+    /// still counted from its events.
+    fn first_snapshots(&mut self) {
+        if self.first_due.is_empty() {
+            return;
+        }
+        let due = std::mem::take(&mut self.first_due);
+        let Some(last) = self.last_snapshot.take() else {
+            return;
+        };
+        let root = ProcRoot::default();
+        let mut procs: Vec<Arc<ProcessTable>> = last
+            .processes()
+            .iter()
+            .filter(|p| !due.contains(&p.pid))
+            .cloned()
+            .collect();
+        for pid in due {
+            let Some(reader) = root.live_thread(pid) else {
+                continue;
+            };
+            let stamp = ProcessStamp::read(&root, reader);
+            if let Some(table) = self.read_process(&root, pid, reader, stamp) {
+                let table = Arc::new(table);
+                let alone = PageTable::from_processes(vec![Arc::clone(&table)]);
+                self.first_counters
+                    .extend(correlate::counters(&alone, &self.nodes));
+                procs.push(table);
+            }
+        }
+        self.last_snapshot = Some(PageTable::from_processes(procs));
     }
 
     /// Runs until a signal, `--duration`, or `stop` completes.
@@ -627,12 +709,14 @@ impl Session {
                     let mut guard = guard.map_err(Error::Poll)?;
                     self.drain(guard.get_inner_mut(), sink)?;
                     guard.clear_ready();
+                    self.first_snapshots();
                 }
                 _ = ticker.tick() => {
                     let after = self.next_snapshot();
                     self.drain(ring.get_mut(), sink)?;
                     self.end_interval(sink, after, false)?;
                     self.refresh_targets(false)?;
+                    self.first_snapshots();
                 }
                 _ = sigint.recv() => break,
                 _ = sigterm.recv() => break,
@@ -668,15 +752,29 @@ impl Session {
             // already gone.
             let process = self.comms.key_at(event.tgid, event.ts_ns);
             match event.kind {
-                EventKind::ProcessExit { pid, comm, .. } if pid == i64::from(event.tgid) => {
-                    self.comms.learn(event.tgid, &comm);
-                    self.exited.push(event.tgid);
+                EventKind::ProcessExit {
+                    pid,
+                    group_dead,
+                    comm,
+                } => {
+                    if pid == i64::from(event.tgid) {
+                        self.comms.learn(event.tgid, &comm);
+                    }
+                    // A process ends with its last thread, not its leader.
+                    if !self.group_dead_known {
+                        self.maybe_ended.insert(event.tgid);
+                    } else if group_dead != 0 {
+                        self.exited.push(event.tgid);
+                    }
                 }
                 // Exec keeps the process and renames it (and replaces its
-                // memory: its next snapshot reads it again).
+                // memory: it is read again at once, see first_snapshots).
                 EventKind::ProcessExec { .. } => {
                     self.comms.refresh(event.tgid);
                     self.rescan.touch(event.tgid);
+                    if self.tracked.contains(&event.tgid) {
+                        self.first_due.insert(event.tgid);
+                    }
                 }
                 EventKind::ScanPmd { pfn: u64::MAX, .. } if !self.said_scan_without_page => {
                     self.said_scan_without_page = true;
@@ -687,28 +785,31 @@ impl Session {
                          attributed through their isolation events"
                     );
                 }
-                // Children of followed processes are followed too (the
-                // kernel filter already took them in at fork).
-                EventKind::ProcessFork {
-                    parent_pid,
-                    child_pid,
-                } => {
-                    if let Ok(parent) = u32::try_from(parent_pid) {
-                        self.rescan.touch(parent);
-                    }
-                    if let Ok(child) = u32::try_from(child_pid) {
-                        // A new process: if its pid was used before, it is
-                        // not the process that had it (the fork event
-                        // precedes every event of the child in the ring).
+                // A new process (a new thread is part of its process and
+                // changes nothing here). The kernel filter already took
+                // the child of a followed process in; it is followed too.
+                EventKind::TaskNew { pid, .. } if !event.kind.is_new_thread() => {
+                    self.rescan.touch(event.tgid);
+                    if let Ok(child) = u32::try_from(pid) {
+                        // If its pid was used before, it is not the process
+                        // that had it (this event precedes every event of
+                        // the child in the ring).
                         self.comms.forked(child, event.ts_ns);
-                        // Children of followed processes are followed too
-                        // (the kernel filter already took them in at fork).
                         if !matches!(self.config.target, Target::All)
-                            && u32::try_from(parent_pid).is_ok_and(|p| self.tracked.contains(&p))
+                            && self.tracked.contains(&event.tgid)
                         {
                             self.tracked.insert(child);
                             self.followed.insert(child);
+                            self.first_due.insert(child);
                         }
+                    }
+                }
+                // The kernel names the victim's thread: count its process.
+                EventKind::OomVictim { pid, .. } => {
+                    if let Ok(tid) = u32::try_from(pid) {
+                        let tgid = self.proc.tgid_of(tid).unwrap_or(tid);
+                        let victim = self.comms.key_at(tgid, event.ts_ns);
+                        self.aggregator.add_oom_victim(victim);
                     }
                 }
                 _ => {}
@@ -774,6 +875,22 @@ impl Session {
             .set_thp_splits(delta.thp_split_pmd, delta.thp_split_page);
         let tally = self.aggregator.take_interval();
         self.intervals += 1;
+        // Kernels before 6.10: a process with a thread exit ended if none
+        // of its threads is alive now (or its pid is another process's).
+        let ended: Vec<u32> = self
+            .maybe_ended
+            .iter()
+            .copied()
+            .filter(|&tgid| {
+                let start = self.comms.key(tgid).start_ticks;
+                self.proc.live_thread(tgid).is_none()
+                    || self.proc.stat_fields(tgid).is_some_and(|s| s.1 != start)
+            })
+            .collect();
+        for tgid in ended {
+            self.maybe_ended.remove(&tgid);
+            self.exited.push(tgid);
+        }
         let dropped_per_cpu = self.drops_per_cpu()?;
         let dropped_total: u64 = dropped_per_cpu.iter().sum();
         let dropped = dropped_total - self.dropped_reported;
@@ -820,6 +937,12 @@ impl Session {
                 );
                 self.evidence.inherit(&evidence);
                 counters = correlate::counters(&after, &self.nodes);
+                // First snapshots of processes gone by the interval's end.
+                let gone: Vec<ProcessCounters> = std::mem::take(&mut self.first_counters)
+                    .into_iter()
+                    .filter(|c| after.process(c.pid).is_none())
+                    .collect();
+                counters.extend(gone);
                 thp_coverage.extend(self.hugepages.thp(&after, ts_ns));
                 self.last_snapshot = Some(after);
                 t
@@ -876,6 +999,7 @@ impl Session {
         }
         let tracked = &self.tracked;
         self.rescan.retain(|pid| tracked.contains(&pid));
+        self.maybe_ended.retain(|pid| tracked.contains(pid));
         self.comms.end_interval();
         Ok(())
     }
