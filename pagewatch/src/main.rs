@@ -1,6 +1,7 @@
 //! The pagewatch command: parse arguments, run the subcommand, print errors
-//! as one sentence with their causes and exit non-zero. Everything else
-//! lives in the library and in `cli/`.
+//! as one sentence with each of their causes once and exit 1 (`record --
+//! CMD` exits with the command's status). Everything else lives in the
+//! library and in `cli/`.
 
 mod cli;
 
@@ -10,7 +11,7 @@ fn main() -> std::process::ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let args = cli::Cli::parse();
     match cli::run(args) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             // A closed pipe (pagewatch top | head) is not an error.
             if err
@@ -19,8 +20,49 @@ fn main() -> std::process::ExitCode {
             {
                 return std::process::ExitCode::SUCCESS;
             }
-            eprintln!("pagewatch: error: {err:#}");
+            eprintln!("pagewatch: error: {}", message(&err));
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// The error and its causes, joined by ": ", leaving out a cause whose text
+/// is already there: error types that name their source in their own
+/// message (`cannot open X: {source}`) would otherwise print it twice.
+fn message(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        let io = || std::io::Error::from_raw_os_error(libc::ENOENT);
+        let err = anyhow::Error::new(pagewatch::record::RecordError::Open {
+            path: "/x.pwrec".into(),
+            source: io(),
+        });
+        assert_eq!(
+            message(&err),
+            "cannot open /x.pwrec: No such file or directory (os error 2)"
+        );
+        let err = anyhow::Error::new(io()).context("reading /x");
+        assert_eq!(
+            message(&err),
+            "reading /x: No such file or directory (os error 2)"
+        );
     }
 }

@@ -34,15 +34,17 @@ enum Command {
     Report(report::ReportArgs),
 }
 
-/// Runs the chosen subcommand.
-pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+/// Runs the chosen subcommand; its exit status (`record -- CMD` exits
+/// with the command's).
+pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    let done = match cli.command {
         None => top::run(cli.top),
         Some(Command::Top(args)) => top::run(args),
         Some(Command::Snapshot(args)) => snapshot::run(args),
-        Some(Command::Record(args)) => record::run(args),
+        Some(Command::Record(args)) => return record::run(args),
         Some(Command::Report(args)) => report::run(args),
-    }
+    };
+    done.map(|()| std::process::ExitCode::SUCCESS)
 }
 
 /// Runs `f` to completion on a single-threaded tokio runtime.

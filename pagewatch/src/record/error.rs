@@ -15,6 +15,9 @@ pub enum RecordError {
     /// may have planted it in a shared directory).
     #[error("refusing to write {path}: it is a symbolic link")]
     Symlink { path: PathBuf },
+    /// `--force` replaces only a regular file (never a device, say).
+    #[error("refusing to replace {path}: it is not a regular file")]
+    NotRegular { path: PathBuf },
     /// The output file could not be created (or the old one removed).
     #[error("cannot create {path}: {source}")]
     Create {

@@ -485,6 +485,12 @@ fn the_writer_never_overwrites_and_never_follows_a_symlink() {
     }
     assert_eq!(std::fs::read(&target).unwrap(), b"secret");
     assert!(!dangling_target.exists());
+    // --force removes only a regular file (never a device or a directory).
+    let sub = dir.join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let err = RecordWriter::replace(&sub, &metadata()).unwrap_err();
+    assert!(matches!(err, RecordError::NotRegular { .. }), "{err}");
+    assert!(sub.is_dir());
 
     // --force replaces a regular file, with a private mode.
     let w = RecordWriter::replace(&existing, &metadata()).unwrap();

@@ -32,47 +32,25 @@ pub struct RecordWriter {
 }
 
 impl RecordWriter {
-    /// Refuses now what [`Self::create`] (or, with `force`,
-    /// [`Self::replace`]) would refuse at `path`, creating nothing: a
-    /// recorder checks this before spending seconds loading its hooks. The
-    /// creation itself checks again.
-    pub fn check_path(path: &Path, force: bool) -> Result<(), RecordError> {
-        let path_buf = || path.to_owned();
-        match path.symlink_metadata() {
-            Ok(m) if m.file_type().is_symlink() => {
-                return Err(RecordError::Symlink { path: path_buf() });
-            }
-            Ok(_) if !force => return Err(RecordError::Exists { path: path_buf() }),
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(RecordError::Create {
-                    path: path_buf(),
-                    source,
-                });
-            }
-        }
-        let parent = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        match std::fs::metadata(parent) {
-            Ok(m) if m.is_dir() => Ok(()),
-            Ok(_) => Err(RecordError::Create {
-                path: path_buf(),
-                source: std::io::Error::from(std::io::ErrorKind::NotADirectory),
-            }),
-            Err(source) => Err(RecordError::Create {
-                path: path_buf(),
-                source,
-            }),
-        }
-    }
-
     /// Creates a new recording at `path` and writes its header. Fails if
     /// anything exists at `path`, a symbolic link included.
     pub fn create(path: &Path, metadata: &Metadata) -> Result<Self, RecordError> {
-        let file = OpenOptions::new()
+        Self::start(Self::create_file(path)?, path.to_owned(), metadata)
+    }
+
+    /// Like [`Self::create`], but first removes a regular file at `path`
+    /// (see [`Self::replace_file`]).
+    pub fn replace(path: &Path, metadata: &Metadata) -> Result<Self, RecordError> {
+        Self::start(Self::replace_file(path)?, path.to_owned(), metadata)
+    }
+
+    /// Creates the empty file of a new recording at `path` with
+    /// O_CREAT|O_EXCL|O_NOFOLLOW (mode 0600), writing nothing: a recorder
+    /// opens its output before spending seconds loading its hooks, and
+    /// [`Self::start`]s the recording once it knows its metadata. Fails if
+    /// anything exists at `path`, a symbolic link included.
+    pub fn create_file(path: &Path) -> Result<File, RecordError> {
+        OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
@@ -89,18 +67,23 @@ impl RecordWriter {
                     path: path.to_owned(),
                     source,
                 },
-            })?;
-        Self::from_file(file, path.to_owned(), metadata)
+            })
     }
 
-    /// Like [`Self::create`], but first removes a regular file at `path`
-    /// (`--force`). A symbolic link at `path` is still refused, and the
-    /// new file is still created exclusively, so a link planted between
-    /// the removal and the creation is not followed either.
-    pub fn replace(path: &Path, metadata: &Metadata) -> Result<Self, RecordError> {
+    /// Like [`Self::create_file`], but first removes a regular file at
+    /// `path` (`--force`). Anything else there (a symbolic link, a device,
+    /// a directory) is refused, and the new file is still created
+    /// exclusively, so a link planted between the removal and the creation
+    /// is not followed either.
+    pub fn replace_file(path: &Path) -> Result<File, RecordError> {
         match path.symlink_metadata() {
             Ok(m) if m.file_type().is_symlink() => {
                 return Err(RecordError::Symlink {
+                    path: path.to_owned(),
+                });
+            }
+            Ok(m) if !m.file_type().is_file() => {
+                return Err(RecordError::NotRegular {
                     path: path.to_owned(),
                 });
             }
@@ -110,11 +93,12 @@ impl RecordWriter {
             })?,
             Err(_) => {}
         }
-        Self::create(path, metadata)
+        Self::create_file(path)
     }
 
-    /// Starts a recording in an already open `file`, named `path` in errors.
-    fn from_file(file: File, path: PathBuf, metadata: &Metadata) -> Result<Self, RecordError> {
+    /// Starts a recording in `file` (new and empty, from
+    /// [`Self::create_file`]), named `path` in errors: writes the header.
+    pub fn start(file: File, path: PathBuf, metadata: &Metadata) -> Result<Self, RecordError> {
         let json = serde_json::to_vec(metadata).map_err(RecordError::Metadata)?;
         let mut header = BytesMut::with_capacity(json.len() + 18);
         header.put_slice(&MAGIC);
@@ -234,7 +218,7 @@ mod tests {
         }
         let file = OpenOptions::new().write(true).open(path).unwrap();
         let meta = super::super::tests::metadata();
-        let err = RecordWriter::from_file(file, path.to_owned(), &meta).unwrap_err();
+        let err = RecordWriter::start(file, path.to_owned(), &meta).unwrap_err();
         assert!(matches!(err, RecordError::DiskFull { .. }), "{err:?}");
         assert_eq!(
             err.to_string(),
