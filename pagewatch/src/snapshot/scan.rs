@@ -26,6 +26,7 @@ use super::{
     error::{Result, SnapshotError},
     flags::{PM_EXCLUSIVE, PM_PFN_MASK, PM_PRESENT, PM_SWAP, PagemapEntry, has, kpf},
     maps::{Vma, VmaSource, read_vmas},
+    observer::OwnPages,
     pagemap_scan::{self, PAGE_IS_HUGE, PAGE_IS_PRESENT, PAGE_IS_SWAPPED},
     pfnplan::PfnPlan,
     source::{ProcRoot, U64Table},
@@ -401,6 +402,7 @@ pub fn scan_process_with(
     mut sink: impl FnMut(usize, &VmaPages, bool),
 ) -> Result<ScanInfo> {
     let (vmas, vma_source) = read_vmas(root, pid, opts.vma_source)?;
+    let own = OwnPages::read(root, pid, &vmas, vma_source);
     let comm = root.comm(pid).unwrap_or_default();
     let pm_path = root.pid_file(pid, "pagemap");
     let pagemap =
@@ -421,7 +423,7 @@ pub fn scan_process_with(
         info.vmas.push(vma.clone());
         let r = scan_vma(
             &pagemap,
-            kp,
+            (kp, &own),
             &vma,
             &mut bufs,
             &mut scan_ok,
@@ -494,7 +496,7 @@ pub fn scan_process(
 /// thread also hands finished batches to `sink` while the other reads.
 fn scan_vma(
     pagemap: &U64Table,
-    kp: &KpageFiles,
+    kp: (&KpageFiles, &OwnPages),
     vma: &Vma,
     bufs: &mut Buffers,
     scan_ok: &mut bool,
@@ -620,7 +622,7 @@ enum Read {
 /// PAGEMAP_SCAN fails and `visible` when the PFNs read as zero.
 fn read_batch(
     pagemap: &U64Table,
-    kp: &KpageFiles,
+    (kp, own): (&KpageFiles, &OwnPages),
     s: &mut Slot,
     (pos, stop): (u64, u64),
     scan_ok: &AtomicBool,
@@ -664,7 +666,7 @@ fn read_batch(
     batch.cgroup.clear();
     batch.cgroup.resize(m, 0);
     if pfns_visible && !hidden && m > 0 {
-        fill_kpage(kp, s)?;
+        fill_kpage(kp, own, s)?;
     }
     Ok(Read::Done {
         scan_failed,
@@ -762,8 +764,8 @@ fn compact(
 
 /// Read kpageflags, kpagecgroup and kpagecount for the batch's PFNs and
 /// store them per entry (kpagecount only where pagemap does not say
-/// exclusive).
-fn fill_kpage(kp: &KpageFiles, s: &mut Slot) -> io::Result<()> {
+/// exclusive), without pagewatch's own mappings (see [`OwnPages`]).
+fn fill_kpage(kp: &KpageFiles, own: &OwnPages, s: &mut Slot) -> io::Result<()> {
     let v = &mut s.batch;
     let pfn = |e: u64| PagemapEntry(e).pfn().filter(|p| *p != 0);
     s.flag_plan.plan(
@@ -797,6 +799,13 @@ fn fill_kpage(kp: &KpageFiles, s: &mut Slot) -> io::Result<()> {
     s.count_plan.store(&s.values, &mut v.mapcount, |c| {
         c.min(u64::from(u32::MAX)) as u32
     });
+    if !own.is_empty() {
+        for ((pm, &flags), count) in v.pm.iter_mut().zip(&v.flags).zip(&mut v.mapcount) {
+            if !PagemapEntry(*pm).exclusive() {
+                (*pm, *count) = own.discount(*pm, flags, *count);
+            }
+        }
+    }
     Ok(())
 }
 
