@@ -18,10 +18,7 @@
 //! be taken out from userspace, so on those kernels only small folios are
 //! corrected. [`MapcountMode::detect`] tells the two apart at run time.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::OnceLock,
-};
+use std::{collections::HashSet, sync::OnceLock};
 
 use super::{
     flags::{PM_EXCLUSIVE, PM_PFN_MASK, PM_PRESENT, PagemapEntry, has, kpf},
@@ -137,7 +134,8 @@ fn probe_folio_average() -> Option<bool> {
 /// maps too (and of the vdso).
 #[derive(Debug, Default)]
 pub struct OwnPages {
-    by_pfn: HashMap<u64, u32>,
+    /// (PFN, own PTEs mapping it), sorted by PFN.
+    by_pfn: Vec<(u64, u32)>,
     mode: Option<MapcountMode>,
 }
 
@@ -145,7 +143,7 @@ impl OwnPages {
     /// Own mappings shared with a process whose VMAs are `target`; empty
     /// when reading a captured tree or the target is pagewatch itself, or
     /// when its own pagemap cannot be read.
-    pub fn read(root: &ProcRoot, pid: u32, target: &[Vma], source: VmaSource) -> Self {
+    pub fn read(root: &ProcRoot, pid: u32, target: &[Vma]) -> Self {
         let me = std::process::id();
         if root.proc != std::path::Path::new("/proc") || pid == me {
             return OwnPages::default();
@@ -153,13 +151,13 @@ impl OwnPages {
         let key = |v: &Vma| (v.inode != 0).then(|| (v.dev.clone(), v.inode));
         let files: HashSet<(String, u64)> = target.iter().filter_map(key).collect();
         let vdso = target.iter().any(|v| v.name == "[vdso]");
-        let Ok((mine, _)) = read_vmas(root, me, source) else {
+        let Ok((mine, _)) = read_vmas(root, me, VmaSource::MapsText) else {
             return OwnPages::default();
         };
         let Ok(pm) = U64Table::open(root.pid_file(me, "pagemap")) else {
             return OwnPages::default();
         };
-        let mut by_pfn: HashMap<u64, u32> = HashMap::new();
+        let mut pfns = Vec::new();
         for v in mine
             .iter()
             .filter(|v| key(v).is_some_and(|k| files.contains(&k)) || (vdso && v.name == "[vdso]"))
@@ -174,8 +172,16 @@ impl OwnPages {
                     && pfn != 0
                     && !pe.exclusive()
                 {
-                    *by_pfn.entry(pfn).or_default() += 1;
+                    pfns.push(pfn);
                 }
+            }
+        }
+        pfns.sort_unstable();
+        let mut by_pfn: Vec<(u64, u32)> = Vec::with_capacity(pfns.len());
+        for pfn in pfns {
+            match by_pfn.last_mut() {
+                Some((p, n)) if *p == pfn => *n += 1,
+                _ => by_pfn.push((pfn, 1)),
             }
         }
         OwnPages {
@@ -197,9 +203,10 @@ impl OwnPages {
         let Some(pfn) = PagemapEntry(pm).pfn() else {
             return (pm, count);
         };
-        let Some(&mine) = self.by_pfn.get(&pfn) else {
+        let Ok(i) = self.by_pfn.binary_search_by_key(&pfn, |&(p, _)| p) else {
             return (pm, count);
         };
+        let mine = self.by_pfn[i].1;
         let large = has(flags, kpf::COMPOUND_HEAD) || has(flags, kpf::COMPOUND_TAIL);
         if large && self.mode == Some(MapcountMode::FolioAverage) {
             return (pm, count);
@@ -229,7 +236,7 @@ mod tests {
     #[test]
     fn own_mappings_come_off_per_page_mapcounts() {
         let own = OwnPages {
-            by_pfn: HashMap::from([(7, 1), (9, 2)]),
+            by_pfn: vec![(7, 1), (9, 2)],
             mode: Some(MapcountMode::PerPage),
         };
         let pm = PM_PRESENT | 7;

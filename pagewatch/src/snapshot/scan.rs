@@ -402,7 +402,7 @@ pub fn scan_process_with(
     mut sink: impl FnMut(usize, &VmaPages, bool),
 ) -> Result<ScanInfo> {
     let (vmas, vma_source) = read_vmas(root, pid, opts.vma_source)?;
-    let own = OwnPages::read(root, pid, &vmas, vma_source);
+    let own = OwnPages::read(root, pid, &vmas);
     let comm = root.comm(pid).unwrap_or_default();
     let pm_path = root.pid_file(pid, "pagemap");
     let pagemap =
