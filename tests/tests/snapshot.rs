@@ -101,14 +101,14 @@ const FIELDS: [(&str, &str); 17] = [
     ("FilePmdMapped", "file_pmd_mapped"),
 ];
 
-/// Fields that change while pagewatch runs: its own mappings of the same
-/// shared-library file pages raise their mapcount by one (anonymous and
-/// dirty pages are never shared with it).
+/// Fields of shared-library VMAs that other processes starting or exiting
+/// change between pagewatch's read and this test's (pagewatch takes its
+/// own mappings out; `shared_libraries_and_large_file_folios_pss_equals_smaps`
+/// compares them with reads that held still).
 const SHARING: [&str; 4] = ["Pss", "Pss_File", "Shared_Clean", "Private_Clean"];
 
-/// Files the pagewatch process maps itself (libc, ld.so, libgcc_s: the same
-/// inodes this test binary maps) and the vdso: while pagewatch runs, their
-/// pages have one more mapping than when smaps is read after it exits.
+/// Files this test binary maps (libc, ld.so, libgcc_s; pagewatch maps them
+/// too) and the vdso: shared with every process on the machine.
 fn mapped_by_pagewatch_too(v: &SmapsVma, own: &HashSet<u64>) -> bool {
     (v.inode != 0 && own.contains(&v.inode)) || v.name == "[vdso]"
 }
