@@ -35,12 +35,17 @@ pub enum MapcountMode {
     /// One per folio: kpagecount is the folio's average page mapcount
     /// (CONFIG_NO_PAGE_MAPCOUNT, 6.15+).
     FolioAverage,
+    /// 6.15+ where the probe could not run (no THP): taken as per page,
+    /// the default configuration.
+    Assumed,
 }
+
+/// Said once, on the first process report, when the mode is assumed.
+pub const ASSUMED_NOTE: &str = "cannot tell whether this kernel (6.15+) keeps per-page mapcounts or only folio averages (CONFIG_NO_PAGE_MAPCOUNT): the probe needs a transparent huge page; pagewatch's own mappings are taken out of Pss as per page (the default configuration)";
 
 impl MapcountMode {
     /// The live kernel's mode, probed once: kernels before 6.15 count per
-    /// page; later ones are asked with [`probe_folio_average`], and taken
-    /// as per page (the default configuration) when the probe cannot run.
+    /// page; later ones are asked with [`probe_folio_average`].
     pub fn detect() -> Self {
         static MODE: OnceLock<MapcountMode> = OnceLock::new();
         *MODE.get_or_init(|| {
@@ -51,12 +56,7 @@ impl MapcountMode {
             match probe_folio_average() {
                 Some(true) => MapcountMode::FolioAverage,
                 Some(false) => MapcountMode::PerPage,
-                None => {
-                    log::info!(
-                        "cannot tell whether this kernel keeps per-page mapcounts (the probe needs a THP): assuming it does (CONFIG_PAGE_MAPCOUNT, the default)"
-                    );
-                    MapcountMode::PerPage
-                }
+                None => MapcountMode::Assumed,
             }
         })
     }
@@ -188,6 +188,15 @@ impl OwnPages {
             mode: (!by_pfn.is_empty()).then(MapcountMode::detect),
             by_pfn,
         }
+    }
+
+    /// A note for the report when the mapcount mode had to be assumed,
+    /// given once per run.
+    pub fn note(&self) -> Option<&'static str> {
+        static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        (self.mode == Some(MapcountMode::Assumed)
+            && !SAID.swap(true, std::sync::atomic::Ordering::Relaxed))
+        .then_some(ASSUMED_NOTE)
     }
 
     /// Whether pagewatch maps none of the target's pages.

@@ -415,7 +415,7 @@ pub fn scan_process_with(
         pfns_visible: kp.flags.is_some(),
         partial: false,
         pmd_known: true,
-        notes: Vec::new(),
+        notes: own.note().map(String::from).into_iter().collect(),
     };
     let mut scan_ok = true;
     let mut bufs = Buffers::default();
