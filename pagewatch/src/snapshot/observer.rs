@@ -64,7 +64,7 @@ impl MapcountMode {
 
 /// Whether kernel release text `r` ("6.12.95+deb12-amd64") is older than
 /// `(major, minor)`; unparsable text counts as not older.
-fn release_before(r: &str, want: (u32, u32)) -> bool {
+pub fn release_before(r: &str, want: (u32, u32)) -> bool {
     let mut it = r.trim().split(['.', '-', '+']).map(|x| x.parse::<u32>());
     match (it.next(), it.next()) {
         (Some(Ok(a)), Some(Ok(b))) => (a, b) < want,
