@@ -101,14 +101,14 @@ const FIELDS: [(&str, &str); 17] = [
     ("FilePmdMapped", "file_pmd_mapped"),
 ];
 
-/// Fields that change while pagewatch runs: its own mappings of the same
-/// shared-library file pages raise their mapcount by one (anonymous and
-/// dirty pages are never shared with it).
+/// Fields of shared-library VMAs that other processes starting or exiting
+/// change between pagewatch's read and this test's (pagewatch takes its
+/// own mappings out; `shared_libraries_and_large_file_folios_pss_equals_smaps`
+/// compares them with reads that held still).
 const SHARING: [&str; 4] = ["Pss", "Pss_File", "Shared_Clean", "Private_Clean"];
 
-/// Files the pagewatch process maps itself (libc, ld.so, libgcc_s: the same
-/// inodes this test binary maps) and the vdso: while pagewatch runs, their
-/// pages have one more mapping than when smaps is read after it exits.
+/// Files this test binary maps (libc, ld.so, libgcc_s; pagewatch maps them
+/// too) and the vdso: shared with every process on the machine.
 fn mapped_by_pagewatch_too(v: &SmapsVma, own: &HashSet<u64>) -> bool {
     (v.inode != 0 && own.contains(&v.inode)) || v.name == "[vdso]"
 }
@@ -793,5 +793,245 @@ fn working_set_reports_referenced_pages_and_missing_mechanisms() {
     if !std::path::Path::new("/sys/kernel/mm/page_idle/bitmap").exists() {
         assert!(notes.contains("idle page tracking is missing"), "{notes}");
         assert!(v["accessed_idle_kb"].is_null());
+    }
+}
+
+/// A tmpfs mounted `huge=always` (its files in PMD-sized folios), lazily
+/// unmounted on drop.
+struct HugeTmpfs(PathBuf);
+
+impl HugeTmpfs {
+    fn mount() -> Option<Self> {
+        let path = std::env::temp_dir().join(format!("pw-hugetmpfs-{}", std::process::id()));
+        std::fs::create_dir_all(&path).ok()?;
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "huge=always,size=16m", "tmpfs"])
+            .arg(&path)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = std::fs::remove_dir(&path);
+        }
+        ok.then_some(Self(path))
+    }
+}
+
+impl Drop for HugeTmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Every VMA's smaps fields (and the rollup) of `pids`, for telling
+/// whether anything changed while pagewatch read them.
+fn smaps_state(pids: &[u32]) -> Vec<(u64, Vec<(String, u64)>)> {
+    let mut out = Vec::new();
+    for &pid in pids {
+        for v in smaps(pid) {
+            let mut kb: Vec<(String, u64)> = v.kb.into_iter().collect();
+            kb.sort();
+            out.push((v.start, kb));
+        }
+        let mut kb: Vec<(String, u64)> = rollup(pid).into_iter().collect();
+        kb.sort();
+        out.push((u64::MAX, kb));
+    }
+    out
+}
+
+/// Field-by-field differences between pagewatch's report of `pids` and
+/// smaps / smaps_rollup, keyed `pid VMA field`.
+fn differences_from_smaps(j: &Value, pids: &[u32]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for &pid in pids {
+        let p = j["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pid"] == pid)
+            .expect("process in the report");
+        assert_eq!(p["partial"], false);
+        let pmd_note = pmd_unknown(p);
+        let sm = smaps(pid);
+        let vmas = p["vmas"].as_array().unwrap();
+        assert_eq!(vmas.len(), sm.len(), "one report per VMA");
+        for (v, s) in vmas.iter().zip(&sm) {
+            assert_eq!(v["start"], format!("{:x}", s.start).as_str());
+            for (smaps_name, ours) in FIELDS {
+                let Some(expect) = s.kb.get(smaps_name) else {
+                    continue;
+                };
+                if pmd_note.is_some() && PMD_FIELDS.contains(&smaps_name) {
+                    continue;
+                }
+                if v["usage"][ours].as_u64() != Some(*expect) {
+                    out.push((
+                        format!("{pid} {:x} {} {smaps_name}", s.start, s.name),
+                        format!("pagewatch {}, smaps {expect}", v["usage"][ours]),
+                    ));
+                }
+            }
+        }
+        let roll = rollup(pid);
+        for (smaps_name, ours) in FIELDS {
+            let Some(expect) = roll.get(smaps_name) else {
+                continue;
+            };
+            if pmd_note.is_some() && PMD_FIELDS.contains(&smaps_name) {
+                continue;
+            }
+            if p["total"][ours].as_u64() != Some(*expect) {
+                out.push((
+                    format!("{pid} rollup {smaps_name}"),
+                    format!("pagewatch {}, smaps_rollup {expect}", p["total"][ours]),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Two stopped processes share the system's libc and libm (dlopen) and
+/// two files, one on a `huge=always` tmpfs (PMD-sized folios) and one on
+/// the temp directory's filesystem (large folios where it has them): the
+/// first maps each file whole, the second as two VMAs cut inside a folio.
+/// Every VMA's Pss and sharing fields, and the rollup's Pss_Anon/File/Shmem,
+/// equal smaps read just before and after pagewatch (pagewatch's own
+/// mappings of libc and libm are not counted, as smaps read without it
+/// does not count them). Other processes starting or exiting meanwhile
+/// change shared pages' mapcounts: a read is used only when smaps was the
+/// same before and after it, and a difference counts only when it repeats
+/// in two such reads.
+#[test]
+fn shared_libraries_and_large_file_folios_pss_equals_smaps() {
+    let test = "shared_libraries_and_large_file_folios_pss_equals_smaps";
+    if skip_unless_root(test) {
+        return;
+    }
+    const MIB: usize = 1 << 20;
+    let tmpfs = HugeTmpfs::mount();
+    if tmpfs.is_none() {
+        skip(
+            &format!("{test} (tmpfs part)"),
+            "cannot mount a huge=always tmpfs",
+        );
+    }
+    let data: Vec<u8> = (0..4 * MIB).map(|i| (i * 13 + 1) as u8).collect();
+    let mut files = vec![std::env::temp_dir().join(format!("pw-maps-{}.dat", std::process::id()))];
+    if let Some(t) = &tmpfs {
+        files.push(t.0.join("big.dat"));
+    }
+    for f in &files {
+        std::fs::write(f, &data).unwrap();
+    }
+    let spawn = |split: Option<usize>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pw-maps"));
+        cmd.args(["--lib", "libm.so.6"]);
+        for f in &files {
+            let spec = match split {
+                Some(s) => format!("{}@{s}", f.display()),
+                None => f.display().to_string(),
+            };
+            cmd.args(["--map", &spec]);
+        }
+        Layout::spawn(cmd)
+    };
+    // 1 MiB + 64 KiB: inside the second half of a 2 MiB folio and of any
+    // smaller large folio from 128 KiB up.
+    let (a, b) = (spawn(None), spawn(Some(MIB + 64 * 1024)));
+    for f in &files {
+        let _ = std::fs::remove_file(f);
+    }
+    let pids = [a.pid, b.pid];
+    for pid in pids {
+        // SAFETY: stopping our own child; SIGKILL on drop still ends it.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
+    }
+    assert!(
+        wait_for("both workloads stopped", Duration::from_secs(10), || {
+            pids.iter().all(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('T')
+                })
+            })
+        }),
+        "SIGSTOP did not stop the workloads"
+    );
+    let mut args = vec!["snapshot", "--vma", "--format", "json"];
+    let pid_args: Vec<String> = pids.iter().map(u32::to_string).collect();
+    for p in &pid_args {
+        args.extend(["--pid", p.as_str()]);
+    }
+    let mut stable: Vec<(Value, Vec<(String, String)>)> = Vec::new();
+    for _ in 0..20 {
+        let before = smaps_state(&pids);
+        let j = snapshot_json(&args);
+        if smaps_state(&pids) != before {
+            eprintln!(
+                "{test}: smaps changed while pagewatch read it (other processes map the same libraries); reading again"
+            );
+            continue;
+        }
+        let diffs = differences_from_smaps(&j, &pids);
+        stable.push((j, diffs));
+        if stable.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(stable.len(), 2, "smaps never held still across a read");
+    let repeated: Vec<String> = stable[1]
+        .1
+        .iter()
+        .filter(|(k, _)| stable[0].1.iter().any(|(k0, _)| k0 == k))
+        .map(|(k, d)| format!("{k}: {d}"))
+        .collect();
+    assert!(
+        repeated.is_empty(),
+        "differences from smaps:\n{}",
+        repeated.join("\n")
+    );
+
+    // The layout is what it should be: libm and libc shared by both, each
+    // file split in the second; and what large folios the kernel gave.
+    let j = &stable[1].0;
+    for (pid, split) in [(a.pid, false), (b.pid, true)] {
+        let p = j["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pid"] == pid)
+            .unwrap();
+        let vmas = p["vmas"].as_array().unwrap();
+        for lib in ["/libc.so.6", "/libm.so.6"] {
+            assert!(
+                vmas.iter()
+                    .any(|v| v["name"].as_str().unwrap().ends_with(lib)
+                        && v["usage"]["rss"].as_u64().unwrap() > 0),
+                "{lib} mapped and resident in {pid}"
+            );
+        }
+        for f in &files {
+            let name = f.display().to_string();
+            let mine: Vec<&Value> = vmas
+                .iter()
+                .filter(|v| v["name"].as_str().unwrap().starts_with(&name))
+                .collect();
+            assert_eq!(mine.len(), if split { 2 } else { 1 }, "VMAs of {name}");
+            let rss: u64 = mine
+                .iter()
+                .map(|v| v["usage"]["rss"].as_u64().unwrap())
+                .sum();
+            assert_eq!(rss, 4 << 10, "all of {name} resident in {pid}");
+            let folios: Vec<String> = mine
+                .iter()
+                .map(|v| v["folios"]["file"].to_string())
+                .collect();
+            eprintln!("{test}: {name} in {pid}: file folios {folios:?}");
+        }
     }
 }

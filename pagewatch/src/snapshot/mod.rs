@@ -11,6 +11,7 @@
 //! - [`account`], [`folios`], [`report`]: smaps-exact accounting,
 //!   thpmaps-like large-folio stats, per-VMA/process reports;
 //! - [`memcg`]: kpagecgroup inodes to cgroup paths;
+//! - [`observer`]: pagewatch's own mappings taken out of mapcounts;
 //! - [`census`], [`sysfs`]: the whole-system view;
 //! - [`workingset`]: clear_refs / page_idle working set;
 //! - [`columns`]: the compact per-page arrays the correlator keeps;
@@ -25,6 +26,7 @@ pub mod flags;
 pub mod folios;
 pub mod maps;
 pub mod memcg;
+pub mod observer;
 pub mod pagemap_scan;
 pub mod pfnplan;
 pub mod procmap_query;

@@ -26,6 +26,7 @@ use super::{
     error::{Result, SnapshotError},
     flags::{PM_EXCLUSIVE, PM_PFN_MASK, PM_PRESENT, PM_SWAP, PagemapEntry, has, kpf},
     maps::{Vma, VmaSource, read_vmas},
+    observer::{OwnPages, release_before},
     pagemap_scan::{self, PAGE_IS_HUGE, PAGE_IS_PRESENT, PAGE_IS_SWAPPED},
     pfnplan::PfnPlan,
     source::{ProcRoot, U64Table},
@@ -401,6 +402,7 @@ pub fn scan_process_with(
     mut sink: impl FnMut(usize, &VmaPages, bool),
 ) -> Result<ScanInfo> {
     let (vmas, vma_source) = read_vmas(root, pid, opts.vma_source)?;
+    let own = OwnPages::read(root, pid, &vmas);
     let comm = root.comm(pid).unwrap_or_default();
     let pm_path = root.pid_file(pid, "pagemap");
     let pagemap =
@@ -413,7 +415,7 @@ pub fn scan_process_with(
         pfns_visible: kp.flags.is_some(),
         partial: false,
         pmd_known: true,
-        notes: Vec::new(),
+        notes: own.note().map(String::from).into_iter().collect(),
     };
     let mut scan_ok = true;
     let mut bufs = Buffers::default();
@@ -421,7 +423,7 @@ pub fn scan_process_with(
         info.vmas.push(vma.clone());
         let r = scan_vma(
             &pagemap,
-            kp,
+            (kp, &own),
             &vma,
             &mut bufs,
             &mut scan_ok,
@@ -494,7 +496,7 @@ pub fn scan_process(
 /// thread also hands finished batches to `sink` while the other reads.
 fn scan_vma(
     pagemap: &U64Table,
-    kp: &KpageFiles,
+    kp: (&KpageFiles, &OwnPages),
     vma: &Vma,
     bufs: &mut Buffers,
     scan_ok: &mut bool,
@@ -620,7 +622,7 @@ enum Read {
 /// PAGEMAP_SCAN fails and `visible` when the PFNs read as zero.
 fn read_batch(
     pagemap: &U64Table,
-    kp: &KpageFiles,
+    (kp, own): (&KpageFiles, &OwnPages),
     s: &mut Slot,
     (pos, stop): (u64, u64),
     scan_ok: &AtomicBool,
@@ -664,7 +666,7 @@ fn read_batch(
     batch.cgroup.clear();
     batch.cgroup.resize(m, 0);
     if pfns_visible && !hidden && m > 0 {
-        fill_kpage(kp, s)?;
+        fill_kpage(kp, own, s)?;
     }
     Ok(Read::Done {
         scan_failed,
@@ -762,8 +764,8 @@ fn compact(
 
 /// Read kpageflags, kpagecgroup and kpagecount for the batch's PFNs and
 /// store them per entry (kpagecount only where pagemap does not say
-/// exclusive).
-fn fill_kpage(kp: &KpageFiles, s: &mut Slot) -> io::Result<()> {
+/// exclusive), without pagewatch's own mappings (see [`OwnPages`]).
+fn fill_kpage(kp: &KpageFiles, own: &OwnPages, s: &mut Slot) -> io::Result<()> {
     let v = &mut s.batch;
     let pfn = |e: u64| PagemapEntry(e).pfn().filter(|p| *p != 0);
     s.flag_plan.plan(
@@ -787,6 +789,11 @@ fn fill_kpage(kp: &KpageFiles, s: &mut Slot) -> io::Result<()> {
     );
     s.flag_plan.read(kp.flags.as_ref(), &mut s.values)?;
     s.flag_plan.store(&s.values, &mut v.flags, |f| f);
+    if tails_lack_folio_flags()
+        && let Some(flags) = &kp.flags
+    {
+        inherit_folio_flags(flags, v)?;
+    }
     // Without kpagecgroup (no CONFIG_MEMCG, or left out by the collector)
     // every memcg stays 0.
     if kp.cgroup.is_some() {
@@ -797,6 +804,72 @@ fn fill_kpage(kp: &KpageFiles, s: &mut Slot) -> io::Result<()> {
     s.count_plan.store(&s.values, &mut v.mapcount, |c| {
         c.min(u64::from(u32::MAX)) as u32
     });
+    if !own.is_empty() {
+        for ((pm, &flags), count) in v.pm.iter_mut().zip(&v.flags).zip(&mut v.mapcount) {
+            if !PagemapEntry(*pm).exclusive() {
+                (*pm, *count) = own.discount(*pm, flags, *count);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// kpageflags bits that belong to the folio: before 6.10 a tail page
+/// reports its own (clear) copies, and smaps reads the folio's.
+const FOLIO_FLAGS: u64 = (1 << kpf::DIRTY) | (1 << kpf::SWAPBACKED) | (1 << kpf::LRU);
+
+/// Whether this kernel's kpageflags of a tail page lack the folio's
+/// DIRTY/SWAPBACKED/LRU (before 6.10, `stable_page_flags()` copied them
+/// from the page itself; 6.10 reads the folio).
+fn tails_lack_folio_flags() -> bool {
+    static BEFORE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *BEFORE.get_or_init(|| {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        release_before(&release, (6, 10))
+    })
+}
+
+/// Give every tail page of a large folio (not hugetlb) its head's
+/// [`FOLIO_FLAGS`], as 6.10+ kpageflags does: a shmem THP's tails are
+/// otherwise not swap-backed (counted as file) and clean. The head is the
+/// previous page when the run continues; otherwise, folios being naturally
+/// aligned, the first COMPOUND_HEAD at `pfn` rounded down to 2, 4, ...,
+/// 512 pages (read from kpageflags: the head may be outside the VMA).
+fn inherit_folio_flags(kflags: &U64Table, v: &mut VmaPages) -> io::Result<()> {
+    let mut head: Option<(u64, u64)> = None; // (last PFN seen, head flags)
+    for (pm, f) in v.pm.iter().zip(v.flags.iter_mut()) {
+        let Some(pfn) = PagemapEntry(*pm).pfn().filter(|p| *p != 0) else {
+            head = None;
+            continue;
+        };
+        if has(*f, kpf::COMPOUND_HEAD) && !has(*f, kpf::HUGE) {
+            head = Some((pfn, *f));
+            continue;
+        }
+        if !has(*f, kpf::COMPOUND_TAIL) || has(*f, kpf::HUGE) {
+            head = None;
+            continue;
+        }
+        let hf = match head {
+            Some((last, hf)) if last + 1 == pfn => Some(hf),
+            _ => {
+                let mut found = None;
+                for order in 1..=PMD_PAGES.trailing_zeros() {
+                    let cand = pfn & !((1 << order) - 1);
+                    let cf = kflags.read(cand, 1)?.first().copied().unwrap_or(0);
+                    if has(cf, kpf::COMPOUND_HEAD) {
+                        found = Some(cf);
+                        break;
+                    }
+                }
+                found
+            }
+        };
+        head = hf.map(|hf| (pfn, hf));
+        if let Some(hf) = hf {
+            *f |= hf & FOLIO_FLAGS;
+        }
+    }
     Ok(())
 }
 
