@@ -58,6 +58,13 @@ pub struct ReportArgs {
     format: Format,
 }
 
+impl ReportArgs {
+    /// Whether `--pid` lets `pid`'s records through.
+    fn wanted(&self, pid: u32) -> bool {
+        self.pids.is_empty() || self.pids.contains(&pid)
+    }
+}
+
 /// Everything read from a recording.
 struct Loaded {
     meta: Metadata,
@@ -111,7 +118,7 @@ fn load(args: &ReportArgs) -> anyhow::Result<Loaded> {
     let mut reader = RecordReader::open(&args.file)?;
     let meta = reader.metadata().clone();
     let decoder = meta.decoder();
-    let wanted = |pid: u32| args.pids.is_empty() || args.pids.contains(&pid);
+    let wanted = |pid: u32| args.wanted(pid);
     let mut l = Loaded {
         meta,
         transitions: Vec::new(),
@@ -181,7 +188,7 @@ fn is_per_process(e: &Event) -> bool {
 
 pub fn run(args: ReportArgs) -> anyhow::Result<()> {
     let l = load(&args)?;
-    let wanted = |pid: u32| args.pids.is_empty() || args.pids.contains(&pid);
+    let wanted = |pid: u32| args.wanted(pid);
     if let Some(cut) = &l.cut {
         eprintln!("pagewatch: note: {cut}; the report covers what came before");
     }
