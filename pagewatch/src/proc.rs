@@ -100,7 +100,10 @@ impl ProcRoot {
         let tasks = std::fs::read_dir(self.pid_dir(tgid).join("task")).ok()?;
         tasks
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-            .find(|&tid| tid != tgid && self.task_alive(&self.pid_dir(tgid).join("task").join(tid.to_string())))
+            .find(|&tid| {
+                tid != tgid
+                    && self.task_alive(&self.pid_dir(tgid).join("task").join(tid.to_string()))
+            })
     }
 
     /// Whether the task whose /proc directory is `dir` exists and has not

@@ -1,17 +1,23 @@
 //! Processes, not pids, against the running kernel: a pid handed to a new
 //! process (forced through /proc/sys/kernel/ns_last_pid) is reported as a
-//! process of its own, and exec keeps the process but renames it.
+//! process of its own, and exec keeps the process but renames it; a
+//! process is its thread group (threads are not processes, and it lives
+//! until its last thread exits, not its leader); a process shorter than an
+//! interval is counted from its events.
 
 use std::{
-    io::{BufRead as _, BufReader},
-    process::{Child, Command, Stdio},
-    time::Duration,
+    io::{BufRead as _, BufReader, Lines},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdout, Command, Stdio},
+    time::{Duration, Instant},
 };
 
-use pagewatch_tests::{Knobs, Tracer, skip, skip_unless_root};
+use pagewatch_tests::{Knobs, Tracer, pagewatch_bin, skip, skip_unless_root};
 use serde_json::Value;
 
 const PW_HOLD: &str = env!("CARGO_BIN_EXE_pw-hold");
+const PW_THREADS: &str = env!("CARGO_BIN_EXE_pw-threads");
+const PW_SHORT: &str = env!("CARGO_BIN_EXE_pw-short");
 
 /// Start time (clock ticks after boot) of `pid`, from /proc/PID/stat field
 /// 22: the kernel's own identity of the process.
@@ -124,4 +130,241 @@ fn a_reused_pid_is_a_new_process_and_exec_keeps_the_process() {
         faults >= 2048,
         "second process (sh, then pw-hold): {faults} faults"
     );
+}
+
+/// `pagewatch record -o FILE ARGS -- CMD`, with the command's stdin and
+/// stdout (it inherits pagewatch's) piped to the test.
+struct Recording {
+    child: Child,
+    stdout: Lines<BufReader<ChildStdout>>,
+    file: PathBuf,
+}
+
+impl Recording {
+    fn start(name: &str, args: &[&str], cmd: &[&str]) -> Self {
+        let file = std::env::temp_dir().join(format!("pw-{name}-{}.rec", std::process::id()));
+        let _ = std::fs::remove_file(&file);
+        let mut child = Command::new(pagewatch_bin())
+            .arg("record")
+            .arg("-o")
+            .arg(&file)
+            .args(args)
+            .arg("--")
+            .args(cmd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn pagewatch record");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        Self {
+            child,
+            stdout,
+            file,
+        }
+    }
+
+    /// The command's next line of output starting with `prefix`, without it.
+    fn line(&mut self, prefix: &str) -> String {
+        self.stdout
+            .by_ref()
+            .map_while(Result::ok)
+            .find_map(|l| l.strip_prefix(prefix).map(str::to_owned))
+            .unwrap_or_else(|| panic!("the command exited before printing {prefix:?}"))
+    }
+
+    /// Closes the command's stdin (it exits), reads its `faults MIN MAJ`
+    /// and waits for pagewatch to end with it; returns min + maj.
+    fn finish(mut self) -> (u64, PathBuf) {
+        drop(self.child.stdin.take());
+        let faults: u64 = self
+            .line("faults ")
+            .split(' ')
+            .map(|n| n.parse::<u64>().expect("fault count"))
+            .sum();
+        let status = self.child.wait().expect("wait for pagewatch");
+        assert!(status.success(), "pagewatch record: {status}");
+        (faults, self.file.clone())
+    }
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `process` objects of `pagewatch report --format json FILE`.
+fn process_lines(file: &Path) -> Vec<Value> {
+    let out = Command::new(pagewatch_bin())
+        .args(["report", "--format", "json"])
+        .arg(file)
+        .output()
+        .expect("run pagewatch report");
+    assert!(out.status.success(), "report: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            serde_json::from_str::<Value>(l)
+                .ok()?
+                .get("process")
+                .cloned()
+        })
+        .collect()
+}
+
+/// The one `process` object of `pid`.
+fn process_line(lines: &[Value], pid: u32) -> Value {
+    let found: Vec<&Value> = lines
+        .iter()
+        .filter(|p| p["pid"].as_u64() == Some(u64::from(pid)))
+        .collect();
+    assert_eq!(found.len(), 1, "pid {pid} is one process: {lines:?}");
+    found[0].clone()
+}
+
+fn field(p: &Value, name: &str) -> u64 {
+    p[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {name} in {p}"))
+}
+
+/// Four threads each write 16 MiB after their leader thread has exited:
+/// one process (not five), alive until its last thread exits, its faults
+/// counted once and its memory read through a live thread, matching the
+/// kernel's smaps_rollup.
+#[test]
+fn a_process_whose_leader_exits_first_is_one_process_counted_once() {
+    let name = "a_process_whose_leader_exits_first_is_one_process_counted_once";
+    if skip_unless_root(name) {
+        return;
+    }
+    let (threads, mib) = (4u64, 16u64);
+    let mut rec = Recording::start(
+        "threads",
+        &["--interval", "200ms", "--events", "faults,process"],
+        &[PW_THREADS, &threads.to_string(), &mib.to_string()],
+    );
+    let pid: u32 = rec.line("pid ").parse().expect("pid");
+    rec.line("ready");
+    // The kernel's view while it runs: the leader is a zombie, the memory
+    // is read through a live thread's /proc directory.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    assert_eq!(
+        &stat[stat.rfind(')').unwrap() + 2..][..1],
+        "Z",
+        "leader exited"
+    );
+    let tids: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("task dir")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&t| t != pid)
+        .collect();
+    assert_eq!(tids.len() as u64, threads, "live threads: {tids:?}");
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/task/{}/smaps_rollup", tids[0]))
+        .expect("smaps_rollup");
+    let rss_kb: u64 = rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Rss:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("Rss in smaps_rollup");
+    // Wait for a snapshot taken after the leader exited and the memory was
+    // written (recordings are readable while written).
+    let seen = |rec: &Recording| {
+        process_lines(&rec.file)
+            .iter()
+            .find(|p| p["pid"].as_u64() == Some(u64::from(pid)))
+            .map_or(0, |p| field(p, "snapshots"))
+    };
+    let before = seen(&rec);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen(&rec) <= before {
+        assert!(Instant::now() < deadline, "no snapshot within 60 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (kernel_faults, file) = rec.finish();
+    let lines = process_lines(&file);
+    let p = process_line(&lines, pid);
+    for tid in &tids {
+        assert!(
+            !lines
+                .iter()
+                .any(|l| l["pid"].as_u64() == Some(u64::from(*tid))),
+            "thread {tid} reported as a process: {lines:?}"
+        );
+    }
+    assert_eq!(field(&p, "threads_started"), threads, "{p}");
+    assert!(
+        field(&p, "threads_seen") > threads,
+        "leader and threads: {p}"
+    );
+    let written = threads * (mib << 20) / 4096;
+    let faults = field(&p, "faults");
+    assert!(
+        (written..=kernel_faults).contains(&faults),
+        "{faults} faults counted once: at least the {written} pages written, at most the \
+         kernel's {kernel_faults} (minflt + majflt)"
+    );
+    let rss = field(&p, "max_rss_pages");
+    let oracle = rss_kb / 4;
+    assert!(
+        rss.abs_diff(oracle) <= oracle / 50,
+        "resident pages {rss} vs smaps_rollup {oracle} (read through a live thread)"
+    );
+    let _ = std::fs::remove_file(file);
+}
+
+/// A process that lives for less than one interval: its faults are
+/// counted from its events, and the table says whether a snapshot saw it.
+#[test]
+fn a_process_shorter_than_an_interval_is_counted_from_its_events() {
+    let name = "a_process_shorter_than_an_interval_is_counted_from_its_events";
+    if skip_unless_root(name) {
+        return;
+    }
+    let mib = 8u64;
+    let mut rec = Recording::start(
+        "short",
+        &["--interval", "60s", "--events", "faults,process"],
+        &[PW_SHORT, &mib.to_string()],
+    );
+    rec.line("ready");
+    let pid = rec.child.id();
+    let (kernel_faults, file) = rec.finish();
+    let lines = process_lines(&file);
+    // The command is the child of pagewatch's shell, which execs it in place.
+    let p = lines
+        .iter()
+        .find(|p| p["comm"] == "pw-short")
+        .unwrap_or_else(|| panic!("pw-short not reported: {lines:?}"));
+    let cmd_pid = field(p, "pid") as u32;
+    assert_ne!(cmd_pid, pid, "the command, not pagewatch");
+    process_line(&lines, cmd_pid);
+    let written = (mib << 20) / 4096;
+    let faults = field(p, "faults");
+    assert!(
+        (written..=kernel_faults).contains(&faults),
+        "{faults} faults: at least the {written} pages written, at most the kernel's \
+         {kernel_faults} (minflt + majflt)"
+    );
+    let table = Command::new(pagewatch_bin())
+        .arg("report")
+        .arg(&file)
+        .output()
+        .expect("run pagewatch report");
+    let table = String::from_utf8_lossy(&table.stdout);
+    let row = table
+        .lines()
+        .find(|l| {
+            l.trim_start()
+                .starts_with(&format!("pid {cmd_pid} (pw-short)"))
+        })
+        .unwrap_or_else(|| panic!("no row for pid {cmd_pid}:\n{table}"));
+    let snapshots = field(p, "snapshots");
+    assert_eq!(
+        row.ends_with("no snapshot"),
+        snapshots == 0,
+        "{row} vs {snapshots} snapshots"
+    );
+    let _ = std::fs::remove_file(file);
 }

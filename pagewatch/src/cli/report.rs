@@ -58,6 +58,13 @@ pub struct ReportArgs {
     format: Format,
 }
 
+impl ReportArgs {
+    /// Whether `--pid` lets `pid`'s records through.
+    fn wanted(&self, pid: u32) -> bool {
+        self.pids.is_empty() || self.pids.contains(&pid)
+    }
+}
+
 /// Everything read from a recording.
 struct Loaded {
     meta: Metadata,
@@ -111,7 +118,7 @@ fn load(args: &ReportArgs) -> anyhow::Result<Loaded> {
     let mut reader = RecordReader::open(&args.file)?;
     let meta = reader.metadata().clone();
     let decoder = meta.decoder();
-    let wanted = |pid: u32| args.pids.is_empty() || args.pids.contains(&pid);
+    let wanted = |pid: u32| args.wanted(pid);
     let mut l = Loaded {
         meta,
         transitions: Vec::new(),
@@ -144,6 +151,7 @@ fn load(args: &ReportArgs) -> anyhow::Result<Loaded> {
                 Err(_) => l.undecodable += 1,
             },
             Ok(Record::Interval(i)) => {
+                l.aggregator.take_interval();
                 l.intervals += 1;
                 l.interval_ends.push(i.ts_ns);
                 l.dropped = i.dropped;
@@ -167,6 +175,8 @@ fn load(args: &ReportArgs) -> anyhow::Result<Loaded> {
             Err(cut) => l.cut = Some(cut.to_string()),
         }
     }
+    // Events after the last interval (a recording cut short).
+    l.aggregator.take_interval();
     l.skipped_records = reader.skipped();
     Ok(l)
 }
@@ -178,13 +188,14 @@ fn is_per_process(e: &Event) -> bool {
 
 pub fn run(args: ReportArgs) -> anyhow::Result<()> {
     let l = load(&args)?;
+    let wanted = |pid: u32| args.wanted(pid);
     if let Some(cut) = &l.cut {
         eprintln!("pagewatch: note: {cut}; the report covers what came before");
     }
     let mut out = std::io::stdout().lock();
     match args.format {
-        Format::Table => table(&mut out, &l, args.by)?,
-        Format::Json => json_lines(&mut out, &l)?,
+        Format::Table => table(&mut out, &l, args.by, wanted)?,
+        Format::Json => json_lines(&mut out, &l, wanted)?,
         Format::Perfetto => {
             serde_json::to_writer(&mut out, &perfetto(&l))?;
             writeln!(out)?;
@@ -202,7 +213,12 @@ fn secs(l: &Loaded, ts_ns: u64) -> f64 {
     ts_ns.saturating_sub(l.meta.start_monotonic_ns) as f64 / 1e9
 }
 
-fn table(out: &mut impl std::io::Write, l: &Loaded, by: By) -> anyhow::Result<()> {
+fn table(
+    out: &mut impl std::io::Write,
+    l: &Loaded,
+    by: By,
+    wanted: impl Fn(u32) -> bool,
+) -> anyhow::Result<()> {
     let m = &l.meta;
     let started = m
         .start_time()
@@ -330,21 +346,87 @@ fn table(out: &mut impl std::io::Write, l: &Loaded, by: By) -> anyhow::Result<()
             )?;
         }
     }
-    let faults: BTreeMap<u32, u64> = l
-        .aggregator
-        .total()
-        .processes
-        .iter()
-        .map(|(pid, s)| (*pid, s.faults.faults))
-        .filter(|(_, f)| *f > 0)
-        .collect();
-    if !faults.is_empty() {
-        writeln!(out, "\nfaults:")?;
-        for (pid, f) in faults {
-            writeln!(out, "  pid {pid} ({}): {f}", comm(l, pid))?;
+    let processes = process_summaries(l, wanted);
+    if !processes.is_empty() {
+        let unseen = processes.iter().filter(|p| p.snapshots == 0).count();
+        writeln!(
+            out,
+            "\nprocesses ({}; {unseen} with no snapshot, counted from their events only):",
+            processes.len()
+        )?;
+        for p in &processes {
+            writeln!(out, "  {}", p.describe())?;
         }
     }
     Ok(())
+}
+
+/// One process of a recording: what its events counted and what its
+/// snapshots saw.
+#[derive(Debug, serde::Serialize)]
+struct ProcessSummary {
+    pid: u32,
+    comm: String,
+    faults: u64,
+    /// Threads seen acting in its events (distinct tids).
+    threads_seen: usize,
+    threads_started: u64,
+    processes_started: u64,
+    /// Snapshots that saw it (0: it lived between two and no first
+    /// snapshot caught it).
+    snapshots: usize,
+    /// Most pages resident at one snapshot.
+    max_rss_pages: u64,
+}
+
+impl ProcessSummary {
+    fn describe(&self) -> String {
+        let seen = if self.snapshots == 0 {
+            "no snapshot".to_owned()
+        } else {
+            format!(
+                "{} snapshots, rss at most {} pages",
+                self.snapshots, self.max_rss_pages
+            )
+        };
+        format!(
+            "pid {} ({}): {} faults, {} threads seen ({} started), {} processes started; {seen}",
+            self.pid,
+            self.comm,
+            self.faults,
+            self.threads_seen,
+            self.threads_started,
+            self.processes_started
+        )
+    }
+}
+
+/// Every process the recording describes or counted, with `pid` wanted.
+fn process_summaries(l: &Loaded, wanted: impl Fn(u32) -> bool) -> Vec<ProcessSummary> {
+    let totals = &l.aggregator.total().processes;
+    let mut pids: std::collections::BTreeSet<u32> = l.processes.keys().copied().collect();
+    pids.extend(totals.keys());
+    let mut tids: HashMap<u32, std::collections::BTreeSet<u32>> = HashMap::new();
+    for e in &l.events {
+        tids.entry(e.tgid).or_default().insert(e.tid);
+    }
+    pids.into_iter()
+        .filter(|&pid| wanted(pid))
+        .map(|pid| {
+            let stats = totals.get(&pid).copied().unwrap_or_default();
+            let samples = l.samples.iter().filter(|s| s.pid == pid);
+            ProcessSummary {
+                pid,
+                comm: comm(l, pid).to_owned(),
+                faults: stats.faults.faults,
+                threads_seen: tids.get(&pid).map_or(0, |t| t.len()),
+                threads_started: stats.threads_started,
+                processes_started: stats.processes_started,
+                snapshots: samples.clone().count(),
+                max_rss_pages: samples.map(|s| s.rss_pages).max().unwrap_or(0),
+            }
+        })
+        .collect()
 }
 
 fn balloon_episodes(l: &Loaded) -> Vec<BalloonEpisode> {
@@ -380,7 +462,11 @@ fn name_by(by: By) -> &'static str {
     }
 }
 
-fn json_lines(out: &mut impl std::io::Write, l: &Loaded) -> anyhow::Result<()> {
+fn json_lines(
+    out: &mut impl std::io::Write,
+    l: &Loaded,
+    wanted: impl Fn(u32) -> bool,
+) -> anyhow::Result<()> {
     for t in &l.transitions {
         let mut v = serde_json::to_value(t)?;
         if let Some(o) = v.as_object_mut() {
@@ -419,6 +505,9 @@ fn json_lines(out: &mut impl std::io::Write, l: &Loaded) -> anyhow::Result<()> {
             "{}",
             json!({"comm": comm(l, pid), "hugetlb_held": {"pid": pid, "node": node, "max_kb": pages * 4}})
         )?;
+    }
+    for p in process_summaries(l, wanted) {
+        writeln!(out, "{}", json!({ "process": p }))?;
     }
     writeln!(
         out,
