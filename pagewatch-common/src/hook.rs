@@ -86,11 +86,28 @@ pub enum Hook {
     /// `split_huge_page_to_list_to_order`, else `split_huge_page_to_list`):
     /// a large folio is being split: pfn, struct page *.
     SplitFolio = 33,
+    // 34 is reserved (task/task_newtask).
+    /// `syscalls/sys_enter_munmap`: addr, len.
+    SysMunmap = 35,
+    /// `syscalls/sys_enter_madvise`: start, len_in, behavior.
+    SysMadvise = 36,
+    /// `syscalls/sys_enter_mremap`: addr, old_len, new_len, flags, new_addr.
+    SysMremap = 37,
+    /// `syscalls/sys_enter_mmap`: addr, len, prot, flags.
+    SysMmap = 38,
+    /// `syscalls/sys_exit_mmap`: ret (the mapping's address, or -errno).
+    SysMmapExit = 39,
+    /// `thp/set_migration_pmd`: addr, pmd (a PMD migration entry naming
+    /// the THP's old PFN).
+    SetMigrationPmd = 40,
+    /// `thp/remove_migration_pmd`: addr, pmd (the new PMD, naming the new PFN).
+    RemoveMigrationPmd = 41,
 }
 
 impl Hook {
-    /// Every hook, in discriminant order.
-    pub const ALL: [Hook; 34] = [
+    /// Every hook, in discriminant order (discriminants may skip a
+    /// reserved value).
+    pub const ALL: [Hook; 41] = [
         Hook::PageFaultUser,
         Hook::KswapdWake,
         Hook::KswapdSleep,
@@ -125,11 +142,18 @@ impl Hook {
         Hook::BalloonDeflate,
         Hook::SplitPmd,
         Hook::SplitFolio,
+        Hook::SysMunmap,
+        Hook::SysMadvise,
+        Hook::SysMremap,
+        Hook::SysMmap,
+        Hook::SysMmapExit,
+        Hook::SetMigrationPmd,
+        Hook::RemoveMigrationPmd,
     ];
 
     /// The hook with discriminant `value`, if there is one.
     pub fn from_u16(value: u16) -> Option<Hook> {
-        Self::ALL.get(usize::from(value)).copied()
+        Self::ALL.iter().find(|h| **h as u16 == value).copied()
     }
 }
 
