@@ -638,6 +638,29 @@ mod tests {
         assert_eq!((e.ts_ns, e.cpu, e.tgid, e.tid), (42, 1, 7, 8));
     }
 
+    /// Entries built as the kernel builds them (`__swp_entry`, `pfn_pte`,
+    /// `pfn_pmd` in arch/x86/include/asm/pgtable_64.h and pgtable.h).
+    #[test]
+    fn migration_entries_and_ptes_give_their_pfns() {
+        let swp_entry = |typ: u64, offset: u64| (!offset << 14 >> 5) | (typ << 59);
+        for pfn in [1, 0x12_3456, (1 << 34) - 1] {
+            assert_eq!(x86_64::migration_entry_pfn(swp_entry(29, pfn)), pfn);
+            // Soft-dirty and exclusive bits sit below the offset.
+            assert_eq!(x86_64::migration_entry_pfn(swp_entry(30, pfn) | 0x8a), pfn);
+        }
+        // The young bit above the PFN bits is not part of the PFN.
+        assert_eq!(
+            x86_64::migration_entry_pfn(swp_entry(29, (1 << 34) | 77)),
+            77
+        );
+        assert_eq!(x86_64::migration_entry_pfn(0x8000_0000_1234_5067), 0);
+        assert_eq!(x86_64::pte_pfn(0x8000_0001_2345_6067), 0x12_3456);
+        // PROT_NONE (NUMA hinting) entries store the PFN inverted.
+        let protnone = !(0x12_3456u64 << 12) & 0x000f_ffff_ffff_f000 | 0x100;
+        assert_eq!(x86_64::pte_pfn(protnone), 0x12_3456);
+        assert_eq!(x86_64::pmd_pfn(0x8000_0001_2340_10e7), 0x12_3400);
+    }
+
     #[test]
     fn bad_records_are_errors_not_panics() {
         let d = Decoder::new(&[]);
