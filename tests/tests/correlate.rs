@@ -1061,11 +1061,14 @@ fn free_and_refault_populate_and_unmap_are_told_by_their_syscalls() {
         return;
     }
     if !Path::new("/sys/kernel/tracing/events/syscalls").exists() {
-        skip(NAME, "kernel without CONFIG_FTRACE_SYSCALLS: no syscall tracepoints");
+        skip(
+            NAME,
+            "kernel without CONFIG_FTRACE_SYSCALLS: no syscall tracepoints",
+        );
         return;
     }
-    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
-        .unwrap_or_default();
+    let thp =
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
     if thp.is_empty() || thp.contains("[never]") {
         skip(NAME, "THP disabled (transparent_hugepage/enabled is never)");
         return;
@@ -1085,7 +1088,10 @@ fn free_and_refault_populate_and_unmap_are_told_by_their_syscalls() {
     assert_eq!(out.next().unwrap().unwrap(), "ready");
     let tracer = Tracer::start(&["--pid", &pid.to_string(), "--interval", "300ms"]);
     let counters = ["thp_fault_alloc", "thp_collapse_alloc", "pgmigrate_success"];
-    let before: Vec<u64> = counters.iter().map(|c| pagewatch_tests::vmstat(c)).collect();
+    let before: Vec<u64> = counters
+        .iter()
+        .map(|c| pagewatch_tests::vmstat(c))
+        .collect();
     for step in ["thp", "small", "populate", "drop"] {
         writeln!(stdin, "{step}").unwrap();
         let line = out.next().unwrap().unwrap();
@@ -1114,7 +1120,11 @@ fn free_and_refault_populate_and_unmap_are_told_by_their_syscalls() {
         assert_eq!(kind("collapsed_to_thp"), 0, "no collapse happened");
     }
     if delta[2] == 0 {
-        assert_eq!(kind("migrated") + kind("node_changed"), 0, "nothing migrated");
+        assert_eq!(
+            kind("migrated") + kind("node_changed"),
+            0,
+            "nothing migrated"
+        );
     }
     assert_eq!(kind("split_from_thp") + kind("folio_split"), 0);
     assert_eq!(kind("pfn_changed"), 0, "every new page has evidence");
@@ -1128,7 +1138,10 @@ fn free_and_refault_populate_and_unmap_are_told_by_their_syscalls() {
         "refaulted {refaulted}, unmapped by madv_dontneed {dropped_and_faulted}"
     );
     if delta[0] == 0 {
-        skip(NAME, "no THP could be allocated (thp_fault_alloc did not rise)");
+        skip(
+            NAME,
+            "no THP could be allocated (thp_fault_alloc did not rise)",
+        );
     } else {
         assert!(refaulted > 0, "no refaulted pages");
     }

@@ -531,6 +531,31 @@ impl Evidence {
         &self.scan_results
     }
 
+    /// Whether a transition of `kind` left unexplained can still be
+    /// explained by the next interval's events: the evidence of a move's
+    /// reason (`mm_migrate_pages` fires when the whole call ends) and of a
+    /// MAP_POPULATE range (known when mmap returns, after the pages are
+    /// in) can arrive after the snapshot that shows the change. The
+    /// evidence that decides a kind (migration entries, collapse
+    /// isolation, the syscalls' entries, faults) precedes the change.
+    pub fn can_arrive_late(kind: TransitionKind) -> bool {
+        use TransitionKind::*;
+        matches!(kind, Migrated | NodeChanged | FaultedIn | Refaulted)
+    }
+
+    /// The cause of an unexplained transition of the previous interval
+    /// (see [`Evidence::can_arrive_late`]) from this interval's events:
+    /// only the late kinds of evidence count (a fault now explains no page
+    /// that appeared before it).
+    pub fn late_cause(&self, pid: u32, va: u64, kind: TransitionKind) -> Cause {
+        use TransitionKind::*;
+        match kind {
+            Migrated | NodeChanged => self.cause(pid, va, None, kind),
+            FaultedIn | Refaulted if self.populated(pid, va) => Cause::Populate,
+            _ => Cause::Unexplained,
+        }
+    }
+
     /// Why page `va` of `pid` (on `pfn` afterwards, if present) went
     /// through `kind`, or `Unexplained`.
     pub fn cause(&self, pid: u32, va: u64, pfn: Option<u64>, kind: TransitionKind) -> Cause {
@@ -764,6 +789,52 @@ mod tests {
         let mut later = Evidence::default();
         later.inherit(&Evidence::default());
         assert_eq!(later.cause(1, 0, None, kind), Cause::Unexplained);
+    }
+
+    #[test]
+    fn a_populate_known_after_its_snapshot_explains_the_pages_late() {
+        use TransitionKind::{FaultedIn, Refaulted, Unmapped};
+        let mut e = evidence(&[
+            ev(
+                5,
+                EventKind::Mmap {
+                    addr: 0,
+                    len: 8192,
+                    prot: 3,
+                    flags: 0x8022,
+                },
+            ),
+            ev(5, EventKind::MmapReturn { ret: 0x7000_0000 }),
+            ev(
+                5,
+                EventKind::PageFault {
+                    address: 0x1000,
+                    ip: 0,
+                    error_code: 6,
+                },
+            ),
+        ]);
+        assert!(Evidence::can_arrive_late(FaultedIn));
+        assert!(!Evidence::can_arrive_late(Unmapped));
+        assert_eq!(e.late_cause(5, 0x7000_1000, FaultedIn), Cause::Populate);
+        assert_eq!(e.late_cause(5, 0x7000_2000, Refaulted), Cause::Unexplained);
+        // A fault after the change explains nothing about it.
+        assert_eq!(e.late_cause(5, 0x1000, FaultedIn), Cause::Unexplained);
+        assert_eq!(e.cause(5, 0x1000, None, FaultedIn), Cause::Fault);
+        // An mmap without MAP_POPULATE populates nothing.
+        e = evidence(&[
+            ev(
+                5,
+                EventKind::Mmap {
+                    addr: 0,
+                    len: 8192,
+                    prot: 3,
+                    flags: 0x22,
+                },
+            ),
+            ev(5, EventKind::MmapReturn { ret: 0x7000_0000 }),
+        ]);
+        assert_eq!(e.late_cause(5, 0x7000_0000, FaultedIn), Cause::Unexplained);
     }
 
     #[test]
