@@ -131,6 +131,12 @@ pub fn classify(
             } else if b.thp() && !a.thp() {
                 // A PTE-mapped large folio became small pages.
                 TransitionKind::FolioSplit
+            } else if a.ksm() && !b.ksm() {
+                // KSM turns the first page of a pair into the KSM page in
+                // place.
+                TransitionKind::KsmMerged
+            } else if b.ksm() && !a.ksm() {
+                TransitionKind::KsmUnmerged
             } else {
                 return None;
             }
@@ -518,6 +524,7 @@ mod tests {
         assert_eq!(kind(present(512, THP), present(512, 0)), Some(FolioSplit));
         assert_eq!(kind(pmd_mapped(512), pmd_mapped(512)), None);
         assert_eq!(kind(present(10, 0), present(99, KSM)), Some(KsmMerged));
+        assert_eq!(kind(present(10, 0), present(10, KSM)), Some(KsmMerged));
         assert_eq!(kind(present(99, KSM), present(10, 0)), Some(KsmUnmerged));
         assert_eq!(kind(present(10, 0), present(11, 0)), Some(PfnChanged));
         assert_eq!(kind(pmd_mapped(512), present(11, 0)), Some(PfnChanged));
