@@ -553,17 +553,21 @@ pub mod x86_64 {
         offset & ((1 << SWP_PFN_BITS) - 1)
     }
 
-    /// The PFN a PTE maps (non-present entries other than 0 store it
-    /// inverted), or 0.
+    /// The PFN a PTE maps, or 0.
     pub fn pte_pfn(pte: u64) -> u64 {
-        let inverted = pte != 0 && pte & PRESENT == 0;
-        ((if inverted { !pte } else { pte }) & PTE_PFN_MASK) >> 12
+        mapped_pfn(pte, PTE_PFN_MASK)
     }
 
     /// The first PFN a huge PMD maps, or 0.
     pub fn pmd_pfn(pmd: u64) -> u64 {
-        let inverted = pmd != 0 && pmd & PRESENT == 0;
-        ((if inverted { !pmd } else { pmd }) & PMD_PFN_MASK) >> 12
+        mapped_pfn(pmd, PMD_PFN_MASK)
+    }
+
+    /// The PFN bits `mask` of an entry; non-present entries other than 0
+    /// (PROT_NONE) store them inverted.
+    fn mapped_pfn(entry: u64, mask: u64) -> u64 {
+        let inverted = entry != 0 && entry & PRESENT == 0;
+        ((if inverted { !entry } else { entry }) & mask) >> 12
     }
 }
 

@@ -537,20 +537,32 @@ mod tests {
     /// What an event says about one page of pid 1 at 0x4000_0000 (PFN 10
     /// before) decides what its new PFN was.
     fn with(events: &[EventKind], b: Option<PageState>, a: Option<PageState>) -> TransitionKind {
+        classify(
+            b,
+            a,
+            &NodeMap::default(),
+            &evidence_of(1, events),
+            1,
+            0x4000_0000,
+        )
+        .expect("a change")
+        .kind
+    }
+
+    /// The evidence of `events` in thread group `tgid`.
+    fn evidence_of(tgid: u32, events: &[EventKind]) -> Evidence {
         let mut e = Evidence::default();
         for &kind in events {
             let event = crate::event::Event {
                 ts_ns: 0,
                 cpu: 0,
-                tgid: 1,
-                tid: 1,
+                tgid,
+                tid: tgid,
                 kind,
             };
             e.add(&event, &crate::event::Decoder::default(), |_| "proc".into());
         }
-        classify(b, a, &NodeMap::default(), &e, 1, 0x4000_0000)
-            .expect("a change")
-            .kind
+        e
     }
 
     #[test]
@@ -593,17 +605,7 @@ mod tests {
             with(&[set(512, true)], pmd_mapped(512), pmd_mapped(1024)),
             Migrated
         );
-        let mut e = Evidence::default();
-        let pmd_entry = crate::event::Event {
-            ts_ns: 0,
-            cpu: 0,
-            tgid: 9,
-            tid: 9,
-            kind: set(512, true),
-        };
-        e.add(&pmd_entry, &crate::event::Decoder::default(), |_| {
-            "p".into()
-        });
+        let e = evidence_of(9, &[set(512, true)]);
         assert_eq!(e.replaced(1, VA + 0x1f_f000, 1023, 7, false), Migrated);
         assert_eq!(e.replaced(1, VA + 0x20_0000, 1024, 7, false), PfnChanged);
         // MADV_COLLAPSE of the range: collapsed, only if a THP now.
@@ -615,18 +617,13 @@ mod tests {
         assert_eq!(with(&[collapse], small(), pmd_mapped(512)), CollapsedToThp);
         assert_eq!(with(&[collapse], small(), present(11, 0)), PfnChanged);
         // Unmapping evidence names the cause of a page gone.
-        let mut e = Evidence::default();
-        let munmap = crate::event::Event {
-            ts_ns: 0,
-            cpu: 0,
-            tgid: 1,
-            tid: 1,
-            kind: EventKind::Munmap {
+        let e = evidence_of(
+            1,
+            &[EventKind::Munmap {
                 addr: VA,
                 len: 4096,
-            },
-        };
-        e.add(&munmap, &crate::event::Decoder::default(), |_| "p".into());
+            }],
+        );
         assert_eq!(e.cause(1, VA, None, Unmapped), Cause::Munmap);
         assert_eq!(e.cause(1, VA + 4096, None, Unmapped), Cause::Unexplained);
         assert_eq!(e.cause(2, VA, None, Unmapped), Cause::Unexplained);
