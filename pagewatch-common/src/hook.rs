@@ -90,11 +90,26 @@ pub enum Hook {
     /// parent's context before the child runs; CLONE_THREAD in clone_flags
     /// makes the child a thread of the parent's process, else a process.
     TaskNewtask = 34,
+    /// `syscalls/sys_enter_munmap`: addr, len.
+    SysMunmap = 35,
+    /// `syscalls/sys_enter_madvise`: start, len_in, behavior.
+    SysMadvise = 36,
+    /// `syscalls/sys_enter_mremap`: addr, old_len, new_len, flags, new_addr.
+    SysMremap = 37,
+    /// `syscalls/sys_enter_mmap`: addr, len, prot, flags.
+    SysMmap = 38,
+    /// `syscalls/sys_exit_mmap`: ret (the mapping's address, or -errno).
+    SysMmapExit = 39,
+    /// `thp/set_migration_pmd`: addr, pmd (a PMD migration entry naming
+    /// the THP's old PFN).
+    SetMigrationPmd = 40,
+    /// `thp/remove_migration_pmd`: addr, pmd (the new PMD, naming the new PFN).
+    RemoveMigrationPmd = 41,
 }
 
 impl Hook {
     /// Every hook, in discriminant order.
-    pub const ALL: [Hook; 35] = [
+    pub const ALL: [Hook; 42] = [
         Hook::PageFaultUser,
         Hook::KswapdWake,
         Hook::KswapdSleep,
@@ -130,6 +145,13 @@ impl Hook {
         Hook::SplitPmd,
         Hook::SplitFolio,
         Hook::TaskNewtask,
+        Hook::SysMunmap,
+        Hook::SysMadvise,
+        Hook::SysMremap,
+        Hook::SysMmap,
+        Hook::SysMmapExit,
+        Hook::SetMigrationPmd,
+        Hook::RemoveMigrationPmd,
     ];
 
     /// The hook with discriminant `value`, if there is one.

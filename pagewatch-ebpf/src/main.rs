@@ -216,6 +216,13 @@ programs! {
     process_exit => ProcessExit,
     page_alloc => PageAlloc,
     page_free => PageFree,
+    sys_munmap => SysMunmap,
+    sys_madvise => SysMadvise,
+    sys_mremap => SysMremap,
+    sys_mmap => SysMmap,
+    sys_mmap_exit => SysMmapExit,
+    set_migration_pmd => SetMigrationPmd,
+    remove_migration_pmd => RemoveMigrationPmd,
 }
 
 /// Address of the kernel's `vmemmap_base` variable (from /proc/kallsyms,

@@ -323,6 +323,11 @@ impl<K: Ord + Copy> Aggregator<K> {
             | EventKind::CompactionBegin { .. }
             | EventKind::SetMigrationPte { .. }
             | EventKind::RemoveMigrationPte { .. }
+            | EventKind::Munmap { .. }
+            | EventKind::Madvise { .. }
+            | EventKind::Mremap { .. }
+            | EventKind::Mmap { .. }
+            | EventKind::MmapReturn { .. }
             | EventKind::KsmRemove { .. } => {}
             EventKind::CompactionEnd { .. } => self.current.system.page_events.compactions += 1,
             EventKind::CompactionMigrate {

@@ -6,7 +6,7 @@
 
 use pagewatch_common::{
     event::{EventHeader, HEADER_SIZE, MAX_ARGS},
-    hook::Hook,
+    hook::{Hook, MAX_HOOKS},
 };
 
 use crate::{
@@ -143,13 +143,22 @@ pub enum EventKind {
         mode: u64,
         reason: i64,
     },
+    /// A page (`pmd`: a PMD-mapped THP) at `addr` got a migration entry
+    /// naming its old PFN.
     SetMigrationPte {
         addr: u64,
         order: i64,
+        /// The PFN being migrated away from (0 if the entry names none).
+        old_pfn: u64,
+        pmd: bool,
     },
+    /// The migration entry at `addr` was replaced by a mapping of the new page.
     RemoveMigrationPte {
         addr: u64,
         order: i64,
+        /// The PFN migrated to (0 if the entry names none).
+        new_pfn: u64,
+        pmd: bool,
     },
     KsmMerge {
         pfn: u64,
@@ -209,6 +218,36 @@ pub enum EventKind {
         pid: i64,
         clone_flags: u64,
     },
+    /// munmap(addr, len) by the process.
+    Munmap {
+        addr: u64,
+        len: u64,
+    },
+    /// madvise(start, len, advice) by the process.
+    Madvise {
+        start: u64,
+        len: u64,
+        advice: u64,
+    },
+    /// mremap(addr, old_len, new_len, flags, new_addr) by the process.
+    Mremap {
+        addr: u64,
+        old_len: u64,
+        new_len: u64,
+        flags: u64,
+        new_addr: u64,
+    },
+    /// mmap(addr, len, prot, flags, ...) entered by thread `tid`.
+    Mmap {
+        addr: u64,
+        len: u64,
+        prot: u64,
+        flags: u64,
+    },
+    /// mmap returned `ret` (an address, or -errno) to thread `tid`.
+    MmapReturn {
+        ret: i64,
+    },
     /// A THP is being split (fentry): its PMD mapping (`pmd`, at `address`)
     /// or the folio itself; `pfn` names a page of it (0 if unknown).
     ThpSplit {
@@ -252,8 +291,9 @@ pub struct Decoder {
 impl Decoder {
     /// A decoder for the hooks in `attached`.
     pub fn new(attached: &[AttachedHook]) -> Self {
-        let mut layouts = vec![None; Hook::ALL.len()];
-        let mut formats = vec![None; Hook::ALL.len()];
+        let slots = MAX_HOOKS as usize;
+        let mut layouts = vec![None; slots];
+        let mut formats = vec![None; slots];
         for a in attached {
             layouts[a.hook as usize] = Some(a.layout);
             formats[a.hook as usize] = Some(a.format.clone());
@@ -408,11 +448,50 @@ impl Decoder {
             Hook::SetMigrationPte => EventKind::SetMigrationPte {
                 addr: a[0],
                 order: s(2),
+                old_pfn: x86_64::migration_entry_pfn(a[1]),
+                pmd: false,
             },
             Hook::RemoveMigrationPte => EventKind::RemoveMigrationPte {
                 addr: a[0],
                 order: s(2),
+                new_pfn: x86_64::pte_pfn(a[1]),
+                pmd: false,
             },
+            Hook::SetMigrationPmd => EventKind::SetMigrationPte {
+                addr: a[0],
+                order: 9,
+                old_pfn: x86_64::migration_entry_pfn(a[1]),
+                pmd: true,
+            },
+            Hook::RemoveMigrationPmd => EventKind::RemoveMigrationPte {
+                addr: a[0],
+                order: 9,
+                new_pfn: x86_64::pmd_pfn(a[1]),
+                pmd: true,
+            },
+            Hook::SysMunmap => EventKind::Munmap {
+                addr: a[0],
+                len: a[1],
+            },
+            Hook::SysMadvise => EventKind::Madvise {
+                start: a[0],
+                len: a[1],
+                advice: a[2],
+            },
+            Hook::SysMremap => EventKind::Mremap {
+                addr: a[0],
+                old_len: a[1],
+                new_len: a[2],
+                flags: a[3],
+                new_addr: a[4],
+            },
+            Hook::SysMmap => EventKind::Mmap {
+                addr: a[0],
+                len: a[1],
+                prot: a[2],
+                flags: a[3],
+            },
+            Hook::SysMmapExit => EventKind::MmapReturn { ret: s(0) },
             Hook::KsmMergeOne | Hook::KsmMergeWithKsm => EventKind::KsmMerge {
                 pfn: a[0],
                 mm: a[1],
@@ -481,6 +560,50 @@ impl Decoder {
             tid,
             kind,
         })
+    }
+}
+
+/// x86-64 page table entries as the migration tracepoints record them
+/// (arch/x86/include/asm/pgtable_64.h, pgtable-invert.h).
+pub mod x86_64 {
+    /// Physical address bits 12..51 of a PTE.
+    const PTE_PFN_MASK: u64 = 0x000f_ffff_ffff_f000;
+    /// Physical address bits 21..51 of a huge PMD (bit 12 is PAT there).
+    const PMD_PFN_MASK: u64 = 0x000f_ffff_ffe0_0000;
+    const PRESENT: u64 = 1;
+    /// Swap entries: 5 type bits at the top, the offset inverted (L1TF)
+    /// from bit 9 up.
+    const SWP_TYPE_BITS: u32 = 5;
+    const SWP_OFFSET_SHIFT: u32 = 9 + SWP_TYPE_BITS;
+    /// A migration entry's offset is the PFN, with the young and dirty
+    /// bits above MAX_PHYSMEM_BITS - PAGE_SHIFT (46 - 12; 52 - 12 with
+    /// 5-level paging, where no PFN reaches bit 34 on machines this size).
+    const SWP_PFN_BITS: u32 = 34;
+
+    /// The PFN a migration entry (a non-present PTE or PMD) names, or 0.
+    pub fn migration_entry_pfn(entry: u64) -> u64 {
+        if entry & PRESENT != 0 || entry == 0 {
+            return 0;
+        }
+        let offset = (!entry << SWP_TYPE_BITS) >> SWP_OFFSET_SHIFT;
+        offset & ((1 << SWP_PFN_BITS) - 1)
+    }
+
+    /// The PFN a PTE maps, or 0.
+    pub fn pte_pfn(pte: u64) -> u64 {
+        mapped_pfn(pte, PTE_PFN_MASK)
+    }
+
+    /// The first PFN a huge PMD maps, or 0.
+    pub fn pmd_pfn(pmd: u64) -> u64 {
+        mapped_pfn(pmd, PMD_PFN_MASK)
+    }
+
+    /// The PFN bits `mask` of an entry; non-present entries other than 0
+    /// (PROT_NONE) store them inverted.
+    fn mapped_pfn(entry: u64, mask: u64) -> u64 {
+        let inverted = entry != 0 && entry & PRESENT == 0;
+        ((if inverted { !entry } else { entry }) & mask) >> 12
     }
 }
 
@@ -553,6 +676,29 @@ mod tests {
             }
         );
         assert_eq!((e.ts_ns, e.cpu, e.tgid, e.tid), (42, 1, 7, 8));
+    }
+
+    /// Entries built as the kernel builds them (`__swp_entry`, `pfn_pte`,
+    /// `pfn_pmd` in arch/x86/include/asm/pgtable_64.h and pgtable.h).
+    #[test]
+    fn migration_entries_and_ptes_give_their_pfns() {
+        let swp_entry = |typ: u64, offset: u64| (!offset << 14 >> 5) | (typ << 59);
+        for pfn in [1, 0x12_3456, (1 << 34) - 1] {
+            assert_eq!(x86_64::migration_entry_pfn(swp_entry(29, pfn)), pfn);
+            // Soft-dirty and exclusive bits sit below the offset.
+            assert_eq!(x86_64::migration_entry_pfn(swp_entry(30, pfn) | 0x8a), pfn);
+        }
+        // The young bit above the PFN bits is not part of the PFN.
+        assert_eq!(
+            x86_64::migration_entry_pfn(swp_entry(29, (1 << 34) | 77)),
+            77
+        );
+        assert_eq!(x86_64::migration_entry_pfn(0x8000_0000_1234_5067), 0);
+        assert_eq!(x86_64::pte_pfn(0x8000_0001_2345_6067), 0x12_3456);
+        // PROT_NONE (NUMA hinting) entries store the PFN inverted.
+        let protnone = !(0x12_3456u64 << 12) & 0x000f_ffff_ffff_f000 | 0x100;
+        assert_eq!(x86_64::pte_pfn(protnone), 0x12_3456);
+        assert_eq!(x86_64::pmd_pfn(0x8000_0001_2340_10e7), 0x12_3400);
     }
 
     #[test]

@@ -28,6 +28,10 @@ pub enum Family {
     PageAlloc,
     /// Balloon inflation and deflation (fentry/fexit on the balloon core).
     Balloon,
+    /// The syscalls that unmap, discard or populate memory (syscalls/:
+    /// munmap, madvise, mremap, mmap), the evidence for `unmapped`,
+    /// `refaulted` and `populate`.
+    Syscalls,
 }
 
 /// How a hook's program attaches.
@@ -43,7 +47,7 @@ pub enum Attach {
 
 impl Family {
     /// Families attached when the user does not choose (all but PageAlloc).
-    pub const DEFAULT: [Family; 9] = [
+    pub const DEFAULT: [Family; 10] = [
         Family::Fault,
         Family::Reclaim,
         Family::Thp,
@@ -53,6 +57,7 @@ impl Family {
         Family::Oom,
         Family::Process,
         Family::Balloon,
+        Family::Syscalls,
     ];
 }
 
@@ -293,6 +298,9 @@ pub const HOOKS: &[HookSpec] = &[
         per_process: false,
         attach: Attach::Tracepoint,
     },
+    // Not filtered per process: compaction (kcompactd) and another
+    // process's migrate_pages(2) move a followed process's pages from
+    // outside it; the PFNs in the entries tie them to it.
     HookSpec {
         hook: Hook::SetMigrationPte,
         family: Family::Migration,
@@ -300,7 +308,7 @@ pub const HOOKS: &[HookSpec] = &[
         category: "migrate",
         names: &["set_migration_pte"],
         fields: &["addr", "pte", "order"],
-        per_process: true,
+        per_process: false,
         attach: Attach::Tracepoint,
     },
     HookSpec {
@@ -310,7 +318,7 @@ pub const HOOKS: &[HookSpec] = &[
         category: "migrate",
         names: &["remove_migration_pte"],
         fields: &["addr", "pte", "order"],
-        per_process: true,
+        per_process: false,
         attach: Attach::Tracepoint,
     },
     HookSpec {
@@ -470,11 +478,91 @@ pub const HOOKS: &[HookSpec] = &[
         per_process: true,
         attach: Attach::Tracepoint,
     },
+    // The syscalls' own tracepoints (CONFIG_FTRACE_SYSCALLS): they fire only
+    // for their syscall, so the cost is per call, not per syscall. Entry
+    // arguments are enough for ranges given by the caller; mmap's address
+    // is its return value.
+    HookSpec {
+        hook: Hook::SysMunmap,
+        family: Family::Syscalls,
+        program: "sys_munmap",
+        category: "syscalls",
+        names: &["sys_enter_munmap"],
+        fields: &["addr", "len"],
+        per_process: true,
+        attach: Attach::Tracepoint,
+    },
+    HookSpec {
+        hook: Hook::SysMadvise,
+        family: Family::Syscalls,
+        program: "sys_madvise",
+        category: "syscalls",
+        names: &["sys_enter_madvise"],
+        fields: &["start", "len_in", "behavior"],
+        per_process: true,
+        attach: Attach::Tracepoint,
+    },
+    HookSpec {
+        hook: Hook::SysMremap,
+        family: Family::Syscalls,
+        program: "sys_mremap",
+        category: "syscalls",
+        names: &["sys_enter_mremap"],
+        fields: &["addr", "old_len", "new_len", "flags", "new_addr"],
+        per_process: true,
+        attach: Attach::Tracepoint,
+    },
+    HookSpec {
+        hook: Hook::SysMmap,
+        family: Family::Syscalls,
+        program: "sys_mmap",
+        category: "syscalls",
+        names: &["sys_enter_mmap"],
+        fields: &["addr", "len", "prot", "flags"],
+        per_process: true,
+        attach: Attach::Tracepoint,
+    },
+    HookSpec {
+        hook: Hook::SysMmapExit,
+        family: Family::Syscalls,
+        program: "sys_mmap_exit",
+        category: "syscalls",
+        names: &["sys_exit_mmap"],
+        fields: &["ret"],
+        per_process: true,
+        attach: Attach::Tracepoint,
+    },
+    // THP migration entries: the PMD counterparts of set/remove_migration_pte.
+    // Not filtered per process: compaction and another process's
+    // migrate_pages(2) run outside the process; the PFNs tie them to it.
+    HookSpec {
+        hook: Hook::SetMigrationPmd,
+        family: Family::Migration,
+        program: "set_migration_pmd",
+        category: "thp",
+        names: &["set_migration_pmd"],
+        fields: &["addr", "pmd"],
+        per_process: false,
+        attach: Attach::Tracepoint,
+    },
+    HookSpec {
+        hook: Hook::RemoveMigrationPmd,
+        family: Family::Migration,
+        program: "remove_migration_pmd",
+        category: "thp",
+        names: &["remove_migration_pmd"],
+        fields: &["addr", "pmd"],
+        per_process: false,
+        attach: Attach::Tracepoint,
+    },
 ];
 
 /// The spec of `hook`.
 pub fn spec(hook: Hook) -> &'static HookSpec {
-    &HOOKS[hook as usize]
+    HOOKS
+        .iter()
+        .find(|s| s.hook == hook)
+        .expect("every hook has a spec (tested)")
 }
 
 #[cfg(test)]
@@ -484,8 +572,9 @@ mod tests {
 
     #[test]
     fn table_is_in_hook_order_and_fits_a_record() {
-        for (i, spec) in HOOKS.iter().enumerate() {
-            assert_eq!(spec.hook as usize, i, "{} out of order", spec.program);
+        assert_eq!(HOOKS.len(), Hook::ALL.len());
+        for (spec, hook) in HOOKS.iter().zip(Hook::ALL) {
+            assert_eq!(spec.hook, hook, "{} out of order", spec.program);
             assert!(
                 spec.fields.len() <= MAX_ARGS,
                 "{} has too many fields",

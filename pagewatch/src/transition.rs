@@ -39,11 +39,20 @@ pub enum TransitionKind {
     /// page: the folio was split (for a PMD THP typically after its PMD
     /// split, by the deferred-split shrinker or reclaim).
     FolioSplit = 12,
+    /// Present before and now on a different PFN, a new page the process
+    /// faulted (or populated) after the range was unmapped or discarded
+    /// (munmap, MADV_DONTNEED/FREE/REMOVE, mremap) or on its own fault
+    /// there (copy-on-write): not a move of the old page.
+    Refaulted = 13,
+    /// Present before and now on a different PFN, and no event says how:
+    /// neither a migration of that page, nor a collapse of its PMD range,
+    /// nor an unmap, discard or fault of it. Always `unexplained`.
+    PfnChanged = 14,
 }
 
 impl TransitionKind {
     /// Every kind, in discriminant order.
-    pub const ALL: [TransitionKind; 13] = [
+    pub const ALL: [TransitionKind; 15] = [
         Self::FaultedIn,
         Self::SwappedOut,
         Self::SwappedIn,
@@ -57,6 +66,8 @@ impl TransitionKind {
         Self::ZeroPageMapped,
         Self::BecameHugetlb,
         Self::FolioSplit,
+        Self::Refaulted,
+        Self::PfnChanged,
     ];
 
     /// The kind with discriminant `v`.
@@ -105,11 +116,24 @@ pub enum Cause {
     /// The split hook saw another thread split it: the deferred-split
     /// shrinker in reclaim, migration, compaction, khugepaged.
     ThpSplitByOther = 18,
+    /// The process's munmap of the range (syscalls/sys_enter_munmap).
+    Munmap = 19,
+    /// Its madvise(MADV_DONTNEED or MADV_DONTNEED_LOCKED) of the range.
+    MadvDontneed = 20,
+    /// Its madvise(MADV_FREE): lazily freed, dropped when reclaim came.
+    MadvFree = 21,
+    /// Its madvise(MADV_REMOVE): the backing store punched out.
+    MadvRemove = 22,
+    /// Its mremap moved or shrank the mapping.
+    Mremap = 23,
+    /// Its mmap(MAP_POPULATE or MAP_LOCKED) populated the range: the
+    /// kernel faulted the pages in for it, without a user page fault.
+    Populate = 24,
 }
 
 impl Cause {
     /// Every cause, in discriminant order.
-    pub const ALL: [Cause; 19] = [
+    pub const ALL: [Cause; 25] = [
         Self::Unexplained,
         Self::Fault,
         Self::KswapdReclaim,
@@ -129,6 +153,12 @@ impl Cause {
         Self::VmstatThpSplitPage,
         Self::ThpSplitByProcess,
         Self::ThpSplitByOther,
+        Self::Munmap,
+        Self::MadvDontneed,
+        Self::MadvFree,
+        Self::MadvRemove,
+        Self::Mremap,
+        Self::Populate,
     ];
 
     /// The cause with discriminant `v`.

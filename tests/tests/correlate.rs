@@ -1037,3 +1037,124 @@ fn steady_processes_are_carried_and_changed_ones_read_again() {
         quiet.len()
     );
 }
+
+/// Pages of `pid`'s transitions of `kind` with `cause`.
+fn pages_by(lines: &[Value], pid: u32, kind: &str, cause: &str) -> u64 {
+    pages(
+        &transitions(lines, pid, kind)
+            .into_iter()
+            .filter(|t| t["cause"] == cause)
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// A region freed with MADV_DONTNEED and faulted again at the same
+/// addresses (4 KiB, then THP, then 4 KiB), a MAP_POPULATE mapping, then
+/// munmap and MADV_DONTNEED: the new pages are `refaulted`, never migrated,
+/// collapsed or split (the kernel's vmstat says none happened), the
+/// populated pages have cause `populate` and the dropped ones their
+/// syscall's cause.
+#[test]
+fn free_and_refault_populate_and_unmap_are_told_by_their_syscalls() {
+    const NAME: &str = "free_and_refault_populate_and_unmap_are_told_by_their_syscalls";
+    if skip_unless_root(NAME) {
+        return;
+    }
+    if !Path::new("/sys/kernel/tracing/events/syscalls").exists() {
+        skip(
+            NAME,
+            "kernel without CONFIG_FTRACE_SYSCALLS: no syscall tracepoints",
+        );
+        return;
+    }
+    let thp =
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    if thp.is_empty() || thp.contains("[never]") {
+        skip(NAME, "THP disabled (transparent_hugepage/enabled is never)");
+        return;
+    }
+    const MIB: u64 = 16;
+    const POPULATE_MIB: u64 = 64;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pw-refault"))
+        .args([MIB.to_string(), POPULATE_MIB.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn pw-refault");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let pid: u32 = out.next().unwrap().unwrap()[4..].parse().unwrap();
+    let _region = out.next().unwrap().unwrap();
+    assert_eq!(out.next().unwrap().unwrap(), "ready");
+    let tracer = Tracer::start(&["--pid", &pid.to_string(), "--interval", "300ms"]);
+    let counters = ["thp_fault_alloc", "thp_collapse_alloc", "pgmigrate_success"];
+    let before: Vec<u64> = counters
+        .iter()
+        .map(|c| pagewatch_tests::vmstat(c))
+        .collect();
+    for step in ["thp", "small", "populate", "drop"] {
+        writeln!(stdin, "{step}").unwrap();
+        let line = out.next().unwrap().unwrap();
+        assert!(line.starts_with(&format!("done {step}")), "{line}");
+        // Two snapshots see each step's result.
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    let delta: Vec<u64> = counters
+        .iter()
+        .zip(&before)
+        .map(|(c, b)| pagewatch_tests::vmstat(c) - b)
+        .collect();
+    let lines = tracer.stop();
+    drop(stdin);
+    let _ = child.wait();
+    for t in lines.iter().filter_map(|l| l.get("transition")) {
+        if t["pid"].as_u64() == Some(u64::from(pid)) {
+            eprintln!("{} {} {}", t["kind"], t["cause"], t["pages"]);
+        }
+    }
+    eprintln!("vmstat deltas {counters:?}: {delta:?}");
+    let kind = |k: &str| pages(&transitions(&lines, pid, k));
+    let region_pages = MIB * 256;
+    // The oracle: no collapse and no migration happened system-wide.
+    if delta[1] == 0 {
+        assert_eq!(kind("collapsed_to_thp"), 0, "no collapse happened");
+    }
+    if delta[2] == 0 {
+        assert_eq!(
+            kind("migrated") + kind("node_changed"),
+            0,
+            "nothing migrated"
+        );
+    }
+    assert_eq!(kind("split_from_thp") + kind("folio_split"), 0);
+    assert_eq!(kind("pfn_changed"), 0, "every new page has evidence");
+    // Both refaults, 4 KiB -> THP -> 4 KiB, of the whole region (a
+    // snapshot between the discard and the touch sees them unmapped and
+    // faulted in instead).
+    let refaulted = kind("refaulted");
+    let dropped_and_faulted = pages_by(&lines, pid, "unmapped", "madv_dontneed");
+    assert!(
+        refaulted + dropped_and_faulted >= 3 * region_pages,
+        "refaulted {refaulted}, unmapped by madv_dontneed {dropped_and_faulted}"
+    );
+    if delta[0] == 0 {
+        skip(
+            NAME,
+            "no THP could be allocated (thp_fault_alloc did not rise)",
+        );
+    } else {
+        assert!(refaulted > 0, "no refaulted pages");
+    }
+    assert_eq!(
+        pages_by(&lines, pid, "faulted_in", "populate"),
+        POPULATE_MIB * 256,
+        "MAP_POPULATE"
+    );
+    assert_eq!(
+        pages_by(&lines, pid, "unmapped", "munmap"),
+        POPULATE_MIB * 256,
+        "munmap"
+    );
+    assert!(dropped_and_faulted >= region_pages, "MADV_DONTNEED");
+    assert_eq!(pages_by(&lines, pid, "unmapped", "unexplained"), 0);
+}

@@ -38,7 +38,7 @@ use pagewatch::{
         columns::{PageTable, ProcessTable, ProcessTableBuilder},
         scan::{KpageFiles, ScanOptions, scan_process_with},
     },
-    transition::{Cause, TransitionGroup, TransitionKind},
+    transition::{Cause, TransitionGroup},
 };
 use pagewatch_common::hook::Hook;
 use tokio::{
@@ -320,8 +320,8 @@ pub struct Session {
     dropped_reported: u64,
     /// Whether the note on scan events without a page was given.
     said_scan_without_page: bool,
-    /// Unexplained page moves of the last interval, waiting for the next
-    /// interval's migration events.
+    /// Unexplained transitions of the last interval, waiting for the next
+    /// interval's events (page moves, populated pages).
     pending_moves: Vec<TransitionGroup>,
 }
 
@@ -949,24 +949,21 @@ impl Session {
             }
             _ => Vec::new(),
         };
-        // Page moves no event of their interval explains wait one interval:
-        // mm_migrate_pages fires when a whole migrate_pages() call ends, so a
-        // snapshot taken while a long call runs sees part of its moves before
-        // the event. Those still unexplained then are reported unexplained.
+        // Transitions whose evidence can come late and that no event of their
+        // interval explains wait one interval (see Evidence::can_arrive_late):
+        // mm_migrate_pages fires when a whole migrate_pages() call ends, mmap
+        // returns after MAP_POPULATE filled the range. Those still
+        // unexplained then are reported unexplained.
         let waiting = std::mem::take(&mut self.pending_moves);
         if !last {
             let (later, now) = transitions.into_iter().partition(|g: &TransitionGroup| {
-                g.cause == Cause::Unexplained
-                    && matches!(
-                        g.kind,
-                        TransitionKind::Migrated | TransitionKind::NodeChanged
-                    )
+                g.cause == Cause::Unexplained && Evidence::can_arrive_late(g.kind)
             });
             self.pending_moves = later;
             transitions = now;
         }
         for mut g in waiting {
-            g.cause = evidence.cause(g.pid, g.vma_start, None, g.kind);
+            g.cause = evidence.late_cause(g.pid, g.vma_start, g.kind);
             transitions.push(g);
         }
         self.transitions += transitions.len() as u64;

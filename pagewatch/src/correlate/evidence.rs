@@ -147,6 +147,86 @@ pub struct Evidence {
     /// after resolution; and those of the previous interval.
     split_ranges: BTreeMap<(u32, u64, bool), bool>,
     earlier_split_ranges: BTreeMap<(u32, u64, bool), bool>,
+    /// PMD ranges (pid, address >> 21) the process faulted in, this
+    /// interval and the one before.
+    fault_ranges: HashSet<(u32, u64)>,
+    earlier_fault_ranges: HashSet<(u32, u64)>,
+    /// Ranges the process unmapped, discarded or populated, by cause,
+    /// this interval and the one before.
+    ranges: RangeSet,
+    earlier_ranges: RangeSet,
+    /// mmap calls with MAP_POPULATE/MAP_LOCKED waiting for their return
+    /// (thread id -> length); a call can straddle an interval's end.
+    populating: BTreeMap<u32, u64>,
+    /// (PFN, address) pairs of migration entries: the page left (set) or
+    /// arrived at (remove) that address; this interval and the one before.
+    migrated: HashSet<(u64, u64)>,
+    earlier_migrated: HashSet<(u64, u64)>,
+}
+
+/// The madvise advice values that drop pages (include/uapi/asm-generic/mman-common.h).
+const MADV_DONTNEED: u64 = 4;
+const MADV_FREE: u64 = 8;
+const MADV_REMOVE: u64 = 9;
+const MADV_DONTNEED_LOCKED: u64 = 24;
+const MADV_COLLAPSE: u64 = 25;
+/// mmap flags that populate the mapping (x86 and asm-generic).
+const MAP_LOCKED: u64 = 0x2000;
+const MAP_POPULATE: u64 = 0x8000;
+/// mremap flags under which the mapping may move away.
+const MREMAP_MAYMOVE: u64 = 1;
+/// Range causes, in the order they are asked about.
+const RANGE_CAUSES: [Cause; 6] = [
+    Cause::Munmap,
+    Cause::Mremap,
+    Cause::MadvDontneed,
+    Cause::MadvRemove,
+    Cause::MadvFree,
+    Cause::Populate,
+];
+
+/// Address ranges per (cause, pid), kept disjoint: overlapping and
+/// adjacent ranges are merged as they are added.
+#[derive(Debug, Default, Clone)]
+struct RangeSet {
+    /// (cause, pid, start) -> end.
+    ranges: BTreeMap<(Cause, u32, u64), u64>,
+}
+
+impl RangeSet {
+    fn add(&mut self, cause: Cause, pid: u32, start: u64, len: u64) {
+        let (mut start, mut end) = (start, start.saturating_add(len));
+        if end <= start {
+            return;
+        }
+        // Absorb every range that overlaps or touches [start, end).
+        while let Some((&(c, p, s), &e)) = self
+            .ranges
+            .range(..=(cause, pid, end))
+            .next_back()
+            .filter(|((c, p, _), e)| *c == cause && *p == pid && **e >= start)
+        {
+            self.ranges.remove(&(c, p, s));
+            start = start.min(s);
+            end = end.max(e);
+        }
+        self.ranges.insert((cause, pid, start), end);
+    }
+
+    fn contains(&self, cause: Cause, pid: u32, va: u64) -> bool {
+        self.ranges
+            .range(..=(cause, pid, va))
+            .next_back()
+            .is_some_and(|(&(c, p, _), &end)| c == cause && p == pid && va < end)
+    }
+
+    /// The first of `RANGE_CAUSES` (but `Populate`) whose ranges hold `va`.
+    fn dropped(&self, pid: u32, va: u64) -> Option<Cause> {
+        RANGE_CAUSES
+            .into_iter()
+            .filter(|c| *c != Cause::Populate)
+            .find(|c| self.contains(*c, pid, va))
+    }
 }
 
 impl Evidence {
@@ -155,8 +235,72 @@ impl Evidence {
     /// MADV_COLLAPSE, and kswapd's LRU shrinking from a direct reclaimer's.
     pub fn add(&mut self, e: &Event, decoder: &Decoder, mut comm: impl FnMut(u32) -> String) {
         match e.kind {
-            EventKind::PageFault { .. } => {
+            EventKind::PageFault { address, .. } => {
                 self.faulted.insert(e.tgid);
+                self.fault_ranges.insert((e.tgid, address >> 21));
+            }
+            EventKind::Munmap { addr, len } => self.ranges.add(Cause::Munmap, e.tgid, addr, len),
+            EventKind::Madvise { start, len, advice } => {
+                let cause = match advice {
+                    MADV_DONTNEED | MADV_DONTNEED_LOCKED => Cause::MadvDontneed,
+                    MADV_FREE => Cause::MadvFree,
+                    MADV_REMOVE => Cause::MadvRemove,
+                    MADV_COLLAPSE => {
+                        let end = start.saturating_add(len);
+                        let mut pmd = start & !(PMD_SIZE - 1);
+                        while pmd < end {
+                            self.madv_ranges.insert((e.tgid, pmd));
+                            pmd += PMD_SIZE;
+                        }
+                        return;
+                    }
+                    _ => return,
+                };
+                self.ranges.add(cause, e.tgid, start, len);
+            }
+            // Moved (it may have): the whole old range; else what shrank.
+            EventKind::Mremap {
+                addr,
+                old_len,
+                new_len,
+                flags,
+                ..
+            } => {
+                if flags & MREMAP_MAYMOVE != 0 {
+                    self.ranges.add(Cause::Mremap, e.tgid, addr, old_len);
+                } else if new_len < old_len {
+                    let start = addr.saturating_add(new_len);
+                    self.ranges
+                        .add(Cause::Mremap, e.tgid, start, old_len - new_len);
+                }
+            }
+            EventKind::Mmap { len, flags, .. } if flags & (MAP_POPULATE | MAP_LOCKED) != 0 => {
+                self.populating.insert(e.tid, len);
+            }
+            EventKind::MmapReturn { ret } => {
+                if let Some(len) = self.populating.remove(&e.tid)
+                    && ret > 0
+                {
+                    self.ranges.add(Cause::Populate, e.tgid, ret as u64, len);
+                }
+            }
+            EventKind::SetMigrationPte {
+                addr,
+                old_pfn: pfn,
+                pmd,
+                ..
+            }
+            | EventKind::RemoveMigrationPte {
+                addr,
+                new_pfn: pfn,
+                pmd,
+                ..
+            } if pfn != 0 => {
+                let pages = if pmd { PMD_SIZE / 4096 } else { 1 };
+                let va = addr & !4095;
+                for i in 0..pages {
+                    self.migrated.insert((pfn + i, va + i * 4096));
+                }
             }
             EventKind::DirectReclaimBegin { .. } | EventKind::DirectReclaimEnd { .. } => {
                 self.reclaim.direct_reclaimers.insert(e.tgid);
@@ -233,6 +377,65 @@ impl Evidence {
         self.earlier_migrations = previous.migrations.clone();
         self.earlier_thp_splits = previous.thp_splits;
         self.earlier_split_ranges = previous.split_ranges.clone();
+        self.earlier_fault_ranges = previous.fault_ranges.clone();
+        self.earlier_ranges = previous.ranges.clone();
+        self.earlier_migrated = previous.migrated.clone();
+        self.populating = previous.populating.clone();
+    }
+
+    /// What a page that stayed mapped at `va` of `pid` but moved from PFN
+    /// `from` to `to` went through, by the evidence about that page: a
+    /// migration entry named it (`Migrated`, told from `NodeChanged` by the
+    /// caller); its PMD range was collapsed (`CollapsedToThp`, when `thp`:
+    /// it is part of a THP now); the range was unmapped, discarded or
+    /// faulted by the process (`Refaulted`); else `PfnChanged`.
+    pub fn replaced(&self, pid: u32, va: u64, from: u64, to: u64, thp: bool) -> TransitionKind {
+        let page = va & !4095;
+        let moved =
+            |set: &HashSet<(u64, u64)>| set.contains(&(from, page)) || set.contains(&(to, page));
+        if moved(&self.migrated) || moved(&self.earlier_migrated) {
+            TransitionKind::Migrated
+        } else if thp && self.collapse_cause(pid, va).is_some() {
+            TransitionKind::CollapsedToThp
+        } else if self.dropped(pid, va).is_some()
+            || self.populated(pid, va)
+            || self.fault_ranges.contains(&(pid, va >> 21))
+            || self.earlier_fault_ranges.contains(&(pid, va >> 21))
+        {
+            TransitionKind::Refaulted
+        } else {
+            TransitionKind::PfnChanged
+        }
+    }
+
+    /// Why `pid`'s range holding `va` was dropped: its munmap, mremap or
+    /// madvise, this interval or the one before.
+    fn dropped(&self, pid: u32, va: u64) -> Option<Cause> {
+        self.ranges
+            .dropped(pid, va)
+            .or_else(|| self.earlier_ranges.dropped(pid, va))
+    }
+
+    /// Whether `pid` mapped `va` with MAP_POPULATE (or MAP_LOCKED).
+    fn populated(&self, pid: u32, va: u64) -> bool {
+        self.ranges.contains(Cause::Populate, pid, va)
+            || self.earlier_ranges.contains(Cause::Populate, pid, va)
+    }
+
+    /// The collapse evidence for `pid`'s PMD range holding `va`.
+    fn collapse_cause(&self, pid: u32, va: u64) -> Option<Cause> {
+        let range = (pid, va & !(PMD_SIZE - 1));
+        if self.madv_ranges.contains(&range) {
+            Some(Cause::MadvCollapse)
+        } else if self.khugepaged_ranges.contains(&range) {
+            Some(Cause::Khugepaged)
+        } else if self.earlier_madv_ranges.contains(&range) {
+            Some(Cause::MadvCollapse)
+        } else if self.earlier_collapses.contains(&range) {
+            Some(Cause::Khugepaged)
+        } else {
+            None
+        }
     }
 
     /// The interval's /proc/vmstat `thp_split_pmd` and `thp_split_page`
@@ -328,6 +531,31 @@ impl Evidence {
         &self.scan_results
     }
 
+    /// Whether a transition of `kind` left unexplained can still be
+    /// explained by the next interval's events: the evidence of a move's
+    /// reason (`mm_migrate_pages` fires when the whole call ends) and of a
+    /// MAP_POPULATE range (known when mmap returns, after the pages are
+    /// in) can arrive after the snapshot that shows the change. The
+    /// evidence that decides a kind (migration entries, collapse
+    /// isolation, the syscalls' entries, faults) precedes the change.
+    pub fn can_arrive_late(kind: TransitionKind) -> bool {
+        use TransitionKind::*;
+        matches!(kind, Migrated | NodeChanged | FaultedIn | Refaulted)
+    }
+
+    /// The cause of an unexplained transition of the previous interval
+    /// (see [`Evidence::can_arrive_late`]) from this interval's events:
+    /// only the late kinds of evidence count (a fault now explains no page
+    /// that appeared before it).
+    pub fn late_cause(&self, pid: u32, va: u64, kind: TransitionKind) -> Cause {
+        use TransitionKind::*;
+        match kind {
+            Migrated | NodeChanged => self.cause(pid, va, None, kind),
+            FaultedIn | Refaulted if self.populated(pid, va) => Cause::Populate,
+            _ => Cause::Unexplained,
+        }
+    }
+
     /// Why page `va` of `pid` (on `pfn` afterwards, if present) went
     /// through `kind`, or `Unexplained`.
     pub fn cause(&self, pid: u32, va: u64, pfn: Option<u64>, kind: TransitionKind) -> Cause {
@@ -340,7 +568,11 @@ impl Evidence {
             }
         };
         match kind {
-            FaultedIn | SwappedIn | ZeroPageMapped | BecameHugetlb | KsmUnmerged => faulted(),
+            FaultedIn | Refaulted if self.populated(pid, va) => Cause::Populate,
+            FaultedIn | Refaulted | SwappedIn | ZeroPageMapped | BecameHugetlb | KsmUnmerged => {
+                faulted()
+            }
+            PfnChanged => Cause::Unexplained,
             SwappedOut => match self.reclaim.cause(pid) {
                 Cause::Unexplained => self.earlier_reclaim.cause(pid),
                 cause => cause,
@@ -348,7 +580,7 @@ impl Evidence {
             Unmapped if self.oom_victims.contains(&pid) => Cause::Oom,
             Unmapped if self.exited.contains(&pid) => Cause::Exit,
             Unmapped if self.execed.contains(&pid) => Cause::Exec,
-            Unmapped => Cause::Unexplained,
+            Unmapped => self.dropped(pid, va).unwrap_or(Cause::Unexplained),
             // The split hooks name the process; where they cannot attach,
             // the vmstat counter that rose is the evidence, labelled so.
             SplitFromThp | FolioSplit => {
@@ -370,20 +602,7 @@ impl Evidence {
                     Cause::Unexplained
                 })
             }
-            CollapsedToThp => {
-                let range = (pid, va & !(PMD_SIZE - 1));
-                if self.madv_ranges.contains(&range) {
-                    Cause::MadvCollapse
-                } else if self.khugepaged_ranges.contains(&range) {
-                    Cause::Khugepaged
-                } else if self.earlier_madv_ranges.contains(&range) {
-                    Cause::MadvCollapse
-                } else if self.earlier_collapses.contains(&range) {
-                    Cause::Khugepaged
-                } else {
-                    Cause::Unexplained
-                }
-            }
+            CollapsedToThp => self.collapse_cause(pid, va).unwrap_or(Cause::Unexplained),
             // The merge events name the KSM page the page now maps.
             KsmMerged if pfn.is_some_and(|p| self.ksm_pfns.contains(&p)) => Cause::Ksm,
             KsmMerged => Cause::Unexplained,
@@ -570,6 +789,52 @@ mod tests {
         let mut later = Evidence::default();
         later.inherit(&Evidence::default());
         assert_eq!(later.cause(1, 0, None, kind), Cause::Unexplained);
+    }
+
+    #[test]
+    fn a_populate_known_after_its_snapshot_explains_the_pages_late() {
+        use TransitionKind::{FaultedIn, Refaulted, Unmapped};
+        let mut e = evidence(&[
+            ev(
+                5,
+                EventKind::Mmap {
+                    addr: 0,
+                    len: 8192,
+                    prot: 3,
+                    flags: 0x8022,
+                },
+            ),
+            ev(5, EventKind::MmapReturn { ret: 0x7000_0000 }),
+            ev(
+                5,
+                EventKind::PageFault {
+                    address: 0x1000,
+                    ip: 0,
+                    error_code: 6,
+                },
+            ),
+        ]);
+        assert!(Evidence::can_arrive_late(FaultedIn));
+        assert!(!Evidence::can_arrive_late(Unmapped));
+        assert_eq!(e.late_cause(5, 0x7000_1000, FaultedIn), Cause::Populate);
+        assert_eq!(e.late_cause(5, 0x7000_2000, Refaulted), Cause::Unexplained);
+        // A fault after the change explains nothing about it.
+        assert_eq!(e.late_cause(5, 0x1000, FaultedIn), Cause::Unexplained);
+        assert_eq!(e.cause(5, 0x1000, None, FaultedIn), Cause::Fault);
+        // An mmap without MAP_POPULATE populates nothing.
+        e = evidence(&[
+            ev(
+                5,
+                EventKind::Mmap {
+                    addr: 0,
+                    len: 8192,
+                    prot: 3,
+                    flags: 0x22,
+                },
+            ),
+            ev(5, EventKind::MmapReturn { ret: 0x7000_0000 }),
+        ]);
+        assert_eq!(e.late_cause(5, 0x7000_0000, FaultedIn), Cause::Unexplained);
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! The correlator: joins the difference between two page snapshots with the
 //! events recorded in between into attributed transitions. Each changed
-//! virtual page gets a [`TransitionKind`] from its before/after state and a
-//! [`Cause`] from the interval's [`Evidence`]; where no event explains the
-//! change the cause is `Unexplained` — it never guesses.
+//! virtual page gets a [`TransitionKind`] from its before/after state and,
+//! for a page that stayed mapped on a new PFN, from the evidence about that
+//! page; and a [`Cause`] from the interval's [`Evidence`]. Events are the
+//! record of what happened, snapshots the check of where it ended: a new
+//! PFN is a migration or a collapse only when an event says so, and where
+//! no event explains a change the cause is `Unexplained` — it never guesses.
 //!
 //! - [`numa`]: PFN -> NUMA node from sysfs memory blocks;
 //! - [`evidence`]: what the events of one interval say happened;
@@ -83,12 +86,19 @@ pub struct PageChange {
     pub to_node: i32,
 }
 
-/// The transition a page went through between two snapshots, if any.
-/// `None` states mean "neither present nor swapped" (not in the snapshot).
+/// The transition page `va` of `pid` went through between two snapshots,
+/// if any. `None` states mean "neither present nor swapped" (not in the
+/// snapshot). Page states tell what can be seen (appeared, gone, swapped,
+/// flags); what happened to a page that stayed mapped on another PFN comes
+/// from `evidence` about that page ([`Evidence::replaced`]): a new PFN is a
+/// migration or a collapse only when an event says so.
 pub fn classify(
     before: Option<PageState>,
     after: Option<PageState>,
     nodes: &NodeMap,
+    evidence: &Evidence,
+    pid: u32,
+    va: u64,
 ) -> Option<PageChange> {
     let change = |kind| PageChange {
         kind,
@@ -108,12 +118,12 @@ pub fn classify(
         (Some(b), Some(_)) if b.swapped() => return None,
         // A page caught mid-migration (in a snapshot taken while
         // migrate_pages ran) is still its old page: only a PFN change
-        // counts, its flags being unread.
+        // counts, its flags being unread. The migration entry itself is
+        // the evidence.
         (Some(b), Some(a)) if b.moving() || a.moving() => return moved(b, a, nodes),
-        (Some(b), Some(a)) => {
-            if a.thp() && !b.thp() {
-                TransitionKind::CollapsedToThp
-            } else if b.pmd && !a.pmd {
+        // The same page: only its mapping or folio changed.
+        (Some(b), Some(a)) if a.pfn() == b.pfn() => {
+            if b.pmd && !a.pmd {
                 // The PMD mapping was split into PTEs (partial munmap,
                 // mprotect, madvise...); the folio may stay large until the
                 // deferred-split shrinker splits it.
@@ -122,6 +132,18 @@ pub fn classify(
                 // A PTE-mapped large folio became small pages.
                 TransitionKind::FolioSplit
             } else if a.ksm() && !b.ksm() {
+                // KSM turns the first page of a pair into the KSM page in
+                // place.
+                TransitionKind::KsmMerged
+            } else if b.ksm() && !a.ksm() {
+                TransitionKind::KsmUnmerged
+            } else {
+                return None;
+            }
+        }
+        // Another page: what it is now says some; evidence says the rest.
+        (Some(b), Some(a)) => {
+            if a.ksm() && !b.ksm() {
                 TransitionKind::KsmMerged
             } else if b.ksm() && !a.ksm() {
                 TransitionKind::KsmUnmerged
@@ -133,15 +155,20 @@ pub fn classify(
                 // Write to a zero-page mapping: a fresh page faulted in.
                 TransitionKind::FaultedIn
             } else {
-                return moved(b, a, nodes);
+                let (from, to) = (b.pfn().unwrap_or(0), a.pfn().unwrap_or(0));
+                let thp = (a.thp() && !b.thp()) || (a.pmd && !b.pmd);
+                match evidence.replaced(pid, va, from, to, thp) {
+                    TransitionKind::Migrated => return moved(b, a, nodes),
+                    kind => kind,
+                }
             }
         }
     };
     Some(change(kind))
 }
 
-/// A page that stayed mapped but changed PFN: migrated, onto another NUMA
-/// node or not.
+/// A page that stayed mapped but changed PFN, with evidence that it moved:
+/// migrated, onto another NUMA node or not.
 fn moved(b: PageState, a: PageState, nodes: &NodeMap) -> Option<PageChange> {
     if a.pfn() == b.pfn() {
         return None;
@@ -387,7 +414,7 @@ fn diff_process(
                 let row = b.next().expect("peeked");
                 let vma_start = bt.vmas[row.vma as usize].start;
                 swaps.observe(pid, row.va, vma_start, Some(row.state), None, ts_ns);
-                if let Some(c) = classify(Some(row.state), None, nodes) {
+                if let Some(c) = classify(Some(row.state), None, nodes, evidence, pid, row.va) {
                     add(bt, row, c);
                 }
             }
@@ -395,7 +422,7 @@ fn diff_process(
                 let row = a.next().expect("peeked");
                 let vma_start = at.vmas[row.vma as usize].start;
                 swaps.observe(pid, row.va, vma_start, None, Some(row.state), ts_ns);
-                if let Some(c) = classify(None, Some(row.state), nodes) {
+                if let Some(c) = classify(None, Some(row.state), nodes, evidence, pid, row.va) {
                     add(at, row, c);
                 }
             }
@@ -403,7 +430,8 @@ fn diff_process(
                 let (x, y) = (b.next().expect("peeked"), a.next().expect("peeked"));
                 let vma_start = at.vmas[y.vma as usize].start;
                 swaps.observe(pid, y.va, vma_start, Some(x.state), Some(y.state), ts_ns);
-                if let Some(c) = classify(Some(x.state), Some(y.state), nodes) {
+                if let Some(c) = classify(Some(x.state), Some(y.state), nodes, evidence, pid, y.va)
+                {
                     add(at, y, c);
                 }
             }
@@ -414,7 +442,7 @@ fn diff_process(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::flags::PM_SWAP;
+    use crate::{event::EventKind, snapshot::flags::PM_SWAP};
 
     const THP: u64 = 1 << kpf::THP;
     const KSM: u64 = 1 << kpf::KSM;
@@ -471,7 +499,7 @@ mod tests {
     }
 
     fn kind(b: Option<PageState>, a: Option<PageState>) -> Option<TransitionKind> {
-        classify(b, a, &NodeMap::default()).map(|c| c.kind)
+        classify(b, a, &NodeMap::default(), &Evidence::default(), 1, 0).map(|c| c.kind)
     }
 
     #[test]
@@ -485,11 +513,10 @@ mod tests {
         assert_eq!(kind(swapped(), present(11, 0)), Some(SwappedIn));
         assert_eq!(kind(present(10, 0), None), Some(Unmapped));
         assert_eq!(kind(swapped(), None), Some(Unmapped));
-        assert_eq!(
-            kind(present(10, 0), present(512, THP)),
-            Some(CollapsedToThp)
-        );
-        assert_eq!(kind(present(10, 0), pmd_mapped(512)), Some(CollapsedToThp));
+        // A new PFN says nothing about how by itself (see
+        // new_pfns_are_what_the_evidence_says).
+        assert_eq!(kind(present(10, 0), present(512, THP)), Some(PfnChanged));
+        assert_eq!(kind(present(10, 0), pmd_mapped(512)), Some(PfnChanged));
         // A partial munmap or mprotect splits the PMD; the folio stays a
         // THP until the deferred split, which is a second transition.
         assert_eq!(kind(pmd_mapped(512), present(512, THP)), Some(SplitFromThp));
@@ -497,12 +524,109 @@ mod tests {
         assert_eq!(kind(present(512, THP), present(512, 0)), Some(FolioSplit));
         assert_eq!(kind(pmd_mapped(512), pmd_mapped(512)), None);
         assert_eq!(kind(present(10, 0), present(99, KSM)), Some(KsmMerged));
+        assert_eq!(kind(present(10, 0), present(10, KSM)), Some(KsmMerged));
         assert_eq!(kind(present(99, KSM), present(10, 0)), Some(KsmUnmerged));
-        assert_eq!(kind(present(10, 0), present(11, 0)), Some(Migrated));
+        assert_eq!(kind(present(10, 0), present(11, 0)), Some(PfnChanged));
+        assert_eq!(kind(pmd_mapped(512), present(11, 0)), Some(PfnChanged));
         assert_eq!(kind(present(10, ZERO), present(11, 0)), Some(FaultedIn));
         assert_eq!(kind(present(10, 0), present(10, 0)), None);
         assert_eq!(kind(swapped(), swapped()), None);
         assert_eq!(kind(None, None), None);
+    }
+
+    /// What an event says about one page of pid 1 at 0x4000_0000 (PFN 10
+    /// before) decides what its new PFN was.
+    fn with(events: &[EventKind], b: Option<PageState>, a: Option<PageState>) -> TransitionKind {
+        classify(
+            b,
+            a,
+            &NodeMap::default(),
+            &evidence_of(1, events),
+            1,
+            0x4000_0000,
+        )
+        .expect("a change")
+        .kind
+    }
+
+    /// The evidence of `events` in thread group `tgid`.
+    fn evidence_of(tgid: u32, events: &[EventKind]) -> Evidence {
+        let mut e = Evidence::default();
+        for &kind in events {
+            let event = crate::event::Event {
+                ts_ns: 0,
+                cpu: 0,
+                tgid,
+                tid: tgid,
+                kind,
+            };
+            e.add(&event, &crate::event::Decoder::default(), |_| "proc".into());
+        }
+        e
+    }
+
+    #[test]
+    fn new_pfns_are_what_the_evidence_says() {
+        use TransitionKind::*;
+        const VA: u64 = 0x4000_0000;
+        let dontneed = EventKind::Madvise {
+            start: VA,
+            len: 2 << 20,
+            advice: 4,
+        };
+        let fault = EventKind::PageFault {
+            address: VA + 0x1234,
+            ip: 0,
+            error_code: 6,
+        };
+        let set = |pfn, pmd| EventKind::SetMigrationPte {
+            addr: VA,
+            order: 0,
+            old_pfn: pfn,
+            pmd,
+        };
+        let small = || present(10, 0);
+        // Freed and faulted again, as a small page or a THP: new pages.
+        assert_eq!(with(&[dontneed], small(), present(11, 0)), Refaulted);
+        assert_eq!(with(&[dontneed], small(), pmd_mapped(512)), Refaulted);
+        assert_eq!(with(&[dontneed], pmd_mapped(512), small()), Refaulted);
+        // Its own fault there (copy-on-write): a new page.
+        assert_eq!(with(&[fault], small(), present(11, 0)), Refaulted);
+        // A migration entry naming that page at that address: migrated.
+        assert_eq!(with(&[set(10, false)], small(), present(11, 0)), Migrated);
+        assert_eq!(
+            with(&[set(10, false), dontneed], small(), present(11, 0)),
+            Migrated
+        );
+        // ... another page, or another address: no evidence.
+        assert_eq!(with(&[set(9, false)], small(), present(11, 0)), PfnChanged);
+        // A PMD entry covers the THP's 512 pages.
+        assert_eq!(
+            with(&[set(512, true)], pmd_mapped(512), pmd_mapped(1024)),
+            Migrated
+        );
+        let e = evidence_of(9, &[set(512, true)]);
+        assert_eq!(e.replaced(1, VA + 0x1f_f000, 1023, 7, false), Migrated);
+        assert_eq!(e.replaced(1, VA + 0x20_0000, 1024, 7, false), PfnChanged);
+        // MADV_COLLAPSE of the range: collapsed, only if a THP now.
+        let collapse = EventKind::Madvise {
+            start: VA,
+            len: 2 << 20,
+            advice: 25,
+        };
+        assert_eq!(with(&[collapse], small(), pmd_mapped(512)), CollapsedToThp);
+        assert_eq!(with(&[collapse], small(), present(11, 0)), PfnChanged);
+        // Unmapping evidence names the cause of a page gone.
+        let e = evidence_of(
+            1,
+            &[EventKind::Munmap {
+                addr: VA,
+                len: 4096,
+            }],
+        );
+        assert_eq!(e.cause(1, VA, None, Unmapped), Cause::Munmap);
+        assert_eq!(e.cause(1, VA + 4096, None, Unmapped), Cause::Unexplained);
+        assert_eq!(e.cause(2, VA, None, Unmapped), Cause::Unexplained);
     }
 
     /// A snapshot of process `pid` with pages 0..n of a VMA at 0x4000_0000
@@ -558,7 +682,7 @@ mod tests {
             got,
             vec![
                 (2, TransitionKind::FaultedIn, 4),
-                (2, TransitionKind::Migrated, 2),
+                (2, TransitionKind::PfnChanged, 2),
                 (3, TransitionKind::FaultedIn, 5),
             ]
         );
