@@ -6,9 +6,10 @@
 
 use std::{
     io::{BufRead as _, BufReader},
+    os::unix::process::{CommandExt as _, ExitStatusExt as _},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
-    time::Duration,
+    process::{Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
 };
 
 use pagewatch_tests::{pagewatch_bin, run_pagewatch, skip_unless_root};
@@ -242,10 +243,6 @@ fn signals_end_recordings_cleanly_or_readably() {
 #[test]
 fn bad_outputs_and_files_give_one_clear_error() {
     let dir = Scratch::new("bad");
-    let existing = dir.file("exists.pwrec");
-    std::fs::write(&existing, b"keep me").unwrap();
-    let link = dir.file("link.pwrec");
-    std::os::unix::fs::symlink(&existing, &link).unwrap();
     let cases: Vec<(Vec<String>, &str)> = vec![
         (
             vec!["record".into(), "--pid".into(), "1".into()],
@@ -278,29 +275,6 @@ fn bad_outputs_and_files_give_one_clear_error() {
         assert!(err.contains(needle), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{err}");
     }
-    // Refused before the hooks load, so without root too, and quickly.
-    for (path, needle) in [
-        (existing.clone(), "exists"),
-        (link.clone(), "symbolic link"),
-        (dir.file("no/such/dir/x.pwrec"), "no/such/dir"),
-    ] {
-        let (status, _, err) = run_pagewatch(&[
-            "record",
-            "-o",
-            path.to_str().unwrap(),
-            "--pid",
-            "1",
-            "--duration",
-            "1s",
-        ]);
-        assert!(!status.success(), "{path:?} should be refused");
-        assert!(err.contains(needle), "{path:?}: {err}");
-    }
-    assert_eq!(
-        std::fs::read(&existing).unwrap(),
-        b"keep me",
-        "never overwritten through a link"
-    );
 }
 
 /// A tmpfs mount removed (lazily unmounted) on drop.
@@ -367,5 +341,388 @@ fn full_disk_ends_the_recording_readably() {
     assert!(
         report_err.contains("truncated at byte") || report_err.contains("without an End"),
         "{report_err}"
+    );
+}
+
+/// `record -- CMD` exits with the command's status, 128 + the signal's
+/// number when a signal killed it (the shell's own statuses are the
+/// oracle), after writing a complete recording that names the command.
+#[test]
+fn record_exits_with_the_commands_status() {
+    if skip_unless_root("record_exits_with_the_commands_status") {
+        return;
+    }
+    let dir = Scratch::new("status");
+    for script in ["exit 3", "kill -9 $$", "exit 0"] {
+        let shell = Command::new("sh").args(["-c", script]).status().unwrap();
+        let expected = shell_status(shell);
+        let file = dir.file("status.pwrec");
+        let _ = std::fs::remove_file(&file);
+        let (status, _, err) = run_pagewatch(&[
+            "record",
+            "-o",
+            file.to_str().unwrap(),
+            "--events",
+            "process",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ]);
+        assert_eq!(status.code(), Some(expected), "{script}: {err}");
+        assert!(!err.contains("pagewatch: error"), "{script}: {err}");
+        let (lines, report_err) = report_json(&file);
+        let s = summary(&lines);
+        assert_eq!(s["complete"], true, "{script}: {s} {report_err}");
+        let (status, table, _) = run_pagewatch(&["report", file.to_str().unwrap()]);
+        assert!(status.success());
+        assert!(table.contains("-- sh -c"), "names the command: {table}");
+    }
+}
+
+/// A shell's status for `status`: its code, or 128 + the killing signal.
+fn shell_status(status: ExitStatus) -> i32 {
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap()
+}
+
+/// Waits (up to a minute) for `pagewatch`, started with its stdout and
+/// stderr in pipes, to exit and for both pipes to close: they stay open
+/// while any process it started lives, stopped or not. Returns its status
+/// and stderr.
+fn wait_for_pipes(pagewatch: std::process::Child) -> (ExitStatus, String) {
+    let pid = pagewatch.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(pagewatch.wait_with_output()));
+    let out = rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| {
+            panic!("pagewatch (pid {pid}) or a process it started still holds its pipes")
+        })
+        .expect("wait for pagewatch");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn spawn_piped(args: &[&str]) -> std::process::Child {
+    Command::new(pagewatch_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn pagewatch")
+}
+
+/// [`wait_for_pipes`] of pagewatch run with `args`, and how long it took.
+fn run_until_pipes_close(args: &[&str]) -> (ExitStatus, String, Duration) {
+    let started = Instant::now();
+    let (status, err) = wait_for_pipes(spawn_piped(args));
+    (status, err, started.elapsed())
+}
+
+/// A bad output path fails within a second with one error naming the
+/// path (its cause once), before the command starts or a hook loads, and
+/// leaves no process holding the caller's pipes: `out=$(pagewatch record
+/// -o /proc/nope.rec -- true 2>&1)` used to hang on a stopped child. No
+/// root needed: the path is checked first.
+#[test]
+fn record_refuses_bad_output_paths_at_once_and_leaves_nothing_behind() {
+    let dir = Scratch::new("paths");
+    let existing = dir.file("exists.pwrec");
+    std::fs::write(&existing, b"keep me").unwrap();
+    let link = dir.file("link.pwrec");
+    std::os::unix::fs::symlink(&existing, &link).unwrap();
+    let dangling = dir.file("dangling.pwrec");
+    std::os::unix::fs::symlink(dir.file("nowhere"), &dangling).unwrap();
+    let subdir = dir.file("a-directory");
+    std::fs::create_dir(&subdir).unwrap();
+    let marker = dir.file("the-command-ran");
+    let script = format!("touch {}; sleep 30", marker.display());
+    let missing = dir.file("no/such/dir/x.pwrec");
+    let cases: [(&Path, bool, &str); 8] = [
+        (Path::new("/proc/nope.rec"), false, "cannot create"),
+        (&missing, false, "No such file or directory"),
+        (&existing, false, "already exists"),
+        (&link, false, "symbolic link"),
+        (&dangling, false, "symbolic link"),
+        (&link, true, "symbolic link"),
+        (&subdir, true, "not a regular file"),
+        (Path::new("/dev/null"), true, "not a regular file"),
+    ];
+    for (path, force, needle) in cases {
+        let out = path.to_str().unwrap();
+        let mut args = vec!["record", "-o", out];
+        if force {
+            args.push("--force");
+        }
+        args.extend(["--", "sh", "-c", &script]);
+        let (status, err, took) = run_until_pipes_close(&args);
+        assert_eq!(status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            took < Duration::from_secs(1),
+            "{args:?} took {took:?}: {err}"
+        );
+        let errors: Vec<&str> = err.lines().filter(|l| l.contains("error")).collect();
+        assert_eq!(errors.len(), 1, "one error: {err}");
+        assert!(errors[0].starts_with("pagewatch: error: "), "{err}");
+        assert!(errors[0].contains(out), "names the path: {err}");
+        assert!(errors[0].contains(needle), "{err}");
+        assert!(
+            errors[0].matches("(os error").count() <= 1,
+            "the cause once: {err}"
+        );
+        assert!(!err.contains("attached"), "no hook loaded: {err}");
+        assert!(!marker.exists(), "{args:?}: the command ran");
+    }
+    assert_eq!(std::fs::read(&existing).unwrap(), b"keep me");
+    assert!(subdir.is_dir() && !dir.file("nowhere").exists());
+    assert!(Path::new("/dev/null").exists());
+}
+
+/// A command that cannot run exits as a shell says (127 not found, 126
+/// not executable: `sh -c '"$@"'` is the oracle), with one clear error
+/// naming it, and creates no recording.
+#[test]
+fn record_of_a_command_that_cannot_run_exits_like_a_shell() {
+    let dir = Scratch::new("cmd");
+    let not_executable = dir.file("script.sh");
+    std::fs::write(&not_executable, b"echo hi\n").unwrap();
+    let out = dir.file("never.pwrec");
+    for program in [
+        "pagewatch-no-such-command",
+        dir.file("missing").to_str().unwrap(),
+        not_executable.to_str().unwrap(),
+        dir.0.to_str().unwrap(),
+    ] {
+        let shell = Command::new("sh")
+            .args(["-c", "\"$@\"", "sh", program])
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        let expected = shell_status(shell);
+        assert!(expected == 126 || expected == 127, "{program}: sh {shell}");
+        let (status, err, _) =
+            run_until_pipes_close(&["record", "-o", out.to_str().unwrap(), "--", program]);
+        assert_eq!(status.code(), Some(expected), "{program}: {err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(err.starts_with("pagewatch: error: cannot run"), "{err}");
+        assert!(err.contains(program), "{err}");
+        assert!(!out.exists(), "{program}: a recording was created");
+    }
+}
+
+/// The pids whose parent is `ppid`, with their state letter.
+fn children_of(ppid: u32) -> Vec<(u32, char)> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // After the command name, which may hold spaces: state, ppid.
+        let mut fields = stat[stat.rfind(')').unwrap() + 2..].split(' ');
+        let state = fields.next().and_then(|s| s.chars().next()).unwrap_or('?');
+        if fields.next().and_then(|p| p.parse().ok()) == Some(ppid) {
+            children.push((pid, state));
+        }
+    }
+    children
+}
+
+/// Waits up to `secs` for `cond`, polling every few milliseconds.
+fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < until {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    cond()
+}
+
+/// Waits for a child of `ppid` (a stopped one if `stopped`); its pid.
+fn child_of(ppid: u32, stopped: bool) -> u32 {
+    let mut found = None;
+    assert!(
+        wait_for(30, || {
+            found = children_of(ppid)
+                .into_iter()
+                .find(|c| !stopped || c.1 == 'T');
+            found.is_some()
+        }),
+        "pid {ppid} has no child (stopped: {stopped})"
+    );
+    found.unwrap().0
+}
+
+/// Whether `pid` is gone or a zombie.
+fn dead(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_or(true, |s| s[s.rfind(')').unwrap() + 2..].starts_with('Z'))
+}
+
+/// Ctrl-C or SIGTERM while the hooks load (the command started, stopped):
+/// pagewatch exits 130/143 saying nothing was recorded, the command never
+/// runs and is reaped, and no empty recording is left behind.
+#[test]
+fn record_stops_before_the_command_runs_on_a_signal_while_loading() {
+    if skip_unless_root("record_stops_before_the_command_runs_on_a_signal_while_loading") {
+        return;
+    }
+    let dir = Scratch::new("loading");
+    let marker = dir.file("the-command-ran");
+    let file = dir.file("never.pwrec");
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // Every family: loading takes seconds, while the signal is sent
+        // the moment the command is seen stopped.
+        let pagewatch = spawn_piped(&[
+            "record",
+            "-o",
+            file.to_str().unwrap(),
+            "--",
+            "touch",
+            marker.to_str().unwrap(),
+        ]);
+        let pid = pagewatch.id();
+        let command = child_of(pid, true);
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid as i32, signal) };
+        let (status, err) = wait_for_pipes(pagewatch);
+        assert_eq!(status.code(), Some(128 + signal), "{err}");
+        assert!(
+            err.contains("before the command ran; nothing recorded"),
+            "{err}"
+        );
+        assert!(!marker.exists(), "the command ran: {err}");
+        assert!(dead(command), "command {command} left behind");
+        assert!(!file.exists(), "an empty recording was left: {err}");
+    }
+}
+
+/// Runs `record --interval 200ms --events process ARGS` in its own process
+/// group, Ctrl-C'ed (SIGINT to the whole group, as a terminal sends it)
+/// once it traces if `ctrl_c`. Checks that the recording is complete;
+/// returns pagewatch's status and stderr.
+fn record_in_a_group(dir: &Scratch, args: &[&str], ctrl_c: bool) -> (ExitStatus, String) {
+    let file = dir.file("run.pwrec");
+    let _ = std::fs::remove_file(&file);
+    let mut pagewatch = Command::new(pagewatch_bin())
+        .args([
+            "record",
+            "-o",
+            file.to_str().unwrap(),
+            "--interval",
+            "200ms",
+        ])
+        .args(["--events", "process"])
+        .args(args)
+        .process_group(0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn record");
+    let mut lines = BufReader::new(pagewatch.stderr.take().unwrap()).lines();
+    let mut err = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        err.push_str(&line);
+        err.push('\n');
+        if line.contains("tracing;") {
+            break;
+        }
+    }
+    assert!(err.contains("tracing;"), "never traced: {err}");
+    if ctrl_c {
+        // SAFETY: signalling our own child's process group.
+        unsafe { libc::kill(-(pagewatch.id() as i32), libc::SIGINT) };
+    }
+    for line in lines {
+        err.push_str(&line.unwrap());
+        err.push('\n');
+    }
+    let status = pagewatch.wait().unwrap();
+    let (report, report_err) = report_json(&file);
+    let s = summary(&report);
+    assert_eq!(s["complete"], true, "{s} {report_err} {err}");
+    (status, err)
+}
+
+/// Ctrl-C in the middle ends the recording, complete, and pagewatch exits
+/// with the command's 130 (the command died of the Ctrl-C itself);
+/// `--duration` ends a longer command with SIGTERM (143), and one ignoring
+/// SIGTERM with SIGKILL (137).
+#[test]
+fn record_ending_first_ends_the_command() {
+    if skip_unless_root("record_ending_first_ends_the_command") {
+        return;
+    }
+    let dir = Scratch::new("end");
+    let ignores = "trap '' INT TERM; exec sleep 60";
+    let cases: [(&[&str], bool, i32, &str); 3] = [
+        (&["--", "sleep", "60"], true, 130, "killed by signal 2 "),
+        (
+            &["--duration", "1s", "--", "sleep", "60"],
+            false,
+            143,
+            "sending it SIGTERM",
+        ),
+        (
+            &["--duration", "1s", "--", "sh", "-c", ignores],
+            false,
+            137,
+            "sending it SIGKILL",
+        ),
+    ];
+    for (args, ctrl_c, code, needle) in cases {
+        let (status, err) = record_in_a_group(&dir, args, ctrl_c);
+        assert_eq!(status.code(), Some(code), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!ctrl_c || !err.contains("SIGTERM"), "{err}");
+    }
+}
+
+/// SIGKILL to pagewatch takes the command with it (it would otherwise run
+/// on, untraced, holding the caller's pipes).
+#[test]
+fn record_takes_the_command_with_it_when_killed() {
+    if skip_unless_root("record_takes_the_command_with_it_when_killed") {
+        return;
+    }
+    let dir = Scratch::new("pdeath");
+    let file = dir.file("killed.pwrec");
+    let mut pagewatch = spawn_piped(&[
+        "record",
+        "-o",
+        file.to_str().unwrap(),
+        "--events",
+        "process",
+        "--",
+        "sleep",
+        "60",
+    ]);
+    let stderr = pagewatch.stderr.take().unwrap();
+    assert!(
+        BufReader::new(stderr)
+            .lines()
+            .any(|l| l.is_ok_and(|l| l.contains("tracing;"))),
+        "never traced"
+    );
+    let pid = pagewatch.id();
+    let command = child_of(pid, false);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let status = pagewatch.wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    assert!(
+        wait_for(10, || dead(command)),
+        "the command {command} outlived pagewatch"
     );
 }
