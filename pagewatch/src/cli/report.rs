@@ -401,11 +401,12 @@ impl ProcessSummary {
     }
 }
 
-/// Every process the recording describes or counted, with `pid` wanted.
+/// Every process the recording describes (those followed; not, say,
+/// khugepaged, whose scans are tallied under its pid), with `pid` wanted.
 fn process_summaries(l: &Loaded, wanted: impl Fn(u32) -> bool) -> Vec<ProcessSummary> {
     let totals = &l.aggregator.total().processes;
-    let mut pids: std::collections::BTreeSet<u32> = l.processes.keys().copied().collect();
-    pids.extend(totals.keys());
+    let mut pids: Vec<u32> = l.processes.keys().copied().collect();
+    pids.sort_unstable();
     let mut tids: HashMap<u32, std::collections::BTreeSet<u32>> = HashMap::new();
     for e in &l.events {
         tids.entry(e.tgid).or_default().insert(e.tid);

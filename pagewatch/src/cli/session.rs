@@ -290,8 +290,10 @@ pub struct Session {
     group_dead_known: bool,
     /// Processes with a thread exit, on kernels without `group_dead`.
     maybe_ended: BTreeSet<u32>,
-    /// Followed processes whose first snapshot is due: new, or just execed.
-    first_due: BTreeSet<u32>,
+    /// Followed processes whose first snapshot is due, and whether it is
+    /// their baseline (new processes that have not execed since their fork)
+    /// or only a sample (just execed: see [`Session::first_snapshots`]).
+    first_due: BTreeMap<u32, bool>,
     /// Counters of those first snapshots, reported with the interval's
     /// (for processes its closing snapshot no longer finds).
     first_counters: Vec<ProcessCounters>,
@@ -435,7 +437,7 @@ impl Session {
             exited: Vec::new(),
             group_dead_known: false,
             maybe_ended: BTreeSet::new(),
-            first_due: BTreeSet::new(),
+            first_due: BTreeMap::new(),
             first_counters: Vec::new(),
             kpage: KpageFiles {
                 // The correlator compares pagemap entries, PMD mappings and
@@ -630,11 +632,15 @@ impl Session {
 
     /// The first snapshot of each process followed (or execed) since the
     /// last drain, taken now rather than at the next interval so that a
-    /// process shorter than an interval is seen: it replaces the process's
-    /// table in the last snapshot, the baseline of the next interval's
-    /// diff (so an exec's discarded image is not reported page by page as
-    /// unmapped). A process already gone has no snapshot; what it did is
-    /// still counted from its events.
+    /// process shorter than an interval is seen (its counters are that
+    /// interval's sample if it is gone by the interval's end). A new
+    /// process's snapshot is also its baseline in the last snapshot, so the
+    /// pages it shares with its parent are not reported as its faults. An
+    /// exec's is not: the process's baseline stays what it was before the
+    /// exec, so every page of the new image is still reported, as faulted
+    /// in, at the interval's end (and the old image's as unmapped). A
+    /// process already gone has no snapshot; what it did is still counted
+    /// from its events.
     fn first_snapshots(&mut self) {
         if self.first_due.is_empty() {
             return;
@@ -647,10 +653,10 @@ impl Session {
         let mut procs: Vec<Arc<ProcessTable>> = last
             .processes()
             .iter()
-            .filter(|p| !due.contains(&p.pid))
+            .filter(|p| due.get(&p.pid) != Some(&true))
             .cloned()
             .collect();
-        for pid in due {
+        for (pid, baseline) in due {
             let Some(reader) = root.live_thread(pid) else {
                 continue;
             };
@@ -658,9 +664,12 @@ impl Session {
             if let Some(table) = self.read_process(&root, pid, reader, stamp) {
                 let table = Arc::new(table);
                 let alone = PageTable::from_processes(vec![Arc::clone(&table)]);
+                self.first_counters.retain(|c| c.pid != pid);
                 self.first_counters
                     .extend(correlate::counters(&alone, &self.nodes));
-                procs.push(table);
+                if baseline {
+                    procs.push(table);
+                }
             }
         }
         self.last_snapshot = Some(PageTable::from_processes(procs));
@@ -773,7 +782,7 @@ impl Session {
                     self.comms.refresh(event.tgid);
                     self.rescan.touch(event.tgid);
                     if self.tracked.contains(&event.tgid) {
-                        self.first_due.insert(event.tgid);
+                        self.first_due.insert(event.tgid, false);
                     }
                 }
                 EventKind::ScanPmd { pfn: u64::MAX, .. } if !self.said_scan_without_page => {
@@ -800,7 +809,7 @@ impl Session {
                         {
                             self.tracked.insert(child);
                             self.followed.insert(child);
-                            self.first_due.insert(child);
+                            self.first_due.insert(child, true);
                         }
                     }
                 }
