@@ -133,6 +133,11 @@ pub struct Evidence {
     /// Pages migrated per cause in the interval, and in the one before.
     migrations: BTreeMap<Cause, u64>,
     earlier_migrations: BTreeMap<Cause, u64>,
+    /// migrate_pages() calls begun and not ended, per cause, carried from
+    /// interval to interval: a long call's moves are seen before its end.
+    migrating: BTreeMap<Cause, u64>,
+    /// Causes of the calls begun in this interval.
+    migrations_begun: HashSet<Cause>,
     exited: HashSet<u32>,
     execed: HashSet<u32>,
     oom_victims: HashSet<u32>,
@@ -342,6 +347,19 @@ impl Evidence {
                     .symbol(Hook::MigratePages, "reason", reason)
                     .map_or(Cause::Unexplained, migrate_cause);
                 *self.migrations.entry(cause).or_default() += succeeded;
+                if let Some(n) = self.migrating.get_mut(&cause) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.migrating.remove(&cause);
+                    }
+                }
+            }
+            EventKind::MigratePagesStart { reason, .. } => {
+                let cause = decoder
+                    .symbol(Hook::MigratePagesStart, "reason", reason)
+                    .map_or(Cause::Unexplained, migrate_cause);
+                *self.migrating.entry(cause).or_default() += 1;
+                self.migrations_begun.insert(cause);
             }
             // group_dead exists from 6.10; before, the leader's exit
             // (pid == tgid) stands for the process.
@@ -375,6 +393,7 @@ impl Evidence {
         self.earlier_madv_ranges = previous.madv_ranges.clone();
         self.earlier_reclaim = previous.reclaim.clone();
         self.earlier_migrations = previous.migrations.clone();
+        self.migrating = previous.migrating.clone();
         self.earlier_thp_splits = previous.thp_splits;
         self.earlier_split_ranges = previous.split_ranges.clone();
         self.earlier_fault_ranges = previous.fault_ranges.clone();
@@ -606,15 +625,22 @@ impl Evidence {
             // The merge events name the KSM page the page now maps.
             KsmMerged if pfn.is_some_and(|p| self.ksm_pfns.contains(&p)) => Cause::Ksm,
             KsmMerged => Cause::Unexplained,
-            // Only one cause of migration in the interval identifies it; with
-            // none, the previous interval's (a move completed after a
-            // snapshot shows in the next, its event drained before it).
-            Migrated | NodeChanged => match only_cause(&self.migrations) {
-                None if self.migrations.values().all(|n| *n == 0) => {
-                    only_cause(&self.earlier_migrations).unwrap_or(Cause::Unexplained)
+            // Only one cause of migration in the interval (calls ended,
+            // begun, or still running) identifies it; with none, the
+            // previous interval's (a move completed after a snapshot shows
+            // in the next, its event drained before it).
+            Migrated | NodeChanged => {
+                let mut now = self.migrations.clone();
+                for cause in self.migrating.keys().chain(&self.migrations_begun) {
+                    *now.entry(*cause).or_default() += 1;
                 }
-                cause => cause.unwrap_or(Cause::Unexplained),
-            },
+                match only_cause(&now) {
+                    None if now.values().all(|n| *n == 0) => {
+                        only_cause(&self.earlier_migrations).unwrap_or(Cause::Unexplained)
+                    }
+                    cause => cause.unwrap_or(Cause::Unexplained),
+                }
+            }
         }
     }
 }
@@ -773,6 +799,24 @@ mod tests {
             Cause::Unexplained
         );
         assert_eq!(migrate_cause("syscall_or_cpuset"), Cause::MigrateSyscall);
+    }
+
+    #[test]
+    fn moves_of_a_call_still_running_have_the_reason_it_began_with() {
+        let kind = TransitionKind::NodeChanged;
+        let mut begun = Evidence::default();
+        begun.migrating.insert(Cause::MigrateSyscall, 1);
+        begun.migrations_begun.insert(Cause::MigrateSyscall);
+        assert_eq!(begun.cause(1, 0, None, kind), Cause::MigrateSyscall);
+        // Two intervals later the call still runs: still its reason.
+        let mut running = Evidence::default();
+        running.inherit(&begun);
+        let mut still = Evidence::default();
+        still.inherit(&running);
+        assert_eq!(still.cause(1, 0, None, kind), Cause::MigrateSyscall);
+        // Compaction moving pages meanwhile: two reasons, no guess.
+        still.migrations.insert(Cause::Compaction, 4);
+        assert_eq!(still.cause(1, 0, None, kind), Cause::Unexplained);
     }
 
     #[test]
