@@ -175,6 +175,11 @@ const MADV_FREE: u64 = 8;
 const MADV_REMOVE: u64 = 9;
 const MADV_DONTNEED_LOCKED: u64 = 24;
 const MADV_COLLAPSE: u64 = 25;
+/// The madvise advice values that fault pages in.
+const MADV_POPULATE_READ: u64 = 22;
+const MADV_POPULATE_WRITE: u64 = 23;
+/// mmap(MAP_FIXED) replaces what was mapped at the address: an implicit munmap.
+const MAP_FIXED: u64 = 0x10;
 /// mmap flags that populate the mapping (x86 and asm-generic).
 const MAP_LOCKED: u64 = 0x2000;
 const MAP_POPULATE: u64 = 0x8000;
@@ -250,6 +255,7 @@ impl Evidence {
                     MADV_DONTNEED | MADV_DONTNEED_LOCKED => Cause::MadvDontneed,
                     MADV_FREE => Cause::MadvFree,
                     MADV_REMOVE => Cause::MadvRemove,
+                    MADV_POPULATE_READ | MADV_POPULATE_WRITE => Cause::Populate,
                     MADV_COLLAPSE => {
                         let end = start.saturating_add(len);
                         let mut pmd = start & !(PMD_SIZE - 1);
@@ -279,8 +285,15 @@ impl Evidence {
                         .add(Cause::Mremap, e.tgid, start, old_len - new_len);
                 }
             }
-            EventKind::Mmap { len, flags, .. } if flags & (MAP_POPULATE | MAP_LOCKED) != 0 => {
-                self.populating.insert(e.tid, len);
+            EventKind::Mmap {
+                addr, len, flags, ..
+            } => {
+                if flags & MAP_FIXED != 0 {
+                    self.ranges.add(Cause::Munmap, e.tgid, addr, len);
+                }
+                if flags & (MAP_POPULATE | MAP_LOCKED) != 0 {
+                    self.populating.insert(e.tid, len);
+                }
             }
             EventKind::MmapReturn { ret } => {
                 if let Some(len) = self.populating.remove(&e.tid)
@@ -838,7 +851,7 @@ mod tests {
     #[test]
     fn a_populate_known_after_its_snapshot_explains_the_pages_late() {
         use TransitionKind::{FaultedIn, Refaulted, Unmapped};
-        let mut e = evidence(&[
+        let e = evidence(&[
             ev(
                 5,
                 EventKind::Mmap {
@@ -865,8 +878,30 @@ mod tests {
         // A fault after the change explains nothing about it.
         assert_eq!(e.late_cause(5, 0x1000, FaultedIn), Cause::Unexplained);
         assert_eq!(e.cause(5, 0x1000, None, FaultedIn), Cause::Fault);
+        // MADV_POPULATE_WRITE populates; mmap(MAP_FIXED) unmaps what was there.
+        let e = evidence(&[
+            ev(
+                5,
+                EventKind::Madvise {
+                    start: 0x9000_0000,
+                    len: 4096,
+                    advice: 23,
+                },
+            ),
+            ev(
+                5,
+                EventKind::Mmap {
+                    addr: 0xa000_0000,
+                    len: 4096,
+                    prot: 3,
+                    flags: 0x32,
+                },
+            ),
+        ]);
+        assert_eq!(e.late_cause(5, 0x9000_0000, FaultedIn), Cause::Populate);
+        assert_eq!(e.cause(5, 0xa000_0000, None, Unmapped), Cause::Munmap);
         // An mmap without MAP_POPULATE populates nothing.
-        e = evidence(&[
+        let e = evidence(&[
             ev(
                 5,
                 EventKind::Mmap {
@@ -879,6 +914,7 @@ mod tests {
             ev(5, EventKind::MmapReturn { ret: 0x7000_0000 }),
         ]);
         assert_eq!(e.late_cause(5, 0x7000_0000, FaultedIn), Cause::Unexplained);
+        assert_eq!(e.cause(5, 0x7000_0000, None, Unmapped), Cause::Unexplained);
     }
 
     #[test]
