@@ -851,26 +851,25 @@ mod tests {
     #[test]
     fn a_populate_known_after_its_snapshot_explains_the_pages_late() {
         use TransitionKind::{FaultedIn, Refaulted, Unmapped};
-        let e = evidence(&[
+        // mmap(addr, 8 KiB, flags) by pid 5.
+        let mmap = |addr, flags| {
             ev(
                 5,
                 EventKind::Mmap {
-                    addr: 0,
+                    addr,
                     len: 8192,
                     prot: 3,
-                    flags: 0x8022,
+                    flags,
                 },
-            ),
-            ev(5, EventKind::MmapReturn { ret: 0x7000_0000 }),
-            ev(
-                5,
-                EventKind::PageFault {
-                    address: 0x1000,
-                    ip: 0,
-                    error_code: 6,
-                },
-            ),
-        ]);
+            )
+        };
+        let returned = ev(5, EventKind::MmapReturn { ret: 0x7000_0000 });
+        let fault = EventKind::PageFault {
+            address: 0x1000,
+            ip: 0,
+            error_code: 6,
+        };
+        let e = evidence(&[mmap(0, 0x8022), returned, ev(5, fault)]);
         assert!(Evidence::can_arrive_late(FaultedIn));
         assert!(!Evidence::can_arrive_late(Unmapped));
         assert_eq!(e.late_cause(5, 0x7000_1000, FaultedIn), Cause::Populate);
@@ -879,40 +878,16 @@ mod tests {
         assert_eq!(e.late_cause(5, 0x1000, FaultedIn), Cause::Unexplained);
         assert_eq!(e.cause(5, 0x1000, None, FaultedIn), Cause::Fault);
         // MADV_POPULATE_WRITE populates; mmap(MAP_FIXED) unmaps what was there.
-        let e = evidence(&[
-            ev(
-                5,
-                EventKind::Madvise {
-                    start: 0x9000_0000,
-                    len: 4096,
-                    advice: 23,
-                },
-            ),
-            ev(
-                5,
-                EventKind::Mmap {
-                    addr: 0xa000_0000,
-                    len: 4096,
-                    prot: 3,
-                    flags: 0x32,
-                },
-            ),
-        ]);
+        let populate = EventKind::Madvise {
+            start: 0x9000_0000,
+            len: 4096,
+            advice: 23,
+        };
+        let e = evidence(&[ev(5, populate), mmap(0xa000_0000, 0x32)]);
         assert_eq!(e.late_cause(5, 0x9000_0000, FaultedIn), Cause::Populate);
-        assert_eq!(e.cause(5, 0xa000_0000, None, Unmapped), Cause::Munmap);
-        // An mmap without MAP_POPULATE populates nothing.
-        let e = evidence(&[
-            ev(
-                5,
-                EventKind::Mmap {
-                    addr: 0,
-                    len: 8192,
-                    prot: 3,
-                    flags: 0x22,
-                },
-            ),
-            ev(5, EventKind::MmapReturn { ret: 0x7000_0000 }),
-        ]);
+        assert_eq!(e.cause(5, 0xa000_1000, None, Unmapped), Cause::Munmap);
+        // An mmap without MAP_POPULATE or MAP_FIXED does neither.
+        let e = evidence(&[mmap(0, 0x22), returned]);
         assert_eq!(e.late_cause(5, 0x7000_0000, FaultedIn), Cause::Unexplained);
         assert_eq!(e.cause(5, 0x7000_0000, None, Unmapped), Cause::Unexplained);
     }
