@@ -105,11 +105,14 @@ pub enum Hook {
     SetMigrationPmd = 40,
     /// `thp/remove_migration_pmd`: addr, pmd (the new PMD, naming the new PFN).
     RemoveMigrationPmd = 41,
+    /// `migrate/mm_migrate_pages_start`: mode, reason (a migrate_pages()
+    /// call begins; `MigratePages` marks its end).
+    MigratePagesStart = 42,
 }
 
 impl Hook {
     /// Every hook, in discriminant order.
-    pub const ALL: [Hook; 42] = [
+    pub const ALL: [Hook; 43] = [
         Hook::PageFaultUser,
         Hook::KswapdWake,
         Hook::KswapdSleep,
@@ -152,6 +155,7 @@ impl Hook {
         Hook::SysMmapExit,
         Hook::SetMigrationPmd,
         Hook::RemoveMigrationPmd,
+        Hook::MigratePagesStart,
     ];
 
     /// The hook with discriminant `value`, if there is one.

@@ -223,6 +223,7 @@ programs! {
     sys_mmap_exit => SysMmapExit,
     set_migration_pmd => SetMigrationPmd,
     remove_migration_pmd => RemoveMigrationPmd,
+    migrate_pages_start => MigratePagesStart,
 }
 
 /// Address of the kernel's `vmemmap_base` variable (from /proc/kallsyms,

@@ -328,6 +328,7 @@ impl<K: Ord + Copy> Aggregator<K> {
             | EventKind::Mremap { .. }
             | EventKind::Mmap { .. }
             | EventKind::MmapReturn { .. }
+            | EventKind::MigratePagesStart { .. }
             | EventKind::KsmRemove { .. } => {}
             EventKind::CompactionEnd { .. } => self.current.system.page_events.compactions += 1,
             EventKind::CompactionMigrate {

@@ -143,6 +143,11 @@ pub enum EventKind {
         mode: u64,
         reason: i64,
     },
+    /// A migrate_pages() call begins; `reason` as in `MigratePages`.
+    MigratePagesStart {
+        mode: u64,
+        reason: i64,
+    },
     /// A page (`pmd`: a PMD-mapped THP) at `addr` got a migration entry
     /// naming its old PFN.
     SetMigrationPte {
@@ -492,6 +497,10 @@ impl Decoder {
                 flags: a[3],
             },
             Hook::SysMmapExit => EventKind::MmapReturn { ret: s(0) },
+            Hook::MigratePagesStart => EventKind::MigratePagesStart {
+                mode: a[0],
+                reason: s(1),
+            },
             Hook::KsmMergeOne | Hook::KsmMergeWithKsm => EventKind::KsmMerge {
                 pfn: a[0],
                 mm: a[1],

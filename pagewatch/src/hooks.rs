@@ -555,6 +555,18 @@ pub const HOOKS: &[HookSpec] = &[
         per_process: false,
         attach: Attach::Tracepoint,
     },
+    // A migrate_pages() call's reason before its first move: moves seen
+    // while a long call runs have their reason before mm_migrate_pages.
+    HookSpec {
+        hook: Hook::MigratePagesStart,
+        family: Family::Migration,
+        program: "migrate_pages_start",
+        category: "migrate",
+        names: &["mm_migrate_pages_start"],
+        fields: &["mode", "reason"],
+        per_process: false,
+        attach: Attach::Tracepoint,
+    },
 ];
 
 /// The spec of `hook`.

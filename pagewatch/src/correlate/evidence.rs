@@ -133,6 +133,11 @@ pub struct Evidence {
     /// Pages migrated per cause in the interval, and in the one before.
     migrations: BTreeMap<Cause, u64>,
     earlier_migrations: BTreeMap<Cause, u64>,
+    /// migrate_pages() calls begun and not ended, per cause, carried from
+    /// interval to interval: a long call's moves are seen before its end.
+    migrating: BTreeMap<Cause, u64>,
+    /// Causes of the calls begun in this interval.
+    migrations_begun: HashSet<Cause>,
     exited: HashSet<u32>,
     execed: HashSet<u32>,
     oom_victims: HashSet<u32>,
@@ -170,6 +175,11 @@ const MADV_FREE: u64 = 8;
 const MADV_REMOVE: u64 = 9;
 const MADV_DONTNEED_LOCKED: u64 = 24;
 const MADV_COLLAPSE: u64 = 25;
+/// The madvise advice values that fault pages in.
+const MADV_POPULATE_READ: u64 = 22;
+const MADV_POPULATE_WRITE: u64 = 23;
+/// mmap(MAP_FIXED) replaces what was mapped at the address: an implicit munmap.
+const MAP_FIXED: u64 = 0x10;
 /// mmap flags that populate the mapping (x86 and asm-generic).
 const MAP_LOCKED: u64 = 0x2000;
 const MAP_POPULATE: u64 = 0x8000;
@@ -245,6 +255,7 @@ impl Evidence {
                     MADV_DONTNEED | MADV_DONTNEED_LOCKED => Cause::MadvDontneed,
                     MADV_FREE => Cause::MadvFree,
                     MADV_REMOVE => Cause::MadvRemove,
+                    MADV_POPULATE_READ | MADV_POPULATE_WRITE => Cause::Populate,
                     MADV_COLLAPSE => {
                         let end = start.saturating_add(len);
                         let mut pmd = start & !(PMD_SIZE - 1);
@@ -274,8 +285,15 @@ impl Evidence {
                         .add(Cause::Mremap, e.tgid, start, old_len - new_len);
                 }
             }
-            EventKind::Mmap { len, flags, .. } if flags & (MAP_POPULATE | MAP_LOCKED) != 0 => {
-                self.populating.insert(e.tid, len);
+            EventKind::Mmap {
+                addr, len, flags, ..
+            } => {
+                if flags & MAP_FIXED != 0 {
+                    self.ranges.add(Cause::Munmap, e.tgid, addr, len);
+                }
+                if flags & (MAP_POPULATE | MAP_LOCKED) != 0 {
+                    self.populating.insert(e.tid, len);
+                }
             }
             EventKind::MmapReturn { ret } => {
                 if let Some(len) = self.populating.remove(&e.tid)
@@ -342,6 +360,19 @@ impl Evidence {
                     .symbol(Hook::MigratePages, "reason", reason)
                     .map_or(Cause::Unexplained, migrate_cause);
                 *self.migrations.entry(cause).or_default() += succeeded;
+                if let Some(n) = self.migrating.get_mut(&cause) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.migrating.remove(&cause);
+                    }
+                }
+            }
+            EventKind::MigratePagesStart { reason, .. } => {
+                let cause = decoder
+                    .symbol(Hook::MigratePagesStart, "reason", reason)
+                    .map_or(Cause::Unexplained, migrate_cause);
+                *self.migrating.entry(cause).or_default() += 1;
+                self.migrations_begun.insert(cause);
             }
             // group_dead exists from 6.10; before, the leader's exit
             // (pid == tgid) stands for the process.
@@ -375,6 +406,7 @@ impl Evidence {
         self.earlier_madv_ranges = previous.madv_ranges.clone();
         self.earlier_reclaim = previous.reclaim.clone();
         self.earlier_migrations = previous.migrations.clone();
+        self.migrating = previous.migrating.clone();
         self.earlier_thp_splits = previous.thp_splits;
         self.earlier_split_ranges = previous.split_ranges.clone();
         self.earlier_fault_ranges = previous.fault_ranges.clone();
@@ -606,15 +638,22 @@ impl Evidence {
             // The merge events name the KSM page the page now maps.
             KsmMerged if pfn.is_some_and(|p| self.ksm_pfns.contains(&p)) => Cause::Ksm,
             KsmMerged => Cause::Unexplained,
-            // Only one cause of migration in the interval identifies it; with
-            // none, the previous interval's (a move completed after a
-            // snapshot shows in the next, its event drained before it).
-            Migrated | NodeChanged => match only_cause(&self.migrations) {
-                None if self.migrations.values().all(|n| *n == 0) => {
-                    only_cause(&self.earlier_migrations).unwrap_or(Cause::Unexplained)
+            // Only one cause of migration in the interval (calls ended,
+            // begun, or still running) identifies it; with none, the
+            // previous interval's (a move completed after a snapshot shows
+            // in the next, its event drained before it).
+            Migrated | NodeChanged => {
+                let mut now = self.migrations.clone();
+                for cause in self.migrating.keys().chain(&self.migrations_begun) {
+                    *now.entry(*cause).or_default() += 1;
                 }
-                cause => cause.unwrap_or(Cause::Unexplained),
-            },
+                match only_cause(&now) {
+                    None if now.values().all(|n| *n == 0) => {
+                        only_cause(&self.earlier_migrations).unwrap_or(Cause::Unexplained)
+                    }
+                    cause => cause.unwrap_or(Cause::Unexplained),
+                }
+            }
         }
     }
 }
@@ -776,6 +815,24 @@ mod tests {
     }
 
     #[test]
+    fn moves_of_a_call_still_running_have_the_reason_it_began_with() {
+        let kind = TransitionKind::NodeChanged;
+        let mut begun = Evidence::default();
+        begun.migrating.insert(Cause::MigrateSyscall, 1);
+        begun.migrations_begun.insert(Cause::MigrateSyscall);
+        assert_eq!(begun.cause(1, 0, None, kind), Cause::MigrateSyscall);
+        // Two intervals later the call still runs: still its reason.
+        let mut running = Evidence::default();
+        running.inherit(&begun);
+        let mut still = Evidence::default();
+        still.inherit(&running);
+        assert_eq!(still.cause(1, 0, None, kind), Cause::MigrateSyscall);
+        // Compaction moving pages meanwhile: two reasons, no guess.
+        still.migrations.insert(Cause::Compaction, 4);
+        assert_eq!(still.cause(1, 0, None, kind), Cause::Unexplained);
+    }
+
+    #[test]
     fn a_move_seen_one_interval_after_its_migration_event_is_still_attributed() {
         let mut earlier = Evidence::default();
         earlier.migrations.insert(Cause::MigrateSyscall, 100);
@@ -794,26 +851,25 @@ mod tests {
     #[test]
     fn a_populate_known_after_its_snapshot_explains_the_pages_late() {
         use TransitionKind::{FaultedIn, Refaulted, Unmapped};
-        let mut e = evidence(&[
+        // mmap(addr, 8 KiB, flags) by pid 5.
+        let mmap = |addr, flags| {
             ev(
                 5,
                 EventKind::Mmap {
-                    addr: 0,
+                    addr,
                     len: 8192,
                     prot: 3,
-                    flags: 0x8022,
+                    flags,
                 },
-            ),
-            ev(5, EventKind::MmapReturn { ret: 0x7000_0000 }),
-            ev(
-                5,
-                EventKind::PageFault {
-                    address: 0x1000,
-                    ip: 0,
-                    error_code: 6,
-                },
-            ),
-        ]);
+            )
+        };
+        let returned = ev(5, EventKind::MmapReturn { ret: 0x7000_0000 });
+        let fault = EventKind::PageFault {
+            address: 0x1000,
+            ip: 0,
+            error_code: 6,
+        };
+        let e = evidence(&[mmap(0, 0x8022), returned, ev(5, fault)]);
         assert!(Evidence::can_arrive_late(FaultedIn));
         assert!(!Evidence::can_arrive_late(Unmapped));
         assert_eq!(e.late_cause(5, 0x7000_1000, FaultedIn), Cause::Populate);
@@ -821,20 +877,19 @@ mod tests {
         // A fault after the change explains nothing about it.
         assert_eq!(e.late_cause(5, 0x1000, FaultedIn), Cause::Unexplained);
         assert_eq!(e.cause(5, 0x1000, None, FaultedIn), Cause::Fault);
-        // An mmap without MAP_POPULATE populates nothing.
-        e = evidence(&[
-            ev(
-                5,
-                EventKind::Mmap {
-                    addr: 0,
-                    len: 8192,
-                    prot: 3,
-                    flags: 0x22,
-                },
-            ),
-            ev(5, EventKind::MmapReturn { ret: 0x7000_0000 }),
-        ]);
+        // MADV_POPULATE_WRITE populates; mmap(MAP_FIXED) unmaps what was there.
+        let populate = EventKind::Madvise {
+            start: 0x9000_0000,
+            len: 4096,
+            advice: 23,
+        };
+        let e = evidence(&[ev(5, populate), mmap(0xa000_0000, 0x32)]);
+        assert_eq!(e.late_cause(5, 0x9000_0000, FaultedIn), Cause::Populate);
+        assert_eq!(e.cause(5, 0xa000_1000, None, Unmapped), Cause::Munmap);
+        // An mmap without MAP_POPULATE or MAP_FIXED does neither.
+        let e = evidence(&[mmap(0, 0x22), returned]);
         assert_eq!(e.late_cause(5, 0x7000_0000, FaultedIn), Cause::Unexplained);
+        assert_eq!(e.cause(5, 0x7000_0000, None, Unmapped), Cause::Unexplained);
     }
 
     #[test]
