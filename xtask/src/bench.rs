@@ -13,7 +13,7 @@
 //! Scale, one big process, and the soak: see bench_scale.rs (collector CPU
 //! and RSS under load, over time). `--only PART` runs one part; the
 //! default runs faults, snapshot, scale and big (the soak takes 10 minutes
-//! and runs only when asked).
+//! and runs only when asked; so does `selftests`, see bench_selftests.rs).
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -35,6 +35,7 @@ pub enum Part {
     Scale,
     Big,
     Soak,
+    Selftests,
 }
 
 #[derive(Debug, Args)]
@@ -75,6 +76,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             Part::Scale => crate::bench_scale::scale(&pagewatch, &dir, &opts.scale)?,
             Part::Big => crate::bench_scale::big(&pagewatch, &dir, &opts.scale)?,
             Part::Soak => crate::bench_scale::soak(&pagewatch, &dir, &opts.scale)?,
+            Part::Selftests => crate::bench_selftests::run(&dir)?,
         });
     }
     let markdown = sections.join("\n");

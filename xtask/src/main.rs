@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_scale;
+mod bench_selftests;
 mod bench_snapshot;
 mod build;
 mod cmd;

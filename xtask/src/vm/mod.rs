@@ -5,7 +5,8 @@
 //! `setup` installs QEMU and virtme-ng and fetches the kernels under
 //! `target/vm/`; `guest` boots one guest and streams its console; `qmp`
 //! talks to QEMU's monitor; `run`, `suite` and `balloon` are the
-//! `cargo xtask run --vm`, `test --vm` and `balloon` commands. The recipe
+//! `cargo xtask run --vm`, `test --vm` and `balloon` commands; `selftests`
+//! builds the kernel's mm selftests per test kernel. The recipe
 //! and its pitfalls are written down in docs/toolchain.md.
 
 pub mod balloon;
@@ -14,6 +15,7 @@ pub mod harness;
 pub mod kernels;
 pub mod qmp;
 pub mod run;
+pub mod selftests;
 pub mod setup;
 pub mod suite;
 

@@ -4,7 +4,8 @@
 //! kernels as Debian packages fetched through a private APT config under
 //! `target/vm/apt` (its own sources list, lists, cache and status: nothing
 //! changes in /boot or /etc/apt), unpacked with `dpkg-deb -x` under
-//! `target/vm/kernels/RELEASE/` and `depmod -b`'d. With everything present
+//! `target/vm/kernels/RELEASE/` and `depmod -b`'d; and their mm selftests
+//! (see [`super::selftests`]). With everything present
 //! it only checks, in well under a second.
 
 use std::{path::Path, process::Command};
@@ -15,7 +16,7 @@ use clap::Args;
 use super::{
     guest,
     kernels::{self, DEFAULT_SET, Source},
-    venv_bin, vm_dir,
+    selftests, venv_bin, vm_dir,
 };
 use crate::{
     cmd::{self, step},
@@ -53,7 +54,10 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             let k = kernels::resolve(spec)?;
             step(&format!("using kernel {}", k.image.display()));
         }
-        None => fetch_default_set(opts.refresh)?,
+        None => {
+            fetch_default_set(opts.refresh)?;
+            selftests::ensure(&kernels::default_set()?)?;
+        }
     }
     let accel = guest::accelerator(opts.kernel.as_deref())?;
     step(&format!("vm-setup complete; guests run under {accel}"));
@@ -208,7 +212,7 @@ fn fetch_one(apt: &PrivateApt, source: &Source) -> anyhow::Result<String> {
     Ok(release)
 }
 
-fn find_deb(dir: &Path, package: &str) -> anyhow::Result<std::path::PathBuf> {
+pub(super) fn find_deb(dir: &Path, package: &str) -> anyhow::Result<std::path::PathBuf> {
     std::fs::read_dir(dir)
         .with_context(|| format!("cannot list {}", dir.display()))?
         .filter_map(|e| e.ok())
@@ -248,12 +252,12 @@ fn depends(record: &str) -> Vec<(String, String)> {
 }
 
 /// An APT configuration of our own under `target/vm/apt`.
-struct PrivateApt {
+pub(super) struct PrivateApt {
     config: std::path::PathBuf,
 }
 
 impl PrivateApt {
-    fn create() -> anyhow::Result<Self> {
+    pub(super) fn create() -> anyhow::Result<Self> {
         let dir = vm_dir().join("apt");
         for sub in ["lists/partial", "cache/archives/partial", "preferences.d"] {
             let d = dir.join(sub);
@@ -297,14 +301,14 @@ impl PrivateApt {
         Ok(Self { config })
     }
 
-    fn command(&self) -> Command {
+    pub(super) fn command(&self) -> Command {
         let mut c = Command::new("apt-get");
         c.env("APT_CONFIG", &self.config);
         c
     }
 
     /// `apt-cache show PKG` (first record) in the private configuration.
-    fn show(&self, package: &str) -> anyhow::Result<String> {
+    pub(super) fn show(&self, package: &str) -> anyhow::Result<String> {
         let out = cmd::output(
             Command::new("apt-cache")
                 .args(["show", package])

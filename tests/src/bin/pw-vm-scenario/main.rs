@@ -8,13 +8,15 @@
 //! `balloon-pressure` (the same while a workload holds most memory, with
 //! zram swap), `numa-hugetlb` (a node-1 hugetlb pool mapped by a workload
 //! bound to node 1), `numa-migrate` (a workload's pages moved from node 0 to
-//! node 1 by migrate_pages), `thp` (THP `always` and MADV_COLLAPSE). The other
+//! node 1 by migrate_pages), `thp` (THP `always` and MADV_COLLAPSE), `selftests`
+//! (the kernel's mm selftests alone and under `pagewatch record`). The other
 //! subcommands (`hold`, `hugetlb-child`, `thp-child`) are the workloads the
 //! scenarios start. QEMU is driven by the host through [`host::qmp`].
 
 mod balloon;
 mod host;
 mod memory;
+mod selftests;
 mod workload;
 
 use std::process::ExitCode;
@@ -23,7 +25,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(name) = args.first() else {
         eprintln!(
-            "usage: pw-vm-scenario balloon|balloon-pressure|numa-hugetlb|numa-migrate|thp (in a test guest)"
+            "usage: pw-vm-scenario balloon|balloon-pressure|numa-hugetlb|numa-migrate|thp|selftests (in a test guest)"
         );
         return ExitCode::from(2);
     };
@@ -34,6 +36,7 @@ fn main() -> ExitCode {
         "numa-hugetlb" => memory::numa_hugetlb(),
         "numa-migrate" => memory::numa_migrate(),
         "thp" => memory::thp_collapse(),
+        "selftests" => selftests::run_all(),
         "hold" => workload::hold(rest),
         "hugetlb-child" => workload::hugetlb_child(rest),
         "thp-child" => workload::thp_child(),
