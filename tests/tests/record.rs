@@ -409,8 +409,11 @@ fn wait_for_pipes(pagewatch: std::process::Child) -> (ExitStatus, String) {
 }
 
 fn spawn_piped(args: &[&str]) -> std::process::Child {
-    Command::new(pagewatch_bin())
-        .args(args)
+    piped(Command::new(pagewatch_bin()).args(args))
+}
+
+fn piped(command: &mut Command) -> std::process::Child {
+    command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -725,4 +728,38 @@ fn record_takes_the_command_with_it_when_killed() {
         wait_for(10, || dead(command)),
         "the command {command} outlived pagewatch"
     );
+}
+
+/// Hooks that fail to load (here: CAP_BPF cut with setpriv) end `record
+/// -- CMD` with pagewatch's error before the command runs, the command
+/// reaped and the output it created removed.
+#[test]
+fn record_that_cannot_load_its_hooks_leaves_nothing_behind() {
+    let name = "record_that_cannot_load_its_hooks_leaves_nothing_behind";
+    if skip_unless_root(name) {
+        return;
+    }
+    if !Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return pagewatch_tests::skip(name, "setpriv (util-linux) is not installed");
+    }
+    let dir = Scratch::new("nohooks");
+    let marker = dir.file("the-command-ran");
+    let file = dir.file("never.pwrec");
+    let pagewatch = piped(
+        Command::new("setpriv")
+            .args(["--bounding-set", "-sys_admin,-bpf", "--"])
+            .arg(pagewatch_bin())
+            .args(["record", "-o", file.to_str().unwrap(), "--", "touch"])
+            .arg(&marker),
+    );
+    let (status, err) = wait_for_pipes(pagewatch);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("pagewatch: error: "), "{err}");
+    assert!(err.contains("lacks CAP_BPF"), "{err}");
+    assert!(!marker.exists(), "the command ran: {err}");
+    assert!(!file.exists(), "an empty recording was left: {err}");
 }
