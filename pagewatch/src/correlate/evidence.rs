@@ -431,8 +431,7 @@ impl Evidence {
             TransitionKind::CollapsedToThp
         } else if self.dropped(pid, va).is_some()
             || self.populated(pid, va)
-            || self.fault_ranges.contains(&(pid, va >> 21))
-            || self.earlier_fault_ranges.contains(&(pid, va >> 21))
+            || self.faulted_near(pid, va)
         {
             TransitionKind::Refaulted
         } else {
@@ -446,6 +445,12 @@ impl Evidence {
         self.ranges
             .dropped(pid, va)
             .or_else(|| self.earlier_ranges.dropped(pid, va))
+    }
+
+    /// Whether `pid` faulted in the 2 MiB range holding `va`.
+    fn faulted_near(&self, pid: u32, va: u64) -> bool {
+        self.fault_ranges.contains(&(pid, va >> 21))
+            || self.earlier_fault_ranges.contains(&(pid, va >> 21))
     }
 
     /// Whether `pid` mapped `va` with MAP_POPULATE (or MAP_LOCKED).
@@ -600,6 +605,9 @@ impl Evidence {
             }
         };
         match kind {
+            // Its own fault in that 2 MiB range before a populate (which
+            // may be older: a range populated, dropped and touched again).
+            FaultedIn | Refaulted if self.faulted_near(pid, va) => Cause::Fault,
             FaultedIn | Refaulted if self.populated(pid, va) => Cause::Populate,
             FaultedIn | Refaulted | SwappedIn | ZeroPageMapped | BecameHugetlb | KsmUnmerged => {
                 faulted()
@@ -877,6 +885,15 @@ mod tests {
         // A fault after the change explains nothing about it.
         assert_eq!(e.late_cause(5, 0x1000, FaultedIn), Cause::Unexplained);
         assert_eq!(e.cause(5, 0x1000, None, FaultedIn), Cause::Fault);
+        assert_eq!(e.cause(5, 0x7000_1000, None, FaultedIn), Cause::Populate);
+        // Touched again after a populate: its own fault.
+        let touched = EventKind::PageFault {
+            address: 0x7000_0000,
+            ip: 0,
+            error_code: 6,
+        };
+        let e = evidence(&[mmap(0, 0x8022), returned, ev(5, touched)]);
+        assert_eq!(e.cause(5, 0x7000_1000, None, Refaulted), Cause::Fault);
         // MADV_POPULATE_WRITE populates; mmap(MAP_FIXED) unmaps what was there.
         let populate = EventKind::Madvise {
             start: 0x9000_0000,
