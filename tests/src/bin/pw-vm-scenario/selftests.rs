@@ -329,8 +329,18 @@ fn verdicts(text: &str) -> Vec<String> {
                     out.push(c);
                 }
             }
+            // khugepaged prints a dot per wait: "Collapse ...... OK".
             out.split_whitespace()
-                .map(|w| if w.starts_with("0x") { "0x_" } else { w })
+                .map(|w| {
+                    if w.starts_with("0x") {
+                        return "0x_".to_string();
+                    }
+                    let mut w = w.to_string();
+                    while w.contains("....") {
+                        w = w.replace("....", "...");
+                    }
+                    w
+                })
                 .collect::<Vec<_>>()
                 .join(" ")
         })
