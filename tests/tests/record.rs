@@ -153,7 +153,14 @@ fn record_follows_a_forked_child_and_reports_in_every_format() {
         .filter_map(|e| e["args"]["thp"].as_u64())
         .max()
         .unwrap_or(0);
-    assert_eq!(thp_peak, 8192, "the THP counter track reaches 8 MiB");
+    // The counter is pages in large folios of any size and kind: besides
+    // the 8 MiB collapsed region, file large folios of the binary and its
+    // libraries (ext4 and the page cache make 16-64 KiB folios on 6.18)
+    // count, a few tens of KiB that vary from run to run.
+    assert!(
+        (8192..8192 + 512).contains(&thp_peak),
+        "the THP counter track reaches 8 MiB (plus at most a few file large folios): {thp_peak} kB"
+    );
 }
 
 /// A recording cut short (here: truncated to a prefix) reads back up to
