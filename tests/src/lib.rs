@@ -321,6 +321,35 @@ pub fn map_anon_4k(len: usize) -> *mut u8 {
     }
 }
 
+/// A private anonymous read-write mapping of `len` bytes starting on a
+/// 2 MiB boundary, exactly one VMA: the alignment
+/// slack is unmapped. Returns its start address.
+pub fn map_anon_pmd_aligned(len: usize) -> usize {
+    const PMD: usize = 2 << 20;
+    // SAFETY: anonymous private mapping with room to align, checked for
+    // MAP_FAILED; both trimmed ranges lie inside it.
+    unsafe {
+        let raw = libc::mmap(
+            std::ptr::null_mut(),
+            len + PMD,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(raw, libc::MAP_FAILED, "mmap {len} bytes");
+        let start = (raw as usize).next_multiple_of(PMD);
+        if start > raw as usize {
+            libc::munmap(raw, start - raw as usize);
+        }
+        let (end, raw_end) = (start + len, raw as usize + len + PMD);
+        if raw_end > end {
+            libc::munmap(end as *mut libc::c_void, raw_end - end);
+        }
+        start
+    }
+}
+
 /// One VMA of /proc/PID/smaps: start, name, inode and its kB fields.
 #[derive(Debug)]
 pub struct SmapsVma {

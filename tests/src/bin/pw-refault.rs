@@ -16,8 +16,6 @@
 
 use std::io::{BufRead as _, Write as _};
 
-const PMD: usize = 2 << 20;
-
 fn touch(start: usize, len: usize) {
     for off in (0..len).step_by(4096) {
         // SAFETY: inside our own region.
@@ -38,19 +36,7 @@ fn main() {
             .expect("usage: pw-refault MIB POPULATE_MIB")
     };
     let (len, populate_len) = (mib(1) << 20, mib(2) << 20);
-    // SAFETY: anonymous mapping with room to align; checked for failure.
-    let raw = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len + PMD,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(raw, libc::MAP_FAILED);
-    let start = (raw as usize).next_multiple_of(PMD);
+    let start = pagewatch_tests::map_anon_pmd_aligned(len);
     advise(start, len, libc::MADV_NOHUGEPAGE);
     touch(start, len);
     println!("pid {}", std::process::id());

@@ -57,30 +57,9 @@ fn main() {
         .get(4)
         .map_or(20, |s| s.parse().unwrap_or_else(|_| usage()));
     let len = mib << 20;
-    // SAFETY: anonymous mapping with room to align; checked for failure.
-    let raw = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len + PMD,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(raw, libc::MAP_FAILED);
-    let start = (raw as usize).next_multiple_of(PMD);
-    // Trim the slack so the region is exactly one VMA of `len` bytes.
-    // SAFETY: both trimmed ranges lie inside the mapping above.
+    let start = pagewatch_tests::map_anon_pmd_aligned(len);
+    // SAFETY: the region mapped above.
     unsafe {
-        if start > raw as usize {
-            libc::munmap(raw, start - raw as usize);
-        }
-        let end = start + len;
-        let raw_end = raw as usize + len + PMD;
-        if raw_end > end {
-            libc::munmap(end as *mut libc::c_void, raw_end - end);
-        }
         let advice = if split {
             libc::MADV_HUGEPAGE
         } else {
