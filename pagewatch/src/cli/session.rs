@@ -49,11 +49,6 @@ use tokio::{
 
 use super::{parse_duration, parse_size};
 
-/// The most intervals an unexplained transition waits for late evidence: a
-/// MAP_POPULATE mmap() still running holds the pages it faulted in so far
-/// until it returns, at most this long.
-const MAX_LATE_INTERVALS: u32 = 16;
-
 /// Options every tracing subcommand takes.
 #[derive(Debug, Args)]
 pub struct TraceArgs {
@@ -327,9 +322,9 @@ pub struct Session {
     dropped_reported: u64,
     /// Whether the note on scan events without a page was given.
     said_scan_without_page: bool,
-    /// Unexplained transitions waiting for a later interval's events (page
-    /// moves, populated pages), with the intervals they have waited.
-    pending_moves: Vec<(TransitionGroup, u32)>,
+    /// Unexplained transitions of the last interval, waiting for the next
+    /// interval's events (page moves, populated pages).
+    pending_moves: Vec<TransitionGroup>,
 }
 
 /// The /proc/vmstat counters a session follows (0 where absent): balloon
@@ -970,25 +965,14 @@ impl Session {
         // unexplained then are reported unexplained.
         let waiting = std::mem::take(&mut self.pending_moves);
         if !last {
-            let (later, now): (Vec<_>, Vec<_>) =
-                transitions.into_iter().partition(|g: &TransitionGroup| {
-                    g.cause == Cause::Unexplained && Evidence::can_arrive_late(g.kind)
-                });
-            self.pending_moves = later.into_iter().map(|g| (g, 1)).collect();
+            let (later, now) = transitions.into_iter().partition(|g: &TransitionGroup| {
+                g.cause == Cause::Unexplained && Evidence::can_arrive_late(g.kind)
+            });
+            self.pending_moves = later;
             transitions = now;
         }
-        for (mut g, waited) in waiting {
+        for mut g in waiting {
             g.cause = evidence.late_cause(g.pid, g.vma_start, g.kind);
-            // Pages a still-running MAP_POPULATE mmap() faulted in wait
-            // until it returns (bounded: MAX_LATE_INTERVALS).
-            if g.cause == Cause::Unexplained
-                && !last
-                && waited < MAX_LATE_INTERVALS
-                && evidence.still_arriving(g.pid, g.kind)
-            {
-                self.pending_moves.push((g, waited + 1));
-                continue;
-            }
             transitions.push(g);
         }
         self.transitions += transitions.len() as u64;

@@ -161,9 +161,8 @@ pub struct Evidence {
     ranges: RangeSet,
     earlier_ranges: RangeSet,
     /// mmap calls with MAP_POPULATE/MAP_LOCKED waiting for their return
-    /// (thread id -> its process, length); a call can straddle several
-    /// intervals' ends.
-    populating: BTreeMap<u32, (u32, u64)>,
+    /// (thread id -> length); a call can straddle an interval's end.
+    populating: BTreeMap<u32, u64>,
     /// (PFN, address) pairs of migration entries: the page left (set) or
     /// arrived at (remove) that address; this interval and the one before.
     migrated: HashSet<(u64, u64)>,
@@ -293,11 +292,11 @@ impl Evidence {
                     self.ranges.add(Cause::Munmap, e.tgid, addr, len);
                 }
                 if flags & (MAP_POPULATE | MAP_LOCKED) != 0 {
-                    self.populating.insert(e.tid, (e.tgid, len));
+                    self.populating.insert(e.tid, len);
                 }
             }
             EventKind::MmapReturn { ret } => {
-                if let Some((_, len)) = self.populating.remove(&e.tid)
+                if let Some(len) = self.populating.remove(&e.tid)
                     && ret > 0
                 {
                     self.ranges.add(Cause::Populate, e.tgid, ret as u64, len);
@@ -585,16 +584,6 @@ impl Evidence {
     /// (see [`Evidence::can_arrive_late`]) from this interval's events:
     /// only the late kinds of evidence count (a fault now explains no page
     /// that appeared before it).
-    /// Whether the late evidence for an unexplained `kind` of `pid` may still
-    /// come: a thread of `pid` is inside an mmap(MAP_POPULATE or
-    /// MAP_LOCKED) that has not returned, and the pages faulted in so far
-    /// get their cause (`populate`) only when it returns, which can be
-    /// several intervals later for a big mapping on a slow machine.
-    pub fn still_arriving(&self, pid: u32, kind: TransitionKind) -> bool {
-        matches!(kind, TransitionKind::FaultedIn | TransitionKind::Refaulted)
-            && self.populating.values().any(|(tgid, _)| *tgid == pid)
-    }
-
     pub fn late_cause(&self, pid: u32, va: u64, kind: TransitionKind) -> Cause {
         use TransitionKind::*;
         match kind {
@@ -888,18 +877,7 @@ mod tests {
             ip: 0,
             error_code: 6,
         };
-        // A MAP_POPULATE mmap() running through several intervals: its
-        // pages wait until it returns.
-        let entered = evidence(&[mmap(0, 0x8022)]);
-        assert!(entered.still_arriving(5, FaultedIn));
-        assert!(!entered.still_arriving(5, Unmapped));
-        assert!(!entered.still_arriving(6, FaultedIn), "another process");
-        let mut running = Evidence::default();
-        running.inherit(&entered);
-        assert!(running.still_arriving(5, Refaulted));
-        assert!(!evidence(&[mmap(0, 0x22)]).still_arriving(5, FaultedIn));
         let e = evidence(&[mmap(0, 0x8022), returned, ev(5, fault)]);
-        assert!(!e.still_arriving(5, FaultedIn), "returned");
         assert!(Evidence::can_arrive_late(FaultedIn));
         assert!(!Evidence::can_arrive_late(Unmapped));
         assert_eq!(e.late_cause(5, 0x7000_1000, FaultedIn), Cause::Populate);
