@@ -917,6 +917,28 @@ impl Session {
         let snapshot_work = self.snapshot_work.take();
         let mut transitions = match (self.last_snapshot.take(), after) {
             (Some(before), Some(after)) => {
+                // A process inside a MAP_POPULATE mmap() is diffed once the
+                // call has returned: its table stays the one before until
+                // then, so the populated pages get their cause page by page.
+                let held = evidence.populating_processes();
+                let after = if held.is_empty() {
+                    after
+                } else {
+                    PageTable::from_processes(
+                        after
+                            .processes()
+                            .iter()
+                            .map(|p| {
+                                before
+                                    .processes()
+                                    .iter()
+                                    .find(|b| held.contains(&p.pid) && b.pid == p.pid)
+                                    .unwrap_or(p)
+                                    .clone()
+                            })
+                            .collect(),
+                    )
+                };
                 evidence.resolve_pfns(&before, &after);
                 for (&(pid, vma_start, status), &scans) in evidence.scan_results() {
                     let vma = before

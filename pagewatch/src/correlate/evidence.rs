@@ -12,7 +12,7 @@
 //! merges name the KSM page,
 //! which the merged pages map afterwards.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use pagewatch_common::hook::Hook;
 
@@ -161,8 +161,9 @@ pub struct Evidence {
     ranges: RangeSet,
     earlier_ranges: RangeSet,
     /// mmap calls with MAP_POPULATE/MAP_LOCKED waiting for their return
-    /// (thread id -> length); a call can straddle an interval's end.
-    populating: BTreeMap<u32, u64>,
+    /// (thread id -> its process, length); a call can straddle several
+    /// intervals' ends.
+    populating: BTreeMap<u32, (u32, u64)>,
     /// (PFN, address) pairs of migration entries: the page left (set) or
     /// arrived at (remove) that address; this interval and the one before.
     migrated: HashSet<(u64, u64)>,
@@ -292,11 +293,11 @@ impl Evidence {
                     self.ranges.add(Cause::Munmap, e.tgid, addr, len);
                 }
                 if flags & (MAP_POPULATE | MAP_LOCKED) != 0 {
-                    self.populating.insert(e.tid, len);
+                    self.populating.insert(e.tid, (e.tgid, len));
                 }
             }
             EventKind::MmapReturn { ret } => {
-                if let Some(len) = self.populating.remove(&e.tid)
+                if let Some((_, len)) = self.populating.remove(&e.tid)
                     && ret > 0
                 {
                     self.ranges.add(Cause::Populate, e.tgid, ret as u64, len);
@@ -584,6 +585,15 @@ impl Evidence {
     /// (see [`Evidence::can_arrive_late`]) from this interval's events:
     /// only the late kinds of evidence count (a fault now explains no page
     /// that appeared before it).
+    /// The processes a thread of which is inside an mmap(MAP_POPULATE or
+    /// MAP_LOCKED) that has not returned: the pages it has faulted in so
+    /// far are `populate` only once the call returns with its address,
+    /// which for a big mapping on a slow machine can be intervals later.
+    /// The session diffs such a process only once it has returned.
+    pub fn populating_processes(&self) -> BTreeSet<u32> {
+        self.populating.values().map(|(tgid, _)| *tgid).collect()
+    }
+
     pub fn late_cause(&self, pid: u32, va: u64, kind: TransitionKind) -> Cause {
         use TransitionKind::*;
         match kind {
@@ -877,7 +887,16 @@ mod tests {
             ip: 0,
             error_code: 6,
         };
+        // A MAP_POPULATE mmap() running through several intervals holds its
+        // process back until it returns.
+        let entered = evidence(&[mmap(0, 0x8022)]);
+        assert_eq!(entered.populating_processes(), BTreeSet::from([5]));
+        let mut running = Evidence::default();
+        running.inherit(&entered);
+        assert_eq!(running.populating_processes(), BTreeSet::from([5]));
+        assert!(evidence(&[mmap(0, 0x22)]).populating_processes().is_empty());
         let e = evidence(&[mmap(0, 0x8022), returned, ev(5, fault)]);
+        assert!(e.populating_processes().is_empty(), "returned");
         assert!(Evidence::can_arrive_late(FaultedIn));
         assert!(!Evidence::can_arrive_late(Unmapped));
         assert_eq!(e.late_cause(5, 0x7000_1000, FaultedIn), Cause::Populate);
