@@ -402,7 +402,13 @@ pub fn scan_process_with(
     mut sink: impl FnMut(usize, &VmaPages, bool),
 ) -> Result<ScanInfo> {
     let (vmas, vma_source) = read_vmas(root, pid, opts.vma_source)?;
-    let own = OwnPages::read(root, pid, &vmas);
+    // pagewatch's own mappings matter only to the mapcounts: without
+    // kpagecount (the correlator's snapshots) there is nothing to discount.
+    let own = if kp.count.is_some() {
+        OwnPages::read(root, pid, &vmas)
+    } else {
+        OwnPages::default()
+    };
     let comm = root.comm(pid).unwrap_or_default();
     let pm_path = root.pid_file(pid, "pagemap");
     let pagemap =
