@@ -44,6 +44,19 @@ pub fn skip(test: &str, reason: &str) {
     }
 }
 
+/// Skips `test` (saying so) unless setpriv, which the capability tests cut
+/// capabilities with, is installed; true when skipped.
+pub fn skip_without_setpriv(test: &str) -> bool {
+    let present = std::process::Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !present {
+        skip(test, "setpriv (util-linux) is not installed");
+    }
+    !present
+}
+
 /// Skip (returning true) unless running as root.
 pub fn skip_unless_root(test: &str) -> bool {
     if is_root() {

@@ -169,12 +169,7 @@ fn a_missing_capability_is_named() {
     if skip_unless_root(name) {
         return;
     }
-    if !Command::new("setpriv")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        skip(name, "setpriv (util-linux) is not installed");
+    if pagewatch_tests::skip_without_setpriv(name) {
         return;
     }
     let pagewatch = pagewatch_bin();

@@ -746,12 +746,8 @@ fn record_that_cannot_load_its_hooks_leaves_nothing_behind() {
     if skip_unless_root(name) {
         return;
     }
-    if !Command::new("setpriv")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        return pagewatch_tests::skip(name, "setpriv (util-linux) is not installed");
+    if pagewatch_tests::skip_without_setpriv(name) {
+        return;
     }
     let dir = Scratch::new("nohooks");
     let marker = dir.file("the-command-ran");
