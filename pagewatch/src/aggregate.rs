@@ -9,7 +9,9 @@ use serde::Serialize;
 use crate::event::{Event, EventKind, fault_bits};
 
 /// Page faults split the ways a developer asks about them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 pub struct FaultStats {
     /// All user-mode page faults.
     pub faults: u64,
@@ -27,7 +29,9 @@ pub struct FaultStats {
 }
 
 /// Reclaim time and work, per process or system-wide.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 pub struct ReclaimStats {
     /// Direct reclaim episodes that ended in the interval.
     pub direct_reclaims: u64,
@@ -40,7 +44,9 @@ pub struct ReclaimStats {
 }
 
 /// One process's figures.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 pub struct ProcessStats {
     #[serde(flatten)]
     pub faults: FaultStats,
@@ -59,7 +65,9 @@ pub struct ProcessStats {
 }
 
 /// THP, compaction, migration, KSM, OOM and process-tree counts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 pub struct PageEventStats {
     /// huge_memory: PMD ranges scanned (anon + file) and collapse outcomes.
     pub thp_scans: u64,
@@ -99,7 +107,9 @@ pub struct PageEventStats {
 }
 
 /// System-wide reclaim figures.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 pub struct SystemStats {
     #[serde(flatten)]
     pub reclaim: ReclaimStats,

@@ -35,7 +35,9 @@ impl BalloonInterval {
 }
 
 /// Pages one process lost during an episode.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 pub struct ProcessLoss {
     pub pid: u32,
     pub swapped_out: u64,
@@ -46,7 +48,7 @@ pub struct ProcessLoss {
 }
 
 /// One inflation or deflation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct BalloonEpisode {
     /// `true` for an inflation (more pages went in than came out).
     pub inflate: bool,

@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::snapshot::{columns::PageTable, sysfs::HugetlbPool};
 
 /// A per-node hugetlb pool as read at one interval's end.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct PoolSample {
     /// CLOCK_MONOTONIC ns of the read.
     pub ts_ns: u64,
@@ -32,7 +32,7 @@ impl PoolSample {
 }
 
 /// The THP coverage of one VMA at one snapshot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct VmaThp {
     /// CLOCK_MONOTONIC ns of the snapshot.
     pub ts_ns: u64,

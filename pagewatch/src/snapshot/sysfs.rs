@@ -9,7 +9,9 @@ use serde::Serialize;
 use super::source::ProcRoot;
 
 /// One hugetlb pool (a page size, globally or on one node).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 pub struct HugetlbPool {
     /// Huge page size in kB.
     pub size_kb: u64,
