@@ -49,6 +49,40 @@ pub enum TopLine {
     Process(TopProcess),
 }
 
+impl TopLine {
+    /// The item of an item line.
+    pub fn item(&self) -> Option<&Item> {
+        match self {
+            Self::Item(i) => Some(&i.item),
+            _ => None,
+        }
+    }
+
+    /// The totals of the summary line.
+    pub fn summary(&self) -> Option<&TopSummary> {
+        match self {
+            Self::Summary { summary } => Some(summary),
+            _ => None,
+        }
+    }
+
+    /// A process line.
+    pub fn process(&self) -> Option<&TopProcess> {
+        match self {
+            Self::Process(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// An interval's system line.
+    pub fn system(&self) -> Option<&TopSystem> {
+        match self {
+            Self::System(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
 /// A process's line of `top --json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct TopProcess {
@@ -243,6 +277,32 @@ pub enum ReportLine {
     Item(ReportItem),
     /// One transition group, its fields at the top level.
     Transition(ReportTransition),
+}
+
+impl ReportLine {
+    /// The item of an item line.
+    pub fn item(&self) -> Option<&Item> {
+        match self {
+            Self::Item(i) => Some(&i.item),
+            _ => None,
+        }
+    }
+
+    /// The summary line's fields.
+    pub fn summary(&self) -> Option<&ReportSummary> {
+        match self {
+            Self::Summary { summary } => Some(summary),
+            _ => None,
+        }
+    }
+
+    /// A transition line.
+    pub fn transition(&self) -> Option<&ReportTransition> {
+        match self {
+            Self::Transition(t) => Some(t),
+            _ => None,
+        }
+    }
 }
 
 /// An item line of `report --format json`.
