@@ -621,7 +621,7 @@ fn thp_split_by_partial_munmap_and_mprotect_is_reported() {
     let summary = summary(&run.lines);
     let split_hook = summary.hooks.iter().any(|h| h == "fentry:__split_huge_pmd");
     // The hooks may be missing only because the kernel refuses fentry
-    // (lockdown, as on this project's hosts): in the test VM's guests they
+    // (lockdown, as on the development host): in the test VM's guests they
     // must attach.
     for s in &summary.skipped_hooks {
         if s.hook == "thp_split_pmd" || s.hook == "thp_split_folio" {
