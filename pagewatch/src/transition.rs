@@ -3,7 +3,8 @@
 //! transition group says: in this interval, `pages` pages of process `pid`
 //! in VMA `vma` went through `kind`, because of `cause`.
 
-use serde::Serialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 /// What happened to a virtual page between two snapshots.
 #[derive(
@@ -218,7 +219,7 @@ pub fn vma_label(name: &str) -> &str {
 
 /// Pages of one process and VMA that went through the same transition for
 /// the same cause in one interval.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct TransitionGroup {
     /// CLOCK_MONOTONIC ns at the end of the interval (the later snapshot).
     pub ts_ns: u64,
