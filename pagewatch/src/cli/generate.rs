@@ -12,7 +12,7 @@ use pagewatch::output::{self, SchemaOf};
 #[derive(Debug, Args)]
 pub struct SchemaArgs {
     /// Whose lines: `top` (`top --json`) or `report` (`report --format json`).
-    #[arg(value_enum)]
+    #[arg(value_enum, value_name = "PROGRAM")]
     of: SchemaOf,
 }
 
