@@ -1,9 +1,11 @@
-//! pagewatch's eBPF programs: one classic tracepoint program per hook, all
-//! sharing [`emit`], which applies the tgid filter, copies the fields that
-//! userspace configured for the hook into a narrow or wide [`RawEvent`] and
-//! submits it to
-//! the `EVENTS` ring buffer, counting a per-CPU drop when it is full.
-//! Wakeups are batched (see `WAKEUP_BYTES`).
+//! pagewatch's eBPF programs: one classic tracepoint program per tracepoint
+//! hook, all sharing [`emit`], which applies the tgid filter and copies the
+//! fields that userspace configured for the hook into a narrow or wide
+//! [`RawEvent`]; and fentry/fexit programs (they need kernel BTF) for what no
+//! tracepoint covers, the balloon core and the THP split functions, which
+//! read their arguments themselves. Every program hands its record to
+//! [`submit`], which writes it to the `EVENTS` ring buffer, counting a
+//! per-CPU drop when it is full. Wakeups are batched (see `WAKEUP_BYTES`).
 #![no_std]
 #![no_main]
 

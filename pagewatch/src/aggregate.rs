@@ -4,12 +4,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde::Serialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, EventKind, fault_bits};
 
 /// Page faults split the ways a developer asks about them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct FaultStats {
     /// All user-mode page faults.
     pub faults: u64,
@@ -27,7 +28,7 @@ pub struct FaultStats {
 }
 
 /// Reclaim time and work, per process or system-wide.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ReclaimStats {
     /// Direct reclaim episodes that ended in the interval.
     pub direct_reclaims: u64,
@@ -40,7 +41,7 @@ pub struct ReclaimStats {
 }
 
 /// One process's figures.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ProcessStats {
     #[serde(flatten)]
     pub faults: FaultStats,
@@ -59,7 +60,7 @@ pub struct ProcessStats {
 }
 
 /// THP, compaction, migration, KSM, OOM and process-tree counts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PageEventStats {
     /// huge_memory: PMD ranges scanned (anon + file) and collapse outcomes.
     pub thp_scans: u64,
@@ -99,7 +100,7 @@ pub struct PageEventStats {
 }
 
 /// System-wide reclaim figures.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SystemStats {
     #[serde(flatten)]
     pub reclaim: ReclaimStats,

@@ -11,13 +11,16 @@
 //! - [`privileges`]: capabilities held, named when missing, dropped when done;
 //! - [`snapshot`]: pagemap/kpageflags page census;
 //! - [`transition`]: page state transitions and their causes;
-//! - [`record`]: the recording file format (writer and reader).
+//! - [`record`]: the recording file format (writer and reader);
+//! - [`output`]: the JSON lines `top --json` and `report --format json`
+//!   write, as types with a JSON Schema.
 
 pub mod aggregate;
 pub mod correlate;
 pub mod error;
 pub mod event;
 pub mod hooks;
+pub mod output;
 pub mod privileges;
 pub mod probe;
 pub mod proc;

@@ -3,10 +3,23 @@
 //! transition group says: in this interval, `pages` pages of process `pid`
 //! in VMA `vma` went through `kind`, because of `cause`.
 
-use serde::Serialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 /// What happened to a virtual page between two snapshots.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 #[repr(u8)]
 pub enum TransitionKind {
@@ -78,7 +91,19 @@ impl TransitionKind {
 
 /// Why it happened, from the events in the interval. `Unexplained` when no
 /// event explains it: the correlator never guesses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 #[repr(u8)]
 pub enum Cause {
@@ -194,7 +219,7 @@ pub fn vma_label(name: &str) -> &str {
 
 /// Pages of one process and VMA that went through the same transition for
 /// the same cause in one interval.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct TransitionGroup {
     /// CLOCK_MONOTONIC ns at the end of the interval (the later snapshot).
     pub ts_ns: u64,

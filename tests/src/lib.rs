@@ -6,6 +6,10 @@
 //! by `PAGEWATCH_SKIP_LOG` (set by `cargo xtask test`), so the run reports
 //! it as skipped rather than passed.
 
+pub use pagewatch::{
+    output::{Item, ProcessSummary, ReportLine, ReportSummary, TopLine, TopSummary},
+    transition::{Cause, TransitionGroup, TransitionKind},
+};
 use std::{
     io::Write as _,
     path::PathBuf,
@@ -153,16 +157,13 @@ impl Tracer {
     }
 
     /// Sends SIGINT (as Ctrl-C does) and returns the JSON lines it printed.
-    pub fn stop(mut self) -> Vec<serde_json::Value> {
+    pub fn stop(mut self) -> Vec<TopLine> {
         let child = self.child.take().expect("running");
         // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
         let out = child.wait_with_output().expect("wait for pagewatch");
         assert!(out.status.success(), "pagewatch exited with {}", out.status);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON {l:?}: {e}")))
-            .collect()
+        json_lines(&String::from_utf8_lossy(&out.stdout))
     }
 }
 
@@ -175,12 +176,57 @@ impl Drop for Tracer {
     }
 }
 
-/// The `summary` object of pagewatch's JSON output.
-pub fn summary(lines: &[serde_json::Value]) -> &serde_json::Value {
+/// pagewatch's JSON lines (`top --json`: [`TopLine`], `report --format
+/// json`: [`ReportLine`]), each parsed through its type; a line that does
+/// not parse fails the test, naming it.
+pub fn json_lines<T: serde::de::DeserializeOwned>(text: &str) -> Vec<T> {
+    text.lines()
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("not a pagewatch JSON line {l:?}: {e}"))
+        })
+        .collect()
+}
+
+/// The summary of `top --json`'s lines.
+pub fn summary(lines: &[TopLine]) -> &TopSummary {
     lines
         .iter()
-        .find_map(|l| l.get("summary"))
+        .find_map(TopLine::summary)
         .expect("a summary line")
+}
+
+/// `pagewatch report --format json FILE`: its lines and its stderr (the
+/// test fails if the report does).
+pub fn report_json(file: &std::path::Path) -> (Vec<ReportLine>, String) {
+    let (status, out, err) =
+        run_pagewatch(&["report", "--format", "json", &file.to_string_lossy()]);
+    assert!(status.success(), "report failed: {err}");
+    (json_lines(&out), err)
+}
+
+/// The summary of `report --format json`'s lines.
+pub fn report_summary(lines: &[ReportLine]) -> &ReportSummary {
+    lines
+        .iter()
+        .find_map(ReportLine::summary)
+        .expect("a summary line")
+}
+
+/// The `process` items of `report --format json`'s lines.
+pub fn report_processes(lines: &[ReportLine]) -> impl Iterator<Item = &ProcessSummary> {
+    lines.iter().filter_map(|l| match l.item() {
+        Some(Item::Process(p)) => Some(p),
+        _ => None,
+    })
+}
+
+/// The transition groups of `top --json`'s lines.
+pub fn top_transitions(lines: &[TopLine]) -> impl Iterator<Item = &TransitionGroup> {
+    lines.iter().filter_map(|l| match l.item() {
+        Some(Item::Transition(t)) => Some(t),
+        _ => None,
+    })
 }
 
 /// NUMA balancing off until the guard drops (restored even on failure),

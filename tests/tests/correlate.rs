@@ -11,19 +11,21 @@ use std::{
     time::Duration,
 };
 
-use pagewatch_tests::{Knobs, MemCgroup, Tracer, skip, skip_unless_root, summary};
+use pagewatch::output::SnapshotWork;
+use pagewatch_tests::{
+    Cause, Item, Knobs, MemCgroup, ReportLine, TopLine, Tracer, TransitionGroup, TransitionKind,
+    json_lines, skip, skip_unless_root, summary, top_transitions,
+};
 use serde_json::Value;
 
-fn transitions<'a>(lines: &'a [Value], pid: u32, kind: &str) -> Vec<&'a Value> {
-    lines
-        .iter()
-        .filter_map(|l| l.get("transition"))
-        .filter(|t| t["pid"].as_u64() == Some(u64::from(pid)) && t["kind"] == kind)
+fn transitions(lines: &[TopLine], pid: u32, kind: TransitionKind) -> Vec<&TransitionGroup> {
+    top_transitions(lines)
+        .filter(|t| t.pid == pid && t.kind == kind)
         .collect()
 }
 
-fn pages(ts: &[&Value]) -> u64 {
-    ts.iter().map(|t| t["pages"].as_u64().unwrap()).sum()
+fn pages(ts: &[&TransitionGroup]) -> u64 {
+    ts.iter().map(|t| t.pages).sum()
 }
 
 /// zram0 as a swap device for the test; swapped off and reset on drop.
@@ -124,7 +126,7 @@ impl Swapping {
     }
 
     /// Stops the tracer, returning its lines.
-    fn stop_tracer(&mut self) -> Vec<Value> {
+    fn stop_tracer(&mut self) -> Vec<TopLine> {
         self.tracer.take().expect("tracing").stop()
     }
 }
@@ -158,17 +160,17 @@ fn swap_out_under_a_memcg_limit_is_attributed_and_matches_smaps() {
         swap_kb > 100 << 10,
         "192 MiB through a 64 MiB limit swaps >100 MiB, smaps says {swap_kb} kB"
     );
-    let out_t = transitions(&lines, pid, "swapped_out");
-    let in_t = transitions(&lines, pid, "swapped_in");
+    let out_t = transitions(&lines, pid, TransitionKind::SwappedOut);
+    let in_t = transitions(&lines, pid, TransitionKind::SwappedIn);
     let net = pages(&out_t) as i64 - pages(&in_t) as i64;
     assert_eq!(
         net,
         (swap_kb / 4) as i64,
         "net swapped-out pages vs smaps Swap"
     );
-    let causes: Vec<&Value> = out_t.iter().map(|t| &t["cause"]).collect();
+    let causes: Vec<Cause> = out_t.iter().map(|t| t.cause).collect();
     assert!(
-        causes.iter().all(|c| *c == "memcg_reclaim"),
+        causes.iter().all(|c| *c == Cause::MemcgReclaim),
         "swap-outs under the cgroup limit are memcg reclaim: {causes:?}"
     );
 }
@@ -212,16 +214,15 @@ fn swap_round_trips_are_matched_by_swap_slot_with_their_time_in_swap() {
         "128 MiB through a 64 MiB limit swaps >32 MiB of the region, smaps says {swap_before} kB"
     );
     assert_eq!(swap_after, 0, "touching the region brought it all back");
-    let returns: Vec<&Value> = lines
+    let returns: Vec<_> = lines
         .iter()
-        .filter_map(|l| l.get("swap_returns"))
-        .filter(|r| r["pid"].as_u64() == Some(u64::from(pid)))
+        .filter_map(|l| match l.item() {
+            Some(Item::SwapReturns(r)) if r.pid == pid => Some(r),
+            _ => None,
+        })
         .collect();
-    let in_region: Vec<&&Value> = returns
-        .iter()
-        .filter(|r| r["vma_start"].as_u64() == Some(region))
-        .collect();
-    let trips: u64 = in_region.iter().map(|r| r["pages"].as_u64().unwrap()).sum();
+    let in_region: Vec<_> = returns.iter().filter(|r| r.vma_start == region).collect();
+    let trips: u64 = in_region.iter().map(|r| r.pages).sum();
     assert_eq!(
         trips,
         (swap_before - swap_after) / 4,
@@ -231,16 +232,13 @@ fn swap_round_trips_are_matched_by_swap_slot_with_their_time_in_swap() {
     // back without a read (7.3 guests: 18,884 round trips, pswpin +16,471);
     // smaps Swap above is the exact oracle.
     assert!(pswpin > 0, "the touch read pages back from swap");
-    let all_trips: u64 = returns.iter().map(|r| r["pages"].as_u64().unwrap()).sum();
+    let all_trips: u64 = returns.iter().map(|r| r.pages).sum();
     assert_eq!(
         all_trips,
-        pages(&transitions(&lines, pid, "swapped_in")),
+        pages(&transitions(&lines, pid, TransitionKind::SwappedIn)),
         "every page swapped in was seen going out"
     );
-    let total_ns: u64 = in_region
-        .iter()
-        .map(|r| r["time_in_swap_ns"].as_u64().unwrap())
-        .sum();
+    let total_ns: u64 = in_region.iter().map(|r| r.time_in_swap_ns).sum();
     eprintln!(
         "{name}: region Swap {swap_before} -> {swap_after} kB, pswpin +{pswpin}, \
          {trips} round trips, {:.2} s in swap on average, run {:.2} s",
@@ -248,13 +246,9 @@ fn swap_round_trips_are_matched_by_swap_slot_with_their_time_in_swap() {
         elapsed_ns as f64 / 1e9
     );
     for r in &in_region {
-        let (total, max) = (
-            r["time_in_swap_ns"].as_u64().unwrap(),
-            r["max_ns"].as_u64().unwrap(),
-        );
-        let n = r["pages"].as_u64().unwrap();
-        assert!(total > 0 && max > 0 && max <= elapsed_ns, "{r}");
-        assert!(total / n <= max, "{r}");
+        let (total, max, n) = (r.time_in_swap_ns, r.max_ns, r.pages);
+        assert!(total > 0 && max > 0 && max <= elapsed_ns, "{r:?}");
+        assert!(total / n <= max, "{r:?}");
     }
 }
 
@@ -326,9 +320,10 @@ fn ksm_merge_between_two_processes_is_reported_for_both() {
     drop(knobs);
     std::thread::sleep(Duration::from_millis(900));
     let lines = tracer.stop();
-    let ksm_hooks = !summary(&lines)["skipped_hooks"]
-        .as_array()
-        .is_some_and(|s| s.iter().any(|h| h["hook"] == "ksm_merge_one"));
+    let ksm_hooks = !summary(&lines)
+        .skipped_hooks
+        .iter()
+        .any(|h| h.hook == "ksm_merge_one");
     for c in [&mut a, &mut b] {
         drop(c.stdin.take());
         let _ = c.wait();
@@ -338,21 +333,21 @@ fn ksm_merge_between_two_processes_is_reported_for_both() {
         "KSM merged {ma} and {mb} pages, wanted {want} each"
     );
     for (pid, merged) in [(pa, ma), (pb, mb)] {
-        let t = transitions(&lines, pid, "ksm_merged");
-        let all: Vec<&Value> = lines
-            .iter()
-            .filter_map(|l| l.get("transition"))
-            .filter(|t| t["pid"].as_u64() == Some(u64::from(pid)))
-            .collect();
+        let t = transitions(&lines, pid, TransitionKind::KsmMerged);
+        let all: Vec<_> = top_transitions(&lines).filter(|t| t.pid == pid).collect();
         assert_eq!(
             pages(&t),
             merged,
             "pid {pid}: ksm_merged pages vs ksm_merging_pages; its transitions: {all:?}"
         );
-        let causes: Vec<&Value> = t.iter().map(|t| &t["cause"]).collect();
+        let causes: Vec<Cause> = t.iter().map(|t| t.cause).collect();
         // Without the ksm tracepoints (before 6.4) no event explains the
         // merge, and pagewatch must not guess.
-        let expected = if ksm_hooks { "ksm" } else { "unexplained" };
+        let expected = if ksm_hooks {
+            Cause::Ksm
+        } else {
+            Cause::Unexplained
+        };
         assert!(
             causes.iter().all(|c| *c == expected),
             "pid {pid}: {causes:?}, expected {expected}"
@@ -397,7 +392,7 @@ struct ThpRun {
     split_pmd: u64,
     /// The `cold` line of split mode's second step.
     cold: Option<String>,
-    lines: Vec<Value>,
+    lines: Vec<TopLine>,
 }
 
 /// Runs `pw-thp ARGS` under a tracer (following `--events thp,faults`),
@@ -492,11 +487,11 @@ fn khugepaged_collapse_is_attributed_to_the_right_process() {
         after, 8192,
         "khugepaged collapsed the 8 MiB region within 20 s"
     );
-    let t = transitions(&lines, pid, "collapsed_to_thp");
+    let t = transitions(&lines, pid, TransitionKind::CollapsedToThp);
     assert_eq!(pages(&t), after / 4, "collapsed pages vs smaps: {t:?}");
     for x in &t {
-        assert_eq!(x["cause"], "khugepaged", "{x}");
-        assert_eq!(x["vma_start"].as_u64(), Some(region), "{x}");
+        assert_eq!(x.cause, Cause::Khugepaged, "{x:?}");
+        assert_eq!(x.vma_start, region, "{x:?}");
     }
 }
 
@@ -525,18 +520,19 @@ fn refused_collapse_shows_the_kernels_reason_per_vma() {
         ..
     } = khugepaged_run("50", "3");
     assert_eq!(after, 0, "nothing collapses with max_ptes_none=0");
-    let refused: u64 = lines
+    let scans: Vec<_> = lines
         .iter()
-        .filter_map(|l| l.get("thp_scans"))
-        .filter(|s| {
-            s["pid"].as_u64() == Some(u64::from(pid)) && s["vma_start"].as_u64() == Some(region)
+        .filter_map(|l| match l.item() {
+            Some(Item::ThpScans(s)) => Some(s),
+            _ => None,
         })
-        .filter(|s| s["result"] == "exceed_none_pte")
-        .map(|s| s["scans"].as_u64().unwrap())
+        .collect();
+    let refused: u64 = scans
+        .iter()
+        .filter(|s| s.pid == pid && s.vma_start == region && s.result == "exceed_none_pte")
+        .map(|s| s.scans)
         .sum();
-    let without_page = summary(&lines)["system"]["thp_scans_without_page"]
-        .as_u64()
-        .unwrap_or(0);
+    let without_page = summary(&lines).system.page_events.thp_scans_without_page;
     if refused == 0 && without_page > 0 {
         return skip(
             name,
@@ -546,17 +542,12 @@ fn refused_collapse_shows_the_kernels_reason_per_vma() {
             ),
         );
     }
-    let scans: Vec<&Value> = lines
-        .iter()
-        .filter_map(|l| l.get("thp_scans"))
-        .filter(|v| v.is_object())
-        .collect();
     assert!(
         refused >= 4,
         "each of the 4 ranges refused at least once, saw {refused}; pid {pid}, VMA {region:x}; \
          khugepaged's scans of followed processes: {scans:?}"
     );
-    assert!(transitions(&lines, pid, "collapsed_to_thp").is_empty());
+    assert!(transitions(&lines, pid, TransitionKind::CollapsedToThp).is_empty());
 }
 
 /// A partial munmap and a partial mprotect of THPs split their PMD
@@ -621,87 +612,82 @@ fn thp_split_by_partial_munmap_and_mprotect_is_reported() {
         "vmstat thp_split_pmd rose by {}",
         run.split_pmd
     );
-    let t = transitions(&run.lines, run.pid, "split_from_thp");
+    let t = transitions(&run.lines, run.pid, TransitionKind::SplitFromThp);
     assert_eq!(
         pages(&t),
         (run.before - run.after) / 4 - unmapped_pages,
         "split pages vs smaps AnonHugePages: {t:?}"
     );
     let summary = summary(&run.lines);
-    let split_hook = summary["hooks"]
-        .as_array()
-        .is_some_and(|h| h.iter().any(|h| h == "fentry:__split_huge_pmd"));
+    let split_hook = summary.hooks.iter().any(|h| h == "fentry:__split_huge_pmd");
     // The hooks may be missing only because the kernel refuses fentry
-    // (lockdown, as on this project's hosts): in the test VM's guests they
+    // (lockdown, as on the development host): in the test VM's guests they
     // must attach.
-    for s in summary["skipped_hooks"].as_array().into_iter().flatten() {
-        if s["hook"] == "thp_split_pmd" || s["hook"] == "thp_split_folio" {
-            let reason = s["reason"].as_str().unwrap_or_default();
-            assert!(reason.contains("refused fentry"), "{s}");
+    for s in &summary.skipped_hooks {
+        if s.hook == "thp_split_pmd" || s.hook == "thp_split_folio" {
+            assert!(s.reason.contains("refused fentry"), "{s:?}");
         }
     }
     let cause = if split_hook {
-        "thp_split_by_process"
+        Cause::ThpSplitByProcess
     } else {
-        "vmstat_thp_split_pmd"
+        Cause::VmstatThpSplitPmd
     };
     let end = run.region + (8 << 20);
     for x in &t {
-        assert_eq!(x["cause"], cause, "{x}");
-        let start = x["vma_start"].as_u64().unwrap();
-        assert!(start >= run.region && start < end, "{x}");
+        assert_eq!(x.cause, cause, "{x:?}");
+        let start = x.vma_start;
+        assert!(start >= run.region && start < end, "{x:?}");
     }
     // The second step split the second range's folio (MADV_COLD on part
     // of it): its 512 pages are folio_split, in the range's two VMAs.
     let cold = run.cold.as_deref().unwrap_or_default();
     let c: Vec<&str> = cold.split(' ').collect();
     assert_eq!((c[0], c[1]), ("cold", "0"), "{cold}");
-    let folio_hook = summary["hooks"].as_array().is_some_and(|h| {
-        h.iter().any(|h| {
-            [
-                "fentry:__folio_split",
-                "fentry:split_huge_page_to_list_to_order",
-                "fentry:split_huge_page_to_list",
-            ]
-            .iter()
-            .any(|f| h == f)
-        })
+    let folio_hook = summary.hooks.iter().any(|h| {
+        [
+            "fentry:__folio_split",
+            "fentry:split_huge_page_to_list_to_order",
+            "fentry:split_huge_page_to_list",
+        ]
+        .contains(&h.as_str())
     });
     let second = run.region + (2 << 20)..run.region + (4 << 20);
-    let mut folio = transitions(&run.lines, run.pid, "folio_split");
-    folio.retain(|x| second.contains(&x["vma_start"].as_u64().unwrap()));
+    let mut folio = transitions(&run.lines, run.pid, TransitionKind::FolioSplit);
+    folio.retain(|x| second.contains(&x.vma_start));
     assert_ne!(c[4], "0", "the kernel split the folio: {cold}");
     assert_eq!(pages(&folio), 512, "{folio:?}");
     let want = if folio_hook {
-        "thp_split_by_process"
+        Cause::ThpSplitByProcess
     } else {
-        "vmstat_thp_split_page"
+        Cause::VmstatThpSplitPage
     };
     for x in &folio {
-        assert_eq!(x["cause"], want, "{x}");
+        assert_eq!(x.cause, want, "{x:?}");
     }
-    let mut gone = transitions(&run.lines, run.pid, "unmapped");
-    gone.retain(|x| x["vma_start"].as_u64() == Some(run.region));
+    let mut gone = transitions(&run.lines, run.pid, TransitionKind::Unmapped);
+    gone.retain(|x| x.vma_start == run.region);
     assert_eq!(pages(&gone), unmapped_pages, "{gone:?}");
     // THP coverage per VMA over time: the last value of each VMA of the
     // region adds up to smaps AnonHugePages after, the first to before.
-    let mut coverage: Vec<&Value> = run
+    let mut coverage: Vec<_> = run
         .lines
         .iter()
-        .filter_map(|l| l.get("thp_coverage"))
-        .filter(|c| c["pid"].as_u64() == Some(u64::from(run.pid)))
-        .filter(|c| (run.region..end).contains(&c["vma_start"].as_u64().unwrap()))
+        .filter_map(|l| match l.item() {
+            Some(Item::ThpCoverage(c)) => Some(c),
+            _ => None,
+        })
+        .filter(|c| c.pid == run.pid && (run.region..end).contains(&c.vma_start))
         .collect();
     assert_eq!(
-        coverage.first().map(|c| c["thp_pages"].as_u64().unwrap()),
+        coverage.first().map(|c| c.thp_pages),
         Some(run.before / 4),
         "{coverage:?}"
     );
     coverage.reverse();
     let mut last: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
     for c in coverage {
-        last.entry(c["vma_start"].as_u64().unwrap())
-            .or_insert(c["thp_pages"].as_u64().unwrap());
+        last.entry(c.vma_start).or_insert(c.thp_pages);
     }
     assert_eq!(last.values().sum::<u64>(), run.after / 4, "{last:?}");
     eprintln!(
@@ -796,20 +782,20 @@ fn hugetlb_pool_changes_and_holders_per_node_are_reported() {
         assert!(status.success(), "report failed: {err}");
         out
     };
-    let lines: Vec<Value> = report("json")
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<ReportLine> = json_lines(&report("json"));
+    let items = || lines.iter().filter_map(ReportLine::item);
     let table = report("table");
     let perfetto: Value = serde_json::from_str(&report("perfetto")).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     let used = free0 + 2 - min_free;
     assert_eq!(used, 1, "the workload took one page of the grown pool");
-    let pools: Vec<(u64, u64)> = lines
-        .iter()
-        .filter_map(|l| l.get("hugetlb_pool"))
-        .filter(|p| p["node"] == 0 && p["size_kb"] == 2048)
-        .map(|p| (p["nr"].as_u64().unwrap(), p["free"].as_u64().unwrap()))
+    let pools: Vec<(u64, u64)> = items()
+        .filter_map(|i| match i {
+            Item::HugetlbPool(p) if p.pool.node == Some(0) && p.pool.size_kb == 2048 => {
+                Some((p.pool.nr, p.pool.free))
+            }
+            _ => None,
+        })
         .collect();
     assert_eq!(pools.first(), Some(&(nr0, free0)), "{pools:?}");
     assert!(pools.contains(&(nr0 + 2, free0 + 2)), "grown: {pools:?}");
@@ -821,23 +807,22 @@ fn hugetlb_pool_changes_and_holders_per_node_are_reported() {
     );
     // By what it holds, not by name: a process whose exec event is read
     // after it exited is named `?` until its exit event names it.
-    let held: Vec<&Value> = lines
-        .iter()
-        .filter_map(|l| l.get("hugetlb_held"))
-        .filter(|h| h["max_kb"].as_u64() >= Some(2048))
+    let held: Vec<_> = items()
+        .filter_map(|i| match i {
+            Item::HugetlbHeld(h) if h.max_kb >= 2048 => Some(h),
+            _ => None,
+        })
         .collect();
     assert_eq!(held.len(), 1, "{held:?}");
-    assert_eq!(held[0]["node"], 0);
-    let hugetlb_as_thp: Vec<&Value> = lines
-        .iter()
-        .filter_map(|l| l.get("thp_coverage"))
-        .filter(|c| c["vma"].as_str().unwrap().contains("anon_hugepage"))
+    assert_eq!(held[0].node, 0);
+    let hugetlb_as_thp: Vec<_> = items()
+        .filter(|i| matches!(i, Item::ThpCoverage(c) if c.vma.contains("anon_hugepage")))
         .collect();
     assert!(
         hugetlb_as_thp.is_empty(),
         "hugetlb is not THP: {hugetlb_as_thp:?}"
     );
-    assert_eq!(held[0]["max_kb"].as_u64(), Some(used * 2048));
+    assert_eq!(held[0].max_kb, used * 2048);
     assert!(
         table.contains("(pw-layout) node 0: 2048 kB"),
         "table:\n{table}"
@@ -879,21 +864,11 @@ impl Drop for Child {
 
 /// Per snapshot (after the first): why every process was read again, if
 /// it was, and the processes read again for a reason of their own.
-fn snapshot_work(lines: &[Value]) -> Vec<(Option<String>, Vec<u64>)> {
+fn snapshot_work(lines: &[TopLine]) -> Vec<(Option<String>, Vec<u32>)> {
     lines
         .iter()
-        .filter_map(|l| l.get("snapshot").filter(|w| !w.is_null()))
-        .map(|w| {
-            (
-                w["all_because"].as_str().map(str::to_owned),
-                w["rescanned_pids"]
-                    .as_array()
-                    .expect("rescanned_pids")
-                    .iter()
-                    .filter_map(Value::as_u64)
-                    .collect(),
-            )
-        })
+        .filter_map(|l| l.system()?.snapshot.as_ref())
+        .map(|w: &SnapshotWork| (w.all_because.clone(), w.rescanned_pids.clone()))
         .collect()
 }
 
@@ -962,7 +937,7 @@ fn steady_processes_are_carried_and_changed_ones_read_again() {
     drop((idle, busy));
     drop(cg);
     let work = snapshot_work(&lines);
-    let quiet: Vec<&Vec<u64>> = work
+    let quiet: Vec<&Vec<u32>> = work
         .iter()
         .filter(|(all, _)| all.is_none())
         .map(|(_, pids)| pids)
@@ -984,24 +959,16 @@ fn steady_processes_are_carried_and_changed_ones_read_again() {
     // (a) The idle process was never read again for a reason of its own,
     // and has no transition.
     assert!(
-        quiet
-            .iter()
-            .all(|pids| !pids.contains(&u64::from(idle_pid))),
+        quiet.iter().all(|pids| !pids.contains(&idle_pid)),
         "idle pid {idle_pid} read again: {work:?}"
     );
     assert!(
-        lines
-            .iter()
-            .filter_map(|l| l.get("transition"))
-            .all(|t| t["pid"].as_u64() != Some(u64::from(idle_pid))),
+        top_transitions(&lines).all(|t| t.pid != idle_pid),
         "transitions of the idle process"
     );
     // (b) The busy process was carried while idle and read again when it
     // changed.
-    let busy_reads = quiet
-        .iter()
-        .filter(|pids| pids.contains(&u64::from(busy_pid)))
-        .count();
+    let busy_reads = quiet.iter().filter(|pids| pids.contains(&busy_pid)).count();
     assert!(
         busy_reads > 0 && busy_reads < quiet.len(),
         "busy pid {busy_pid} read again in {busy_reads} of {} quiet snapshots",
@@ -1009,10 +976,10 @@ fn steady_processes_are_carried_and_changed_ones_read_again() {
     );
     // Its transitions equal the kernel's figures: the whole window faulted
     // in, and as many pages net swapped out as smaps says are in swap.
-    let faulted: u64 = transitions(&lines, busy_pid, "faulted_in")
+    let faulted: u64 = transitions(&lines, busy_pid, TransitionKind::FaultedIn)
         .iter()
-        .filter(|t| t["vma_start"].as_u64() == Some(region.start))
-        .map(|t| t["pages"].as_u64().unwrap())
+        .filter(|t| t.vma_start == region.start)
+        .map(|t| t.pages)
         .sum();
     assert_eq!(
         faulted,
@@ -1023,8 +990,8 @@ fn steady_processes_are_carried_and_changed_ones_read_again() {
         swap_kb > 32 << 10,
         "64 MiB pushed under a 16 MiB limit swaps >32 MiB, smaps says {swap_kb} kB"
     );
-    let net = pages(&transitions(&lines, busy_pid, "swapped_out")) as i64
-        - pages(&transitions(&lines, busy_pid, "swapped_in")) as i64;
+    let net = pages(&transitions(&lines, busy_pid, TransitionKind::SwappedOut)) as i64
+        - pages(&transitions(&lines, busy_pid, TransitionKind::SwappedIn)) as i64;
     assert_eq!(
         net,
         (swap_kb / 4) as i64,
@@ -1039,11 +1006,11 @@ fn steady_processes_are_carried_and_changed_ones_read_again() {
 }
 
 /// Pages of `pid`'s transitions of `kind` with `cause`.
-fn pages_by(lines: &[Value], pid: u32, kind: &str, cause: &str) -> u64 {
+fn pages_by(lines: &[TopLine], pid: u32, kind: TransitionKind, cause: Cause) -> u64 {
     pages(
         &transitions(lines, pid, kind)
             .into_iter()
-            .filter(|t| t["cause"] == cause)
+            .filter(|t| t.cause == cause)
             .collect::<Vec<_>>(),
     )
 }
@@ -1107,32 +1074,41 @@ fn free_and_refault_populate_and_unmap_are_told_by_their_syscalls() {
     let lines = tracer.stop();
     drop(stdin);
     let _ = child.wait();
-    for t in lines.iter().filter_map(|l| l.get("transition")) {
-        if t["pid"].as_u64() == Some(u64::from(pid)) {
-            eprintln!("{} {} {}", t["kind"], t["cause"], t["pages"]);
-        }
+    for t in top_transitions(&lines).filter(|t| t.pid == pid) {
+        eprintln!("{} {} {}", t.kind, t.cause, t.pages);
     }
     eprintln!("vmstat deltas {counters:?}: {delta:?}");
-    let kind = |k: &str| pages(&transitions(&lines, pid, k));
+    let kind = |k: TransitionKind| pages(&transitions(&lines, pid, k));
     let region_pages = MIB * 256;
     // The oracle: no collapse and no migration happened system-wide.
     if delta[1] == 0 {
-        assert_eq!(kind("collapsed_to_thp"), 0, "no collapse happened");
+        assert_eq!(
+            kind(TransitionKind::CollapsedToThp),
+            0,
+            "no collapse happened"
+        );
     }
     if delta[2] == 0 {
         assert_eq!(
-            kind("migrated") + kind("node_changed"),
+            kind(TransitionKind::Migrated) + kind(TransitionKind::NodeChanged),
             0,
             "nothing migrated"
         );
     }
-    assert_eq!(kind("split_from_thp") + kind("folio_split"), 0);
-    assert_eq!(kind("pfn_changed"), 0, "every new page has evidence");
+    assert_eq!(
+        kind(TransitionKind::SplitFromThp) + kind(TransitionKind::FolioSplit),
+        0
+    );
+    assert_eq!(
+        kind(TransitionKind::PfnChanged),
+        0,
+        "every new page has evidence"
+    );
     // Both refaults, 4 KiB -> THP -> 4 KiB, of the whole region (a
     // snapshot between the discard and the touch sees them unmapped and
     // faulted in instead).
-    let refaulted = kind("refaulted");
-    let dropped_and_faulted = pages_by(&lines, pid, "unmapped", "madv_dontneed");
+    let refaulted = kind(TransitionKind::Refaulted);
+    let dropped_and_faulted = pages_by(&lines, pid, TransitionKind::Unmapped, Cause::MadvDontneed);
     assert!(
         refaulted + dropped_and_faulted >= 3 * region_pages,
         "refaulted {refaulted}, unmapped by madv_dontneed {dropped_and_faulted}"
@@ -1146,15 +1122,18 @@ fn free_and_refault_populate_and_unmap_are_told_by_their_syscalls() {
         assert!(refaulted > 0, "no refaulted pages");
     }
     assert_eq!(
-        pages_by(&lines, pid, "faulted_in", "populate"),
+        pages_by(&lines, pid, TransitionKind::FaultedIn, Cause::Populate),
         POPULATE_MIB * 256,
         "MAP_POPULATE"
     );
     assert_eq!(
-        pages_by(&lines, pid, "unmapped", "munmap"),
+        pages_by(&lines, pid, TransitionKind::Unmapped, Cause::Munmap),
         POPULATE_MIB * 256,
         "munmap"
     );
     assert!(dropped_and_faulted >= region_pages, "MADV_DONTNEED");
-    assert_eq!(pages_by(&lines, pid, "unmapped", "unexplained"), 0);
+    assert_eq!(
+        pages_by(&lines, pid, TransitionKind::Unmapped, Cause::Unexplained),
+        0
+    );
 }

@@ -8,11 +8,11 @@ use std::{
     process::{Child, ChildStdin, Command, Stdio},
 };
 
+use pagewatch::hooks::{Attach, HOOKS};
 use pagewatch_tests::{
-    MemCgroup, Tracer, no_numa_balancing, pagewatch_bin, run_pagewatch, skip_unless_root, summary,
-    vmstat,
+    Cause, MemCgroup, TopLine, Tracer, TransitionKind, json_lines, no_numa_balancing,
+    pagewatch_bin, run_pagewatch, skip_unless_root, summary, top_transitions, vmstat,
 };
-use serde_json::Value;
 
 /// The fault workload, started and waiting for "go".
 struct FaultWorkload {
@@ -61,11 +61,12 @@ impl FaultWorkload {
     }
 }
 
-fn faults_of(lines: &[Value], pid: u32) -> u64 {
+fn faults_of(lines: &[TopLine], pid: u32) -> u64 {
     lines
         .iter()
-        .filter(|l| l["pid"].as_u64() == Some(u64::from(pid)))
-        .map(|l| l["faults"].as_u64().expect("faults"))
+        .filter_map(TopLine::process)
+        .filter(|p| p.pid == pid)
+        .map(|p| p.stats.faults.faults)
         .sum()
 }
 
@@ -100,7 +101,7 @@ fn fault_counts_match_the_kernel(filter: bool) {
     let seen = faults_of(&lines, pid_num);
     let s = summary(&lines);
     assert_eq!(
-        s["dropped"], 0,
+        s.dropped, 0,
         "no drops expected with the default ring buffer"
     );
     assert_eq!(
@@ -109,11 +110,12 @@ fn fault_counts_match_the_kernel(filter: bool) {
     );
     if filter {
         // Only the filtered process produced fault events.
-        assert_eq!(s["faults"].as_u64(), Some(delta));
+        assert_eq!(s.faults, delta);
         assert!(
             lines
                 .iter()
-                .all(|l| l.get("pid").is_none() || l["pid"] == pid_num)
+                .filter_map(TopLine::process)
+                .all(|p| p.pid == pid_num)
         );
     }
 }
@@ -165,13 +167,8 @@ fn ring_buffer_drops_are_counted_exactly() {
     let lines = tracer.stop();
     wl.finish();
     let s = summary(&lines);
-    let dropped = s["dropped"].as_u64().unwrap();
-    let per_cpu: u64 = s["dropped_per_cpu"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap())
-        .sum();
+    let dropped = s.dropped;
+    let per_cpu: u64 = s.dropped_per_cpu.iter().sum();
     let seen = faults_of(&lines, pid_num);
     assert!(
         dropped > 0,
@@ -179,7 +176,7 @@ fn ring_buffer_drops_are_counted_exactly() {
     );
     assert_eq!(per_cpu, dropped, "per-CPU drops add up to the total");
     assert_eq!(
-        s["dropped_per_hook"]["page_fault_user"].as_u64(),
+        s.dropped_per_hook.get("page_fault_user").copied(),
         Some(dropped)
     );
     assert_eq!(
@@ -248,9 +245,9 @@ fn memcg_reclaim_totals_match_vmstat() {
     let _ = std::fs::remove_file(&file);
     assert!(status.success());
     let kernel = after - before;
-    let sys = &summary(&lines)["system"];
-    let reclaimed = sys["pages_reclaimed"].as_u64().unwrap();
-    let memcg = sys["memcg_reclaims"].as_u64().unwrap();
+    let sys = &summary(&lines).system;
+    let reclaimed = sys.pages_reclaimed;
+    let memcg = sys.reclaim.memcg_reclaims;
     eprintln!("kernel pgsteal {kernel}, pagewatch reclaimed {reclaimed}, memcg episodes {memcg}");
     assert!(
         kernel > 50_000,
@@ -264,7 +261,7 @@ fn memcg_reclaim_totals_match_vmstat() {
         diff <= kernel / 100,
         "pagewatch reclaimed {reclaimed} vs kernel pgsteal {kernel} (diff {diff})"
     );
-    assert!(sys["memcg_reclaimed"].as_u64().unwrap() > 0);
+    assert!(sys.reclaim.memcg_reclaimed > 0);
 }
 
 fn assert_clear_error(args: &[&str], needle: &str) {
@@ -362,40 +359,39 @@ fn madvise_collapse_is_counted_for_the_calling_process() {
     // wakes it, and MADV_COLLAPSE then finds those ranges PMD-mapped.
     let mine: u64 = lines
         .iter()
-        .filter(|l| l["pid"].as_u64() == Some(u64::from(pid)))
-        .map(|l| l["thp_collapses"].as_u64().unwrap())
+        .filter_map(TopLine::process)
+        .filter(|p| p.pid == pid)
+        .map(|p| p.stats.thp_collapses)
         .sum();
     // The correlator saw the same in the snapshots: the region's 4 KiB
     // pages became THPs, each range attributed to whoever collapsed it.
-    let collapsed: Vec<&Value> = lines
-        .iter()
-        .filter_map(|l| l.get("transition"))
-        .filter(|t| t["pid"].as_u64() == Some(u64::from(pid)) && t["kind"] == "collapsed_to_thp")
+    let collapsed: Vec<_> = top_transitions(&lines)
+        .filter(|t| t.pid == pid && t.kind == TransitionKind::CollapsedToThp)
         .collect();
-    let by = |cause: &str| -> u64 {
+    let by = |cause: Cause| -> u64 {
         collapsed
             .iter()
-            .filter(|t| t["cause"] == cause)
-            .map(|t| t["pages"].as_u64().unwrap())
+            .filter(|t| t.cause == cause)
+            .map(|t| t.pages)
             .sum()
     };
     assert_eq!(
-        by("madv_collapse") + by("khugepaged"),
+        by(Cause::MadvCollapse) + by(Cause::Khugepaged),
         (after - before) / 4,
         "transition pages vs smaps: {collapsed:?}"
     );
     assert_eq!(
-        by("madv_collapse") / 512,
+        by(Cause::MadvCollapse) / 512,
         mine,
         "MADV_COLLAPSE ranges vs collapse events in pid {pid}'s context: {collapsed:?}"
     );
     assert!(mine >= 1, "the process collapsed at least one range itself");
     let s = summary(&lines);
-    assert!(s["system"]["thp_collapses"].as_u64().unwrap() >= collapsed_by_smaps);
+    assert!(s.system.page_events.thp_collapses >= collapsed_by_smaps);
     assert!(
-        s["thp_scan_results"]["succeeded"].as_u64().unwrap_or(0) >= collapsed_by_smaps,
-        "scan results name the kernel's `succeeded` status: {}",
-        s["thp_scan_results"]
+        s.thp_scan_results.get("succeeded").copied().unwrap_or(0) >= collapsed_by_smaps,
+        "scan results name the kernel's `succeeded` status: {:?}",
+        s.thp_scan_results
     );
 }
 
@@ -417,29 +413,37 @@ fn refused_fentry_is_reported_and_the_rest_keeps_working() {
         "500ms",
     ]);
     assert!(status.success(), "stderr: {err}");
-    let summary: Value = out
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find_map(|l| l.get("summary").cloned())
-        .expect("summary");
-    let hooks: Vec<&str> = summary["hooks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h.as_str().unwrap())
-        .collect();
-    assert!(hooks.contains(&"exceptions/page_fault_user"), "{hooks:?}");
-    let skipped = summary["skipped_hooks"].as_array().unwrap();
+    let lines: Vec<TopLine> = json_lines(&out);
+    let summary = summary(&lines);
+    let hooks = &summary.hooks;
+    assert!(
+        hooks.iter().any(|h| h == "exceptions/page_fault_user"),
+        "{hooks:?}"
+    );
     for program in ["balloon_inflate", "balloon_deflate"] {
-        let attached = hooks
+        let spec = HOOKS
             .iter()
-            .any(|h| h.starts_with("fentry:") || h.starts_with("fexit:"));
-        let reason = skipped
+            .find(|s| s.program == program)
+            .expect("a balloon hook");
+        // This hook's own attachment (`fentry:balloon_page_enqueue`), not
+        // any fentry hook's.
+        let attach = match spec.attach {
+            Attach::FEntry => "fentry",
+            Attach::FExit => "fexit",
+            other => panic!("{program} is not an fentry/fexit hook: {other:?}"),
+        };
+        let attached = spec
+            .names
             .iter()
-            .find(|s| s["hook"] == program)
-            .map(|s| s["reason"].as_str().unwrap().to_owned());
+            .any(|function| hooks.contains(&format!("{attach}:{function}")));
+        let reason = summary
+            .skipped_hooks
+            .iter()
+            .find(|s| s.hook == program)
+            .map(|s| s.reason.clone());
         match reason {
             Some(reason) => {
+                assert!(!attached, "{program} both attached and skipped: {reason}");
                 assert!(
                     reason.contains("refused")
                         || reason.contains("no function")

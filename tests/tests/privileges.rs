@@ -12,8 +12,9 @@ use std::{
     time::Duration,
 };
 
-use pagewatch_tests::{pagewatch_bin, run_pagewatch, skip, skip_unless_root};
-use serde_json::Value;
+use pagewatch_tests::{
+    ReportLine, TransitionKind, json_lines, pagewatch_bin, run_pagewatch, skip, skip_unless_root,
+};
 
 /// CAP_DAC_READ_SEARCH (2), CAP_SYS_PTRACE (19), CAP_SYS_ADMIN (21).
 const KEPT: u64 = 1 << 2 | 1 << 19 | 1 << 21;
@@ -142,22 +143,21 @@ fn record_keeps_only_the_capabilities_it_needs_and_still_works() {
         run_pagewatch(&["report", "--format", "json", out.to_str().unwrap()]);
     let _ = std::fs::remove_dir_all(&dir);
     assert!(status.success(), "report failed: {err}");
-    let groups: Vec<Value> = report
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect();
-    let pages = |kind: &str| -> u64 {
-        groups
+    let lines: Vec<ReportLine> = json_lines(&report);
+    let pages = |kind: TransitionKind| -> u64 {
+        lines
             .iter()
-            .filter(|g| g["kind"] == kind && g["pid"] == child)
-            .filter_map(|g| g["pages"].as_u64())
+            .filter_map(ReportLine::transition)
+            .map(|g| &g.transition)
+            .filter(|g| g.kind == kind && g.pid == child)
+            .map(|g| g.pages)
             .sum()
     };
     assert!(
-        pages("faulted_in") >= 2048,
+        pages(TransitionKind::FaultedIn) >= 2048,
         "8 MiB faulted in after the drop"
     );
-    assert_eq!(pages("collapsed_to_thp"), 2048, "{report}");
+    assert_eq!(pages(TransitionKind::CollapsedToThp), 2048, "{report}");
 }
 
 /// Root with some capabilities cut (setpriv --bounding-set): a missing

@@ -12,8 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use pagewatch_tests::{Knobs, Tracer, pagewatch_bin, skip, skip_unless_root};
-use serde_json::Value;
+use pagewatch_tests::{
+    Knobs, ProcessSummary, TopLine, Tracer, pagewatch_bin, report_json, report_processes, skip,
+    skip_unless_root,
+};
 
 const PW_HOLD: &str = env!("CARGO_BIN_EXE_pw-hold");
 const PW_THREADS: &str = env!("CARGO_BIN_EXE_pw-threads");
@@ -102,20 +104,15 @@ fn a_reused_pid_is_a_new_process_and_exec_keeps_the_process() {
     let second_start = run_to_exit(second);
     assert_ne!(first_start, second_start, "the kernel's start times differ");
     let lines = tracer.stop();
-    let rows: Vec<&Value> = lines
+    let rows: Vec<_> = lines
         .iter()
-        .filter(|l| l["pid"].as_u64() == Some(u64::from(pid)) && l.get("faults").is_some())
+        .filter_map(TopLine::process)
+        .filter(|p| p.pid == pid)
         .collect();
     let row = |start: u64| {
-        let found: Vec<&&Value> = rows
-            .iter()
-            .filter(|l| l["start_ticks"].as_u64() == Some(start))
-            .collect();
+        let found: Vec<_> = rows.iter().filter(|p| p.start_ticks == start).collect();
         assert_eq!(found.len(), 1, "one row for start time {start}: {rows:?}");
-        (
-            found[0]["comm"].as_str().expect("comm").to_owned(),
-            found[0]["faults"].as_u64().expect("faults"),
-        )
+        (found[0].comm.clone(), found[0].stats.faults.faults)
     };
     assert_eq!(rows.len(), 2, "pid {pid} was two processes: {rows:?}");
     let (comm, faults) = row(first_start);
@@ -194,39 +191,16 @@ impl Drop for Recording {
     }
 }
 
-/// The `process` objects of `pagewatch report --format json FILE`.
-fn process_lines(file: &Path) -> Vec<Value> {
-    let out = Command::new(pagewatch_bin())
-        .args(["report", "--format", "json"])
-        .arg(file)
-        .output()
-        .expect("run pagewatch report");
-    assert!(out.status.success(), "report: {out:?}");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            serde_json::from_str::<Value>(l)
-                .ok()?
-                .get("process")
-                .cloned()
-        })
-        .collect()
+/// The `process` items of `pagewatch report --format json FILE`.
+fn process_lines(file: &Path) -> Vec<ProcessSummary> {
+    report_processes(&report_json(file).0).cloned().collect()
 }
 
-/// The one `process` object of `pid`.
-fn process_line(lines: &[Value], pid: u32) -> Value {
-    let found: Vec<&Value> = lines
-        .iter()
-        .filter(|p| p["pid"].as_u64() == Some(u64::from(pid)))
-        .collect();
+/// The one `process` item of `pid`.
+fn process_line(lines: &[ProcessSummary], pid: u32) -> ProcessSummary {
+    let found: Vec<&ProcessSummary> = lines.iter().filter(|p| p.pid == pid).collect();
     assert_eq!(found.len(), 1, "pid {pid} is one process: {lines:?}");
     found[0].clone()
-}
-
-fn field(p: &Value, name: &str) -> u64 {
-    p[name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no {name} in {p}"))
 }
 
 /// Four threads each write 16 MiB after their leader thread has exited:
@@ -273,8 +247,8 @@ fn a_process_whose_leader_exits_first_is_one_process_counted_once() {
     let seen = |rec: &Recording| {
         process_lines(&rec.file)
             .iter()
-            .find(|p| p["pid"].as_u64() == Some(u64::from(pid)))
-            .map_or(0, |p| field(p, "snapshots"))
+            .find(|p| p.pid == pid)
+            .map_or(0, |p| p.snapshots)
     };
     let before = seen(&rec);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -287,25 +261,20 @@ fn a_process_whose_leader_exits_first_is_one_process_counted_once() {
     let p = process_line(&lines, pid);
     for tid in &tids {
         assert!(
-            !lines
-                .iter()
-                .any(|l| l["pid"].as_u64() == Some(u64::from(*tid))),
+            !lines.iter().any(|l| l.pid == *tid),
             "thread {tid} reported as a process: {lines:?}"
         );
     }
-    assert_eq!(field(&p, "threads_started"), threads, "{p}");
-    assert!(
-        field(&p, "threads_seen") > threads,
-        "leader and threads: {p}"
-    );
+    assert_eq!(p.threads_started, threads, "{p:?}");
+    assert!(p.threads_seen > threads, "leader and threads: {p:?}");
     let written = threads * (mib << 20) / 4096;
-    let faults = field(&p, "faults");
+    let faults = p.faults;
     assert!(
         (written..=kernel_faults).contains(&faults),
         "{faults} faults counted once: at least the {written} pages written, at most the \
          kernel's {kernel_faults} (minflt + majflt)"
     );
-    let rss = field(&p, "max_rss_pages");
+    let rss = p.max_rss_pages;
     let oracle = rss_kb / 4;
     assert!(
         rss.abs_diff(oracle) <= oracle / 50,
@@ -335,13 +304,13 @@ fn a_process_shorter_than_an_interval_is_counted_from_its_events() {
     // The command is the child of pagewatch's shell, which execs it in place.
     let p = lines
         .iter()
-        .find(|p| p["comm"] == "pw-short")
+        .find(|p| p.comm == "pw-short")
         .unwrap_or_else(|| panic!("pw-short not reported: {lines:?}"));
-    let cmd_pid = field(p, "pid") as u32;
+    let cmd_pid = p.pid;
     assert_ne!(cmd_pid, pid, "the command, not pagewatch");
     process_line(&lines, cmd_pid);
     let written = (mib << 20) / 4096;
-    let faults = field(p, "faults");
+    let faults = p.faults;
     assert!(
         (written..=kernel_faults).contains(&faults),
         "{faults} faults: at least the {written} pages written, at most the kernel's \
@@ -360,7 +329,7 @@ fn a_process_shorter_than_an_interval_is_counted_from_its_events() {
                 .starts_with(&format!("pid {cmd_pid} (pw-short)"))
         })
         .unwrap_or_else(|| panic!("no row for pid {cmd_pid}:\n{table}"));
-    let snapshots = field(p, "snapshots");
+    let snapshots = p.snapshots;
     assert_eq!(
         row.ends_with("no snapshot"),
         snapshots == 0,

@@ -12,7 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use pagewatch_tests::{pagewatch_bin, run_pagewatch, skip_unless_root};
+use pagewatch_tests::{
+    Cause, ReportLine, TransitionKind, pagewatch_bin, report_json, report_summary as summary,
+    run_pagewatch, skip_unless_root,
+};
 use serde_json::Value;
 
 /// A scratch directory removed on drop.
@@ -34,23 +37,6 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-fn report_json(file: &Path) -> (Vec<Value>, String) {
-    let (status, out, err) = run_pagewatch(&["report", "--format", "json", file.to_str().unwrap()]);
-    assert!(status.success(), "report failed: {err}");
-    let lines = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON {l:?}: {e}")))
-        .collect();
-    (lines, err)
-}
-
-fn summary(lines: &[Value]) -> &Value {
-    lines
-        .iter()
-        .find_map(|l| l.get("summary"))
-        .expect("summary line")
 }
 
 /// Records `sh -c "... | pw-thp 8"`: the shell forks pw-thp, which builds
@@ -95,27 +81,30 @@ fn record_follows_a_forked_child_and_reports_in_every_format() {
         "a complete recording has no cut note: {err}"
     );
     let s = summary(&lines);
-    assert_eq!(s["complete"], true);
-    assert!(s["events"].as_u64().unwrap() > 0);
-    let collapsed: Vec<&Value> = lines
+    assert!(s.complete);
+    assert!(s.events > 0);
+    let collapsed: Vec<_> = lines
         .iter()
-        .filter(|l| l["kind"] == "collapsed_to_thp")
+        .filter_map(ReportLine::transition)
+        .filter(|l| l.transition.kind == TransitionKind::CollapsedToThp)
         .collect();
     // MADV_COLLAPSE collapses the region, unless khugepaged (woken when
     // the mm joins its empty list) takes a 2 MiB range of it first.
-    let pages: u64 = collapsed.iter().map(|t| t["pages"].as_u64().unwrap()).sum();
+    let pages: u64 = collapsed.iter().map(|t| t.transition.pages).sum();
     assert_eq!(pages, 2048, "8 MiB region = 2048 pages: {collapsed:?}");
     let t = collapsed
         .iter()
-        .find(|t| t["cause"] == "madv_collapse")
+        .find(|t| t.transition.cause == Cause::MadvCollapse)
         .unwrap_or_else(|| panic!("no MADV_COLLAPSE range: {collapsed:?}"));
     assert!(
-        collapsed.iter().all(|c| c["pid"] == t["pid"]
-            && (c["cause"] == "madv_collapse" || c["cause"] == "khugepaged")),
+        collapsed
+            .iter()
+            .all(|c| c.transition.pid == t.transition.pid
+                && matches!(c.transition.cause, Cause::MadvCollapse | Cause::Khugepaged)),
         "{collapsed:?}"
     );
     assert_eq!(
-        t["comm"], "pw-thp",
+        t.comm, "pw-thp",
         "attributed to the child, named after its exec"
     );
 
@@ -124,7 +113,7 @@ fn record_follows_a_forked_child_and_reports_in_every_format() {
     assert!(
         table.contains(&format!(
             "{} pages collapsed_to_thp by madv_collapse",
-            t["pages"]
+            t.transition.pages
         )),
         "{table}"
     );
@@ -135,7 +124,7 @@ fn record_follows_a_forked_child_and_reports_in_every_format() {
     assert!(status.success());
     let trace: Value = serde_json::from_str(&trace).expect("Perfetto trace is JSON");
     let events = trace["traceEvents"].as_array().expect("traceEvents");
-    let pid = &t["pid"];
+    let pid = &Value::from(t.transition.pid);
     let has = |ph: &str, name: &str| {
         events.iter().any(|e| {
             e["ph"] == ph && e["pid"] == *pid && e["name"].as_str().unwrap_or("").contains(name)
@@ -181,10 +170,10 @@ fn truncated_recording_reports_up_to_the_cut() {
         "{err}"
     );
     let s = summary(&lines);
-    assert_eq!(s["complete"], false);
-    assert!(s["cut"].as_str().unwrap().contains("byte"), "{s}");
+    assert!(!s.complete);
+    assert!(s.cut.as_ref().unwrap().contains("byte"), "{s:?}");
     let (full, _) = report_json(&file);
-    assert!(summary(&full)["events"].as_u64() > s["events"].as_u64());
+    assert!(summary(&full).events > s.events);
 }
 
 /// SIGTERM (like Ctrl-C) ends a recording cleanly; SIGKILL leaves one
@@ -234,15 +223,12 @@ fn signals_end_recordings_cleanly_or_readably() {
         let status = child.wait().unwrap();
         let (lines, err) = report_json(&file);
         let s = summary(&lines);
-        assert_eq!(s["complete"], complete, "signal {signal}: {s} {err}");
+        assert_eq!(s.complete, complete, "signal {signal}: {s:?} {err}");
         if complete {
             assert!(status.success(), "signal {signal}: exit {status}");
         } else {
             assert!(err.contains("without an End record"), "{err}");
-            assert!(
-                s["intervals"].as_u64().unwrap() >= 1,
-                "flushed intervals survive: {s}"
-            );
+            assert!(s.intervals >= 1, "flushed intervals survive: {s:?}");
         }
     }
 }
@@ -340,11 +326,8 @@ fn full_disk_ends_the_recording_readably() {
     assert!(!err.contains("panicked"), "{err}");
     let (lines, report_err) = report_json(&file);
     let s = summary(&lines);
-    assert_eq!(s["complete"], false);
-    assert!(
-        s["events"].as_u64().unwrap() > 0,
-        "the records before the cut read back"
-    );
+    assert!(!s.complete);
+    assert!(s.events > 0, "the records before the cut read back");
     assert!(
         report_err.contains("truncated at byte") || report_err.contains("without an End"),
         "{report_err}"
@@ -380,7 +363,7 @@ fn record_exits_with_the_commands_status() {
         assert!(!err.contains("pagewatch: error"), "{script}: {err}");
         let (lines, report_err) = report_json(&file);
         let s = summary(&lines);
-        assert_eq!(s["complete"], true, "{script}: {s} {report_err}");
+        assert!(s.complete, "{script}: {s:?} {report_err}");
         let (status, table, _) = run_pagewatch(&["report", file.to_str().unwrap()]);
         assert!(status.success());
         assert!(table.contains("-- sh -c"), "names the command: {table}");
@@ -663,7 +646,7 @@ fn record_in_a_group(dir: &Scratch, args: &[&str], ctrl_c: bool) -> (ExitStatus,
     let status = pagewatch.wait().unwrap();
     let (report, report_err) = report_json(&file);
     let s = summary(&report);
-    assert_eq!(s["complete"], true, "{s} {report_err} {err}");
+    assert!(s.complete, "{s:?} {report_err} {err}");
     (status, err)
 }
 

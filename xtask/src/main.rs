@@ -1,5 +1,5 @@
 //! `cargo xtask`: the entry point for people and CI. One subcommand per
-//! module: setup (install what is missing), build, run, test, bench, fuzz, and the
+//! module: setup (install what is missing), build, run, test, bench, fuzz, docs, and the
 //! test-VM commands (vm-setup, balloon; `run --vm`, `test --vm`).
 
 mod bench;
@@ -8,6 +8,7 @@ mod bench_selftests;
 mod bench_snapshot;
 mod build;
 mod cmd;
+mod docs;
 mod fuzz;
 mod run;
 mod setup;
@@ -37,6 +38,8 @@ enum Command {
     Bench(bench::Options),
     /// Run the fuzz targets in fuzz/ for a bounded time each (not part of test).
     Fuzz(fuzz::Options),
+    /// Build, then write man pages, shell completions and JSON Schemas into target/docs.
+    Docs(docs::Options),
     /// Install QEMU and virtme-ng and fetch the test kernels (idempotent).
     VmSetup(vm::setup::Options),
     /// Set (or query) the guest size of a `run --vm --balloon` guest.
@@ -51,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         Command::Test(opts) => test::run(opts),
         Command::Bench(opts) => bench::run(opts),
         Command::Fuzz(opts) => fuzz::run(opts),
+        Command::Docs(opts) => docs::run(opts),
         Command::VmSetup(opts) => vm::setup::run(opts),
         Command::Balloon(opts) => vm::balloon::run(opts),
     }

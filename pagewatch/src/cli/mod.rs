@@ -1,6 +1,7 @@
 //! Command-line interface: one module per subcommand, each a clap struct
 //! validated into a config before any work starts; shared value parsers.
 
+mod generate;
 mod record;
 mod report;
 mod session;
@@ -32,6 +33,11 @@ enum Command {
     Record(record::RecordArgs),
     /// Show a recording as a timeline and summary, JSON lines, or a Perfetto trace.
     Report(report::ReportArgs),
+    /// Print the JSON Schema of the JSON lines `top --json` or `report --format json` write.
+    Schema(generate::SchemaArgs),
+    /// Write man pages or shell completions generated from these definitions.
+    #[command(hide = true)]
+    Generate(generate::GenerateArgs),
 }
 
 /// Runs the chosen subcommand; its exit status (`record -- CMD` exits
@@ -43,6 +49,8 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Some(Command::Snapshot(args)) => snapshot::run(args),
         Some(Command::Record(args)) => return record::run(args),
         Some(Command::Report(args)) => report::run(args),
+        Some(Command::Schema(args)) => generate::schema(args),
+        Some(Command::Generate(args)) => generate::generate(args),
     };
     done.map(|()| std::process::ExitCode::SUCCESS)
 }

@@ -24,6 +24,9 @@ use pagewatch::{
         swap::SwapReturns,
     },
     event::{Event, EventKind},
+    output::{
+        HugetlbHeld, Item, ProcessSummary, ReportItem, ReportLine, ReportSummary, ReportTransition,
+    },
     record::{IntervalSnapshot, Metadata, Note, Process, Record, RecordReader, Sample},
     transition::TransitionGroup,
 };
@@ -361,46 +364,6 @@ fn table(
     Ok(())
 }
 
-/// One process of a recording: what its events counted and what its
-/// snapshots saw.
-#[derive(Debug, serde::Serialize)]
-struct ProcessSummary {
-    pid: u32,
-    comm: String,
-    faults: u64,
-    /// Threads seen acting in its events (distinct tids).
-    threads_seen: usize,
-    threads_started: u64,
-    processes_started: u64,
-    /// Snapshots that saw it (0: it lived between two and no first
-    /// snapshot caught it).
-    snapshots: usize,
-    /// Most pages resident at one snapshot.
-    max_rss_pages: u64,
-}
-
-impl ProcessSummary {
-    fn describe(&self) -> String {
-        let seen = if self.snapshots == 0 {
-            "no snapshot".to_owned()
-        } else {
-            format!(
-                "{} snapshots, rss at most {} pages",
-                self.snapshots, self.max_rss_pages
-            )
-        };
-        format!(
-            "pid {} ({}): {} faults, {} threads seen ({} started), {} processes started; {seen}",
-            self.pid,
-            self.comm,
-            self.faults,
-            self.threads_seen,
-            self.threads_started,
-            self.processes_started
-        )
-    }
-}
-
 /// Every process the recording describes (those followed; not, say,
 /// khugepaged, whose scans are tallied under its pid), with `pid` wanted.
 fn process_summaries(l: &Loaded, wanted: impl Fn(u32) -> bool) -> Vec<ProcessSummary> {
@@ -420,10 +383,10 @@ fn process_summaries(l: &Loaded, wanted: impl Fn(u32) -> bool) -> Vec<ProcessSum
                 pid,
                 comm: comm(l, pid).to_owned(),
                 faults: stats.faults.faults,
-                threads_seen: tids.get(&pid).map_or(0, |t| t.len()),
+                threads_seen: tids.get(&pid).map_or(0, |t| t.len() as u64),
                 threads_started: stats.threads_started,
                 processes_started: stats.processes_started,
-                snapshots: samples.clone().count(),
+                snapshots: samples.clone().count() as u64,
                 max_rss_pages: samples.map(|s| s.rss_pages).max().unwrap_or(0),
             }
         })
@@ -468,64 +431,64 @@ fn json_lines(
     l: &Loaded,
     wanted: impl Fn(u32) -> bool,
 ) -> anyhow::Result<()> {
-    for t in &l.transitions {
-        let mut v = serde_json::to_value(t)?;
-        if let Some(o) = v.as_object_mut() {
-            o.insert("t".into(), json!(secs(l, t.ts_ns)));
-            o.insert("comm".into(), json!(comm(l, t.pid)));
-        }
-        writeln!(out, "{v}")?;
-    }
+    let mut lines: Vec<ReportLine> = l
+        .transitions
+        .iter()
+        .map(|t| {
+            ReportLine::Transition(ReportTransition {
+                transition: t.clone(),
+                t: secs(l, t.ts_ns),
+                comm: comm(l, t.pid).to_owned(),
+            })
+        })
+        .collect();
+    let mut item = |ts_ns: Option<u64>, pid: Option<u32>, item: Item| {
+        lines.push(ReportLine::Item(ReportItem {
+            t: ts_ns.map(|ns| secs(l, ns)),
+            comm: pid.map(|pid| comm(l, pid).to_owned()),
+            item,
+        }));
+    };
     for s in &l.swap_returns {
-        writeln!(
-            out,
-            "{}",
-            json!({"t": secs(l, s.ts_ns), "comm": comm(l, s.pid), "swap_returns": s})
-        )?;
+        item(Some(s.ts_ns), Some(s.pid), Item::SwapReturns(s.clone()));
     }
     for c in &l.thp_coverage {
-        writeln!(
-            out,
-            "{}",
-            json!({"t": secs(l, c.ts_ns), "comm": comm(l, c.pid), "thp_coverage": c})
-        )?;
+        item(Some(c.ts_ns), Some(c.pid), Item::ThpCoverage(c.clone()));
     }
     for p in &l.pools {
-        writeln!(out, "{}", json!({"t": secs(l, p.ts_ns), "hugetlb_pool": p}))?;
+        item(Some(p.ts_ns), None, Item::HugetlbPool(p.clone()));
     }
     for e in balloon_episodes(l) {
-        writeln!(
-            out,
-            "{}",
-            json!({"t": secs(l, e.start_ns), "balloon_episode": e})
-        )?;
+        item(Some(e.start_ns), None, Item::BalloonEpisode(e));
     }
     for ((pid, node), pages) in hugetlb_held(l) {
-        writeln!(
-            out,
-            "{}",
-            json!({"comm": comm(l, pid), "hugetlb_held": {"pid": pid, "node": node, "max_kb": pages * 4}})
-        )?;
+        let held = HugetlbHeld {
+            pid,
+            node: node as u64,
+            max_kb: pages * l.meta.page_size / 1024,
+        };
+        item(None, Some(pid), Item::HugetlbHeld(held));
     }
     for p in process_summaries(l, wanted) {
-        writeln!(out, "{}", json!({ "process": p }))?;
+        item(None, None, Item::Process(p));
     }
-    writeln!(
-        out,
-        "{}",
-        json!({"summary": {
-            "target": l.meta.target,
-            "kernel": l.meta.kernel_release,
-            "intervals": l.intervals,
-            "events": l.events.len(),
-            "dropped": l.dropped,
-            "transitions": l.transitions.len(),
-            "snapshots": snapshot_line(&l.snapshots),
-            "complete": l.end && l.cut.is_none(),
-            "cut": l.cut,
-            "skipped_records": l.skipped_records,
-        }})
-    )?;
+    lines.push(ReportLine::Summary {
+        summary: ReportSummary {
+            target: l.meta.target.clone(),
+            kernel: l.meta.kernel_release.clone(),
+            intervals: l.intervals,
+            events: l.events.len() as u64,
+            dropped: l.dropped,
+            transitions: l.transitions.len() as u64,
+            snapshots: snapshot_line(&l.snapshots),
+            complete: l.end && l.cut.is_none(),
+            cut: l.cut.clone(),
+            skipped_records: l.skipped_records,
+        },
+    });
+    for line in &lines {
+        writeln!(out, "{}", serde_json::to_string(line)?)?;
+    }
     Ok(())
 }
 

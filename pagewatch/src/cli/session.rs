@@ -30,6 +30,7 @@ use pagewatch::{
     error::Error,
     event::{Decoder, Event, EventKind},
     hooks::Family,
+    output::{SnapshotWork, ThpScans},
     privileges::{self, CAP_SYS_ADMIN, CapSets},
     probe::{Probe, ProbeOptions},
     proc::{CommCache, ProcRoot, ProcessKey},
@@ -170,36 +171,6 @@ pub struct IntervalReport {
     pub snapshot_time: Option<Duration>,
     /// What the interval's snapshot read again and what it carried over.
     pub snapshot_work: Option<SnapshotWork>,
-}
-
-/// What one snapshot read and what it carried over unchanged from the
-/// previous one (see `pagewatch::correlate::rescan`).
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct SnapshotWork {
-    /// Processes read again, and their pages.
-    pub rescanned: u64,
-    pub rescanned_pages: u64,
-    /// Processes carried over, and their pages.
-    pub carried: u64,
-    pub carried_pages: u64,
-    /// Why every process was read again (the system-wide counters that
-    /// moved), if it was.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub all_because: Option<String>,
-    /// The processes read again for a reason of their own (empty when
-    /// every process was).
-    pub rescanned_pids: Vec<u32>,
-}
-
-/// khugepaged scans of one VMA that ended with one result.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ThpScans {
-    pub pid: u32,
-    pub vma_start: u64,
-    pub vma: String,
-    /// The running kernel's name for the scan result.
-    pub result: String,
-    pub scans: u64,
 }
 
 /// End-of-session totals.

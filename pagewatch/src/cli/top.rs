@@ -8,10 +8,10 @@ use std::{collections::BTreeMap, io::Write as _};
 use clap::Args;
 use pagewatch::{
     aggregate::{ProcessStats, SystemStats},
+    output::{Item, SkippedHook, TopItem, TopLine, TopProcess, TopSummary, TopSystem, round3},
     proc::{CommCache, ProcessKey},
     transition::TransitionGroup,
 };
-use serde_json::json;
 
 use super::session::{
     IntervalReport, Session, SessionConfig, SessionView, Sink, Summary, TraceArgs,
@@ -69,49 +69,57 @@ impl Sink for TopSink {
         let scans = view.scan_results(&r.tally);
         let mut out = std::io::stdout().lock();
         if self.json {
-            for (key, stats) in &rows {
-                let mut line = json!({"interval": r.index, "t": round3(r.t), "pid": key.pid,
-                    "start_ticks": key.start_ticks, "comm": view.comms.name(*key)});
-                merge(&mut line, serde_json::to_value(stats)?);
-                writeln!(out, "{line}")?;
-            }
-            // One line per item, tagged with its kind and the process's name.
-            let mut tagged = |pid: u32, key: &str, item: serde_json::Value| {
-                writeln!(
-                    out,
-                    "{}",
-                    json!({"interval": r.index, "t": round3(r.t),
-                    "comm": view.comms.get(pid), key: item})
-                )
+            let (interval, t) = (r.index, round3(r.t));
+            let mut lines: Vec<TopLine> = rows
+                .iter()
+                .map(|(key, stats)| {
+                    TopLine::Process(TopProcess {
+                        interval,
+                        t,
+                        pid: key.pid,
+                        start_ticks: key.start_ticks,
+                        comm: view.comms.name(*key).to_owned(),
+                        stats: *stats,
+                    })
+                })
+                .collect();
+            // One line per item, with its process's name.
+            let mut item = |pid: Option<u32>, item: Item| {
+                lines.push(TopLine::Item(TopItem {
+                    interval,
+                    t,
+                    comm: pid.map(|pid| view.comms.get(pid).to_owned()),
+                    item,
+                }));
             };
-            for t in &r.transitions {
-                tagged(t.pid, "transition", serde_json::to_value(t)?)?;
+            for g in &r.transitions {
+                item(Some(g.pid), Item::Transition(g.clone()));
             }
             for s in &r.thp_scans {
-                tagged(s.pid, "thp_scans", serde_json::to_value(s)?)?;
+                item(Some(s.pid), Item::ThpScans(s.clone()));
             }
             for s in &r.swap_returns {
-                tagged(s.pid, "swap_returns", serde_json::to_value(s)?)?;
+                item(Some(s.pid), Item::SwapReturns(s.clone()));
             }
             for c in &r.thp_coverage {
-                tagged(c.pid, "thp_coverage", serde_json::to_value(c)?)?;
+                item(Some(c.pid), Item::ThpCoverage(c.clone()));
             }
             for p in &r.hugetlb_pools {
-                writeln!(
-                    out,
-                    "{}",
-                    json!({"interval": r.index, "t": round3(r.t), "hugetlb_pool": p})
-                )?;
+                item(None, Item::HugetlbPool(p.clone()));
             }
-            writeln!(
-                out,
-                "{}",
-                json!({"interval": r.index, "t": round3(r.t),
-                "events": r.tally.events, "dropped": r.dropped, "system": r.tally.system,
-                "thp_scan_results": scans,
-                "snapshot_ms": r.snapshot_time.map(|d| round3(d.as_secs_f64() * 1e3)),
-                "snapshot": r.snapshot_work})
-            )?;
+            lines.push(TopLine::System(TopSystem {
+                interval,
+                t,
+                events: r.tally.events,
+                dropped: r.dropped,
+                system: r.tally.system,
+                thp_scan_results: scans.clone(),
+                snapshot_ms: r.snapshot_time.map(|d| round3(d.as_secs_f64() * 1e3)),
+                snapshot: r.snapshot_work.clone(),
+            }));
+            for line in &lines {
+                writeln!(out, "{}", serde_json::to_string(line)?)?;
+            }
         } else {
             writeln!(
                 out,
@@ -161,35 +169,42 @@ impl Sink for TopSink {
         let scans = view.scan_results(&s.total);
         let mut out = std::io::stdout().lock();
         if self.json {
-            let skipped: Vec<_> = view
-                .probe
-                .skipped
-                .iter()
-                .map(|h| json!({"hook": h.program, "reason": h.reason}))
-                .collect();
-            let hooks: Vec<&str> = view
-                .probe
-                .attached
-                .iter()
-                .map(|a| a.tracepoint.as_str())
-                .collect();
-            let summary = json!({"summary": {
-                "events": s.total.events,
-                "dropped": dropped,
-                "dropped_per_cpu": s.dropped_per_cpu,
-                "dropped_per_hook": s.dropped_per_hook,
-                "decode_errors": s.decode_errors,
-                "intervals": s.intervals,
-                "duration_s": round3(s.duration_s),
-                "faults": faults,
-                "processes": rows.len(),
-                "system": s.total.system,
-                "thp_scan_results": scans,
-                "transitions": s.transitions,
-                "hooks": hooks,
-                "skipped_hooks": skipped,
-            }});
-            writeln!(out, "{summary}")?;
+            let summary = TopLine::Summary {
+                summary: TopSummary {
+                    events: s.total.events,
+                    dropped,
+                    dropped_per_cpu: s.dropped_per_cpu.clone(),
+                    dropped_per_hook: s
+                        .dropped_per_hook
+                        .iter()
+                        .map(|(hook, n)| ((*hook).to_owned(), *n))
+                        .collect(),
+                    decode_errors: s.decode_errors,
+                    intervals: s.intervals,
+                    duration_s: round3(s.duration_s),
+                    faults,
+                    processes: rows.len() as u64,
+                    system: s.total.system,
+                    thp_scan_results: scans.clone(),
+                    transitions: s.transitions,
+                    hooks: view
+                        .probe
+                        .attached
+                        .iter()
+                        .map(|a| a.tracepoint.clone())
+                        .collect(),
+                    skipped_hooks: view
+                        .probe
+                        .skipped
+                        .iter()
+                        .map(|h| SkippedHook {
+                            hook: h.program.to_owned(),
+                            reason: h.reason.to_string(),
+                        })
+                        .collect(),
+                },
+            };
+            writeln!(out, "{}", serde_json::to_string(&summary)?)?;
         } else {
             writeln!(
                 out,
@@ -224,16 +239,6 @@ fn write_transitions(
         writeln!(out, "{:>9} {}", "", t.describe(comms.get(t.pid)))?;
     }
     Ok(())
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
-}
-
-fn merge(into: &mut serde_json::Value, from: serde_json::Value) {
-    if let (Some(a), serde_json::Value::Object(b)) = (into.as_object_mut(), from) {
-        a.extend(b);
-    }
 }
 
 fn ms(ns: u64) -> f64 {

@@ -7,7 +7,8 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use crate::transition::{Cause, TransitionGroup, TransitionKind};
 
@@ -35,7 +36,7 @@ impl BalloonInterval {
 }
 
 /// Pages one process lost during an episode.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ProcessLoss {
     pub pid: u32,
     pub swapped_out: u64,
@@ -46,7 +47,7 @@ pub struct ProcessLoss {
 }
 
 /// One inflation or deflation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct BalloonEpisode {
     /// `true` for an inflation (more pages went in than came out).
     pub inflate: bool,

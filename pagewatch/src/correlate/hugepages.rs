@@ -6,12 +6,13 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use crate::snapshot::{columns::PageTable, sysfs::HugetlbPool};
 
 /// A per-node hugetlb pool as read at one interval's end.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PoolSample {
     /// CLOCK_MONOTONIC ns of the read.
     pub ts_ns: u64,
@@ -32,7 +33,7 @@ impl PoolSample {
 }
 
 /// The THP coverage of one VMA at one snapshot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct VmaThp {
     /// CLOCK_MONOTONIC ns of the snapshot.
     pub ts_ns: u64,

@@ -11,13 +11,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde::Serialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use super::PageState;
 use crate::snapshot::flags::PM_PFN_MASK;
 
 /// Pages of one process and VMA back from swap in one interval.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SwapReturns {
     /// CLOCK_MONOTONIC ns of the snapshot that showed them back.
     pub ts_ns: u64,

@@ -7,7 +7,7 @@
 //!   return: pages with kpageflags MMAP set and ZERO_PAGE clear (the zero
 //!   page, the huge zero page and PFN mappings such as `[vvar]` are not
 //!   counted by smaps either). Hugetlb pages are not in Rss.
-//! - Pss is accumulated in `(PAGE_SIZE << PSS_SHIFT) / mapcount` units with
+//! - Pss is accumulated in `(page_size() << PSS_SHIFT) / mapcount` units with
 //!   PSS_SHIFT = 12 and shifted down only when printed, so per-VMA and
 //!   rollup values round exactly like the kernel's. The mapcount is 1 for
 //!   pages pagemap marks exclusive (bit 56, which the kernel sets when the
@@ -39,8 +39,17 @@ use super::flags::{PagemapEntry, has, kpf};
 
 /// PSS fixed-point shift used by the kernel (fs/proc/task_mmu.c).
 pub const PSS_SHIFT: u32 = 12;
-/// Base page size.
-pub const PAGE_SIZE: u64 = 4096;
+/// The base page size, read once at run time (`sysconf(_SC_PAGESIZE)`;
+/// 4096 on x86-64): the size of one pagemap, kpageflags or kpagecount
+/// entry's page.
+pub fn page_size() -> u64 {
+    static SIZE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SIZE.get_or_init(|| {
+        // SAFETY: sysconf has no preconditions.
+        let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        u64::try_from(size).ok().filter(|&s| s > 0).unwrap_or(4096)
+    })
+}
 
 /// The kpageflags bits [`MemStats::add_n`] reads: pages differing only in
 /// other bits (referenced, active, idle, ...) count alike.
@@ -143,6 +152,7 @@ impl MemStats {
 
     /// Add `n` pages with identical facts (e.g. the 512 pages of a THP).
     pub fn add_n(&mut self, p: &PageFacts, n: u64, pfns_visible: bool) {
+        let bytes = page_size() * n;
         let e = PagemapEntry(p.pm);
         if e.soft_dirty() {
             self.soft_dirty_pages += n;
@@ -151,7 +161,7 @@ impl MemStats {
         // mid-migration (a non-swap entry pagemap also marks swapped) is
         // neither swap nor, its page unread, resident here.
         if e.in_swap_file() {
-            self.swap += PAGE_SIZE * n;
+            self.swap += bytes;
             *self
                 .swap_by_type
                 .entry(e.swap_type().unwrap_or(0))
@@ -166,17 +176,17 @@ impl MemStats {
             self.exclusive_pages += n;
         }
         if !pfns_visible {
-            self.rss += PAGE_SIZE * n;
+            self.rss += bytes;
             if e.file() {
-                self.file += PAGE_SIZE * n;
+                self.file += bytes;
             } else {
-                self.anonymous += PAGE_SIZE * n;
+                self.anonymous += bytes;
             }
             if e.exclusive() {
-                self.uss += PAGE_SIZE * n;
+                self.uss += bytes;
             }
             if p.pmd_mapped && !e.file() {
-                self.anon_huge += PAGE_SIZE * n;
+                self.anon_huge += bytes;
             }
             return;
         }
@@ -190,9 +200,9 @@ impl MemStats {
         }
         if has(f, kpf::HUGE) {
             if e.exclusive() {
-                self.private_hugetlb += PAGE_SIZE * n;
+                self.private_hugetlb += bytes;
             } else {
-                self.shared_hugetlb += PAGE_SIZE * n;
+                self.shared_hugetlb += bytes;
             }
             return;
         }
@@ -201,34 +211,34 @@ impl MemStats {
         }
         let anon = has(f, kpf::ANON);
         let swapbacked = has(f, kpf::SWAPBACKED);
-        self.rss += PAGE_SIZE * n;
+        self.rss += bytes;
         if anon {
-            self.anonymous += PAGE_SIZE * n;
+            self.anonymous += bytes;
         } else if swapbacked {
-            self.shmem += PAGE_SIZE * n;
+            self.shmem += bytes;
         } else {
-            self.file += PAGE_SIZE * n;
+            self.file += bytes;
         }
         if has(f, kpf::KSM) {
-            self.ksm += PAGE_SIZE * n;
+            self.ksm += bytes;
         }
         if p.pmd_mapped {
             if anon {
-                self.anon_huge += PAGE_SIZE * n;
+                self.anon_huge += bytes;
             } else if swapbacked {
-                self.shmem_pmd += PAGE_SIZE * n;
+                self.shmem_pmd += bytes;
             } else {
-                self.file_pmd += PAGE_SIZE * n;
+                self.file_pmd += bytes;
             }
         }
         let private = e.exclusive();
         let mapcount = if private { 1 } else { p.mapcount.max(1) };
-        let mut pss = PAGE_SIZE << PSS_SHIFT;
+        let mut pss = page_size() << PSS_SHIFT;
         if mapcount >= 2 {
             pss /= mapcount;
         }
         if mapcount == 1 {
-            self.uss += PAGE_SIZE * n;
+            self.uss += bytes;
         }
         self.pss_raw += pss * n;
         if anon {
@@ -245,10 +255,10 @@ impl MemStats {
         let dirty = has(f, kpf::DIRTY)
             || (anon && folio_swapbacked && !has(f, kpf::SWAPCACHE) && !has(f, kpf::KSM));
         match (dirty, private) {
-            (true, true) => self.private_dirty += PAGE_SIZE * n,
-            (true, false) => self.shared_dirty += PAGE_SIZE * n,
-            (false, true) => self.private_clean += PAGE_SIZE * n,
-            (false, false) => self.shared_clean += PAGE_SIZE * n,
+            (true, true) => self.private_dirty += bytes,
+            (true, false) => self.shared_dirty += bytes,
+            (false, true) => self.private_clean += bytes,
+            (false, false) => self.shared_clean += bytes,
         }
         if dirty {
             self.pss_dirty_raw += pss * n;

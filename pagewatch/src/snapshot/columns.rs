@@ -34,6 +34,7 @@ use std::{
 
 use serde::Serialize;
 
+use super::account::page_size;
 use super::{
     flags::{PM_FILE, PM_PFN_MASK, PM_PRESENT, PM_SWAP, has, kpf},
     scan::{ProcessPages, ScanInfo, VmaPages},
@@ -180,11 +181,12 @@ impl ProcessTableBuilder {
     pub fn add(&mut self, vi: usize, batch: &VmaPages) {
         let t = &mut self.t;
         let vma = vi as u32;
+        let page = page_size();
         for s in batch.segments() {
-            let va0 = batch.vma.start + u64::from(s.idx) * 4096;
+            let va0 = batch.vma.start + u64::from(s.idx) * page;
             let first = t.frame.len() as u32;
             match t.runs.last_mut() {
-                Some(r) if r.vma == vma && r.va + u64::from(r.len) * 4096 == va0 => {
+                Some(r) if r.vma == vma && r.va + u64::from(r.len) * page == va0 => {
                     r.len += s.pages
                 }
                 _ => t.runs.push(Run {
@@ -305,7 +307,13 @@ impl ProcessTable {
     /// order.
     pub fn pages(&self) -> impl Iterator<Item = (u32, u64, usize)> + '_ {
         self.runs.iter().flat_map(|r| {
-            (0..r.len).map(move |k| (r.vma, r.va + u64::from(k) * 4096, (r.first + k) as usize))
+            (0..r.len).map(move |k| {
+                (
+                    r.vma,
+                    r.va + u64::from(k) * page_size(),
+                    (r.first + k) as usize,
+                )
+            })
         })
     }
     /// Owner (pid, VMA, address) of page `i`.
@@ -314,7 +322,7 @@ impl ProcessTable {
         Owner {
             pid: self.pid,
             vma_start: self.vmas[r.vma as usize].start,
-            va: r.va + (i - r.first as usize) as u64 * 4096,
+            va: r.va + (i - r.first as usize) as u64 * page_size(),
         }
     }
     /// Every mapping of `pfn` in this process.
@@ -462,7 +470,7 @@ pub(crate) fn test_table(
     let pages = u64::from(idx.iter().max().map_or(0, |m| m + 1));
     let vma = Vma {
         start,
-        end: start + pages.max(512) * 4096,
+        end: start + pages.max(512) * page_size(),
         perms: "rw-p".into(),
         offset: 0,
         dev: "00:00".into(),
@@ -563,7 +571,7 @@ mod tests {
     fn batch(start: u64, pages: u64) -> VmaPages {
         VmaPages::empty(Vma {
             start,
-            end: start + pages * 4096,
+            end: start + pages * page_size(),
             perms: "rw-p".into(),
             offset: 0,
             dev: "00:00".into(),
@@ -625,11 +633,11 @@ mod tests {
         assert_eq!(t.len(), 512 + 1 + 512, "the exited VMA's page is dropped");
         assert_eq!(t.pagemap(1), PM_PRESENT | PM_EXCLUSIVE | 0x201);
         assert!(has(t.flags(1), kpf::COMPOUND_TAIL) && !has(t.flags(1), kpf::COMPOUND_HEAD));
-        assert_eq!(t.owner(511).va, 0x4000_0000 + 511 * 4096);
-        assert_eq!(t.owner(512).va, 0x4000_0000 + 600 * 4096);
+        assert_eq!(t.owner(511).va, 0x4000_0000 + 511 * page_size());
+        assert_eq!(t.owner(512).va, 0x4000_0000 + 600 * page_size());
         assert_eq!(t.owner(513).vma_start, 0x8000_0000);
         let pages: Vec<(u32, u64, usize)> = t.pages().collect();
-        assert_eq!(pages[512], (0, 0x4000_0000 + 600 * 4096, 512));
+        assert_eq!(pages[512], (0, 0x4000_0000 + 600 * page_size(), 512));
         assert_eq!(pages[513], (1, 0x8000_0000, 513));
         let totals = t.totals();
         assert_eq!(
@@ -645,7 +653,7 @@ mod tests {
         assert_eq!(totals.hugetlb, vec![(0x400, 512)]);
         assert_eq!(totals.pmd_thp, vec![(0, 512)], "hugetlb is not THP");
         let table = PageTable::from_processes(vec![Arc::new(t)]);
-        assert_eq!(table.owners(0x205)[0].va, 0x4000_0000 + 5 * 4096);
+        assert_eq!(table.owners(0x205)[0].va, 0x4000_0000 + 5 * page_size());
         assert!(table.owners(0x999).is_empty());
     }
 }

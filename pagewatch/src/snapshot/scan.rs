@@ -21,6 +21,7 @@ use std::{
     sync::atomic::{AtomicBool, Ordering},
 };
 
+use super::account::page_size;
 use super::{
     batches,
     error::{Result, SnapshotError},
@@ -93,7 +94,6 @@ impl KpageFiles {
 /// for the live /proc (a captured tree has no such page): false when the
 /// probe cannot run.
 fn ksm_flag_on_plain_anon_page(root: &ProcRoot, flags: &U64Table) -> bool {
-    const PAGE: usize = 4096;
     if root.proc != std::path::Path::new("/proc") {
         return false;
     }
@@ -101,7 +101,7 @@ fn ksm_flag_on_plain_anon_page(root: &ProcRoot, flags: &U64Table) -> bool {
         // SAFETY: p is the scratch page.
         unsafe { p.write_volatile(1) };
         let pfn = U64Table::open(root.proc_file("self/pagemap"))
-            .and_then(|pm| pm.read(p as u64 / PAGE as u64, 1))
+            .and_then(|pm| pm.read(p as u64 / page_size(), 1))
             .ok()
             .and_then(|e| e.first().copied())
             .filter(|e| e & PM_PRESENT != 0 && e & PM_PFN_MASK != 0)
@@ -188,7 +188,7 @@ impl VmaPages {
     }
     /// Virtual address of entry `k`'s first page.
     pub fn va(&self, k: usize) -> u64 {
-        self.vma.start + u64::from(self.idx[k]) * 4096
+        self.vma.start + u64::from(self.idx[k]) * page_size()
     }
     /// PFN of entry `k`'s first page (None if swapped or hidden).
     pub fn pfn(&self, k: usize) -> Option<u64> {
@@ -510,8 +510,8 @@ fn scan_vma(
     sink: &mut dyn FnMut(&VmaPages, bool),
 ) -> io::Result<bool> {
     let (start, end) = (vma.start, vma.end);
-    let first = start / 4096;
-    let pages = (end - start) / 4096;
+    let first = start / page_size();
+    let pages = (end - start) / page_size();
     let batch_pages = if vma.maybe_hugetlb() {
         HUGETLB_BATCH_PAGES
     } else if pages >= PARALLEL_PAGES {
@@ -530,7 +530,7 @@ fn scan_vma(
         ) {
             Ok(r) => r
                 .iter()
-                .map(|r| (r.start / 4096 - first, r.end / 4096 - first))
+                .map(|r| (r.start / page_size() - first, r.end / page_size() - first))
                 .collect(),
             Err(_) => {
                 *scan_ok = false;
@@ -636,7 +636,7 @@ fn read_batch(
 ) -> io::Result<Read> {
     let batch = &mut s.batch;
     let start = batch.vma.start;
-    let first = start / 4096;
+    let first = start / page_size();
     let n = (stop - pos) as usize;
     let pfns_visible = visible.load(Ordering::Relaxed);
     // Read straight into `pm` and keep the present or swapped entries in
@@ -649,7 +649,7 @@ fn read_batch(
     pmd_candidates(&batch.pm, first + pos, &mut s.blocks);
     let (mut scan_failed, mut huge) = (false, Vec::new());
     if !s.blocks.is_empty() && scan_ok.load(Ordering::Relaxed) {
-        let (a, b) = (start + pos * 4096, start + stop * 4096);
+        let (a, b) = (start + pos * page_size(), start + stop * page_size());
         match pagemap_scan::scan(pagemap.file(), a, b, PAGE_IS_HUGE, 0) {
             Ok(regions) => huge = regions,
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(Read::Gone),
@@ -732,16 +732,17 @@ fn compact(
     };
     let mut blocks = blocks.iter().copied().peekable();
     let (mut kept, mut i) = (0, 0);
+    let page = page_size();
     while i < n {
         let e = v.pm[i];
-        let va = start + (pos + i as u64) * 4096;
+        let va = start + (pos + i as u64) * page;
         let pfn = e & PM_PFN_MASK;
         if blocks.next_if_eq(&i).is_some()
             && pfns_visible
             && e & PM_EXCLUSIVE != 0
             && pfn != 0
             && pfn.is_multiple_of(PMD_PAGES)
-            && in_huge(va, PMD_PAGES * 4096)
+            && in_huge(va, PMD_PAGES * page)
         {
             v.idx.push((pos + i as u64) as u32);
             v.pm[kept] = e;
@@ -758,7 +759,7 @@ fn compact(
             any_pfn |= present && pfn != 0;
             v.idx.push((pos + i as u64) as u32);
             v.pm[kept] = e;
-            v.pmd.push(present && in_huge(va, 4096));
+            v.pmd.push(present && in_huge(va, page));
             v.folded.push(false);
             kept += 1;
         }
@@ -899,7 +900,7 @@ mod tests {
     fn vma(pages: u64) -> Vma {
         Vma {
             start: 0x4000_0000,
-            end: 0x4000_0000 + pages * 4096,
+            end: 0x4000_0000 + pages * page_size(),
             perms: "rw-p".into(),
             offset: 0,
             dev: "00:00".into(),
@@ -922,17 +923,17 @@ mod tests {
         let mut v = VmaPages::empty(vma(4 * b));
         v.pm = pm;
         let mut blocks = Vec::new();
-        pmd_candidates(&v.pm, v.vma.start / 4096, &mut blocks);
+        pmd_candidates(&v.pm, v.vma.start / page_size(), &mut blocks);
         assert_eq!(blocks, vec![0, 512, 1024]);
         let huge = [
             pagemap_scan::Region {
                 start: v.vma.start,
-                end: v.vma.start + b * 4096,
+                end: v.vma.start + b * page_size(),
                 categories: PAGE_IS_HUGE,
             },
             pagemap_scan::Region {
-                start: v.vma.start + 2 * b * 4096,
-                end: v.vma.start + 3 * b * 4096,
+                start: v.vma.start + 2 * b * page_size(),
+                end: v.vma.start + 3 * b * page_size(),
                 categories: PAGE_IS_HUGE,
             },
         ];
@@ -961,7 +962,7 @@ mod tests {
         // With PFNs hidden nothing folds.
         let mut h = VmaPages::empty(vma(b));
         h.pm = vec![PM_PRESENT | PM_EXCLUSIVE; b as usize];
-        pmd_candidates(&h.pm, h.vma.start / 4096, &mut blocks);
+        pmd_candidates(&h.pm, h.vma.start / page_size(), &mut blocks);
         assert_eq!(compact(&mut h, 0, &blocks, &huge[..1], true), (true, false));
         assert!(h.folded.iter().all(|f| !f) && h.pmd.iter().all(|p| *p));
     }

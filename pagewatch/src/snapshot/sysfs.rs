@@ -4,12 +4,13 @@
 
 use std::{collections::BTreeMap, path::Path};
 
-use serde::Serialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use super::source::ProcRoot;
 
 /// One hugetlb pool (a page size, globally or on one node).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct HugetlbPool {
     /// Huge page size in kB.
     pub size_kb: u64,

@@ -9,7 +9,10 @@
 
 use std::process::Command;
 
-use pagewatch_tests::{skip, vmstat};
+use pagewatch::correlate::balloon::BalloonEpisode;
+use pagewatch_tests::{
+    Item, ReportLine, TopSummary, TransitionKind, json_lines, skip, top_transitions, vmstat,
+};
 
 use crate::{
     host::{self, Checks, Result, Top, census_offline, guest_bytes, one_line, qmp, snapshot},
@@ -145,34 +148,29 @@ pub fn inflate_and_back() -> Result {
 
 /// Compares the balloon events pagewatch saw with the pages moved, or
 /// logs why it attached no balloon hook.
-fn balloon_events(summary: serde_json::Value, pages: u64, checks: &mut Checks) {
-    let attached = summary["hooks"].as_array().is_some_and(|h| {
-        h.iter()
-            .any(|h| h.as_str().is_some_and(|h| h.contains("balloon")))
-    });
+fn balloon_events(summary: TopSummary, pages: u64, checks: &mut Checks) {
+    let attached = summary.hooks.iter().any(|h| h.contains("balloon"));
     if !attached {
         skip(
             "vm-balloon/events",
             &format!(
                 "no balloon hook attached: {}",
-                one_line(&summary["skipped_hooks"].to_string(), 300)
+                one_line(&format!("{:?}", summary.skipped_hooks), 300)
             ),
         );
         return;
     }
-    match (
-        host::find_u64(&summary, "balloon_inflated"),
-        host::find_u64(&summary, "balloon_deflated"),
-    ) {
-        (Some(inflated), Some(deflated)) => {
-            checks.eq("pagewatch balloon inflate events (pages)", inflated, pages);
-            checks.eq("pagewatch balloon deflate events (pages)", deflated, pages);
-        }
-        _ => checks.that(
-            "pagewatch's summary has balloon_inflated/deflated counts",
-            false,
-        ),
-    }
+    let events = &summary.system.page_events;
+    checks.eq(
+        "pagewatch balloon inflate events (pages)",
+        events.balloon_inflated,
+        pages,
+    );
+    checks.eq(
+        "pagewatch balloon deflate events (pages)",
+        events.balloon_deflated,
+        pages,
+    );
 }
 
 /// Zram swap in the guest, removed on drop.
@@ -303,10 +301,8 @@ pub fn under_pressure() -> Result {
     // begun before VmSwap settled).
     top.mark();
     let settled = top.settle(2, 120, |l| {
-        l["transition"]["pid"].as_u64() == Some(u64::from(w.pid))
-            && l["transition"]["kind"]
-                .as_str()
-                .is_some_and(|k| k.starts_with("swapped_"))
+        matches!(l.item(), Some(Item::Transition(t)) if t.pid == w.pid
+            && matches!(t.kind, TransitionKind::SwappedOut | TransitionKind::SwappedIn))
     });
     checks.that("pagewatch's swap transitions settled within 120 s", settled);
     let lines = top.stop_lines()?;
@@ -346,17 +342,14 @@ pub fn under_pressure() -> Result {
     // transitions equal what smaps says it lost to swap, and each swap-out
     // has a reclaim cause (balloon_pressure while the balloon inflated).
     let mut by_cause = std::collections::BTreeMap::<String, i64>::new();
-    for t in lines.iter().filter_map(|l| l.get("transition")) {
-        if t["pid"].as_u64() != Some(u64::from(w.pid)) {
-            continue;
-        }
-        let sign = match t["kind"].as_str() {
-            Some("swapped_out") => 1,
-            Some("swapped_in") => -1,
+    for t in top_transitions(&lines).filter(|t| t.pid == w.pid) {
+        let sign = match t.kind {
+            TransitionKind::SwappedOut => 1,
+            TransitionKind::SwappedIn => -1,
             _ => continue,
         };
-        let key = format!("{} by {}", t["kind"].as_str().unwrap_or("?"), t["cause"]);
-        *by_cause.entry(key).or_default() += sign * t["pages"].as_i64().unwrap_or(0);
+        let key = format!("{} by {}", t.kind, t.cause);
+        *by_cause.entry(key).or_default() += sign * i64::try_from(t.pages).unwrap_or(i64::MAX);
     }
     println!("  pagewatch swap transitions of the workload: {by_cause:?}");
     let net: i64 = by_cause.values().sum();
@@ -368,7 +361,7 @@ pub fn under_pressure() -> Result {
     checks.that(
         "swap-outs caused by balloon pressure",
         by_cause
-            .get("swapped_out by \"balloon_pressure\"")
+            .get("swapped_out by balloon_pressure")
             .is_some_and(|n| *n > 0),
     );
     // A few pages can go out after reclaim evidence has aged out (one
@@ -393,17 +386,17 @@ pub fn under_pressure() -> Result {
         .output()
         .map_err(|e| format!("pagewatch report: {e}"))?;
     let _ = std::fs::remove_file(recording);
-    let report: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .collect();
-    let episodes: Vec<serde_json::Value> = report
+    let report: Vec<ReportLine> = json_lines(&String::from_utf8_lossy(&out.stdout));
+    let episodes: Vec<&BalloonEpisode> = report
         .iter()
-        .filter_map(|l| l.get("balloon_episode").cloned())
+        .filter_map(|l| match l.item() {
+            Some(Item::BalloonEpisode(e)) => Some(e),
+            _ => None,
+        })
         .collect();
     let dropped = report
         .iter()
-        .find_map(|l| l["summary"]["dropped"].as_u64())
+        .find_map(|l| l.summary().map(|s| s.dropped))
         .unwrap_or(0);
     println!(
         "  report's balloon episodes: {episodes:?}; events the ring buffer dropped: {dropped}"
@@ -413,16 +406,16 @@ pub fn under_pressure() -> Result {
     // falls behind can end one interval only after the deflation began:
     // that interval is a deflation episode carrying the last inflated
     // pages, so the page counts are summed over every episode.
-    let inflations: Vec<&serde_json::Value> =
-        episodes.iter().filter(|e| e["inflate"] == true).collect();
-    let sum = |key: &str| -> u64 { episodes.iter().filter_map(|e| e[key].as_u64()).sum() };
+    let inflations: Vec<&&BalloonEpisode> = episodes.iter().filter(|e| e.inflate).collect();
+    let sum =
+        |count: fn(&BalloonEpisode) -> u64| -> u64 { episodes.iter().map(|e| count(e)).sum() };
     checks.that("the report has inflation episodes", !inflations.is_empty());
     checks.eq(
         "episodes' vmstat_inflated vs vmstat balloon_inflate delta (pages)",
-        sum("vmstat_inflated"),
+        sum(|e| e.vmstat_inflated),
         inflated,
     );
-    let hooks = sum("hook_inflated");
+    let hooks = sum(|e| e.hook_inflated);
     if hooks > 0 {
         // A squeezed guest's collector can fall behind and the ring buffer
         // then drops events, each counted by the kernel: every balloon page
@@ -436,9 +429,9 @@ pub fn under_pressure() -> Result {
     }
     let lost: u64 = inflations
         .iter()
-        .flat_map(|e| e["losses"].as_array().into_iter().flatten())
-        .filter(|l| l["pid"].as_u64() == Some(u64::from(w.pid)))
-        .filter_map(|l| l["swapped_out"].as_u64())
+        .flat_map(|e| &e.losses)
+        .filter(|l| l.pid == w.pid)
+        .map(|l| l.swapped_out)
         .sum();
     let grew = (smaps_swap - smaps_swap0) / 4;
     checks.that(

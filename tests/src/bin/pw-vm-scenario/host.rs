@@ -8,6 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use pagewatch_tests::{TopLine, TopSummary};
 use serde_json::Value;
 
 pub type Result<T = ()> = std::result::Result<T, String>;
@@ -150,8 +151,8 @@ impl Checks {
 /// scenario acts; its JSON lines are read as they come.
 pub struct Top {
     child: std::process::Child,
-    lines: std::sync::mpsc::Receiver<Value>,
-    seen: Vec<Value>,
+    lines: std::sync::mpsc::Receiver<TopLine>,
+    seen: Vec<TopLine>,
 }
 
 impl Top {
@@ -197,10 +198,19 @@ impl Top {
                 .lines()
                 .map_while(|l| l.ok())
             {
-                if let Ok(v) = serde_json::from_str::<Value>(&line)
-                    && line_tx.send(v).is_err()
-                {
-                    break;
+                // `record` prints no JSON lines; every line of `top --json`
+                // is a TopLine, and one that is not ends the reading,
+                // saying so (the scenario then waits in vain and fails).
+                match serde_json::from_str::<TopLine>(&line) {
+                    Ok(v) => {
+                        if line_tx.send(v).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("pw-vm-scenario: not a pagewatch top line {line:?}: {e}");
+                        break;
+                    }
                 }
             }
         });
@@ -222,11 +232,14 @@ impl Top {
         }
     }
 
-    /// Stops it as Ctrl-C does and returns its `summary` object.
-    pub fn stop(self) -> Result<Value> {
+    /// Stops it as Ctrl-C does and returns its summary.
+    pub fn stop(self) -> Result<TopSummary> {
         self.stop_lines()?
             .into_iter()
-            .find_map(|l| l.get("summary").cloned())
+            .find_map(|l| match l {
+                TopLine::Summary { summary } => Some(summary),
+                _ => None,
+            })
             .ok_or_else(|| "pagewatch top exited without a summary".to_string())
     }
 
@@ -240,7 +253,7 @@ impl Top {
     /// the state the scenario waited for and nothing more is changing. A
     /// squeezed TCG guest can take seconds per 1 s interval, so this counts
     /// intervals instead of sleeping. False if `secs` pass first.
-    pub fn settle(&mut self, min: usize, secs: u64, moving: impl Fn(&Value) -> bool) -> bool {
+    pub fn settle(&mut self, min: usize, secs: u64, moving: impl Fn(&TopLine) -> bool) -> bool {
         let deadline = Instant::now() + Duration::from_secs(secs);
         let (mut ended, mut quiet) = (0, true);
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
@@ -248,8 +261,8 @@ impl Top {
                 return false;
             };
             quiet &= !moving(&v);
-            // Every interval ends with its `events` line.
-            if v.get("events").is_some() {
+            // Every interval ends with its system line.
+            if v.system().is_some() {
                 ended += 1;
                 if ended >= min && quiet {
                     self.seen.push(v);
@@ -263,7 +276,7 @@ impl Top {
     }
 
     /// Stops it as Ctrl-C does and returns every JSON line it printed.
-    pub fn stop_lines(mut self) -> Result<Vec<Value>> {
+    pub fn stop_lines(mut self) -> Result<Vec<TopLine>> {
         // SAFETY: kill on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let status = self
@@ -284,18 +297,6 @@ impl Drop for Top {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// The first number under key `key` anywhere in `v`.
-pub fn find_u64(v: &Value, key: &str) -> Option<u64> {
-    match v {
-        Value::Object(m) => m
-            .get(key)
-            .and_then(Value::as_u64)
-            .or_else(|| m.values().find_map(|x| find_u64(x, key))),
-        Value::Array(a) => a.iter().find_map(|x| find_u64(x, key)),
-        _ => None,
     }
 }
 

@@ -5,7 +5,7 @@
 //! node changes (numa_maps and vmstat are the oracles); and THP `always`
 //! plus MADV_COLLAPSE, checked against smaps AnonHugePages.
 
-use pagewatch_tests::skip;
+use pagewatch_tests::{Item, TransitionKind, skip, top_transitions};
 
 use crate::{
     host::{self, Checks, Result, Top, snapshot},
@@ -206,8 +206,8 @@ pub fn numa_migrate() -> Result {
     let moved = numa_maps_pages(w.pid, 1)? - on1;
     top.mark();
     let settled = top.settle(3, 120, |l| {
-        l["transition"]["pid"].as_u64() == Some(u64::from(w.pid))
-            && l["transition"]["kind"] == "node_changed"
+        matches!(l.item(), Some(Item::Transition(t))
+            if t.pid == w.pid && t.kind == TransitionKind::NodeChanged)
     });
     checks.that("pagewatch's node changes settled within 120 s", settled);
     let lines = top.stop_lines()?;
@@ -222,24 +222,19 @@ pub fn numa_migrate() -> Result {
     );
     let mut by_cause = std::collections::BTreeMap::<String, u64>::new();
     let mut others = std::collections::BTreeMap::<String, u64>::new();
-    for t in lines.iter().filter_map(|l| l.get("transition")) {
-        if t["pid"].as_u64() != Some(u64::from(w.pid)) {
+    for t in top_transitions(&lines).filter(|t| t.pid == w.pid) {
+        if t.kind != TransitionKind::NodeChanged {
+            let key = format!("{} by {}", t.kind, t.cause);
+            *others.entry(key).or_default() += t.pages;
             continue;
         }
-        if t["kind"] != "node_changed" {
-            let key = format!("{} by {}", t["kind"], t["cause"]);
-            *others.entry(key).or_default() += t["pages"].as_u64().unwrap_or(0);
-            continue;
-        }
-        let key = format!(
-            "{} -> {} by {}",
-            t["from_node"],
-            t["to_node"],
-            t["cause"].as_str().unwrap_or("?")
-        );
-        *by_cause.entry(key).or_default() += t["pages"].as_u64().unwrap_or(0);
+        let key = format!("{} -> {} by {}", t.from_node, t.to_node, t.cause);
+        *by_cause.entry(key).or_default() += t.pages;
     }
-    let dropped: u64 = lines.iter().filter_map(|l| l["dropped"].as_u64()).sum();
+    let dropped: u64 = lines
+        .iter()
+        .filter_map(|l| l.system().map(|s| s.dropped))
+        .sum();
     println!(
         "  pagewatch node changes: {by_cause:?}; the workload's other transitions: {others:?}; events dropped: {dropped}"
     );

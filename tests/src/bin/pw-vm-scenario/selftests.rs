@@ -28,8 +28,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use pagewatch_tests::skip;
-use serde_json::{Value, json};
+use pagewatch::output::ReportTransition;
+use pagewatch_tests::{Cause, ReportLine, skip};
+use serde_json::json;
 
 use crate::host::{self, Result};
 
@@ -532,24 +533,21 @@ impl Report {
         let mut r = Report::default();
         let mut summary = false;
         for line in out.lines() {
-            let Ok(v) = serde_json::from_str::<Value>(line) else {
-                continue;
-            };
-            if let Some(s) = v.get("summary") {
+            let v: ReportLine = serde_json::from_str(line)
+                .map_err(|e| format!("not a pagewatch report line {line:?}: {e}"))?;
+            if let Some(s) = v.summary() {
                 summary = true;
-                r.dropped = s["dropped"].as_u64().unwrap_or(u64::MAX);
+                r.dropped = s.dropped;
                 continue;
             }
-            let (Some(kind), Some(pages)) = (v["kind"].as_str(), v["pages"].as_u64()) else {
+            let Some(ReportTransition { transition: t, .. }) = v.transition() else {
                 continue;
             };
-            *r.kinds.entry(kind.to_string()).or_default() += pages;
-            if v["cause"] == "unexplained" {
-                r.unexplained += pages;
+            *r.kinds.entry(t.kind.to_string()).or_default() += t.pages;
+            if t.cause == Cause::Unexplained {
+                r.unexplained += t.pages;
             }
-            if let Some(pid) = v["pid"].as_u64() {
-                r.pids.insert(pid);
-            }
+            r.pids.insert(u64::from(t.pid));
         }
         if !summary {
             return Err("pagewatch report printed no summary line".into());
