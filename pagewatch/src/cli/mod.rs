@@ -1,6 +1,7 @@
 //! Command-line interface: one module per subcommand, each a clap struct
 //! validated into a config before any work starts; shared value parsers.
 
+mod map;
 mod record;
 mod report;
 mod session;
@@ -28,6 +29,8 @@ enum Command {
     Top(top::TopArgs),
     /// Page census of processes and of the whole system from pagemap and kpageflags.
     Snapshot(snapshot::SnapshotArgs),
+    /// Physical memory per pageblock: free, huge, compactable or blocked, and by what.
+    Map(map::MapArgs),
     /// Record events, snapshots and attributed transitions to a file (like perf record).
     Record(record::RecordArgs),
     /// Show a recording as a timeline and summary, JSON lines, or a Perfetto trace.
@@ -41,6 +44,7 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         None => top::run(cli.top),
         Some(Command::Top(args)) => top::run(args),
         Some(Command::Snapshot(args)) => snapshot::run(args),
+        Some(Command::Map(args)) => map::run(args),
         Some(Command::Record(args)) => return record::run(args),
         Some(Command::Report(args)) => report::run(args),
     };

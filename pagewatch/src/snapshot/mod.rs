@@ -24,6 +24,7 @@ pub mod columns;
 pub mod error;
 pub mod flags;
 pub mod folios;
+pub mod map;
 pub mod maps;
 pub mod memcg;
 pub mod observer;
