@@ -14,6 +14,7 @@ use pagewatch::snapshot::{
         PhysMap, ZoneMap, build,
         classify::{PageClass, Verdict},
         owners::{Owner, owners},
+        svg::draw,
     },
 };
 
@@ -24,6 +25,8 @@ pub enum Format {
     Table,
     /// Every block, as one JSON document.
     Json,
+    /// A picture: one cell per block coloured by verdict, zones, a legend.
+    Svg,
 }
 
 /// Physical memory map per pageblock: why a huge page cannot be had.
@@ -121,6 +124,12 @@ pub fn run(args: MapArgs) -> Result<()> {
                 notes: &map.notes,
             };
             println!("{}", serde_json::to_string(&out)?);
+        }
+        Format::Svg => {
+            print!("{}", draw(&map).render());
+            for n in &map.notes {
+                eprintln!("note: {n}");
+            }
         }
         Format::Table => print_table(&map, &owned, args.blocks),
     }

@@ -21,6 +21,7 @@ pub mod account;
 pub mod batches;
 pub mod census;
 pub mod columns;
+pub mod cont;
 pub mod error;
 pub mod flags;
 pub mod folios;

@@ -15,6 +15,7 @@
 pub mod classify;
 pub mod owners;
 pub mod procfs;
+pub mod svg;
 
 use std::collections::BTreeMap;
 
@@ -469,7 +470,6 @@ mod tests {
                     zone: 0,
                     counts: [0; NCLASS],
                     heads: 0,
-                    zeroed: 0,
                     zeroed: 0,
                     verdict: Verdict::Hole,
                     blocker: None,
