@@ -2,20 +2,18 @@
 //! each block's verdict (free huge page, huge page in use, could be
 //! compacted, blocked) and what blocks it; as a table, JSON or an SVG grid.
 
-use std::{collections::HashMap, path::PathBuf};
+use std::collections::HashMap;
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
-use pagewatch::snapshot::{
-    ProcRoot,
-    map::{
-        PhysMap, ZoneMap, build,
-        classify::{PageClass, Verdict},
-        owners::{Owner, owners},
-        svg::draw,
-    },
+use pagewatch::snapshot::map::{
+    PhysMap, ZoneMap, build,
+    classify::{PageClass, Verdict},
+    nonzero,
+    owners::{Owner, owners},
+    svg::draw,
 };
 
 /// Output format.
@@ -41,15 +39,8 @@ pub struct MapArgs {
     /// Nearly free blocks to list in the table (most free pages first).
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub blocks: usize,
-    /// procfs to read (a captured tree or a guest's).
-    #[arg(long, default_value = "/proc", hide = true)]
-    pub proc_root: PathBuf,
-    /// sysfs to read.
-    #[arg(long, default_value = "/sys", hide = true)]
-    pub sys_root: PathBuf,
-    /// Threads reading kpageflags (default: online CPUs).
-    #[arg(long, hide = true)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub source: super::SourceArgs,
 }
 
 /// One block in the JSON.
@@ -80,13 +71,7 @@ struct Output<'a> {
 
 /// Run `pagewatch map`.
 pub fn run(args: MapArgs) -> Result<()> {
-    let root = ProcRoot {
-        proc: args.proc_root,
-        sys: args.sys_root,
-    };
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let (root, threads) = args.source.split();
     let mut map = build(&root, threads)?;
     let owned = if args.owners {
         let (o, notes) = owners(&root, &map, 8)?;
@@ -147,13 +132,7 @@ fn print_table(map: &PhysMap, owned: &HashMap<usize, Vec<Owner>>, nearly: usize)
         map.pageblock_order,
         map.seconds
     );
-    for z in &map.zones {
-        let verdicts: Vec<String> = z
-            .verdicts
-            .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(k, n)| format!("{k} {n}"))
-            .collect();
+    for (zi, z) in map.zones.iter().enumerate() {
         println!(
             "\nnode {} zone {} (PFN {:#x}-{:#x}): {} blocks (pagetypeinfo: {}): {}",
             z.zone.node,
@@ -163,15 +142,9 @@ fn print_table(map: &PhysMap, owned: &HashMap<usize, Vec<Owner>>, nearly: usize)
             z.blocks,
             z.pagetypeinfo_blocks
                 .map_or_else(|| "?".into(), |n| n.to_string()),
-            verdicts.join(", ")
+            nonzero(&z.verdicts)
         );
-        let pages: Vec<String> = z
-            .pages
-            .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(k, n)| format!("{k} {n}"))
-            .collect();
-        println!("  pages: {}", pages.join(", "));
+        println!("  pages: {}", nonzero(&z.pages));
         println!("  free blocks per order  {}", orders_row(&z.free_by_order));
         if let Some(b) = &z.buddyinfo_before {
             println!("  buddyinfo before       {}", orders_row(b));
@@ -180,11 +153,7 @@ fn print_table(map: &PhysMap, owned: &HashMap<usize, Vec<Owner>>, nearly: usize)
             println!("  buddyinfo after        {}", orders_row(b));
         }
         let mut blockers: HashMap<&str, u64> = HashMap::new();
-        for b in map
-            .blocks
-            .iter()
-            .filter(|b| &map.zones[b.zone].zone == &z.zone)
-        {
+        for b in map.blocks.iter().filter(|b| b.zone == zi) {
             if let Some(k) = b.blocker {
                 *blockers.entry(k.name()).or_default() += 1;
             }
@@ -207,11 +176,6 @@ fn print_table(map: &PhysMap, owned: &HashMap<usize, Vec<Owner>>, nearly: usize)
         println!("\nnearly free blocks (most free pages first):");
     }
     for (i, b) in near.into_iter().take(nearly) {
-        let pages: Vec<String> = b
-            .class_pages()
-            .iter()
-            .map(|(k, n)| format!("{k} {n}"))
-            .collect();
         let who: Vec<String> = owned
             .get(&i)
             .into_iter()
@@ -219,12 +183,8 @@ fn print_table(map: &PhysMap, owned: &HashMap<usize, Vec<Owner>>, nearly: usize)
             .map(|o| format!("{}/{} {}", o.pid, o.comm, o.pages))
             .collect();
         println!(
-            "  PFN {:#x} {}{}: {}{}",
-            b.pfn,
-            b.verdict.name(),
-            b.blocker
-                .map_or_else(String::new, |k| format!(" by {}", k.name())),
-            pages.join(", "),
+            "  {}{}",
+            b.describe(),
             if who.is_empty() {
                 String::new()
             } else {

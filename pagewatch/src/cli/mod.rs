@@ -51,6 +51,35 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     done.map(|()| std::process::ExitCode::SUCCESS)
 }
 
+/// Where to read the kernel's files and how many threads read kpageflags
+/// (hidden options of `snapshot` and `map`).
+#[derive(Debug, clap::Args)]
+pub struct SourceArgs {
+    /// procfs to read (a captured tree or a guest's).
+    #[arg(long, default_value = "/proc", hide = true)]
+    pub proc_root: std::path::PathBuf,
+    /// sysfs to read.
+    #[arg(long, default_value = "/sys", hide = true)]
+    pub sys_root: std::path::PathBuf,
+    /// Threads reading /proc/kpageflags for the whole system (default: online CPUs).
+    #[arg(long, hide = true)]
+    pub threads: Option<usize>,
+}
+
+impl SourceArgs {
+    /// The root to read and the reader threads.
+    pub fn split(self) -> (pagewatch::snapshot::ProcRoot, usize) {
+        let threads = self
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let root = pagewatch::snapshot::ProcRoot {
+            proc: self.proc_root,
+            sys: self.sys_root,
+        };
+        (root, threads)
+    }
+}
+
 /// Runs `f` to completion on a single-threaded tokio runtime.
 pub fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
     use anyhow::Context as _;

@@ -75,15 +75,8 @@ pub struct SnapshotArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
-    /// procfs to read (a captured tree or a guest's).
-    #[arg(long, default_value = "/proc", hide = true)]
-    pub proc_root: PathBuf,
-    /// sysfs to read.
-    #[arg(long, default_value = "/sys", hide = true)]
-    pub sys_root: PathBuf,
-    /// Threads for the system census (default: online CPUs).
-    #[arg(long, hide = true)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub source: super::SourceArgs,
     /// Sleep this many ms after each VMA (test hook for processes exiting mid-scan).
     #[arg(long, hide = true)]
     pub pause_per_vma_ms: Option<u64>,
@@ -142,11 +135,9 @@ impl TryFrom<SnapshotArgs> for Config {
         if working_set.is_some() && selection.is_none() {
             bail!("--working-set needs processes (--pid, --comm, --cgroup or --all)");
         }
+        let (root, threads) = a.source.split();
         Ok(Config {
-            root: ProcRoot {
-                proc: a.proc_root,
-                sys: a.sys_root,
-            },
+            root,
             selection,
             vma: a.vma,
             system,
@@ -155,9 +146,7 @@ impl TryFrom<SnapshotArgs> for Config {
             working_set,
             cont: a.cont,
             format: a.format,
-            threads: a
-                .threads
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            threads,
             scan: ScanOptions {
                 pause: a.pause_per_vma_ms.map(Duration::from_millis),
                 vma_source: if a.maps_text {
@@ -420,20 +409,24 @@ fn print_table(o: &Output) {
     }
     for c in &o.cont {
         println!(
-            "\n{} {}: in naturally aligned contiguous {} kB blocks: anon {} kB, file {} kB",
+            "\n{} {}: in naturally aligned contiguous {} kB blocks: anon {} kB ({} kB in large folios), file {} kB ({} kB in large folios)",
             c.pid,
             c.comm,
             c.size >> 10,
             c.total.anon >> 10,
-            c.total.file >> 10
+            c.total.anon_thp >> 10,
+            c.total.file >> 10,
+            c.total.file_thp >> 10
         );
         for v in &c.vmas {
             println!(
-                "  {}-{} anon {:>10} kB file {:>10} kB  {}",
+                "  {}-{} anon {:>10} kB ({:>10} kB) file {:>10} kB ({:>10} kB)  {}",
                 v.start,
                 v.end,
                 v.usage.anon >> 10,
+                v.usage.anon_thp >> 10,
                 v.usage.file >> 10,
+                v.usage.file_thp >> 10,
                 v.name
             );
         }

@@ -6,8 +6,10 @@
 //! A block counts when its virtual address is aligned to SIZE, every page
 //! of it is present, the PFNs are consecutive from one aligned to SIZE,
 //! and all pages are of one kind (anon by kpageflags ANON; file otherwise,
-//! shmem included). Unlike thpmaps, which looks only at memory in large
-//! folios, any pages count: 4 KiB pages that happen to be contiguous too.
+//! shmem included). Any pages count, 4 KiB pages that happen to be
+//! contiguous too; `anon_thp`/`file_thp` are thpmaps' own figure (its
+//! `*-cont-pmd-aligned` plus `*-cont-pte-aligned`): blocks of large-folio
+//! pages (kpageflags THP) that hold no folio head past their first page.
 
 use serde::Serialize;
 
@@ -23,6 +25,10 @@ pub struct ContUsage {
     pub anon: u64,
     /// File (and shmem) bytes in contiguous blocks.
     pub file: u64,
+    /// Anonymous bytes in blocks inside one large folio (thpmaps' figure).
+    pub anon_thp: u64,
+    /// File bytes in blocks inside one large folio (thpmaps' figure).
+    pub file_thp: u64,
 }
 
 /// One VMA with contiguous blocks.
@@ -60,6 +66,8 @@ struct Open {
     next_vpn: u64,
     next_pfn: u64,
     file: bool,
+    /// Every page so far in a large folio, no head after the first.
+    thp: bool,
 }
 
 /// Accumulates one process's batches (in address order, VMA by VMA).
@@ -98,35 +106,43 @@ impl ContBuilder {
                 return;
             };
             let file = !has(s.flags, kpf::ANON);
+            let thp = has(s.flags, kpf::THP);
+            let head = has(s.flags, kpf::COMPOUND_HEAD);
             for i in 0..u64::from(s.pages) {
-                self.page(vi, base + u64::from(s.idx) + i, pfn + i, file);
+                self.page(vi, base + u64::from(s.idx) + i, pfn + i, (file, thp, head));
             }
         });
     }
 
     #[inline]
-    fn page(&mut self, vi: usize, vpn: u64, pfn: u64, file: bool) {
+    fn page(&mut self, vi: usize, vpn: u64, pfn: u64, (file, thp, head): (bool, bool, bool)) {
         let n = self.pages;
         let go_on = self
             .open
             .is_some_and(|o| o.next_vpn == vpn && o.next_pfn == pfn && o.file == file);
         if !go_on {
-            self.open = (vpn % n == 0 && pfn % n == 0).then_some(Open {
+            self.open = (vpn.is_multiple_of(n) && pfn.is_multiple_of(n)).then_some(Open {
                 next_vpn: vpn,
                 next_pfn: pfn,
                 file,
+                thp: true,
             });
         }
         let Some(o) = self.open.as_mut() else { return };
+        o.thp &= thp && (!head || vpn.is_multiple_of(n));
         o.next_vpn += 1;
         o.next_pfn += 1;
-        if o.next_vpn % n == 0 {
+        if o.next_vpn.is_multiple_of(n) {
             let u = &mut self.vmas[vi];
             let bytes = n * 4096;
-            if o.file {
-                u.file += bytes;
+            let (all, in_folio) = if o.file {
+                (&mut u.file, &mut u.file_thp)
             } else {
-                u.anon += bytes;
+                (&mut u.anon, &mut u.anon_thp)
+            };
+            *all += bytes;
+            if o.thp {
+                *in_folio += bytes;
             }
             self.open = None;
         }
@@ -147,6 +163,8 @@ impl ContBuilder {
         for (v, u) in info.vmas.iter().zip(&self.vmas) {
             total.anon += u.anon;
             total.file += u.file;
+            total.anon_thp += u.anon_thp;
+            total.file_thp += u.file_thp;
             if u.anon + u.file > 0 {
                 vmas.push(ContVma {
                     start: format!("{:x}", v.start),
@@ -174,7 +192,9 @@ mod tests {
         let mut b = ContBuilder::new(size);
         b.vmas.push(ContUsage::default());
         for &(vpn, pfn, file) in pages {
-            b.page(0, vpn, pfn, file);
+            // A large folio of 8 pages from PFN 96.
+            let thp = (96..104).contains(&pfn);
+            b.page(0, vpn, pfn, (file, thp, thp && pfn == 96));
         }
         b.vmas[0].clone()
     }
@@ -183,7 +203,12 @@ mod tests {
     fn only_aligned_contiguous_blocks_of_one_kind_count() {
         // 16 KiB blocks (4 pages).
         let good: Vec<_> = (0..4).map(|i| (8 + i, 100 + i, false)).collect();
-        assert_eq!(run(16384, &good).anon, 16384);
+        let u = run(16384, &good);
+        assert_eq!((u.anon, u.anon_thp), (16384, 16384));
+        // The folio and the 8 pages past it: contiguous, not thpmaps'.
+        let across: Vec<_> = (0..16).map(|i| (16 + i, 96 + i, false)).collect();
+        let u = run(65536, &across);
+        assert_eq!((u.anon, u.anon_thp), (65536, 0));
         // Physically unaligned.
         let unaligned: Vec<_> = (0..4).map(|i| (8 + i, 101 + i, false)).collect();
         assert_eq!(run(16384, &unaligned), ContUsage::default());

@@ -56,6 +56,17 @@ impl Block {
     pub fn count(&self, k: PageClass) -> u32 {
         self.counts[k as usize]
     }
+    /// `PFN 0x… verdict[ by blocker]: class n, …`.
+    pub fn describe(&self) -> String {
+        format!(
+            "PFN {:#x} {}{}: {}",
+            self.pfn,
+            self.verdict.name(),
+            self.blocker
+                .map_or_else(String::new, |k| format!(" by {}", k.name())),
+            nonzero(&self.class_pages())
+        )
+    }
     /// Non-zero class counts by name.
     pub fn class_pages(&self) -> BTreeMap<&'static str, u32> {
         CLASSES
@@ -229,6 +240,18 @@ fn zone_pieces(zones: &[Zone], notes: &mut Vec<String>) -> Vec<(u64, u64, usize)
     out
 }
 
+/// The non-zero entries of a count map as `name n, name n`.
+pub fn nonzero<N: Copy + Default + PartialEq + std::fmt::Display>(
+    counts: &BTreeMap<&str, N>,
+) -> String {
+    let v: Vec<String> = counts
+        .iter()
+        .filter(|(_, n)| **n != N::default())
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    v.join(", ")
+}
+
 /// Pages per memory block (/sys/devices/system/memory/block_size_bytes;
 /// 128 MiB, the x86-64 section size, when unreadable), at least a block.
 fn memory_block_pages(root: &ProcRoot, block_pages: u64) -> u64 {
@@ -296,7 +319,7 @@ pub fn build(root: &ProcRoot, threads: usize) -> Result<PhysMap> {
     let pieces = zone_pieces(&zones, &mut notes);
     let max_order = orders - 1;
     let unit = 1u64 << pageblock_order.max(max_order);
-    if BATCH_ENTRIES as u64 % unit != 0 {
+    if !(BATCH_ENTRIES as u64).is_multiple_of(unit) {
         return Err(SnapshotError::Parse {
             path: pti,
             line: 0,
@@ -489,7 +512,7 @@ mod tests {
         let (l, mut p) = layout_part(&pieces, 0, 16);
         // PFN 0 is outside every zone; 1..8 free (orders 0,1,2), 8 used,
         // 9..16 free: 9 (0), 10..12 (1) in zone 0, 12..16 (2) in zone 1.
-        let mut f = vec![bud; 16];
+        let mut f = [bud; 16];
         f[0] = 0;
         f[8] = 1 << kpf::SLAB;
         l.unit(&mut p, 0, &f[..8]);

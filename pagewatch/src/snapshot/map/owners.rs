@@ -27,13 +27,12 @@ pub struct Owner {
     pub pages: u32,
 }
 
+/// Owners per block index of `map.blocks`.
+pub type BlockOwners = HashMap<usize, Vec<Owner>>;
+
 /// Owners per block index of `map.blocks` (only compactable and blocked
 /// blocks), at most `keep` per block, most pages first; and notes.
-pub fn owners(
-    root: &ProcRoot,
-    map: &PhysMap,
-    keep: usize,
-) -> Result<(HashMap<usize, Vec<Owner>>, Vec<String>)> {
+pub fn owners(root: &ProcRoot, map: &PhysMap, keep: usize) -> Result<(BlockOwners, Vec<String>)> {
     let bp = map.block_pages();
     let index: HashMap<u64, usize> = map
         .blocks

@@ -177,11 +177,6 @@ pub fn draw(map: &PhysMap) -> Svg {
             let (row, col) = (i / COLUMNS, i % COLUMNS);
             rows = rows.max(row + 1);
             counts[b.verdict as usize] += 1;
-            let pages: Vec<String> = b
-                .class_pages()
-                .iter()
-                .map(|(k, n)| format!("{k} {n}"))
-                .collect();
             svg.elements.push(Element::Rect {
                 x: MARGIN + col * CELL,
                 y: y + row * CELL,
@@ -189,14 +184,7 @@ pub fn draw(map: &PhysMap) -> Svg {
                 h: CELL - 1,
                 fill: colour(b.verdict),
                 class: "block",
-                title: Some(format!(
-                    "PFN {:#x} {}{}: {}",
-                    b.pfn,
-                    b.verdict.name(),
-                    b.blocker
-                        .map_or_else(String::new, |k| format!(" by {}", k.name())),
-                    pages.join(", ")
-                )),
+                title: Some(b.describe()),
             });
         }
         y += rows * CELL + 4;
