@@ -2,6 +2,7 @@
 //! validated into a config before any work starts; shared value parsers.
 
 mod generate;
+mod map;
 mod record;
 mod report;
 mod session;
@@ -29,6 +30,8 @@ enum Command {
     Top(top::TopArgs),
     /// Page census of processes and of the whole system from pagemap and kpageflags.
     Snapshot(snapshot::SnapshotArgs),
+    /// Physical memory per pageblock: free, huge, compactable or blocked, and by what.
+    Map(map::MapArgs),
     /// Record events, snapshots and attributed transitions to a file (like perf record).
     Record(record::RecordArgs),
     /// Show a recording as a timeline and summary, JSON lines, or a Perfetto trace.
@@ -47,12 +50,42 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         None => top::run(cli.top),
         Some(Command::Top(args)) => top::run(args),
         Some(Command::Snapshot(args)) => snapshot::run(args),
+        Some(Command::Map(args)) => map::run(args),
         Some(Command::Record(args)) => return record::run(args),
         Some(Command::Report(args)) => report::run(args),
         Some(Command::Schema(args)) => generate::schema(args),
         Some(Command::Generate(args)) => generate::generate(args),
     };
     done.map(|()| std::process::ExitCode::SUCCESS)
+}
+
+/// Where to read the kernel's files and how many threads read kpageflags
+/// (hidden options of `snapshot` and `map`).
+#[derive(Debug, clap::Args)]
+pub struct SourceArgs {
+    /// procfs to read (a captured tree or a guest's).
+    #[arg(long, default_value = "/proc", hide = true)]
+    pub proc_root: std::path::PathBuf,
+    /// sysfs to read.
+    #[arg(long, default_value = "/sys", hide = true)]
+    pub sys_root: std::path::PathBuf,
+    /// Threads reading /proc/kpageflags for the whole system (default: online CPUs).
+    #[arg(long, hide = true)]
+    pub threads: Option<usize>,
+}
+
+impl SourceArgs {
+    /// The root to read and the reader threads.
+    pub fn split(self) -> (pagewatch::snapshot::ProcRoot, usize) {
+        let threads = self
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let root = pagewatch::snapshot::ProcRoot {
+            proc: self.proc_root,
+            sys: self.sys_root,
+        };
+        (root, threads)
+    }
 }
 
 /// Runs `f` to completion on a single-threaded tokio runtime.

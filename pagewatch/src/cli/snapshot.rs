@@ -13,6 +13,7 @@ use pagewatch::snapshot::{
     ProcRoot, SnapshotError,
     census::{Census, census},
     columns::PageTable,
+    cont::{ContBuilder, ContReport},
     flags::{FlagExpr, kpf_describe},
     maps::VmaSource,
     memcg::MemcgNames,
@@ -68,18 +69,14 @@ pub struct SnapshotArgs {
     /// Measure the working set over DURATION (e.g. 5s, 500ms) via clear_refs.
     #[arg(long, value_name = "DURATION")]
     pub working_set: Option<String>,
+    /// Also report per process and VMA the memory in naturally aligned, physically contiguous blocks of SIZE (a power of two such as 64K), anon and file apart.
+    #[arg(long, value_name = "SIZE", value_parser = parse_cont)]
+    pub cont: Option<u64>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
-    /// procfs to read (a captured tree or a guest's).
-    #[arg(long, default_value = "/proc", hide = true)]
-    pub proc_root: PathBuf,
-    /// sysfs to read.
-    #[arg(long, default_value = "/sys", hide = true)]
-    pub sys_root: PathBuf,
-    /// Threads for the system census (default: online CPUs).
-    #[arg(long, hide = true)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub source: super::SourceArgs,
     /// Sleep this many ms after each VMA (test hook for processes exiting mid-scan).
     #[arg(long, hide = true)]
     pub pause_per_vma_ms: Option<u64>,
@@ -98,6 +95,7 @@ struct Config {
     expr: FlagExpr,
     list: bool,
     working_set: Option<Duration>,
+    cont: Option<u64>,
     format: Format,
     threads: usize,
     scan: ScanOptions,
@@ -131,24 +129,24 @@ impl TryFrom<SnapshotArgs> for Config {
             .map(super::parse_duration)
             .transpose()
             .map_err(anyhow::Error::msg)?;
+        if a.cont.is_some() && selection.is_none() {
+            bail!("--cont needs processes (--pid, --comm, --cgroup or --all)");
+        }
         if working_set.is_some() && selection.is_none() {
             bail!("--working-set needs processes (--pid, --comm, --cgroup or --all)");
         }
+        let (root, threads) = a.source.split();
         Ok(Config {
-            root: ProcRoot {
-                proc: a.proc_root,
-                sys: a.sys_root,
-            },
+            root,
             selection,
             vma: a.vma,
             system,
             expr,
             list: a.list,
             working_set,
+            cont: a.cont,
             format: a.format,
-            threads: a
-                .threads
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            threads,
             scan: ScanOptions {
                 pause: a.pause_per_vma_ms.map(Duration::from_millis),
                 vma_source: if a.maps_text {
@@ -178,6 +176,8 @@ struct Output {
     system: Option<SystemOut>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     working_set: Vec<WorkingSet>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    cont: Vec<ContReport>,
     /// Per-page state kept to name owners (`--list`): pages, bytes per page.
     #[serde(skip_serializing_if = "Option::is_none")]
     page_table: Option<PageTableSummary>,
@@ -211,23 +211,36 @@ pub fn run(args: SnapshotArgs) -> Result<()> {
     let mut scans: Vec<ProcessPages> = Vec::new();
     let mut reports: Vec<ProcessReport> = Vec::new();
     let mut working: Vec<WorkingSet> = Vec::new();
+    let mut conts: Vec<ContReport> = Vec::new();
     let names = MemcgNames::load(&cfg.root);
     if let Some(sel) = &cfg.selection {
         let explicit = matches!(sel, Selection::Pids(_));
         for pid in resolve(&cfg.root, sel)? {
             // Keep every page only when owners must be named (--list);
             // otherwise account batch by batch in a small footprint.
+            let mut cont = cfg.cont.map(ContBuilder::new);
             let scanned = if cfg.list {
                 scan_process(&cfg.root, &kp, pid, &cfg.scan).map(|p| {
                     reports.push(process_report(&p, &names, cfg.vma));
+                    if let Some(c) = cont.take() {
+                        conts.push(c.finish_pages(&p));
+                    }
                     scans.push(p);
                 })
             } else {
                 let mut b = ReportBuilder::new(&names, cfg.vma);
                 scan_process_with(&cfg.root, &kp, pid, &cfg.scan, |vi, batch, vis| {
-                    b.add(vi, batch, vis)
+                    b.add(vi, batch, vis);
+                    if let Some(c) = cont.as_mut() {
+                        c.add(vi, batch);
+                    }
                 })
-                .map(|info| reports.push(b.finish(&info)))
+                .map(|info| {
+                    reports.push(b.finish(&info));
+                    if let Some(c) = cont.take() {
+                        conts.push(c.finish(&info));
+                    }
+                })
             };
             match scanned {
                 Ok(()) => {}
@@ -287,6 +300,7 @@ pub fn run(args: SnapshotArgs) -> Result<()> {
         processes: reports,
         system,
         working_set: working,
+        cont: conts,
         page_table: cfg.list.then(|| PageTableSummary {
             pages: table.len(),
             bytes_per_page: table.bytes_per_page(),
@@ -298,6 +312,17 @@ pub fn run(args: SnapshotArgs) -> Result<()> {
         Format::Table => print_table(&out),
     }
     Ok(())
+}
+
+/// `--cont SIZE`: a power of two of at least one page.
+fn parse_cont(text: &str) -> Result<u64, String> {
+    let size = super::parse_size(text)?;
+    if !size.is_power_of_two() || size < 4096 {
+        return Err(format!(
+            "{text:?}: the block size must be a power of two of at least 4K"
+        ));
+    }
+    Ok(size)
 }
 
 fn opt(v: Option<u64>) -> String {
@@ -380,6 +405,30 @@ fn print_table(o: &Output) {
         for v in p.vmas.iter().flatten() {
             let label = format!("  {}-{} {} {}", v.start, v.end, v.perms, v.name);
             println!("{}", usage_row(&label, &v.usage));
+        }
+    }
+    for c in &o.cont {
+        println!(
+            "\n{} {}: in naturally aligned contiguous {} kB blocks: anon {} kB ({} kB in large folios), file {} kB ({} kB in large folios)",
+            c.pid,
+            c.comm,
+            c.size >> 10,
+            c.total.anon >> 10,
+            c.total.anon_thp >> 10,
+            c.total.file >> 10,
+            c.total.file_thp >> 10
+        );
+        for v in &c.vmas {
+            println!(
+                "  {}-{} anon {:>10} kB ({:>10} kB) file {:>10} kB ({:>10} kB)  {}",
+                v.start,
+                v.end,
+                v.usage.anon >> 10,
+                v.usage.anon_thp >> 10,
+                v.usage.file >> 10,
+                v.usage.file_thp >> 10,
+                v.name
+            );
         }
     }
     for w in &o.working_set {

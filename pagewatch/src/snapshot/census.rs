@@ -79,58 +79,80 @@ pub fn zoneinfo_end_pfn(text: &str) -> u64 {
     end
 }
 
+#[derive(Default)]
 struct Part {
     counts: HashMap<u64, u64>,
     runs: Vec<PfnRun>,
-    read: u64,
 }
 
-fn census_part(
-    t: &U64Table,
-    from: u64,
-    to: Option<u64>,
-    expr: FlagExpr,
-    list: bool,
-) -> std::io::Result<Part> {
-    let mut part = Part {
-        counts: HashMap::new(),
-        runs: Vec::new(),
-        read: 0,
+/// Reads `table` over consecutive PFN ranges in parallel, one thread per
+/// range: range `i` is `starts[i]..starts[i + 1]`, the last one ends at
+/// `end` (`None`: end of file). Each thread builds its state with `init`
+/// and hands it every batch with the batch's first PFN; returns the
+/// states and how many entries each read.
+pub(crate) fn read_parallel<S: Send>(
+    table: &U64Table,
+    starts: &[u64],
+    end: Option<u64>,
+    init: impl Fn() -> S + Sync,
+    each: impl Fn(&mut S, u64, &[u64]) + Sync,
+) -> std::io::Result<Vec<(S, u64)>> {
+    let part = |from: u64, to: Option<u64>| -> std::io::Result<(S, u64)> {
+        let mut state = init();
+        let mut buf = vec![0u64; BATCH_ENTRIES];
+        let mut pfn = from;
+        loop {
+            let want = match to {
+                Some(end) if pfn >= end => break,
+                Some(end) => (end - pfn).min(BATCH_ENTRIES as u64) as usize,
+                None => BATCH_ENTRIES,
+            };
+            let got = table.read_into(pfn, &mut buf[..want])?;
+            each(&mut state, pfn, &buf[..got]);
+            pfn += got as u64;
+            if got < want {
+                break;
+            }
+        }
+        Ok((state, pfn - from))
     };
-    let mut buf = vec![0u64; BATCH_ENTRIES];
-    let mut pfn = from;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = starts
+            .iter()
+            .enumerate()
+            .map(|(i, &from)| {
+                let to = starts.get(i + 1).copied().or(end);
+                let part = &part;
+                s.spawn(move || part(from, to))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("kpageflags reader"))
+            .collect()
+    })
+}
+
+/// Counts a batch's flag words into `part` (runs of equal words at once).
+fn count_batch(part: &mut Part, base: u64, batch: &[u64], expr: FlagExpr, list: bool) {
     let (mut cur, mut cur_n) = (u64::MAX, 0u64);
-    loop {
-        let want = match to {
-            Some(end) if pfn >= end => break,
-            Some(end) => (end - pfn).min(BATCH_ENTRIES as u64) as usize,
-            None => BATCH_ENTRIES,
-        };
-        let got = t.read_into(pfn, &mut buf[..want])?;
-        for &f in &buf[..got] {
-            if f == cur {
-                cur_n += 1;
-                continue;
-            }
-            if cur_n > 0 {
-                *part.counts.entry(cur).or_default() += cur_n;
-            }
-            cur = f;
-            cur_n = 1;
+    for &f in batch {
+        if f == cur {
+            cur_n += 1;
+            continue;
         }
-        if list {
-            extend_runs(&mut part.runs, &buf[..got], pfn, expr);
+        if cur_n > 0 {
+            *part.counts.entry(cur).or_default() += cur_n;
         }
-        part.read += got as u64;
-        pfn += got as u64;
-        if got < want {
-            break;
-        }
+        cur = f;
+        cur_n = 1;
     }
     if cur_n > 0 {
         *part.counts.entry(cur).or_default() += cur_n;
     }
-    Ok(part)
+    if list {
+        extend_runs(&mut part.runs, batch, base, expr);
+    }
 }
 
 /// Append the matching runs of a batch starting at PFN `base` (only with
@@ -160,26 +182,16 @@ pub fn census(root: &ProcRoot, expr: FlagExpr, list: bool, threads: usize) -> Re
     let end = zoneinfo_end_pfn(&super::source::read_text(&zi)?);
     let threads = threads.max(1) as u64;
     let step = end.div_ceil(threads).max(1);
-    let parts: Vec<std::io::Result<Part>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|i| {
-                let table = &table;
-                let from = i * step;
-                let to = (i + 1 < threads).then_some((i + 1) * step);
-                s.spawn(move || census_part(table, from, to, expr, list))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("census reader"))
-            .collect()
-    });
+    let starts: Vec<u64> = (0..threads).map(|i| i * step).collect();
+    let parts = read_parallel(&table, &starts, None, Part::default, |part, base, batch| {
+        count_batch(part, base, batch, expr, list)
+    })
+    .map_err(|e| SnapshotError::read(&path, e))?;
     let mut counts: HashMap<u64, u64> = HashMap::new();
     let mut runs: Vec<PfnRun> = Vec::new();
     let mut read = 0;
-    for p in parts {
-        let p = p.map_err(|e| SnapshotError::read(&path, e))?;
-        read += p.read;
+    for (p, n) in parts {
+        read += n;
         for (k, v) in p.counts {
             *counts.entry(k).or_default() += v;
         }
