@@ -1,15 +1,15 @@
 //! Command-line interface: one module per subcommand, each a clap struct
 //! validated into a config before any work starts; shared value parsers.
 
+mod duration;
 mod record;
 mod report;
 mod session;
 mod snapshot;
 mod top;
 
-use std::time::Duration;
-
 use clap::{Parser, Subcommand};
+pub use duration::parse_duration;
 
 /// pagewatch: which process a page-state change happened to, and why.
 #[derive(Debug, Parser)]
@@ -57,16 +57,6 @@ pub fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> a
         .block_on(f)
 }
 
-/// Parses a positive duration such as `1s`, `250ms` or `2m`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(text)
-        .map_err(|e| format!("{text:?} is not a duration like 1s or 500ms ({e})"))?;
-    if d.is_zero() {
-        return Err(format!("{text:?}: the duration must be greater than zero"));
-    }
-    Ok(d)
-}
-
 /// Parses a byte size such as `4M`, `256K`, `1MiB` or `65536`.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
@@ -95,22 +85,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes_and_durations_parse_or_explain() {
+    fn sizes_parse_or_explain() {
         assert_eq!(parse_size("4M"), Ok(4 << 20));
         assert_eq!(parse_size("256KiB"), Ok(256 << 10));
         assert_eq!(parse_size("4096"), Ok(4096));
         assert!(parse_size("4X").unwrap_err().contains("unit"));
         assert!(parse_size("lots").unwrap_err().contains("not a size"));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert!(
-            parse_duration("0s")
-                .unwrap_err()
-                .contains("greater than zero")
-        );
-        assert!(
-            parse_duration("soon")
-                .unwrap_err()
-                .contains("not a duration")
-        );
     }
 }
