@@ -2,6 +2,7 @@
 //! validated into a config before any work starts; shared value parsers.
 
 mod duration;
+mod expect;
 mod record;
 mod report;
 mod session;
@@ -42,7 +43,7 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Some(Command::Top(args)) => top::run(args),
         Some(Command::Snapshot(args)) => snapshot::run(args),
         Some(Command::Record(args)) => return record::run(args),
-        Some(Command::Report(args)) => report::run(args),
+        Some(Command::Report(args)) => return report::run(args),
     };
     done.map(|()| std::process::ExitCode::SUCCESS)
 }
