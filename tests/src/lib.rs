@@ -222,6 +222,19 @@ impl Drop for Knobs {
     }
 }
 
+/// Chooses `value` in a sysfs choice file such as THP's `enabled`
+/// (`always [madvise] never`), restored to the bracketed choice on drop;
+/// None if it cannot be read or written.
+pub fn set_choice(file: &str, value: &str) -> Option<Knobs> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let old = text
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix('[')?.strip_suffix(']'))?
+        .to_owned();
+    std::fs::write(file, value).ok()?;
+    Some(Knobs(vec![(PathBuf::from(file), old)]))
+}
+
 /// Grows the hugetlb pool whose `nr_hugepages` file is `nr_file` (global
 /// or one node's) by `n` pages, restored when the guard drops; None if the
 /// pool would not grow.

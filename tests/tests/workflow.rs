@@ -226,3 +226,167 @@ fn expect_checks_a_real_recording() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+const THP_ENABLED: &str = "/sys/kernel/mm/transparent_hugepage/enabled";
+
+/// The pages of every transition of `kind` in `report --format json FILE`.
+fn pages_of(file: &str, kind: &str) -> u64 {
+    let (status, json, err) = run_pagewatch(&["report", "--format", "json", file]);
+    assert!(status.success(), "{err}");
+    json_lines(&json)
+        .iter()
+        .filter(|l| l["kind"] == kind)
+        .filter_map(|l| l["pages"].as_u64())
+        .sum()
+}
+
+/// `pagewatch diff` of the same THP workload (`pw-thp 8 split`: fault 8 MiB
+/// in as THPs, split two of them) with THP on (`madvise`) and off
+/// (`never`, restored even if the test fails): smaps says 8 MiB of THP
+/// before the split only with THP on, and the diff shows the splits on A's
+/// side only, its per-kind totals those of each recording's JSON report;
+/// two runs per side give a spread; bad arguments one clear error.
+#[test]
+fn diff_compares_thp_on_and_off() {
+    let name = "diff_compares_thp_on_and_off";
+    if skip_unless_root(name) {
+        return;
+    }
+    let dir = Scratch::new("diff");
+    let record_split = |file: &str, mode: &str| -> u64 {
+        let Some(_thp) = pagewatch_tests::set_choice(THP_ENABLED, mode) else {
+            panic!("cannot set {THP_ENABLED} to {mode}");
+        };
+        // The line after the split: `split RC ERRNO before KB after KB`.
+        let script = format!(
+            "(sleep 0.8; echo go; sleep 0.8; echo go; sleep 0.8) | {} 8 split; true",
+            env!("CARGO_BIN_EXE_pw-thp")
+        );
+        let (status, out, err) = run_pagewatch(&[
+            "record",
+            "-o",
+            file,
+            "--interval",
+            "300ms",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ]);
+        assert!(status.success(), "record failed: {err}");
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("split "))
+            .unwrap_or_else(|| panic!("no split line: {out}"));
+        line.split(' ')
+            .nth(4)
+            .and_then(|kb| kb.parse().ok())
+            .expect("before KB")
+    };
+    let (a, b) = (dir.file("on.pwrec"), dir.file("off.pwrec"));
+    let thp_before_a = record_split(&a, "madvise");
+    let thp_before_b = record_split(&b, "never");
+    assert_eq!(thp_before_a, 8192, "THP on: 8 MiB of AnonHugePages");
+    assert_eq!(thp_before_b, 0, "THP off: no AnonHugePages");
+
+    let (status, out, err) = run_pagewatch(&["diff", "--format", "json", &a, &b]);
+    assert!(status.success(), "diff failed: {err}");
+    let v: Value = serde_json::from_str(&out).expect("diff JSON");
+    assert_eq!(v["a"]["runs"][0]["file"], a.as_str());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_eq!(v["b"]["runs"][0]["kernel"], kernel.trim());
+    let rows = v["rows"].as_array().expect("rows");
+    let kind_total = |side: &str, kind: &str| -> f64 {
+        rows.iter()
+            .filter(|r| r["section"] == "transitions")
+            .filter(|r| {
+                r["name"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&format!("{kind} by "))
+            })
+            .map(|r| r[side]["mean"].as_f64().unwrap())
+            .sum()
+    };
+    for kind in ["split_from_thp", "folio_split", "faulted_in", "unmapped"] {
+        assert_eq!(kind_total("a", kind), pages_of(&a, kind) as f64, "A {kind}");
+        assert_eq!(kind_total("b", kind), pages_of(&b, kind) as f64, "B {kind}");
+    }
+    let split_a = kind_total("a", "split_from_thp");
+    assert!(split_a > 0.0, "THP on: the split shows");
+    assert_eq!(
+        kind_total("b", "split_from_thp"),
+        0.0,
+        "THP off: nothing to split"
+    );
+    // The workload's own row, matched by command line across the runs.
+    let own = rows
+        .iter()
+        .find(|r| {
+            r["section"] == "processes"
+                && r["name"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with("pw-thp 8 split: split_from_thp pages")
+        })
+        .unwrap_or_else(|| panic!("no pw-thp split row: {rows:?}"));
+    assert_eq!(own["a"]["mean"].as_f64(), Some(split_a));
+    assert_eq!(own["delta"].as_f64(), Some(-split_a));
+    assert_eq!(own["relative"].as_f64(), Some(-1.0));
+    // Biggest difference first within a section.
+    let deltas: Vec<f64> = rows
+        .iter()
+        .filter(|r| r["section"] == "transitions")
+        .map(|r| r["delta"].as_f64().unwrap().abs())
+        .collect();
+    assert!(deltas.windows(2).all(|w| w[0] >= w[1]), "{deltas:?}");
+
+    // Two runs a side: the mean and spread of the runs.
+    let (status, out, err) = run_pagewatch(&["diff", "--format", "json", &a, &b, "--", &a, &a]);
+    assert!(status.success(), "{err}");
+    let v: Value = serde_json::from_str(&out).expect("diff JSON");
+    let row = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| {
+            r["name"]
+                .as_str()
+                .unwrap()
+                .starts_with("split_from_thp by ")
+        })
+        .expect("split row")
+        .clone();
+    let mean = split_a / 2.0;
+    assert_eq!(row["a"]["mean"].as_f64(), Some(mean));
+    let sd = row["a"]["sd"].as_f64().unwrap();
+    assert!((sd - split_a / 2f64.sqrt()).abs() < 1e-6, "sd {sd}");
+    assert_eq!(row["b"]["sd"].as_f64(), Some(0.0));
+    assert_eq!(row["within_spread"], Value::Bool(mean <= sd));
+
+    // The table names both kernels and shows the delta.
+    let (status, table, _) = run_pagewatch(&["diff", &a, &b]);
+    assert!(status.success());
+    assert!(
+        table.contains(&format!("A: 1 run on Linux {}", kernel.trim())),
+        "{table}"
+    );
+    assert!(table.contains(&format!("-{split_a}")), "{table}");
+
+    for (args, says) in [
+        (vec!["diff", a.as_str()], "compares two recordings"),
+        (
+            vec!["diff", a.as_str(), b.as_str(), a.as_str()],
+            "got 3 without --",
+        ),
+        (
+            vec!["diff", a.as_str(), "/nonexistent.pwrec"],
+            "/nonexistent.pwrec",
+        ),
+    ] {
+        let (status, _, err) = run_pagewatch(&args);
+        assert!(!status.success(), "{args:?}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}

@@ -8,6 +8,7 @@ mod bench_selftests;
 mod bench_snapshot;
 mod build;
 mod cmd;
+mod dist;
 mod fuzz;
 mod run;
 mod setup;
@@ -35,6 +36,8 @@ enum Command {
     Test(test::Options),
     /// Build, then run the benchmarks and print Markdown for BENCHMARKS.md.
     Bench(bench::Options),
+    /// Build a statically linked pagewatch into a tarball (target/dist).
+    Dist(dist::Options),
     /// Run the fuzz targets in fuzz/ for a bounded time each (not part of test).
     Fuzz(fuzz::Options),
     /// Install QEMU and virtme-ng and fetch the test kernels (idempotent).
@@ -51,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         Command::Test(opts) => test::run(opts),
         Command::Bench(opts) => bench::run(opts),
         Command::Fuzz(opts) => fuzz::run(opts),
+        Command::Dist(opts) => dist::run(opts),
         Command::VmSetup(opts) => vm::setup::run(opts),
         Command::Balloon(opts) => vm::balloon::run(opts),
     }

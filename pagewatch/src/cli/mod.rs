@@ -33,6 +33,8 @@ enum Command {
     Record(record::RecordArgs),
     /// Show a recording as a timeline and summary, JSON lines, or a Perfetto trace.
     Report(report::ReportArgs),
+    /// Compare recordings: `A B`, or several runs per side `A1 A2 -- B1 B2`.
+    Diff(report::compare::DiffArgs),
 }
 
 /// Runs the chosen subcommand; its exit status (`record -- CMD` exits
@@ -44,6 +46,7 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Some(Command::Snapshot(args)) => snapshot::run(args),
         Some(Command::Record(args)) => return record::run(args),
         Some(Command::Report(args)) => return report::run(args),
+        Some(Command::Diff(args)) => report::compare::diff(args),
     };
     done.map(|()| std::process::ExitCode::SUCCESS)
 }

@@ -29,6 +29,9 @@ use pagewatch::{
 };
 use serde_json::{Value, json};
 
+#[path = "compare.rs"]
+pub mod compare;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Format {
     Table,
