@@ -222,6 +222,28 @@ impl Drop for Knobs {
     }
 }
 
+/// A scratch directory (`$TMPDIR/pw-rec-NAME-PID`) removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("pw-rec-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Self(dir)
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Chooses `value` in a sysfs choice file such as THP's `enabled`
 /// (`always [madvise] never`), restored to the bracketed choice on drop;
 /// None if it cannot be read or written.

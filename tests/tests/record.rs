@@ -12,29 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use pagewatch_tests::{pagewatch_bin, run_pagewatch, skip_unless_root};
+use pagewatch_tests::{Scratch, pagewatch_bin, run_pagewatch, skip_unless_root};
 use serde_json::Value;
-
-/// A scratch directory removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("pw-rec-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Self(dir)
-    }
-    fn file(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn report_json(file: &Path) -> (Vec<Value>, String) {
     let (status, out, err) = run_pagewatch(&["report", "--format", "json", file.to_str().unwrap()]);

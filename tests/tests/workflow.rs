@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use pagewatch_tests::{Tracer, run_pagewatch, skip_unless_root, summary};
+use pagewatch_tests::{Scratch, Tracer, run_pagewatch, skip_unless_root, summary};
 use serde_json::Value;
 
 fn json_lines(out: &str) -> Vec<Value> {
@@ -85,33 +85,14 @@ fn top_leaves_out_its_own_faults_unless_asked() {
     }
 }
 
-/// A scratch directory removed on drop.
-struct Scratch(std::path::PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("pw-wf-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Self(dir)
-    }
-    fn file(&self, name: &str) -> String {
-        self.0.join(name).display().to_string()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Records `pw-thp MIB ARGS` (fed a line after 0.8 s, ended 0.8 s later)
-/// into `out`; returns the kB of AnonHugePages smaps showed in its region
-/// after the collapse (its `collapse RC ERRNO before KB after KB` line).
-fn record_thp(out: &str, mib: u32, args: &str) -> u64 {
+/// Records `pw-thp ARGS` fed `lines` lines 0.8 s apart (and ended 0.8 s
+/// after the last) into `out`; returns the number in the 5th field of its
+/// line starting with `verb` (`collapse RC ERRNO before KB after KB`,
+/// `split ...`: `field` 4 is before, 6 after, smaps' AnonHugePages in kB).
+fn record_thp(out: &str, args: &str, lines: usize, verb: &str, field: usize) -> u64 {
+    let feed = "sleep 0.8; echo go; ".repeat(lines);
     let script = format!(
-        "(sleep 0.8; echo go; sleep 0.8) | {} {mib} {args}; true",
+        "({feed}sleep 0.8) | {} {args}; true",
         env!("CARGO_BIN_EXE_pw-thp")
     );
     let (status, stdout, err) = run_pagewatch(&[
@@ -128,12 +109,12 @@ fn record_thp(out: &str, mib: u32, args: &str) -> u64 {
     assert!(status.success(), "record failed: {err}");
     let line = stdout
         .lines()
-        .find(|l| l.starts_with("collapse "))
-        .unwrap_or_else(|| panic!("pw-thp printed no collapse line: {stdout}"));
-    line.rsplit(' ')
-        .next()
+        .find(|l| l.starts_with(&format!("{verb} ")))
+        .unwrap_or_else(|| panic!("pw-thp printed no {verb} line: {stdout}"));
+    line.split(' ')
+        .nth(field)
         .and_then(|kb| kb.parse().ok())
-        .unwrap_or_else(|| panic!("bad collapse line {line:?}"))
+        .unwrap_or_else(|| panic!("bad {verb} line {line:?}"))
 }
 
 /// `report --expect` on a real recording of an 8 MiB MADV_COLLAPSE: the
@@ -146,8 +127,8 @@ fn expect_checks_a_real_recording() {
         return;
     }
     let dir = Scratch::new("expect");
-    let file = dir.file("thp.pwrec");
-    let after_kb = record_thp(&file, 8, "");
+    let file = dir.file("thp.pwrec").display().to_string();
+    let after_kb = record_thp(&file, "8", 1, "collapse", 6);
     let pages = after_kb / 4;
     assert_eq!(
         pages, 2048,
@@ -252,38 +233,23 @@ fn diff_compares_thp_on_and_off() {
     if skip_unless_root(name) {
         return;
     }
+    if pagewatch_tests::read_u64("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size").is_none() {
+        return pagewatch_tests::skip(
+            name,
+            "no transparent hugepages (CONFIG_TRANSPARENT_HUGEPAGE)",
+        );
+    }
     let dir = Scratch::new("diff");
     let record_split = |file: &str, mode: &str| -> u64 {
         let Some(_thp) = pagewatch_tests::set_choice(THP_ENABLED, mode) else {
             panic!("cannot set {THP_ENABLED} to {mode}");
         };
-        // The line after the split: `split RC ERRNO before KB after KB`.
-        let script = format!(
-            "(sleep 0.8; echo go; sleep 0.8; echo go; sleep 0.8) | {} 8 split; true",
-            env!("CARGO_BIN_EXE_pw-thp")
-        );
-        let (status, out, err) = run_pagewatch(&[
-            "record",
-            "-o",
-            file,
-            "--interval",
-            "300ms",
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ]);
-        assert!(status.success(), "record failed: {err}");
-        let line = out
-            .lines()
-            .find(|l| l.starts_with("split "))
-            .unwrap_or_else(|| panic!("no split line: {out}"));
-        line.split(' ')
-            .nth(4)
-            .and_then(|kb| kb.parse().ok())
-            .expect("before KB")
+        record_thp(file, "8 split", 2, "split", 4)
     };
-    let (a, b) = (dir.file("on.pwrec"), dir.file("off.pwrec"));
+    let (a, b) = (
+        dir.file("on.pwrec").display().to_string(),
+        dir.file("off.pwrec").display().to_string(),
+    );
     let thp_before_a = record_split(&a, "madvise");
     let thp_before_b = record_split(&b, "never");
     assert_eq!(thp_before_a, 8192, "THP on: 8 MiB of AnonHugePages");
