@@ -168,3 +168,17 @@ fn extras(bin: &Path, stage: &Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dynamic_executable_is_refused() {
+        // /bin/sh is dynamically linked on Debian (PT_INTERP ld-linux).
+        let e = check_static(Path::new("/bin/sh")).unwrap_err();
+        assert!(e.to_string().contains("dynamically linked"), "{e}");
+        let e = check_static(Path::new("/etc/hostname")).unwrap_err();
+        assert!(e.to_string().contains("not a 64-bit ELF"), "{e}");
+    }
+}

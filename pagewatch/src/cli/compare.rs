@@ -128,7 +128,7 @@ fn run(file: PathBuf) -> anyhow::Result<Run> {
             );
         }
     }
-    if let serde_json::Value::Object(system) = serde_json::to_value(&total.system)? {
+    if let serde_json::Value::Object(system) = serde_json::to_value(total.system)? {
         for (name, v) in system {
             if let Some(n) = v.as_u64() {
                 add(Section::System, name, n);

@@ -105,9 +105,12 @@ fn names<T: ToString>(all: impl IntoIterator<Item = T>) -> String {
         .join(", ")
 }
 
+/// A label's key and value.
+type Label = (String, String);
+
 /// Splits `{a=b,c="d e"}` (after the metric) into key/value pairs; returns
 /// them and the text after the `}`.
-fn labels(text: &str) -> Result<(Vec<(String, String)>, &str), String> {
+fn labels(text: &str) -> Result<(Vec<Label>, &str), String> {
     let mut rest = text;
     let mut out = Vec::new();
     loop {
