@@ -180,8 +180,11 @@ impl Expectation {
             let (pairs, after) = labels(inner).map_err(|e| format!("{text:?}: {e}"))?;
             rest = after;
             let allowed: &[&str] = match metric {
-                Metric::Kind(_) | Metric::Transitions => &["cause", "comm", "pid"],
-                Metric::Faults => &["comm", "pid"],
+                // `unexplained` names its cause.
+                Metric::Kind(_) | Metric::Transitions if cause.is_none() => {
+                    &["cause", "comm", "pid"]
+                }
+                Metric::Kind(_) | Metric::Transitions | Metric::Faults => &["comm", "pid"],
                 Metric::Events | Metric::Dropped => &[],
             };
             for (key, value) in pairs {
@@ -473,6 +476,10 @@ mod tests {
                 "unknown label \"cause\": faults takes comm, pid",
             ),
             ("dropped{comm=x} == 0", "dropped takes no labels"),
+            (
+                "unexplained{cause=fault} > 0",
+                "unknown label \"cause\": unexplained takes comm, pid",
+            ),
             ("faulted_in{pid=abc} > 0", "pid \"abc\" is not a process id"),
             ("faulted_in{pid=1,pid=2} > 0", "label pid given twice"),
             ("faulted_in{comm=app > 0", "no closing '}'"),
