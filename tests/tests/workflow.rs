@@ -27,8 +27,12 @@ fn bare_numbers_are_seconds() {
     let lines = json_lines(&out);
     let s = summary(&lines);
     let secs = s["duration_s"].as_f64().expect("duration_s");
-    assert!((2.0..2.5).contains(&secs), "ran {secs} s, not 2 s");
-    assert_eq!(s["intervals"], 4, "2 s in 0.5 s intervals: {s}");
+    // Not 2 ms, not 2 min; a slow (TCG) guest ends it a little late.
+    assert!((2.0..3.0).contains(&secs), "ran {secs} s, not 2 s");
+    // 4 intervals of 0.5 s, and a fifth cut short when the stop comes
+    // late (2.16 s in a 6.1 TCG guest).
+    let intervals = s["intervals"].as_u64().expect("intervals");
+    assert!((4..=5).contains(&intervals), "2 s in 0.5 s intervals: {s}");
 }
 
 /// minflt of `pid` (/proc/PID/stat field 10).
@@ -278,13 +282,13 @@ fn diff_compares_thp_on_and_off() {
         assert_eq!(kind_total("a", kind), pages_of(&a, kind) as f64, "A {kind}");
         assert_eq!(kind_total("b", kind), pages_of(&b, kind) as f64, "B {kind}");
     }
-    let split_a = kind_total("a", "split_from_thp");
-    assert!(split_a > 0.0, "THP on: the split shows");
-    assert_eq!(
-        kind_total("b", "split_from_thp"),
-        0.0,
-        "THP off: nothing to split"
-    );
+    // The folio split (MADV_COLD) shows on every kernel; the PMD splits
+    // only where PAGEMAP_SCAN tells PMD- from PTE-mapped pages (6.7+).
+    let split_a = kind_total("a", "folio_split");
+    assert!(split_a > 0.0, "THP on: the folio split shows");
+    for kind in ["split_from_thp", "folio_split"] {
+        assert_eq!(kind_total("b", kind), 0.0, "THP off: no {kind}");
+    }
     // The workload's own row, matched by command line across the runs.
     let own = rows
         .iter()
@@ -293,7 +297,7 @@ fn diff_compares_thp_on_and_off() {
                 && r["name"]
                     .as_str()
                     .unwrap()
-                    .ends_with("pw-thp 8 split: split_from_thp pages")
+                    .ends_with("pw-thp 8 split: folio_split pages")
         })
         .unwrap_or_else(|| panic!("no pw-thp split row: {rows:?}"));
     assert_eq!(own["a"]["mean"].as_f64(), Some(split_a));
@@ -315,13 +319,8 @@ fn diff_compares_thp_on_and_off() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|r| {
-            r["name"]
-                .as_str()
-                .unwrap()
-                .starts_with("split_from_thp by ")
-        })
-        .expect("split row")
+        .find(|r| r["name"] == own["name"])
+        .expect("the workload's split row")
         .clone();
     let mean = split_a / 2.0;
     assert_eq!(row["a"]["mean"].as_f64(), Some(mean));
