@@ -29,10 +29,12 @@ fn bare_numbers_are_seconds() {
     let secs = s["duration_s"].as_f64().expect("duration_s");
     // Not 2 ms, not 2 min; a slow (TCG) guest ends it a little late.
     assert!((2.0..3.0).contains(&secs), "ran {secs} s, not 2 s");
-    // 4 intervals of 0.5 s, and a fifth cut short when the stop comes
-    // late (2.16 s in a 6.1 TCG guest).
+    // About 4 intervals of 0.5 s (not 0.5 ms: thousands; not 0.5 min:
+    // none): a fifth cut short when the stop comes late (2.16 s in a 6.1
+    // TCG guest), or 3 when a busy host delays one (seen on the 2-CPU
+    // host with a guest running).
     let intervals = s["intervals"].as_u64().expect("intervals");
-    assert!((4..=5).contains(&intervals), "2 s in 0.5 s intervals: {s}");
+    assert!((3..=5).contains(&intervals), "2 s in 0.5 s intervals: {s}");
 }
 
 /// minflt of `pid` (/proc/PID/stat field 10).
