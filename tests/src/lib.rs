@@ -268,6 +268,41 @@ impl Drop for Knobs {
     }
 }
 
+/// A scratch directory (`$TMPDIR/pw-rec-NAME-PID`) removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("pw-rec-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Self(dir)
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Chooses `value` in a sysfs choice file such as THP's `enabled`
+/// (`always [madvise] never`), restored to the bracketed choice on drop;
+/// None if it cannot be read or written.
+pub fn set_choice(file: &str, value: &str) -> Option<Knobs> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let old = text
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix('[')?.strip_suffix(']'))?
+        .to_owned();
+    std::fs::write(file, value).ok()?;
+    Some(Knobs(vec![(PathBuf::from(file), old)]))
+}
+
 /// Grows the hugetlb pool whose `nr_hugepages` file is `nr_file` (global
 /// or one node's) by `n` pages, restored when the guard drops; None if the
 /// pool would not grow.

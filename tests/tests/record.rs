@@ -13,31 +13,10 @@ use std::{
 };
 
 use pagewatch_tests::{
-    Cause, ReportLine, TransitionKind, pagewatch_bin, report_json, report_summary as summary,
-    run_pagewatch, skip_unless_root,
+    Cause, ReportLine, Scratch, TransitionKind, pagewatch_bin, report_json,
+    report_summary as summary, run_pagewatch, skip_unless_root,
 };
 use serde_json::Value;
-
-/// A scratch directory removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("pw-rec-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Self(dir)
-    }
-    fn file(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Records `sh -c "... | pw-thp 8"`: the shell forks pw-thp, which builds
 /// 8 MiB of 4 KiB pages, collapses them with MADV_COLLAPSE when the pipe

@@ -9,6 +9,7 @@ mod bench_snapshot;
 mod build;
 mod cmd;
 mod docs;
+mod dist;
 mod fuzz;
 mod run;
 mod setup;
@@ -36,6 +37,8 @@ enum Command {
     Test(test::Options),
     /// Build, then run the benchmarks and print Markdown for BENCHMARKS.md.
     Bench(bench::Options),
+    /// Build a statically linked pagewatch into a tarball (target/dist).
+    Dist(dist::Options),
     /// Run the fuzz targets in fuzz/ for a bounded time each (not part of test).
     Fuzz(fuzz::Options),
     /// Build, then write man pages, shell completions and JSON Schemas into target/docs.
@@ -55,6 +58,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(opts) => bench::run(opts),
         Command::Fuzz(opts) => fuzz::run(opts),
         Command::Docs(opts) => docs::run(opts),
+        Command::Dist(opts) => dist::run(opts),
         Command::VmSetup(opts) => vm::setup::run(opts),
         Command::Balloon(opts) => vm::balloon::run(opts),
     }

@@ -3,15 +3,16 @@
 
 mod generate;
 mod map;
+mod duration;
+mod expect;
 mod record;
 mod report;
 mod session;
 mod snapshot;
 mod top;
 
-use std::time::Duration;
-
 use clap::{Parser, Subcommand};
+pub use duration::parse_duration;
 
 /// pagewatch: which process a page-state change happened to, and why.
 #[derive(Debug, Parser)]
@@ -41,6 +42,8 @@ enum Command {
     /// Write man pages or shell completions generated from these definitions.
     #[command(hide = true)]
     Generate(generate::GenerateArgs),
+    /// Compare recordings: `A B`, or several runs per side `A1 A2 -- B1 B2`.
+    Diff(report::compare::DiffArgs),
 }
 
 /// Runs the chosen subcommand; its exit status (`record -- CMD` exits
@@ -52,7 +55,8 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Some(Command::Snapshot(args)) => snapshot::run(args),
         Some(Command::Map(args)) => map::run(args),
         Some(Command::Record(args)) => return record::run(args),
-        Some(Command::Report(args)) => report::run(args),
+        Some(Command::Report(args)) => return report::run(args),
+        Some(Command::Diff(args)) => report::compare::diff(args),
         Some(Command::Schema(args)) => generate::schema(args),
         Some(Command::Generate(args)) => generate::generate(args),
     };
@@ -98,16 +102,6 @@ pub fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> a
         .block_on(f)
 }
 
-/// Parses a positive duration such as `1s`, `250ms` or `2m`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(text)
-        .map_err(|e| format!("{text:?} is not a duration like 1s or 500ms ({e})"))?;
-    if d.is_zero() {
-        return Err(format!("{text:?}: the duration must be greater than zero"));
-    }
-    Ok(d)
-}
-
 /// Parses a byte size such as `4M`, `256K`, `1MiB` or `65536`.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
@@ -136,22 +130,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes_and_durations_parse_or_explain() {
+    fn sizes_parse_or_explain() {
         assert_eq!(parse_size("4M"), Ok(4 << 20));
         assert_eq!(parse_size("256KiB"), Ok(256 << 10));
         assert_eq!(parse_size("4096"), Ok(4096));
         assert!(parse_size("4X").unwrap_err().contains("unit"));
         assert!(parse_size("lots").unwrap_err().contains("not a size"));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert!(
-            parse_duration("0s")
-                .unwrap_err()
-                .contains("greater than zero")
-        );
-        assert!(
-            parse_duration("soon")
-                .unwrap_err()
-                .contains("not a duration")
-        );
     }
 }

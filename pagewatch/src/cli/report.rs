@@ -32,6 +32,9 @@ use pagewatch::{
 };
 use serde_json::{Value, json};
 
+#[path = "compare.rs"]
+pub mod compare;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Format {
     Table,
@@ -59,6 +62,10 @@ pub struct ReportArgs {
     pids: Vec<u32>,
     #[arg(long, default_value = "table")]
     format: Format,
+    /// Check a condition instead of printing the report, e.g.
+    /// `unexplained <= 1%` (repeatable; exit 1 if one fails; see docs/report.md).
+    #[arg(long = "expect", value_name = "EXPR", value_parser = super::expect::Expectation::parse)]
+    expect: Vec<super::expect::Expectation>,
 }
 
 impl ReportArgs {
@@ -189,11 +196,14 @@ fn is_per_process(e: &Event) -> bool {
     matches!(e.kind, EventKind::PageFault { .. })
 }
 
-pub fn run(args: ReportArgs) -> anyhow::Result<()> {
+pub fn run(args: ReportArgs) -> anyhow::Result<std::process::ExitCode> {
     let l = load(&args)?;
     let wanted = |pid: u32| args.wanted(pid);
     if let Some(cut) = &l.cut {
         eprintln!("pagewatch: note: {cut}; the report covers what came before");
+    }
+    if !args.expect.is_empty() {
+        return Ok(super::expect::report(&args.expect, &facts(&l)));
     }
     let mut out = std::io::stdout().lock();
     match args.format {
@@ -205,7 +215,28 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
         }
     }
     out.flush()?;
-    Ok(())
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// What `--expect` reads of a recording.
+fn facts(l: &Loaded) -> super::expect::Facts<'_> {
+    super::expect::Facts {
+        transitions: &l.transitions,
+        comms: l
+            .processes
+            .iter()
+            .map(|(&pid, p)| (pid, p.comm.as_str()))
+            .collect(),
+        faults: l
+            .aggregator
+            .total()
+            .processes
+            .iter()
+            .map(|(&pid, s)| (pid, s.faults.faults))
+            .collect(),
+        events: l.events.len() as u64,
+        dropped: l.dropped,
+    }
 }
 
 fn comm(l: &Loaded, pid: u32) -> &str {

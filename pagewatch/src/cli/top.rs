@@ -27,6 +27,9 @@ pub struct TopArgs {
     /// Rows per interval in the table.
     #[arg(long, default_value_t = 10)]
     limit: usize,
+    /// Count pagewatch's own faults too (its row is left out by default).
+    #[arg(long = "self")]
+    include_self: bool,
 }
 
 pub fn run(args: TopArgs) -> anyhow::Result<()> {
@@ -34,6 +37,7 @@ pub fn run(args: TopArgs) -> anyhow::Result<()> {
     let mut sink = TopSink {
         json: args.json,
         limit: args.limit,
+        hidden: (!args.include_self).then(std::process::id),
     };
     super::block_on(async {
         let session = Session::start(config)?;
@@ -46,6 +50,9 @@ pub fn run(args: TopArgs) -> anyhow::Result<()> {
 struct TopSink {
     json: bool,
     limit: usize,
+    /// pagewatch's own pid unless `--self`: its snapshots' page faults
+    /// are not the workload's.
+    hidden: Option<u32>,
 }
 
 /// One row per process (a reused pid is a row of its own), most faults
@@ -53,10 +60,11 @@ struct TopSink {
 fn rows(
     view: &SessionView<'_>,
     processes: &BTreeMap<ProcessKey, ProcessStats>,
+    hidden: Option<u32>,
 ) -> Vec<(ProcessKey, ProcessStats)> {
     let mut rows: Vec<(ProcessKey, ProcessStats)> = processes
         .iter()
-        .filter(|(key, _)| view.shown(key.pid))
+        .filter(|(key, _)| view.shown(key.pid) && Some(key.pid) != hidden)
         .map(|(key, s)| (*key, *s))
         .collect();
     rows.sort_by_key(|(key, s)| (std::cmp::Reverse(s.faults.faults), *key));
@@ -65,7 +73,7 @@ fn rows(
 
 impl Sink for TopSink {
     fn interval(&mut self, view: &mut SessionView<'_>, r: &IntervalReport) -> anyhow::Result<()> {
-        let rows = rows(view, &r.tally.processes);
+        let rows = rows(view, &r.tally.processes, self.hidden);
         let scans = view.scan_results(&r.tally);
         let mut out = std::io::stdout().lock();
         if self.json {
@@ -163,7 +171,7 @@ impl Sink for TopSink {
     }
 
     fn finish(&mut self, view: &mut SessionView<'_>, s: &Summary) -> anyhow::Result<()> {
-        let rows = rows(view, &s.total.processes);
+        let rows = rows(view, &s.total.processes, self.hidden);
         let faults: u64 = rows.iter().map(|(_, p)| p.faults.faults).sum();
         let dropped: u64 = s.dropped_per_cpu.iter().sum();
         let scans = view.scan_results(&s.total);

@@ -88,6 +88,10 @@ pub struct VmTestOptions {
     /// Only this scenario (repeatable); the default is every one.
     #[arg(long = "scenario", value_name = "NAME", value_parser = clap::builder::PossibleValuesParser::new(SCENARIOS))]
     pub scenarios: Vec<String>,
+    /// Test the statically linked pagewatch of `cargo xtask dist` (built
+    /// first) instead of the normal build.
+    #[arg(long)]
+    pub static_binary: bool,
 }
 
 impl VmTestOptions {
@@ -138,6 +142,11 @@ pub fn run(opts: &VmTestOptions, test_args: &[String]) -> anyhow::Result<()> {
         selftests::ensure(&kernels)?;
     }
     let accel = guest::accelerator(opts.kernel.as_deref())?;
+    let pagewatch = if opts.static_binary {
+        crate::dist::build()?
+    } else {
+        cmd::release_dir().join("pagewatch")
+    };
     let binaries = if opts.scenarios_only {
         crate::build::run()?;
         Vec::new()
@@ -156,7 +165,9 @@ pub fn run(opts: &VmTestOptions, test_args: &[String]) -> anyhow::Result<()> {
     ));
     let mut tallies = Vec::new();
     for kernel in kernels {
-        tallies.push(run_kernel(kernel, accel, opts, &binaries, test_args)?);
+        tallies.push(run_kernel(
+            kernel, accel, opts, &binaries, test_args, &pagewatch,
+        )?);
     }
     let retries: u32 = tallies.iter().map(|t| t.retries).sum();
     println!("\nxtask test --vm ({accel}):");
@@ -301,6 +312,7 @@ fn test_binaries() -> anyhow::Result<Vec<Binary>> {
 /// lines this side parses.
 fn script(
     kernel: &Kernel,
+    pagewatch: &Path,
     rw: &Path,
     binaries: &[Binary],
     scenarios: &[&str],
@@ -311,7 +323,7 @@ fn script(
     let _ = writeln!(
         s,
         "export PAGEWATCH_BIN={} PAGEWATCH_SKIP_LOG={} PW_VM_RWDIR={} PW_VM_MEMORY_MIB={MEMORY_MIB}",
-        shell_quote(&release.join("pagewatch").display().to_string()),
+        shell_quote(&pagewatch.display().to_string()),
         shell_quote(&rw.join("skips.log").display().to_string()),
         shell_quote(&rw.display().to_string()),
     );
@@ -356,6 +368,7 @@ fn run_kernel(
     opts: &VmTestOptions,
     binaries: &[Binary],
     test_args: &[String],
+    pagewatch: &Path,
 ) -> anyhow::Result<Tally> {
     let slug: String = kernel
         .name
@@ -394,8 +407,11 @@ fn run_kernel(
         }
         std::fs::create_dir_all(rw).with_context(|| format!("cannot create {}", rw.display()))?;
         let sh = rw.join("run.sh");
-        std::fs::write(&sh, script(&kernel, rw, binaries, scenarios, test_args))
-            .with_context(|| format!("cannot write {}", sh.display()))
+        std::fs::write(
+            &sh,
+            script(&kernel, pagewatch, rw, binaries, scenarios, test_args),
+        )
+        .with_context(|| format!("cannot write {}", sh.display()))
     };
     reset(&rw)?;
     step(&format!(

@@ -300,6 +300,24 @@ impl Drop for Top {
     }
 }
 
+/// `pagewatch report FILE --expect EXPR`: whether the expectation holds
+/// (exit 0) or not (exit 1), its line printed; an error for anything else.
+pub fn expect(file: &str, expr: &str) -> Result<bool> {
+    let (status, out, err) = pagewatch_tests::run_pagewatch(&["report", file, "--expect", expr]);
+    let ok = match status.code() {
+        Some(0) => true,
+        Some(1) => false,
+        _ => {
+            return Err(format!(
+                "pagewatch report --expect {expr:?}: {}",
+                err.trim()
+            ));
+        }
+    };
+    println!("  report --expect: {}", format!("{out}{err}").trim());
+    Ok(ok)
+}
+
 /// `s` on one line, at most `max` characters (for the skip log).
 pub fn one_line(s: &str, max: usize) -> String {
     let flat: String = s
