@@ -5,10 +5,13 @@
 
 use std::time::Duration;
 
-use pagewatch_tests::{Scratch, Tracer, run_pagewatch, skip_unless_root, summary};
+use pagewatch_tests::{
+    Cause, ReportLine, Scratch, TopLine, Tracer, TransitionKind, report_json, run_pagewatch,
+    skip_unless_root, summary,
+};
 use serde_json::Value;
 
-fn json_lines(out: &str) -> Vec<Value> {
+fn json_lines<T: serde::de::DeserializeOwned>(out: &str) -> Vec<T> {
     out.lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON {l:?}: {e}")))
         .collect()
@@ -24,17 +27,20 @@ fn bare_numbers_are_seconds() {
     let (status, out, err) =
         run_pagewatch(&["top", "--json", "--duration", "2", "--interval", "0.5"]);
     assert!(status.success(), "top failed: {err}");
-    let lines = json_lines(&out);
+    let lines: Vec<TopLine> = json_lines(&out);
     let s = summary(&lines);
-    let secs = s["duration_s"].as_f64().expect("duration_s");
+    let secs = s.duration_s;
     // Not 2 ms, not 2 min; a slow (TCG) guest ends it a little late.
     assert!((2.0..3.0).contains(&secs), "ran {secs} s, not 2 s");
     // About 4 intervals of 0.5 s (not 0.5 ms: thousands; not 0.5 min:
     // none): a fifth cut short when the stop comes late (2.16 s in a 6.1
     // TCG guest), or 3 when a busy host delays one (seen on the 2-CPU
     // host with a guest running).
-    let intervals = s["intervals"].as_u64().expect("intervals");
-    assert!((3..=5).contains(&intervals), "2 s in 0.5 s intervals: {s}");
+    let intervals = s.intervals;
+    assert!(
+        (3..=5).contains(&intervals),
+        "2 s in 0.5 s intervals: {s:?}"
+    );
 }
 
 /// Page faults of `pid` so far: minflt + majflt (/proc/PID/stat fields
@@ -49,9 +55,13 @@ fn faults(pid: u32) -> u64 {
 }
 
 /// The rows of `pid` in `top --json` output, and their faults.
-fn faults_of(lines: &[Value], pid: u32) -> Option<u64> {
-    let rows: Vec<&Value> = lines.iter().filter(|l| l["pid"] == pid).collect();
-    (!rows.is_empty()).then(|| rows.iter().filter_map(|r| r["faults"].as_u64()).sum())
+fn faults_of(lines: &[TopLine], pid: u32) -> Option<u64> {
+    let rows: Vec<_> = lines
+        .iter()
+        .filter_map(TopLine::process)
+        .filter(|p| p.pid == pid)
+        .collect();
+    (!rows.is_empty()).then(|| rows.iter().map(|r| r.stats.faults.faults).sum())
 }
 
 /// pagewatch faults after its hooks attach (setting up its readers, its
@@ -158,13 +168,12 @@ fn expect_checks_a_real_recording() {
     );
 
     // The unexplained share, from the JSON report.
-    let (status, json, err) = run_pagewatch(&["report", "--format", "json", &file]);
-    assert!(status.success(), "{err}");
+    let (lines, _) = report_json(std::path::Path::new(&file));
     let (mut part, mut whole) = (0u64, 0u64);
-    for t in json_lines(&json).iter().filter(|l| l["kind"].is_string()) {
-        let n = t["pages"].as_u64().expect("pages");
+    for t in lines.iter().filter_map(ReportLine::transition) {
+        let n = t.transition.pages;
         whole += n;
-        if t["cause"] == "unexplained" {
+        if t.transition.cause == Cause::Unexplained {
             part += n;
         }
     }
@@ -213,13 +222,13 @@ fn expect_checks_a_real_recording() {
 const THP_ENABLED: &str = "/sys/kernel/mm/transparent_hugepage/enabled";
 
 /// The pages of every transition of `kind` in `report --format json FILE`.
-fn pages_of(file: &str, kind: &str) -> u64 {
-    let (status, json, err) = run_pagewatch(&["report", "--format", "json", file]);
-    assert!(status.success(), "{err}");
-    json_lines(&json)
+fn pages_of(file: &str, kind: TransitionKind) -> u64 {
+    let (lines, _) = report_json(std::path::Path::new(file));
+    lines
         .iter()
-        .filter(|l| l["kind"] == kind)
-        .filter_map(|l| l["pages"].as_u64())
+        .filter_map(ReportLine::transition)
+        .filter(|t| t.transition.kind == kind)
+        .map(|t| t.transition.pages)
         .sum()
 }
 
@@ -276,9 +285,23 @@ fn diff_compares_thp_on_and_off() {
             .map(|r| r[side]["mean"].as_f64().unwrap())
             .sum()
     };
-    for kind in ["split_from_thp", "folio_split", "faulted_in", "unmapped"] {
-        assert_eq!(kind_total("a", kind), pages_of(&a, kind) as f64, "A {kind}");
-        assert_eq!(kind_total("b", kind), pages_of(&b, kind) as f64, "B {kind}");
+    for kind in [
+        TransitionKind::SplitFromThp,
+        TransitionKind::FolioSplit,
+        TransitionKind::FaultedIn,
+        TransitionKind::Unmapped,
+    ] {
+        let name = kind.to_string();
+        assert_eq!(
+            kind_total("a", &name),
+            pages_of(&a, kind) as f64,
+            "A {kind}"
+        );
+        assert_eq!(
+            kind_total("b", &name),
+            pages_of(&b, kind) as f64,
+            "B {kind}"
+        );
     }
     // The folio split (MADV_COLD) shows on every kernel; the PMD splits
     // only where PAGEMAP_SCAN tells PMD- from PTE-mapped pages (6.7+).

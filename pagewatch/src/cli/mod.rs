@@ -1,10 +1,10 @@
 //! Command-line interface: one module per subcommand, each a clap struct
 //! validated into a config before any work starts; shared value parsers.
 
-mod generate;
-mod map;
 mod duration;
 mod expect;
+mod generate;
+mod map;
 mod record;
 mod report;
 mod session;
