@@ -11,17 +11,22 @@
 //! - [`privileges`]: capabilities held, named when missing, dropped when done;
 //! - [`snapshot`]: pagemap/kpageflags page census;
 //! - [`transition`]: page state transitions and their causes;
-//! - [`record`]: the recording file format (writer and reader).
+//! - [`record`]: the recording file format (writer and reader);
+//! - [`session`]: a tracing session any front end runs: config in,
+//!   interval reports out through a sink;
+//! - [`kernel`]: clocks, the page size and probes of kernel quirks.
 
 pub mod aggregate;
 pub mod correlate;
 pub mod error;
 pub mod event;
 pub mod hooks;
+pub mod kernel;
 pub mod privileges;
 pub mod probe;
 pub mod proc;
 pub mod record;
+pub mod session;
 pub mod snapshot;
 pub mod tracefs;
 pub mod transition;

@@ -27,15 +27,14 @@ use pagewatch::{
         End, Interval, IntervalSnapshot, Metadata, Process, Record, RecordError, RecordWriter,
         Sample,
     },
+    session::{IntervalReport, Session, SessionView, Sink, Summary},
 };
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{Signal, SignalKind, signal},
 };
 
-use super::session::{
-    IntervalReport, Session, SessionConfig, SessionView, Sink, Summary, TraceArgs,
-};
+use super::session::{TraceArgs, config};
 
 #[derive(Debug, Args)]
 pub struct RecordArgs {
@@ -104,7 +103,7 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         Some(Workload::spawn(&args.command)?)
     };
     let extra: Vec<u32> = workload.iter().map(|w| w.pid as u32).collect();
-    let mut config = SessionConfig::validate(args.trace, &proc, &extra)?;
+    let mut config = config(args.trace, &proc, &extra)?;
     config.snapshots = true;
     let session = Session::start(config)?;
     if let Some(signo) = signals.received().await {

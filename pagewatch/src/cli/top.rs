@@ -9,13 +9,12 @@ use clap::Args;
 use pagewatch::{
     aggregate::{ProcessStats, SystemStats},
     proc::{CommCache, ProcessKey},
+    session::{IntervalReport, Session, SessionView, Sink, Summary},
     transition::TransitionGroup,
 };
 use serde_json::json;
 
-use super::session::{
-    IntervalReport, Session, SessionConfig, SessionView, Sink, Summary, TraceArgs,
-};
+use super::session::{TraceArgs, config};
 
 #[derive(Debug, Args)]
 pub struct TopArgs {
@@ -30,7 +29,7 @@ pub struct TopArgs {
 }
 
 pub fn run(args: TopArgs) -> anyhow::Result<()> {
-    let config = SessionConfig::validate(args.trace, &pagewatch::proc::ProcRoot::default(), &[])?;
+    let config = config(args.trace, &pagewatch::proc::ProcRoot::default(), &[])?;
     let mut sink = TopSink {
         json: args.json,
         limit: args.limit,

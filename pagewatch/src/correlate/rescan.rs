@@ -178,7 +178,7 @@ pub fn exact_rss_counters(root: &ProcRoot) -> bool {
     let status = root.proc_file("self/status");
     let rss_anon = || status_kb(&std::fs::read_to_string(&status).ok()?, "RssAnon");
     (0..3).any(|_| {
-        crate::proc::with_scratch_page(|p| {
+        crate::kernel::quirks::with_scratch_page(|p| {
             let before = rss_anon();
             // SAFETY: p is the scratch page.
             unsafe { p.write_volatile(1) };

@@ -26,7 +26,6 @@ mod writer;
 
 pub use error::{Cut, CutReason, HeaderError, RecordError};
 pub use kinds::{End, Interval, IntervalSnapshot, Note, Process, Record, Sample, Severity};
-pub(crate) use metadata::clock_ns;
 pub use metadata::{FieldMeta, HookMeta, Metadata, SkippedMeta};
 pub use reader::RecordReader;
 pub use writer::RecordWriter;

@@ -31,6 +31,7 @@ use super::{
     pfnplan::PfnPlan,
     source::{ProcRoot, U64Table},
 };
+use crate::privileges::{CAP_SYS_ADMIN, CapSets};
 
 /// Pages per PMD mapping (x86-64, arm64 with 4 KiB pages).
 pub const PMD_PAGES: u64 = 512;
@@ -88,6 +89,29 @@ impl KpageFiles {
     }
 }
 
+impl KpageFiles {
+    /// The tables for snapshots by this process, as its capabilities
+    /// allow. Without CAP_SYS_ADMIN pagemap reads every PFN as zero, so
+    /// the tables would describe PFN 0 for every page: they are left out
+    /// and the snapshots degrade as for non-root users.
+    pub fn for_snapshots(root: &ProcRoot) -> Self {
+        if CapSets::current().is_ok_and(|c| !c.has(CAP_SYS_ADMIN)) {
+            return Self {
+                flags: None,
+                count: None,
+                cgroup: None,
+                ksm_unreliable: None,
+                missing: Some(
+                    "no CAP_SYS_ADMIN: pagemap hides PFNs, so snapshots leave out what \
+                     /proc/kpageflags, kpagecount and kpagecgroup tell (Pss, clean/dirty, KSM, memcg, folios)"
+                        .to_owned(),
+                ),
+            };
+        }
+        Self::open(root)
+    }
+}
+
 /// Whether kpageflags says KSM for a page that cannot be one: a private
 /// anonymous page of this process, written, never marked mergeable. Only
 /// for the live /proc (a captured tree has no such page): false when the
@@ -97,7 +121,7 @@ fn ksm_flag_on_plain_anon_page(root: &ProcRoot, flags: &U64Table) -> bool {
     if root.proc != std::path::Path::new("/proc") {
         return false;
     }
-    let word = crate::proc::with_scratch_page(|p| {
+    let word = crate::kernel::quirks::with_scratch_page(|p| {
         // SAFETY: p is the scratch page.
         unsafe { p.write_volatile(1) };
         let pfn = U64Table::open(root.proc_file("self/pagemap"))

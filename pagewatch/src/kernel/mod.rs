@@ -1,0 +1,35 @@
+//! Facts about the running kernel and machine that every layer may ask:
+//! clocks, the page size, and (in [`quirks`]) probes of how this kernel
+//! reports things that differ between versions. The bottom layer: it
+//! imports nothing else from the crate but [`crate::proc`].
+
+pub mod quirks;
+
+/// Nanoseconds on `clock`.
+pub fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write; the clocks used exist on
+    // every Linux pagewatch supports, so the call cannot fail.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+}
+
+/// CLOCK_MONOTONIC now, in ns (the clock of the events' timestamps).
+pub fn monotonic_ns() -> u64 {
+    u64::try_from(clock_ns(libc::CLOCK_MONOTONIC)).unwrap_or(0)
+}
+
+/// The page size, in bytes, read at run time.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
+}
+
+/// Clock ticks per second (USER_HZ: the unit of /proc/PID/stat times).
+pub fn clock_ticks_per_sec() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100)
+}
