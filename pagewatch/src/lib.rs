@@ -22,6 +22,8 @@ pub mod error;
 pub mod event;
 pub mod hooks;
 pub mod kernel;
+#[cfg(test)]
+mod layers;
 pub mod privileges;
 pub mod probe;
 pub mod proc;

@@ -6,7 +6,6 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::Args;
 use pagewatch::{
-    error::Error,
     hooks::Family,
     kernel::page_size,
     probe::ProbeOptions,
@@ -56,14 +55,16 @@ pub fn config(
     }
     let target = if let Some(name) = args.comm {
         if proc.pids_named(&name).is_empty() {
-            return Err(Error::UnknownComm(name).into());
+            bail!(
+                "no running process is named {name:?} (names are matched against /proc/PID/comm)"
+            );
         }
         Target::Comm(name)
     } else if args.pids.is_empty() && extra_pids.is_empty() {
         Target::All
     } else {
         if let Some(&pid) = args.pids.iter().find(|&&p| !proc.pid_exists(p)) {
-            return Err(Error::UnknownPid(pid).into());
+            bail!("no process with pid {pid}");
         }
         Target::Pids(args.pids.iter().chain(extra_pids).copied().collect())
     };

@@ -1,8 +1,10 @@
 //! Facts about the running kernel and machine that every layer may ask:
 //! clocks, the page size, and (in [`quirks`]) probes of how this kernel
-//! reports things that differ between versions. The bottom layer: it
-//! imports nothing else from the crate but [`crate::proc`].
+//! reports things that differ between versions; the pagemap and
+//! kpageflags bit layouts ([`pageflags`]). The bottom layer: it imports
+//! nothing else from the crate.
 
+pub mod pageflags;
 pub mod quirks;
 
 /// Nanoseconds on `clock`.
@@ -32,4 +34,12 @@ pub fn page_size() -> u64 {
 pub fn clock_ticks_per_sec() -> u64 {
     // SAFETY: sysconf has no preconditions.
     u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100)
+}
+
+/// A `Name:   123 kB` line of /proc/PID/status.
+pub fn status_kb(status: &str, name: &str) -> Option<u64> {
+    status.lines().find_map(|l| {
+        let v = l.strip_prefix(name)?.strip_prefix(':')?;
+        v.trim().trim_end_matches("kB").trim().parse().ok()
+    })
 }

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     event::Decoder,
+    hooks::{AttachedHook, FieldLayout, SkippedHook},
     kernel,
-    probe::{AttachedHook, FieldLayout, SkippedHook},
     tracefs::{EventFormat, Field},
 };
 
@@ -105,7 +105,7 @@ impl From<&SkippedHook> for SkippedMeta {
     fn from(s: &SkippedHook) -> Self {
         Self {
             program: s.program.to_owned(),
-            reason: s.reason.clone(),
+            reason: s.reason.to_string(),
         }
     }
 }
