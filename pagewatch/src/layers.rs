@@ -14,10 +14,11 @@ use std::{
 const LAYERS: &[&[&str]] = &[
     // Common types and kernel facts: clocks, page size, page flag bits,
     // kernel quirk probes, /proc readers, tracefs formats, the hook table
-    // and hook layouts, capabilities, transition kinds and causes.
+    // and hook layouts, capabilities, transition kinds and causes, notes.
     &[
         "error",
         "kernel",
+        "note",
         "proc",
         "privileges",
         "tracefs",

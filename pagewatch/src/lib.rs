@@ -14,7 +14,8 @@
 //! - [`record`]: the recording file format (writer and reader);
 //! - [`session`]: a tracing session any front end runs: config in,
 //!   interval reports out through a sink;
-//! - [`kernel`]: clocks, the page size and probes of kernel quirks.
+//! - [`kernel`]: clocks, the page size and probes of kernel quirks;
+//! - [`note`]: what a front end must tell its user, as data.
 
 pub mod aggregate;
 pub mod correlate;
@@ -24,6 +25,7 @@ pub mod hooks;
 pub mod kernel;
 #[cfg(test)]
 mod layers;
+pub mod note;
 pub mod privileges;
 pub mod probe;
 pub mod proc;

@@ -24,17 +24,17 @@ use pagewatch::{
     event::Event,
     proc::{ProcRoot, ProcessKey},
     record::{
-        End, Interval, IntervalSnapshot, Metadata, Process, Record, RecordError, RecordWriter,
-        Sample,
+        End, Interval, IntervalSnapshot, Metadata, Note, Process, Record, RecordError,
+        RecordWriter, Sample,
     },
-    session::{IntervalReport, Session, SessionView, Sink, Summary},
+    session::{IntervalReport, SessionView, Sink, Summary},
 };
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{Signal, SignalKind, signal},
 };
 
-use super::session::{TraceArgs, config};
+use super::session::{TraceArgs, config, print_note, start, trace};
 
 #[derive(Debug, Args)]
 pub struct RecordArgs {
@@ -105,7 +105,7 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
     let extra: Vec<u32> = workload.iter().map(|w| w.pid as u32).collect();
     let mut config = config(args.trace, &proc, &extra)?;
     config.snapshots = true;
-    let session = Session::start(config)?;
+    let mut session = start(config)?;
     if let Some(signo) = signals.received().await {
         eprintln!(
             "pagewatch: {} while loading the hooks: stopped{}; nothing recorded",
@@ -138,14 +138,13 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         Some(mut workload) => {
             let result = match workload.resume() {
                 Ok(()) => {
-                    session
-                        .run(&mut sink, async {
-                            tokio::select! {
-                                _ = workload.wait() => {}
-                                _ = signals.next() => {}
-                            }
-                        })
-                        .await
+                    trace(session, &mut sink, async {
+                        tokio::select! {
+                            _ = workload.wait() => {}
+                            _ = signals.next() => {}
+                        }
+                    })
+                    .await
                 }
                 Err(e) => Err(e),
             };
@@ -154,11 +153,10 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
             (result, Some(workload.end(signalled).await?))
         }
         None => {
-            let result = session
-                .run(&mut sink, async {
-                    signals.next().await;
-                })
-                .await;
+            let result = trace(session, &mut sink, async {
+                signals.next().await;
+            })
+            .await;
             (result, None)
         }
     };
@@ -561,6 +559,12 @@ impl RecordSink {
 }
 
 impl Sink for RecordSink {
+    fn note(&mut self, note: &Note) -> anyhow::Result<()> {
+        print_note(note);
+        self.writer()?.write(&Record::Note(note.clone()))?;
+        Ok(())
+    }
+
     fn event(&mut self, raw: &[u8], _event: &Event) -> anyhow::Result<()> {
         self.events += 1;
         self.writer()?.write_event(raw)?;
@@ -667,5 +671,59 @@ impl Sink for RecordSink {
             .context("internal: recording closed twice")?;
         self.size = Some(writer.finish(end)?);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+    use pagewatch::note::Severity;
+
+    use super::*;
+    use crate::cli::{Cli, Command, report};
+
+    /// A note handed to the recording's sink is written as a Record::Note,
+    /// and `report` shows it.
+    #[test]
+    fn notes_reach_the_recording_and_the_report() {
+        let dir = std::env::temp_dir().join(format!("pw-note-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("notes.pwrec");
+        let _ = std::fs::remove_file(&path);
+        let metadata = Metadata::capture(Vec::new(), "test".into(), &[], &[]);
+        let output = NewOutput::open(&path, false).unwrap();
+        let mut sink = RecordSink {
+            path: path.clone(),
+            writer: Some(output.start(&metadata).unwrap()),
+            size: None,
+            seen: BTreeMap::new(),
+            proc: ProcRoot::default(),
+            events: 0,
+            transitions: 0,
+        };
+        let text = "this kernel's per-process RSS counters are approximate";
+        sink.note(&Note::now(Severity::Warning, text)).unwrap();
+        let end = End {
+            ts_ns: 0,
+            events: 0,
+            dropped: 0,
+            duration_ns: 0,
+        };
+        sink.writer.take().unwrap().finish(end).unwrap();
+
+        let cli = Cli::try_parse_from(["pagewatch", "report", path.to_str().unwrap()]).unwrap();
+        let Some(Command::Report(args)) = cli.command else {
+            panic!("not a report command");
+        };
+        let loaded = report::load(&args).unwrap();
+        let mut shown = Vec::new();
+        report::table(&mut shown, &loaded, report::By::Process, |_| true).unwrap();
+        let shown = String::from_utf8(shown).unwrap();
+        assert_eq!(
+            shown.matches(&format!("note: {text}")).count(),
+            1,
+            "{shown}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,16 +1,18 @@
 //! Arguments every tracing subcommand takes, checked and turned into a
-//! [`SessionConfig`] for the library's session.
+//! [`SessionConfig`] for the library's session; starting and running it,
+//! printing what it says.
 
-use std::time::Duration;
+use std::{future::Future, time::Duration};
 
 use anyhow::bail;
 use clap::Args;
 use pagewatch::{
     hooks::Family,
     kernel::page_size,
+    note::{Note, Severity},
     probe::ProbeOptions,
     proc::ProcRoot,
-    session::{SessionConfig, Target},
+    session::{Session, SessionConfig, Sink, Target},
 };
 
 use super::{parse_duration, parse_size};
@@ -85,4 +87,47 @@ pub fn config(
         target,
         proc: proc.clone(),
     })
+}
+
+/// Starts a session, saying on stderr which hooks it attached and which
+/// it skipped, and why.
+pub fn start(config: SessionConfig) -> anyhow::Result<Session> {
+    let session = Session::start(config)?;
+    let probe = session.probe();
+    if probe.mounted_tracefs {
+        eprintln!("pagewatch: mounted tracefs on /sys/kernel/tracing");
+    }
+    for s in &probe.skipped {
+        eprintln!("pagewatch: skipping hook {}: {}", s.program, s.reason);
+    }
+    let names: Vec<&str> = probe
+        .attached
+        .iter()
+        .map(|a| a.tracepoint.as_str())
+        .collect();
+    eprintln!(
+        "pagewatch: attached {} hooks: {}",
+        names.len(),
+        names.join(", ")
+    );
+    Ok(session)
+}
+
+/// Runs `session` into `sink` until Ctrl-C, SIGTERM, `--duration` or `stop`.
+pub async fn trace(
+    session: Session,
+    sink: &mut impl Sink,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    eprintln!("pagewatch: tracing; Ctrl-C to stop");
+    session.run(sink, stop).await
+}
+
+/// Prints a session's note on stderr.
+pub fn print_note(note: &Note) {
+    match note.severity {
+        Severity::Info => eprintln!("pagewatch: {}", note.text),
+        Severity::Warning => eprintln!("pagewatch: note: {}", note.text),
+        Severity::Error => eprintln!("pagewatch: error: {}", note.text),
+    }
 }

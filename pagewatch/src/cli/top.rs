@@ -8,13 +8,14 @@ use std::{collections::BTreeMap, io::Write as _};
 use clap::Args;
 use pagewatch::{
     aggregate::{ProcessStats, SystemStats},
+    note::Note,
     proc::{CommCache, ProcessKey},
-    session::{IntervalReport, Session, SessionView, Sink, Summary},
+    session::{IntervalReport, SessionView, Sink, Summary},
     transition::TransitionGroup,
 };
 use serde_json::json;
 
-use super::session::{TraceArgs, config};
+use super::session::{TraceArgs, config, print_note, start, trace};
 
 #[derive(Debug, Args)]
 pub struct TopArgs {
@@ -35,9 +36,9 @@ pub fn run(args: TopArgs) -> anyhow::Result<()> {
         limit: args.limit,
     };
     super::block_on(async {
-        let session = Session::start(config)?;
+        let mut session = start(config)?;
         session.drop_privileges();
-        session.run(&mut sink, std::future::pending()).await
+        trace(session, &mut sink, std::future::pending()).await
     })
 }
 
@@ -63,6 +64,11 @@ fn rows(
 }
 
 impl Sink for TopSink {
+    fn note(&mut self, note: &Note) -> anyhow::Result<()> {
+        print_note(note);
+        Ok(())
+    }
+
     fn interval(&mut self, view: &mut SessionView<'_>, r: &IntervalReport) -> anyhow::Result<()> {
         let rows = rows(view, &r.tally.processes);
         let scans = view.scan_results(&r.tally);

@@ -44,6 +44,7 @@ use crate::{
     event::{Decoder, EventKind},
     hooks::Family,
     kernel::{monotonic_ns, page_size, quirks::exact_rss_counters},
+    note::{Note, Severity},
     privileges,
     probe::{Probe, ProbeOptions},
     proc::{CommCache, ProcRoot, ProcessKey},
@@ -136,6 +137,8 @@ pub struct Session {
     intervals: u64,
     decode_errors: u64,
     dropped_reported: u64,
+    /// Notes gathered before the sink was at hand (start, privileges).
+    notes: Vec<Note>,
     /// Whether the note on scan events without a page was given.
     said_scan_without_page: bool,
     /// Unexplained transitions of the last interval, waiting for the next
@@ -144,34 +147,21 @@ pub struct Session {
 }
 
 impl Session {
-    /// Loads and attaches the hooks, saying on stderr what was skipped.
+    /// Loads and attaches the hooks (what was attached and skipped, and
+    /// why, is in [`Session::probe`]); what the snapshots cannot see here
+    /// is in notes handed to the sink when the session runs.
     pub fn start(config: SessionConfig) -> anyhow::Result<Self> {
         let proc = config.proc.clone();
         let (probe, ring) = Probe::load(&config.probe)?;
-        if probe.mounted_tracefs {
-            eprintln!("pagewatch: mounted tracefs on /sys/kernel/tracing");
-        }
-        for s in &probe.skipped {
-            eprintln!("pagewatch: skipping hook {}: {}", s.program, s.reason);
-        }
-        let names: Vec<&str> = probe
-            .attached
-            .iter()
-            .map(|a| a.tracepoint.as_str())
-            .collect();
-        eprintln!(
-            "pagewatch: attached {} hooks: {}",
-            names.len(),
-            names.join(", ")
-        );
+        let mut notes = Vec::new();
         let kpage = KpageFiles::for_snapshots(&proc);
         if let Some(note) = &kpage.ksm_unreliable {
-            eprintln!("pagewatch: {note}");
+            notes.push(Note::now(Severity::Warning, note.clone()));
         }
         if config.snapshots
             && let Some(why) = &kpage.missing
         {
-            eprintln!("pagewatch: note: {why}");
+            notes.push(Note::now(Severity::Warning, why.clone()));
         }
         let mut session = Self {
             decoder: Decoder::new(&probe.attached),
@@ -211,6 +201,7 @@ impl Session {
             intervals: 0,
             decode_errors: 0,
             dropped_reported: 0,
+            notes,
             said_scan_without_page: false,
             pending_moves: Vec::new(),
             config,
@@ -220,16 +211,18 @@ impl Session {
             && session.config.probe.families.contains(&Family::Process)
             && !session.decoder.attached(Hook::TaskNewtask)
         {
-            eprintln!(
-                "pagewatch: note: task/task_newtask is not attached, so the new processes of \
-                 followed processes are not followed"
-            );
+            session.notes.push(Note::now(
+                Severity::Warning,
+                "task/task_newtask is not attached, so the new processes of followed processes \
+                 are not followed",
+            ));
         }
         if session.config.snapshots && !session.exact_rss {
-            eprintln!(
-                "pagewatch: note: this kernel's per-process RSS counters are approximate, so \
-                 reclaim or swap anywhere on the machine makes every followed process be read again"
-            );
+            session.notes.push(Note::now(
+                Severity::Warning,
+                "this kernel's per-process RSS counters are approximate, so reclaim or swap \
+                 anywhere on the machine makes every followed process be read again",
+            ));
         }
         session.refresh_targets(true)?;
         let ts_ns = monotonic_ns();
@@ -246,21 +239,25 @@ impl Session {
 
     /// Drops the capabilities the rest of the session does not need (see
     /// [`crate::privileges`]): call it once the output is open, before
-    /// the session starts any thread. A failure is said and tracing goes
-    /// on; it only loses the hardening.
-    pub fn drop_privileges(&self) {
-        match privileges::drop_unneeded() {
-            Ok(d) => eprintln!(
-                "pagewatch: dropped every capability but {}{}; no_new_privs set",
-                d.kept.join(", "),
-                if d.bounding {
-                    ""
-                } else {
-                    " (the bounding set is unchanged: no CAP_SETPCAP)"
-                }
+    /// the session starts any thread. What was dropped, or a failure
+    /// (tracing goes on; it only loses the hardening), is a note.
+    pub fn drop_privileges(&mut self) {
+        let note = match privileges::drop_unneeded() {
+            Ok(d) => Note::now(
+                Severity::Info,
+                format!(
+                    "dropped every capability but {}{}; no_new_privs set",
+                    d.kept.join(", "),
+                    if d.bounding {
+                        ""
+                    } else {
+                        " (the bounding set is unchanged: no CAP_SETPCAP)"
+                    }
+                ),
             ),
-            Err(e) => eprintln!("pagewatch: note: cannot drop capabilities: {e}"),
-        }
+            Err(e) => Note::now(Severity::Warning, format!("cannot drop capabilities: {e}")),
+        };
+        self.notes.push(note);
     }
 
     /// The probe (hooks attached and skipped).
@@ -461,7 +458,7 @@ impl Session {
         // for as long as the AsyncFd owns the RingBuf.
         let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
             .map_err(|e| Error::Poll(e.into_parts().1))?;
-        eprintln!("pagewatch: tracing; Ctrl-C to stop");
+        self.flush_notes(sink)?;
         loop {
             tokio::select! {
                 guard = ring.readable_mut() => {
@@ -537,12 +534,13 @@ impl Session {
                 }
                 EventKind::ScanPmd { pfn: u64::MAX, .. } if !self.said_scan_without_page => {
                     self.said_scan_without_page = true;
-                    eprintln!(
-                        "pagewatch: this kernel's mm_khugepaged_scan_pmd events name no page \
+                    sink.note(&Note::now(
+                        Severity::Warning,
+                        "this kernel's mm_khugepaged_scan_pmd events name no page \
                          (scan_pfn -1): scan results are tallied system-wide \
                          (thp_scan_results) but not per process and VMA; collapses are still \
-                         attributed through their isolation events"
-                    );
+                         attributed through their isolation events",
+                    ))?;
                 }
                 // A new process (a new thread is part of its process and
                 // changes nothing here). The kernel filter already took
@@ -801,14 +799,24 @@ impl Session {
             duration_s: self.started.elapsed().as_secs_f64(),
             transitions: self.transitions,
         };
-        let mut view = self.view();
-        sink.finish(&mut view, &summary)?;
         let dropped: u64 = summary.dropped_per_cpu.iter().sum();
         if dropped > 0 {
-            eprintln!(
-                "pagewatch: {dropped} events were dropped because the ring buffer was full; \
-                 raise --ring-buffer-size"
-            );
+            sink.note(&Note::now(
+                Severity::Warning,
+                format!(
+                    "{dropped} events were dropped because the ring buffer was full; \
+                     raise --ring-buffer-size"
+                ),
+            ))?;
+        }
+        let mut view = self.view();
+        sink.finish(&mut view, &summary)
+    }
+
+    /// Hands the notes gathered while no sink was at hand to `sink`.
+    fn flush_notes(&mut self, sink: &mut impl Sink) -> anyhow::Result<()> {
+        for note in std::mem::take(&mut self.notes) {
+            sink.note(&note)?;
         }
         Ok(())
     }

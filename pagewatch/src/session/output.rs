@@ -15,6 +15,7 @@ use crate::{
         swap::SwapReturns,
     },
     event::{Decoder, Event},
+    note::Note,
     probe::Probe,
     proc::{CommCache, ProcessKey},
     transition::TransitionGroup,
@@ -110,6 +111,9 @@ pub trait Sink {
     ) -> anyhow::Result<()>;
     /// The end of the session.
     fn finish(&mut self, session: &mut SessionView<'_>, summary: &Summary) -> anyhow::Result<()>;
+    /// Something the user must be told (hooks skipped, a degraded mode,
+    /// lost events): a front end prints it, a recording keeps it.
+    fn note(&mut self, note: &Note) -> anyhow::Result<()>;
 }
 
 /// What a sink may consult about the session.
