@@ -10,6 +10,7 @@
 //! Any front end runs one: build a [`SessionConfig`], [`Session::start`] it,
 //! and [`Session::run`] it with a [`Sink`] of its own.
 
+mod interval;
 mod output;
 
 use std::{
@@ -28,6 +29,7 @@ use tokio::{
     time::MissedTickBehavior,
 };
 
+pub use interval::IntervalAssembly;
 pub use output::{IntervalReport, SessionView, Sink, SnapshotWork, Summary, ThpScans};
 
 use crate::{
@@ -54,7 +56,6 @@ use crate::{
         scan::{KpageFiles, ScanOptions, scan_process_with},
         sysfs::Vmstat,
     },
-    transition::{Cause, TransitionGroup},
 };
 
 /// Which processes to show, snapshot and record.
@@ -143,7 +144,7 @@ pub struct Session {
     said_scan_without_page: bool,
     /// Unexplained transitions of the last interval, waiting for the next
     /// interval's events (page moves, populated pages).
-    pending_moves: Vec<TransitionGroup>,
+    assembly: IntervalAssembly,
 }
 
 impl Session {
@@ -203,7 +204,7 @@ impl Session {
             dropped_reported: 0,
             notes,
             said_scan_without_page: false,
-            pending_moves: Vec::new(),
+            assembly: IntervalAssembly::default(),
             config,
         };
         session.group_dead_known = session.decoder.has_field(Hook::ProcessExit, "group_dead");
@@ -485,7 +486,7 @@ impl Session {
         // The last, partial interval, unless the stop fell on a tick (and
         // nothing is left to report).
         if self.aggregator.has_events()
-            || !self.pending_moves.is_empty()
+            || self.assembly.is_waiting()
             || self.dropped_reported != self.drops_per_cpu()?.iter().sum::<u64>()
         {
             self.end_interval(sink, after, true)?;
@@ -663,49 +664,15 @@ impl Session {
         );
         let snapshot_time = self.snapshot_time.take();
         let snapshot_work = self.snapshot_work.take();
-        let mut transitions = match (self.last_snapshot.take(), after) {
+        let found = match (self.last_snapshot.take(), after) {
             (Some(before), Some(after)) => {
                 // A process inside a MAP_POPULATE mmap() is diffed once the
                 // call has returned: its table stays the one before until
                 // then, so the populated pages get their cause page by page.
-                let held = evidence.populating_processes();
-                let after = if held.is_empty() {
-                    after
-                } else {
-                    PageTable::from_processes(
-                        after
-                            .processes()
-                            .iter()
-                            .map(|p| {
-                                before
-                                    .processes()
-                                    .iter()
-                                    .find(|b| held.contains(&p.pid) && b.pid == p.pid)
-                                    .unwrap_or(p)
-                                    .clone()
-                            })
-                            .collect(),
-                    )
-                };
+                let after =
+                    IntervalAssembly::hold(&before, after, &evidence.populating_processes());
                 evidence.resolve_pfns(&before, &after);
-                for (&(pid, vma_start, status), &scans) in evidence.scan_results() {
-                    let vma = before
-                        .vma(pid, vma_start)
-                        .or_else(|| after.vma(pid, vma_start))
-                        .map(|v| v.name.clone())
-                        .unwrap_or_default();
-                    let result = self
-                        .decoder
-                        .symbol(Hook::ScanPmd, "status", status)
-                        .map_or_else(|| format!("status_{status}"), str::to_owned);
-                    thp_scans.push(ThpScans {
-                        pid,
-                        vma_start,
-                        vma,
-                        result,
-                        scans,
-                    });
-                }
+                thp_scans = IntervalAssembly::thp_scans(&evidence, &self.decoder, &before, &after);
                 let t = correlate::diff(
                     &before,
                     &after,
@@ -733,18 +700,7 @@ impl Session {
         // mm_migrate_pages fires when a whole migrate_pages() call ends, mmap
         // returns after MAP_POPULATE filled the range. Those still
         // unexplained then are reported unexplained.
-        let waiting = std::mem::take(&mut self.pending_moves);
-        if !last {
-            let (later, now) = transitions.into_iter().partition(|g: &TransitionGroup| {
-                g.cause == Cause::Unexplained && Evidence::can_arrive_late(g.kind)
-            });
-            self.pending_moves = later;
-            transitions = now;
-        }
-        for mut g in waiting {
-            g.cause = evidence.late_cause(g.pid, g.vma_start, g.kind);
-            transitions.push(g);
-        }
+        let transitions = self.assembly.settle(found, &evidence, last);
         self.transitions += transitions.len() as u64;
         let report = IntervalReport {
             index: self.intervals,
