@@ -34,7 +34,7 @@ use tokio::{
     signal::unix::{Signal, SignalKind, signal},
 };
 
-use super::session::{TraceArgs, config, print_note, start, trace};
+use super::session::{TraceArgs, config, print_note, say_tracing, start};
 
 #[derive(Debug, Args)]
 pub struct RecordArgs {
@@ -138,13 +138,14 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         Some(mut workload) => {
             let result = match workload.resume() {
                 Ok(()) => {
-                    trace(session, &mut sink, async {
-                        tokio::select! {
-                            _ = workload.wait() => {}
-                            _ = signals.next() => {}
-                        }
-                    })
-                    .await
+                    session
+                        .run(&mut sink, async {
+                            tokio::select! {
+                                _ = workload.wait() => {}
+                                _ = signals.next() => {}
+                            }
+                        })
+                        .await
                 }
                 Err(e) => Err(e),
             };
@@ -153,10 +154,11 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
             (result, Some(workload.end(signalled).await?))
         }
         None => {
-            let result = trace(session, &mut sink, async {
-                signals.next().await;
-            })
-            .await;
+            let result = session
+                .run(&mut sink, async {
+                    signals.next().await;
+                })
+                .await;
             (result, None)
         }
     };
@@ -559,6 +561,10 @@ impl RecordSink {
 }
 
 impl Sink for RecordSink {
+    fn tracing(&mut self) -> anyhow::Result<()> {
+        say_tracing()
+    }
+
     fn note(&mut self, note: &Note) -> anyhow::Result<()> {
         print_note(note);
         self.writer()?.write(&Record::Note(note.clone()))?;

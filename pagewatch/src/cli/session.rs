@@ -2,7 +2,7 @@
 //! [`SessionConfig`] for the library's session; starting and running it,
 //! printing what it says.
 
-use std::{future::Future, time::Duration};
+use std::time::Duration;
 
 use anyhow::bail;
 use clap::Args;
@@ -12,7 +12,7 @@ use pagewatch::{
     note::{Note, Severity},
     probe::ProbeOptions,
     proc::ProcRoot,
-    session::{Session, SessionConfig, Sink, Target},
+    session::{Session, SessionConfig, Target},
 };
 
 use super::{parse_duration, parse_size};
@@ -113,14 +113,11 @@ pub fn start(config: SessionConfig) -> anyhow::Result<Session> {
     Ok(session)
 }
 
-/// Runs `session` into `sink` until Ctrl-C, SIGTERM, `--duration` or `stop`.
-pub async fn trace(
-    session: Session,
-    sink: &mut impl Sink,
-    stop: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
+/// Says that the session traces (from [`Sink::tracing`], once Ctrl-C
+/// stops it cleanly).
+pub fn say_tracing() -> anyhow::Result<()> {
     eprintln!("pagewatch: tracing; Ctrl-C to stop");
-    session.run(sink, stop).await
+    Ok(())
 }
 
 /// Prints a session's note on stderr.

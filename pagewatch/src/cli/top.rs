@@ -15,7 +15,7 @@ use pagewatch::{
 };
 use serde_json::json;
 
-use super::session::{TraceArgs, config, print_note, start, trace};
+use super::session::{TraceArgs, config, print_note, say_tracing, start};
 
 #[derive(Debug, Args)]
 pub struct TopArgs {
@@ -38,7 +38,7 @@ pub fn run(args: TopArgs) -> anyhow::Result<()> {
     super::block_on(async {
         let mut session = start(config)?;
         session.drop_privileges();
-        trace(session, &mut sink, std::future::pending()).await
+        session.run(&mut sink, std::future::pending()).await
     })
 }
 
@@ -64,6 +64,10 @@ fn rows(
 }
 
 impl Sink for TopSink {
+    fn tracing(&mut self) -> anyhow::Result<()> {
+        say_tracing()
+    }
+
     fn note(&mut self, note: &Note) -> anyhow::Result<()> {
         print_note(note);
         Ok(())

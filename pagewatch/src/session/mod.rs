@@ -460,6 +460,7 @@ impl Session {
         let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
             .map_err(|e| Error::Poll(e.into_parts().1))?;
         self.flush_notes(sink)?;
+        sink.tracing()?;
         loop {
             tokio::select! {
                 guard = ring.readable_mut() => {

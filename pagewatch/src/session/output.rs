@@ -111,6 +111,11 @@ pub trait Sink {
     ) -> anyhow::Result<()>;
     /// The end of the session.
     fn finish(&mut self, session: &mut SessionView<'_>, summary: &Summary) -> anyhow::Result<()>;
+    /// The session is tracing: its signal handlers are in place, so
+    /// Ctrl-C and SIGTERM from now on stop it cleanly.
+    fn tracing(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
     /// Something the user must be told (hooks skipped, a degraded mode,
     /// lost events): a front end prints it, a recording keeps it.
     fn note(&mut self, note: &Note) -> anyhow::Result<()>;
