@@ -46,12 +46,6 @@ pub enum Error {
     /// None of the requested hooks could be attached on this kernel.
     #[error("no hook could be attached on this kernel: {}", .0.join("; "))]
     NoHooks(Vec<String>),
-    /// No process has the given pid.
-    #[error("no process with pid {0}")]
-    UnknownPid(u32),
-    /// No running process has the given command name.
-    #[error("no running process is named {0:?} (names are matched against /proc/PID/comm)")]
-    UnknownComm(String),
     /// The ring buffer could not be registered with the async runtime.
     #[error("cannot poll the ring buffer: {0}")]
     Poll(std::io::Error),

@@ -10,7 +10,7 @@ use pagewatch_common::{
 };
 
 use crate::{
-    probe::{AttachedHook, FieldLayout},
+    hooks::{AttachedHook, FieldLayout},
     tracefs::EventFormat,
 };
 

@@ -1,8 +1,97 @@
 //! The table of kernel hooks pagewatch attaches: for each, the eBPF program,
 //! the tracepoints it can sit on (newest name first), the fields it records
-//! and whether the per-process filter applies to it.
+//! and whether the per-process filter applies to it; and what a hook is
+//! once attached or skipped (its field layout, why it was skipped), which
+//! decoding a recording needs without the eBPF object.
 
-use pagewatch_common::hook::Hook;
+use pagewatch_common::{event::MAX_ARGS, hook::Hook};
+
+use crate::tracefs::EventFormat;
+
+/// How to widen one hook's raw `args` back into the kernel's values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FieldLayout {
+    pub sizes: [u8; MAX_ARGS],
+    pub signed: [bool; MAX_ARGS],
+}
+
+/// A hook that is attached.
+#[derive(Debug, Clone)]
+pub struct AttachedHook {
+    pub hook: Hook,
+    /// `category/name` of the tracepoint it sits on.
+    pub tracepoint: String,
+    pub layout: FieldLayout,
+    /// The kernel's format of that tracepoint (field layout, code names).
+    pub format: EventFormat,
+}
+
+/// A hook that could not be attached, and why.
+#[derive(Debug, Clone)]
+pub struct SkippedHook {
+    pub program: &'static str,
+    pub reason: SkipReason,
+}
+
+/// Why a hook was not attached on this kernel: data, so front ends and
+/// recordings can tell the cases apart (printed with [`Display`]).
+///
+/// [`Display`]: std::fmt::Display
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SkipReason {
+    /// The kernel has none of the tracepoints the hook can sit on
+    /// (`category/name or name`).
+    #[error("this kernel has no tracepoint {0}")]
+    TracepointMissing(String),
+    /// None of the syscall tracepoints exist: the kernel was built without
+    /// CONFIG_FTRACE_SYSCALLS.
+    #[error(
+        "this kernel has no tracepoint {0} (no syscall tracepoints: built without CONFIG_FTRACE_SYSCALLS)"
+    )]
+    SyscallTracepointsAbsent(String),
+    /// The tracepoint's format lacks a field the hook records.
+    #[error("{tracepoint} has no field {field:?} on this kernel")]
+    FieldMissing { tracepoint: String, field: String },
+    /// The field exists but cannot be read as the hook needs.
+    #[error("{tracepoint} field {field} {why}")]
+    FieldUnusable {
+        tracepoint: String,
+        field: String,
+        why: String,
+    },
+    /// The tracepoint's format file could not be read or parsed.
+    #[error("{0}")]
+    FormatUnreadable(String),
+    /// An fentry/fexit hook needs the kernel's BTF, which is missing.
+    #[error("no kernel BTF (/sys/kernel/btf/vmlinux): {0}")]
+    BtfMissing(String),
+    /// The function an fentry/fexit hook sits on is not in this kernel.
+    #[error("this kernel has no function {0} (absent, or inlined)")]
+    FunctionMissing(String),
+    /// The kernel refused fentry/fexit (lockdown, ftrace disabled);
+    /// `fallback` says what still covers what the hook would have seen.
+    #[error(
+        "the kernel refused fentry/fexit on {function} (EPERM: kernel lockdown or ftrace hooks disabled); {fallback}"
+    )]
+    FentryRefused {
+        function: String,
+        fallback: &'static str,
+    },
+    /// The kernel refused the tracepoint's perf event for lack of
+    /// privilege (perf_event_paranoid).
+    #[error("the kernel refused the tracepoint's perf event for {tracepoint}: {error}")]
+    PerfRefused { tracepoint: String, error: String },
+    /// Loading or attaching failed otherwise (the kernel's words).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl serde::Serialize for SkipReason {
+    /// As its sentence.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
 
 /// A family of hooks, selectable as a group (`--events faults,thp,...`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

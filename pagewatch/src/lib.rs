@@ -14,17 +14,26 @@
 //! - [`record`]: the recording file format (writer and reader);
 //! - [`output`]: the JSON lines `top --json` and `report --format json`
 //!   write, as types with a JSON Schema.
+//! - [`session`]: a tracing session any front end runs: config in,
+//!   interval reports out through a sink;
+//! - [`kernel`]: clocks, the page size and probes of kernel quirks;
+//! - [`note`]: what a front end must tell its user, as data.
 
 pub mod aggregate;
 pub mod correlate;
 pub mod error;
 pub mod event;
 pub mod hooks;
+pub mod kernel;
+#[cfg(test)]
+mod layers;
+pub mod note;
 pub mod output;
 pub mod privileges;
 pub mod probe;
 pub mod proc;
 pub mod record;
+pub mod session;
 pub mod snapshot;
 pub mod tracefs;
 pub mod transition;

@@ -65,4 +65,37 @@ mod tests {
             "reading /x: No such file or directory (os error 2)"
         );
     }
+
+    /// The message `pagewatch report FILE` fails with.
+    fn report_error(file: &std::path::Path) -> String {
+        let cli = cli::Cli::try_parse_from(["pagewatch", "report", file.to_str().unwrap()]);
+        message(&cli::run(cli.unwrap()).expect_err("report should fail"))
+    }
+
+    /// `pagewatch report` on a missing file and on a file that is not a
+    /// recording: each cause once.
+    #[test]
+    fn report_errors_name_their_cause_once() {
+        let missing = report_error(std::path::Path::new("/nonexistent.rec"));
+        assert_eq!(
+            missing,
+            "cannot open /nonexistent.rec: No such file or directory (os error 2)"
+        );
+        let dir = std::env::temp_dir().join(format!("pw-main-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let foreign = dir.join("passwd");
+        std::fs::write(&foreign, "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+        let text = report_error(&foreign);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            text.matches("not a pagewatch recording").count(),
+            1,
+            "{text}"
+        );
+        assert_eq!(text.matches("root:x:0").count(), 1, "{text}");
+        assert!(
+            text.starts_with(&format!("{}: ", foreign.display())),
+            "{text}"
+        );
+    }
 }

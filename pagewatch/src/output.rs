@@ -29,6 +29,8 @@ use crate::{
     transition::TransitionGroup,
 };
 
+pub use crate::session::{SnapshotWork, ThpScans};
+
 /// Rounds seconds to the millisecond, as every `t` is written.
 pub fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
@@ -128,36 +130,6 @@ pub struct TopSystem {
     pub snapshot_ms: Option<f64>,
     /// What the snapshot read again and carried over (null without one).
     pub snapshot: Option<SnapshotWork>,
-}
-
-/// What one snapshot read and what it carried over unchanged from the
-/// previous one (see [`crate::correlate::rescan`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct SnapshotWork {
-    /// Processes read again, and their pages.
-    pub rescanned: u64,
-    pub rescanned_pages: u64,
-    /// Processes carried over, and their pages.
-    pub carried: u64,
-    pub carried_pages: u64,
-    /// Why every process was read again (the system-wide counters that
-    /// moved), if it was.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub all_because: Option<String>,
-    /// The processes read again for a reason of their own (empty when
-    /// every process was).
-    pub rescanned_pids: Vec<u32>,
-}
-
-/// khugepaged scans of one VMA that ended with one result.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct ThpScans {
-    pub pid: u32,
-    pub vma_start: u64,
-    pub vma: String,
-    /// The running kernel's name for the scan result.
-    pub result: String,
-    pub scans: u64,
 }
 
 /// The summary line of `top --json`.

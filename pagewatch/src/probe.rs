@@ -16,7 +16,7 @@ use pagewatch_common::{
 
 use crate::{
     error::{Error, Result},
-    hooks::{Attach, Family, HOOKS, HookSpec},
+    hooks::{Attach, AttachedHook, Family, FieldLayout, HOOKS, HookSpec, SkipReason, SkippedHook},
     proc::ProcRoot,
     tracefs::{EventFormat, Tracefs},
 };
@@ -48,31 +48,6 @@ pub struct ProbeOptions {
     pub filter_tgids: bool,
     /// Which hook families to attach.
     pub families: Vec<Family>,
-}
-
-/// How to widen one hook's raw `args` back into the kernel's values.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct FieldLayout {
-    pub sizes: [u8; MAX_ARGS],
-    pub signed: [bool; MAX_ARGS],
-}
-
-/// A hook that is attached.
-#[derive(Debug, Clone)]
-pub struct AttachedHook {
-    pub hook: Hook,
-    /// `category/name` of the tracepoint it sits on.
-    pub tracepoint: String,
-    pub layout: FieldLayout,
-    /// The kernel's format of that tracepoint (field layout, code names).
-    pub format: EventFormat,
-}
-
-/// A hook that could not be attached, and why.
-#[derive(Debug, Clone)]
-pub struct SkippedHook {
-    pub program: &'static str,
-    pub reason: String,
 }
 
 /// The loaded object with its control maps. The event ring buffer is handed
@@ -183,7 +158,10 @@ impl Probe {
             // every tracepoint perf event to a process without
             // CAP_SYS_ADMIN, whatever CAP_PERFMON says: name that, not 30
             // identical attach failures.
-            if skipped.iter().all(|s| s.reason.starts_with(PERF_REFUSED)) {
+            if skipped
+                .iter()
+                .all(|s| matches!(s.reason, SkipReason::PerfRefused { .. }))
+            {
                 let paranoid =
                     std::fs::read_to_string(proc.proc_file("sys/kernel/perf_event_paranoid"));
                 return Err(Error::TracepointsNeedSysAdmin(paranoid.map_or_else(
@@ -255,21 +233,25 @@ pub struct Resolved {
 
 /// Matches `spec` against the kernel's tracepoints and their formats, or
 /// says in one line why this kernel cannot have it.
-pub fn resolve(tracefs: &Tracefs, spec: &HookSpec) -> std::result::Result<Resolved, String> {
+pub fn resolve(tracefs: &Tracefs, spec: &HookSpec) -> std::result::Result<Resolved, SkipReason> {
     let Some(&name) = spec
         .names
         .iter()
         .find(|n| tracefs.has_event(spec.category, n))
     else {
-        return Err(format!(
-            "this kernel has no tracepoint {}/{}",
-            spec.category,
-            spec.names.join(" or ")
-        ));
+        let wanted = format!("{}/{}", spec.category, spec.names.join(" or "));
+        return Err(
+            if spec.category == "syscalls" && !tracefs.has_category(spec.category) {
+                SkipReason::SyscallTracepointsAbsent(wanted)
+            } else {
+                SkipReason::TracepointMissing(wanted)
+            },
+        );
     };
     let format = tracefs
         .format(spec.category, name)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| SkipReason::FormatUnreadable(e.to_string()))?;
+    let tracepoint = || format!("{}/{name}", spec.category);
     let mut config = HookConfig {
         per_process: u8::from(spec.per_process),
         wide: u8::from(spec.fields.len() > NARROW_ARGS),
@@ -290,25 +272,27 @@ pub fn resolve(tracefs: &Tracefs, spec: &HookSpec) -> std::result::Result<Resolv
             if optional {
                 continue;
             }
-            return Err(format!(
-                "{}/{name} has no field {field_name:?} on this kernel",
-                spec.category
-            ));
+            return Err(SkipReason::FieldMissing {
+                tracepoint: tracepoint(),
+                field: field_name.to_owned(),
+            });
         };
         let (offset, size) = match slice {
             Some(k) if u16::from(field.size) >= k + 8 => (field.offset + k, 8),
             Some(_) => {
-                return Err(format!(
-                    "{}/{name} field {field_name} is too short for {wanted}",
-                    spec.category
-                ));
+                return Err(SkipReason::FieldUnusable {
+                    tracepoint: tracepoint(),
+                    field: field_name.to_owned(),
+                    why: format!("is too short for {wanted}"),
+                });
             }
             None if matches!(field.size, 1 | 2 | 4 | 8) => (field.offset, field.size),
             None => {
-                return Err(format!(
-                    "{}/{name} field {field_name} has size {}, not a scalar",
-                    spec.category, field.size
-                ));
+                return Err(SkipReason::FieldUnusable {
+                    tracepoint: tracepoint(),
+                    field: field_name.to_owned(),
+                    why: format!("has size {}, not a scalar", field.size),
+                });
             }
         };
         config.offsets[i] = offset;
@@ -336,14 +320,13 @@ pub fn resolve(tracefs: &Tracefs, spec: &HookSpec) -> std::result::Result<Resolv
 /// kernel refuses fentry (lockdown, as on this project's hosts).
 fn attach_btf(
     ebpf: &mut Ebpf,
-    btf: &mut Option<std::result::Result<aya::Btf, String>>,
+    btf: &mut Option<std::result::Result<aya::Btf, SkipReason>>,
     kallsyms: &std::collections::HashMap<&str, u64>,
     spec: &HookSpec,
-) -> std::result::Result<AttachedHook, String> {
+) -> std::result::Result<AttachedHook, SkipReason> {
     let btf = btf
         .get_or_insert_with(|| {
-            aya::Btf::from_sys_fs()
-                .map_err(|e| format!("no kernel BTF (/sys/kernel/btf/vmlinux): {e}"))
+            aya::Btf::from_sys_fs().map_err(|e| SkipReason::BtfMissing(e.to_string()))
         })
         .as_ref()
         .map_err(Clone::clone)?;
@@ -353,15 +336,10 @@ fn attach_btf(
         .copied()
         .find(|n| kallsyms.contains_key(n))
     else {
-        return Err(format!(
-            "this kernel has no function {} (absent, or inlined)",
-            spec.names.join(" or ")
-        ));
+        return Err(SkipReason::FunctionMissing(spec.names.join(" or ")));
     };
     let explain = |e: aya::programs::ProgramError| {
-        let text = e.to_string();
-        if format!("{e:?}").contains("PermissionDenied") || text.contains("Operation not permitted")
-        {
+        if permission_denied(&e) {
             let fallback = if spec.family == Family::Balloon {
                 "balloon pages are still counted by the OFFLINE census and /proc/vmstat \
                  balloon_inflate/balloon_deflate"
@@ -369,29 +347,25 @@ fn attach_btf(
                 "THP splits are still seen in the snapshots, their cause labelled from \
                  /proc/vmstat thp_split_pmd/thp_split_page"
             };
-            format!(
-                "the kernel refused fentry/fexit on {function} (EPERM: kernel lockdown or \
-                 ftrace hooks disabled); {fallback}"
-            )
+            SkipReason::FentryRefused {
+                function: function.to_owned(),
+                fallback,
+            }
         } else {
-            format!("{function}: {text}")
+            SkipReason::Failed(format!("{function}: {e}"))
         }
     };
     let program = ebpf
         .program_mut(spec.program)
-        .ok_or_else(|| format!("eBPF object has no program {}", spec.program))?;
+        .ok_or_else(|| no_program(spec))?;
     match spec.attach {
         Attach::FEntry => {
-            let p: &mut FEntry = program
-                .try_into()
-                .map_err(|e: ProgramError| e.to_string())?;
+            let p: &mut FEntry = program.try_into().map_err(failed)?;
             p.load(function, btf).map_err(explain)?;
             p.attach().map_err(explain)?;
         }
         _ => {
-            let p: &mut FExit = program
-                .try_into()
-                .map_err(|e: ProgramError| e.to_string())?;
+            let p: &mut FExit = program.try_into().map_err(failed)?;
             p.load(function, btf).map_err(explain)?;
             p.attach().map_err(explain)?;
         }
@@ -414,16 +388,31 @@ fn attach_btf(
     })
 }
 
-/// How a skip reason starts when the kernel refused a tracepoint's perf
-/// event for lack of privilege.
-const PERF_REFUSED: &str = "the kernel refused the tracepoint's perf event";
+/// Whether the kernel said EPERM/EACCES to loading or attaching.
+fn permission_denied(e: &ProgramError) -> bool {
+    let io = match e {
+        ProgramError::LoadError { io_error, .. }
+        | ProgramError::SyscallError(aya::sys::SyscallError { io_error, .. }) => Some(io_error),
+        _ => None,
+    };
+    io.is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+}
+
+/// A failure in the kernel's (or aya's) own words.
+fn failed(e: impl std::fmt::Display) -> SkipReason {
+    SkipReason::Failed(e.to_string())
+}
+
+fn no_program(spec: &HookSpec) -> SkipReason {
+    SkipReason::Failed(format!("eBPF object has no program {}", spec.program))
+}
 
 /// Configures and attaches one hook, or says why it cannot be.
 fn attach(
     ebpf: &mut Ebpf,
     tracefs: &Tracefs,
     spec: &HookSpec,
-) -> std::result::Result<AttachedHook, String> {
+) -> std::result::Result<AttachedHook, SkipReason> {
     let Resolved {
         name,
         config,
@@ -432,28 +421,31 @@ fn attach(
     } = resolve(tracefs, spec)?;
     let mut hooks: Array<_, HookConfig> = ebpf
         .map_mut("HOOKS")
-        .ok_or("eBPF object has no HOOKS map")?
+        .ok_or_else(|| failed("eBPF object has no HOOKS map"))?
         .try_into()
-        .map_err(|e: aya::maps::MapError| e.to_string())?;
+        .map_err(failed)?;
     hooks
         .set(spec.hook as u32, config, 0)
-        .map_err(|e| format!("writing the HOOKS map: {e}"))?;
+        .map_err(|e| failed(format!("writing the HOOKS map: {e}")))?;
     let program: &mut TracePoint = ebpf
         .program_mut(spec.program)
-        .ok_or_else(|| format!("eBPF object has no program {}", spec.program))?
+        .ok_or_else(|| no_program(spec))?
         .try_into()
-        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+        .map_err(failed)?;
     program
         .load()
-        .map_err(|e| format!("loading {}: {e}", spec.program))?;
+        .map_err(|e| failed(format!("loading {}: {e}", spec.program)))?;
     program.attach(spec.category, name).map_err(|e| match &e {
         ProgramError::SyscallError(aya::sys::SyscallError {
             call: "perf_event_open_trace_point",
             io_error,
         }) if matches!(io_error.raw_os_error(), Some(libc::EACCES | libc::EPERM)) => {
-            format!("{PERF_REFUSED} for {}/{name}: {io_error}", spec.category)
+            SkipReason::PerfRefused {
+                tracepoint: format!("{}/{name}", spec.category),
+                error: io_error.to_string(),
+            }
         }
-        _ => format!("attaching to {}/{name}: {e}", spec.category),
+        _ => failed(format!("attaching to {}/{name}: {e}", spec.category)),
     })?;
     Ok(AttachedHook {
         hook: spec.hook,
@@ -509,9 +501,17 @@ mod tests {
         let err = resolve(&tracefs, spec(Hook::PageFaultUser)).unwrap_err();
         assert_eq!(
             err,
+            SkipReason::TracepointMissing("exceptions/page_fault_user".into())
+        );
+        assert_eq!(
+            err.to_string(),
             "this kernel has no tracepoint exceptions/page_fault_user"
         );
         let err = resolve(&tracefs, spec(Hook::KswapdWake)).unwrap_err();
-        assert!(err.contains("has no field \"order\""), "{err}");
+        assert!(
+            matches!(&err, SkipReason::FieldMissing { field, .. } if field == "order"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("has no field \"order\""), "{err}");
     }
 }

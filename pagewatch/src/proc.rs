@@ -204,14 +204,12 @@ pub struct CommCache {
 impl CommCache {
     /// A cache reading start times and names from `root`.
     pub fn new(root: ProcRoot) -> Self {
-        let boot = crate::record::clock_ns(libc::CLOCK_BOOTTIME);
-        let mono = crate::record::clock_ns(libc::CLOCK_MONOTONIC);
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        let boot = crate::kernel::clock_ns(libc::CLOCK_BOOTTIME);
+        let mono = crate::kernel::clock_ns(libc::CLOCK_MONOTONIC);
         Self {
             root,
             boot_offset_ns: u64::try_from(boot - mono).unwrap_or(0),
-            tick_ns: 1_000_000_000 / u64::try_from(hz).unwrap_or(100).max(1),
+            tick_ns: 1_000_000_000 / crate::kernel::clock_ticks_per_sec().max(1),
             ..Self::default()
         }
     }
@@ -324,32 +322,6 @@ impl CommCache {
     pub fn name(&self, key: ProcessKey) -> &str {
         self.names.get(&key).map_or("?", String::as_str)
     }
-}
-
-/// Runs `f` on a fresh private anonymous page of this process (mapped,
-/// not yet touched, unmapped afterwards), for probes of how the kernel
-/// reports a page; None when no page can be mapped.
-pub fn with_scratch_page<T>(f: impl FnOnce(*mut u8) -> T) -> Option<T> {
-    const PAGE: usize = 4096;
-    // SAFETY: a fresh private anonymous mapping, checked, handed to `f`
-    // and unmapped here only.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            PAGE,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return None;
-    }
-    let r = f(p.cast());
-    // SAFETY: unmapping the mapping made above.
-    unsafe { libc::munmap(p, PAGE) };
-    Some(r)
 }
 
 #[cfg(test)]

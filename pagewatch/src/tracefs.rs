@@ -169,6 +169,11 @@ impl Tracefs {
         self.format_path(category, name).is_file()
     }
 
+    /// Whether the running kernel has any tracepoint of `category`.
+    pub fn has_category(&self, category: &str) -> bool {
+        self.root.join("events").join(category).is_dir()
+    }
+
     fn format_path(&self, category: &str, name: &str) -> PathBuf {
         self.root
             .join("events")

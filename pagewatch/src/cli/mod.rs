@@ -19,14 +19,14 @@ pub use duration::parse_duration;
 #[command(version, about, args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
-    command: Option<Command>,
+    pub(crate) command: Option<Command>,
     /// Options of `top`, which runs when no subcommand is given.
     #[command(flatten)]
     top: top::TopArgs,
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {
+pub(crate) enum Command {
     /// Live per-process page faults and system reclaim, per interval (the default).
     Top(top::TopArgs),
     /// Page census of processes and of the whole system from pagemap and kpageflags.

@@ -24,18 +24,17 @@ use pagewatch::{
     event::Event,
     proc::{ProcRoot, ProcessKey},
     record::{
-        End, Interval, IntervalSnapshot, Metadata, Process, Record, RecordError, RecordWriter,
-        Sample,
+        End, Interval, IntervalSnapshot, Metadata, Note, Process, Record, RecordError,
+        RecordWriter, Sample,
     },
+    session::{IntervalReport, SessionView, Sink, Summary},
 };
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{Signal, SignalKind, signal},
 };
 
-use super::session::{
-    IntervalReport, Session, SessionConfig, SessionView, Sink, Summary, TraceArgs,
-};
+use super::session::{TraceArgs, config, print_note, say_tracing, start};
 
 #[derive(Debug, Args)]
 pub struct RecordArgs {
@@ -104,9 +103,9 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         Some(Workload::spawn(&args.command)?)
     };
     let extra: Vec<u32> = workload.iter().map(|w| w.pid as u32).collect();
-    let mut config = SessionConfig::validate(args.trace, &proc, &extra)?;
+    let mut config = config(args.trace, &proc, &extra)?;
     config.snapshots = true;
-    let session = Session::start(config)?;
+    let mut session = start(config)?;
     if let Some(signo) = signals.received().await {
         eprintln!(
             "pagewatch: {} while loading the hooks: stopped{}; nothing recorded",
@@ -562,6 +561,16 @@ impl RecordSink {
 }
 
 impl Sink for RecordSink {
+    fn tracing(&mut self) -> anyhow::Result<()> {
+        say_tracing()
+    }
+
+    fn note(&mut self, note: &Note) -> anyhow::Result<()> {
+        print_note(note);
+        self.writer()?.write(&Record::Note(note.clone()))?;
+        Ok(())
+    }
+
     fn event(&mut self, raw: &[u8], _event: &Event) -> anyhow::Result<()> {
         self.events += 1;
         self.writer()?.write_event(raw)?;
@@ -668,5 +677,59 @@ impl Sink for RecordSink {
             .context("internal: recording closed twice")?;
         self.size = Some(writer.finish(end)?);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+    use pagewatch::note::Severity;
+
+    use super::*;
+    use crate::cli::{Cli, Command, report};
+
+    /// A note handed to the recording's sink is written as a Record::Note,
+    /// and `report` shows it.
+    #[test]
+    fn notes_reach_the_recording_and_the_report() {
+        let dir = std::env::temp_dir().join(format!("pw-note-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("notes.pwrec");
+        let _ = std::fs::remove_file(&path);
+        let metadata = Metadata::capture(Vec::new(), "test".into(), &[], &[]);
+        let output = NewOutput::open(&path, false).unwrap();
+        let mut sink = RecordSink {
+            path: path.clone(),
+            writer: Some(output.start(&metadata).unwrap()),
+            size: None,
+            seen: BTreeMap::new(),
+            proc: ProcRoot::default(),
+            events: 0,
+            transitions: 0,
+        };
+        let text = "this kernel's per-process RSS counters are approximate";
+        sink.note(&Note::now(Severity::Warning, text)).unwrap();
+        let end = End {
+            ts_ns: 0,
+            events: 0,
+            dropped: 0,
+            duration_ns: 0,
+        };
+        sink.writer.take().unwrap().finish(end).unwrap();
+
+        let cli = Cli::try_parse_from(["pagewatch", "report", path.to_str().unwrap()]).unwrap();
+        let Some(Command::Report(args)) = cli.command else {
+            panic!("not a report command");
+        };
+        let loaded = report::load(&args).unwrap();
+        let mut shown = Vec::new();
+        report::table(&mut shown, &loaded, report::By::Process, |_| true).unwrap();
+        let shown = String::from_utf8(shown).unwrap();
+        assert_eq!(
+            shown.matches(&format!("note: {text}")).count(),
+            1,
+            "{shown}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -43,7 +43,7 @@ enum Format {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum By {
+pub(super) enum By {
     Process,
     Vma,
     Cause,
@@ -76,7 +76,7 @@ impl ReportArgs {
 }
 
 /// Everything read from a recording.
-struct Loaded {
+pub(super) struct Loaded {
     meta: Metadata,
     transitions: Vec<TransitionGroup>,
     processes: HashMap<u32, Process>,
@@ -124,7 +124,7 @@ fn snapshot_line(s: &[IntervalSnapshot]) -> Option<String> {
     ))
 }
 
-fn load(args: &ReportArgs) -> anyhow::Result<Loaded> {
+pub(super) fn load(args: &ReportArgs) -> anyhow::Result<Loaded> {
     let mut reader = RecordReader::open(&args.file)?;
     let meta = reader.metadata().clone();
     let decoder = meta.decoder();
@@ -247,7 +247,7 @@ fn secs(l: &Loaded, ts_ns: u64) -> f64 {
     ts_ns.saturating_sub(l.meta.start_monotonic_ns) as f64 / 1e9
 }
 
-fn table(
+pub(super) fn table(
     out: &mut impl std::io::Write,
     l: &Loaded,
     by: By,

@@ -1,51 +1,18 @@
-//! The tracing session shared by `top` and `record`: load the hooks, stream
-//! the ring buffer through tokio's AsyncFd, fold events into per-interval
-//! tallies and correlator evidence, snapshot the tracked processes every
-//! interval (reading again only those that may have changed, see
-//! `pagewatch::correlate::rescan`) and diff them into attributed
-//! transitions, and hand each
-//! interval to a [`Sink`] (a table, JSON lines, a recording) until Ctrl-C,
-//! SIGTERM, `--duration` or the caller's own stop condition.
+//! Arguments every tracing subcommand takes, checked and turned into a
+//! [`SessionConfig`] for the library's session; starting and running it,
+//! printing what it says.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    future::Future,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
-use anyhow::{Context as _, bail};
-use aya::maps::{MapData, RingBuf};
+use anyhow::bail;
 use clap::Args;
 use pagewatch::{
-    aggregate::{Aggregator, Tally},
-    correlate::{
-        self, ProcessCounters,
-        evidence::Evidence,
-        hugepages::{HugepageTracker, PoolSample, VmaThp},
-        numa::NodeMap,
-        rescan::{ForeignCounters, ProcessStamp, RescanRule, exact_rss_counters},
-        swap::{SwapLedger, SwapReturns},
-    },
-    error::Error,
-    event::{Decoder, Event, EventKind},
     hooks::Family,
-    output::{SnapshotWork, ThpScans},
-    privileges::{self, CAP_SYS_ADMIN, CapSets},
-    probe::{Probe, ProbeOptions},
-    proc::{CommCache, ProcRoot, ProcessKey},
-    snapshot::{
-        self,
-        columns::{PageTable, ProcessTable, ProcessTableBuilder},
-        scan::{KpageFiles, ScanOptions, scan_process_with},
-    },
-    transition::{Cause, TransitionGroup},
-};
-use pagewatch_common::hook::Hook;
-use tokio::{
-    io::{Interest, unix::AsyncFd},
-    signal::unix::{SignalKind, signal},
-    time::MissedTickBehavior,
+    kernel::page_size,
+    note::{Note, Severity},
+    probe::ProbeOptions,
+    proc::ProcRoot,
+    session::{Session, SessionConfig, Target},
 };
 
 use super::{parse_duration, parse_size};
@@ -74,963 +41,90 @@ pub struct TraceArgs {
     pub ring_buffer_size: u64,
 }
 
-/// Which processes to show, snapshot and record.
-#[derive(Debug, Clone)]
-pub enum Target {
-    All,
-    Pids(BTreeSet<u32>),
-    Comm(String),
-}
-
-/// Validated session options.
-#[derive(Debug)]
-pub struct SessionConfig {
-    pub interval: Duration,
-    pub duration: Option<Duration>,
-    pub target: Target,
-    pub probe: ProbeOptions,
-    /// Snapshot the followed processes (all, when tracing everything) each
-    /// interval and report transitions.
-    pub snapshots: bool,
-}
-
-impl SessionConfig {
-    /// Checks `args` against the system; `extra_pids` (a command started by
-    /// `record`) join the target.
-    pub fn validate(args: TraceArgs, proc: &ProcRoot, extra_pids: &[u32]) -> anyhow::Result<Self> {
-        let page = page_size();
-        let rb = args.ring_buffer_size;
-        if !rb.is_power_of_two() || rb < page || rb > 1 << 30 {
+/// Checks `args` against the system; `extra_pids` (a command started by
+/// `record`) join the target.
+pub fn config(
+    args: TraceArgs,
+    proc: &ProcRoot,
+    extra_pids: &[u32],
+) -> anyhow::Result<SessionConfig> {
+    let page = page_size();
+    let rb = args.ring_buffer_size;
+    if !rb.is_power_of_two() || rb < page || rb > 1 << 30 {
+        bail!(
+            "--ring-buffer-size {rb} must be a power of two between the page size ({page}) and 1G"
+        );
+    }
+    let target = if let Some(name) = args.comm {
+        if proc.pids_named(&name).is_empty() {
             bail!(
-                "--ring-buffer-size {rb} must be a power of two between the page size ({page}) and 1G"
+                "no running process is named {name:?} (names are matched against /proc/PID/comm)"
             );
         }
-        let target = if let Some(name) = args.comm {
-            if proc.pids_named(&name).is_empty() {
-                return Err(Error::UnknownComm(name).into());
-            }
-            Target::Comm(name)
-        } else if args.pids.is_empty() && extra_pids.is_empty() {
-            Target::All
-        } else {
-            if let Some(&pid) = args.pids.iter().find(|&&p| !proc.pid_exists(p)) {
-                return Err(Error::UnknownPid(pid).into());
-            }
-            Target::Pids(args.pids.iter().chain(extra_pids).copied().collect())
-        };
-        let families = if args.events.is_empty() {
-            Family::DEFAULT.to_vec()
-        } else {
-            args.events.clone()
-        };
-        Ok(Self {
-            interval: args.interval,
-            duration: args.duration,
-            probe: ProbeOptions {
-                ring_buffer_bytes: u32::try_from(rb).expect("bounded above"),
-                filter_tgids: !matches!(target, Target::All),
-                families,
-            },
-            snapshots: !matches!(target, Target::All),
-            target,
-        })
-    }
-}
-
-fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
-}
-
-/// One finished interval.
-pub struct IntervalReport {
-    pub index: u64,
-    /// Seconds since the session started.
-    pub t: f64,
-    /// CLOCK_MONOTONIC ns at the end of the interval.
-    pub ts_ns: u64,
-    pub tally: Tally<ProcessKey>,
-    /// Drops since the previous interval.
-    pub dropped: u64,
-    /// Drops since the start, in total and per CPU.
-    pub dropped_total: u64,
-    pub dropped_per_cpu: Vec<u64>,
-    /// Attributed transitions between this interval's snapshots.
-    pub transitions: Vec<TransitionGroup>,
-    /// khugepaged's scans of followed processes' memory, per VMA and result.
-    pub thp_scans: Vec<ThpScans>,
-    /// Page counters of each snapshotted process at the interval's end.
-    pub counters: Vec<ProcessCounters>,
-    /// Pages back from swap in the interval, with their time in swap.
-    pub swap_returns: Vec<SwapReturns>,
-    /// Per-node hugetlb pools that changed (all of them the first time).
-    pub hugetlb_pools: Vec<PoolSample>,
-    /// VMAs whose PMD-mapped page count changed.
-    pub thp_coverage: Vec<VmaThp>,
-    /// How long the interval's snapshot took (none when not snapshotting).
-    pub snapshot_time: Option<Duration>,
-    /// What the interval's snapshot read again and what it carried over.
-    pub snapshot_work: Option<SnapshotWork>,
-}
-
-/// End-of-session totals.
-pub struct Summary {
-    /// CLOCK_MONOTONIC ns at the end.
-    pub end_ns: u64,
-    pub total: Tally<ProcessKey>,
-    pub dropped_per_cpu: Vec<u64>,
-    pub dropped_per_hook: BTreeMap<&'static str, u64>,
-    pub decode_errors: u64,
-    pub intervals: u64,
-    pub duration_s: f64,
-    /// Transition groups reported over the run (counted, not kept: a
-    /// long run would keep every one in memory).
-    pub transitions: u64,
-}
-
-/// Where a session's results go.
-pub trait Sink {
-    /// Every decoded record, with its raw bytes (for recordings).
-    fn event(&mut self, _raw: &[u8], _event: &Event) -> anyhow::Result<()> {
-        Ok(())
-    }
-    /// One finished interval.
-    fn interval(
-        &mut self,
-        session: &mut SessionView<'_>,
-        report: &IntervalReport,
-    ) -> anyhow::Result<()>;
-    /// The end of the session.
-    fn finish(&mut self, session: &mut SessionView<'_>, summary: &Summary) -> anyhow::Result<()>;
-}
-
-/// What a sink may consult about the session.
-pub struct SessionView<'a> {
-    pub probe: &'a Probe,
-    pub decoder: &'a Decoder,
-    pub comms: &'a mut CommCache,
-    /// Processes followed at some point (empty when tracing everything).
-    pub tracked: &'a BTreeSet<u32>,
-    pub target: &'a Target,
-}
-
-impl SessionView<'_> {
-    /// Whether `pid` is one the user asked about.
-    pub fn shown(&self, pid: u32) -> bool {
-        matches!(self.target, Target::All) || self.tracked.contains(&pid)
-    }
-
-    /// khugepaged scan results by the running kernel's names for them.
-    pub fn scan_results(&self, tally: &Tally<ProcessKey>) -> BTreeMap<String, u64> {
-        tally
-            .scan_status
-            .iter()
-            .map(|(&status, &n)| {
-                let name = self
-                    .decoder
-                    .symbol(Hook::ScanPmd, "status", status)
-                    .map_or_else(|| format!("status_{status}"), str::to_owned);
-                (name, n)
-            })
-            .collect()
-    }
-}
-
-/// A running session.
-pub struct Session {
-    config: SessionConfig,
-    probe: Probe,
-    ring: Option<RingBuf<MapData>>,
-    decoder: Decoder,
-    /// Per-process tallies by pid and start time: a reused pid is a new
-    /// process.
-    aggregator: Aggregator<ProcessKey>,
-    evidence: Evidence,
-    comms: CommCache,
-    proc: ProcRoot,
-    tracked: BTreeSet<u32>,
-    /// Every process followed at some point (for output; `tracked` loses
-    /// processes as they exit).
-    followed: BTreeSet<u32>,
-    /// Processes whose last thread exited in the current interval.
-    exited: Vec<u32>,
-    /// Whether exit events mark the exit that ends a process (`group_dead`,
-    /// Linux 6.10+). Before, a process that had a thread exit in the
-    /// interval is looked up at its end: it ended if no thread of it is
-    /// alive (see [`ProcRoot::live_thread`]).
-    group_dead_known: bool,
-    /// Processes with a thread exit, on kernels without `group_dead`.
-    maybe_ended: BTreeSet<u32>,
-    /// Followed processes whose first snapshot is due, and whether it is
-    /// their baseline (new processes that have not execed since their fork)
-    /// or only a sample (just execed: see [`Session::first_snapshots`]).
-    first_due: BTreeMap<u32, bool>,
-    /// Counters of those first snapshots, reported with the interval's
-    /// (for processes its closing snapshot no longer finds).
-    first_counters: Vec<ProcessCounters>,
-    kpage: KpageFiles,
-    nodes: NodeMap,
-    /// /proc/vmstat at the last interval.
-    vmstat: Vmstat,
-    last_snapshot: Option<PageTable>,
-    swaps: SwapLedger,
-    hugepages: HugepageTracker,
-    /// The pools and THP coverage at the start, reported with the first
-    /// interval.
-    initial_hugepages: (Vec<PoolSample>, Vec<VmaThp>),
-    /// How long the last snapshot took, and what it read.
-    snapshot_time: Option<Duration>,
-    snapshot_work: Option<SnapshotWork>,
-    /// Which processes the next snapshot reads again.
-    rescan: RescanRule,
-    /// Whether /proc/PID/status shows RSS and swap exactly (else reclaim
-    /// and swap anywhere make every process be read again).
-    exact_rss: bool,
-    transitions: u64,
-    started: Instant,
-    intervals: u64,
-    decode_errors: u64,
-    dropped_reported: u64,
-    /// Whether the note on scan events without a page was given.
-    said_scan_without_page: bool,
-    /// Unexplained transitions of the last interval, waiting for the next
-    /// interval's events (page moves, populated pages).
-    pending_moves: Vec<TransitionGroup>,
-}
-
-/// The /proc/vmstat counters a session follows (0 where absent): balloon
-/// pages, and THP splits, which no x86 tracepoint marks.
-#[derive(Debug, Clone, Copy, Default)]
-struct Vmstat {
-    balloon_inflate: u64,
-    balloon_deflate: u64,
-    thp_split_pmd: u64,
-    thp_split_page: u64,
-}
-
-impl Vmstat {
-    fn read() -> Self {
-        let counters = std::fs::read_to_string("/proc/vmstat")
-            .map(|t| snapshot::sysfs::vmstat_counters(&t))
-            .unwrap_or_default();
-        let get = |k: &str| counters.get(k).copied().unwrap_or(0);
-        Self {
-            balloon_inflate: get("balloon_inflate"),
-            balloon_deflate: get("balloon_deflate"),
-            thp_split_pmd: get("thp_split_pmd"),
-            thp_split_page: get("thp_split_page"),
+        Target::Comm(name)
+    } else if args.pids.is_empty() && extra_pids.is_empty() {
+        Target::All
+    } else {
+        if let Some(&pid) = args.pids.iter().find(|&&p| !proc.pid_exists(p)) {
+            bail!("no process with pid {pid}");
         }
-    }
-
-    /// Counts since `earlier`.
-    fn since(&self, earlier: &Self) -> Self {
-        Self {
-            balloon_inflate: self.balloon_inflate.saturating_sub(earlier.balloon_inflate),
-            balloon_deflate: self.balloon_deflate.saturating_sub(earlier.balloon_deflate),
-            thp_split_pmd: self.thp_split_pmd.saturating_sub(earlier.thp_split_pmd),
-            thp_split_page: self.thp_split_page.saturating_sub(earlier.thp_split_page),
-        }
-    }
-}
-
-/// The /proc/kpage* tables for snapshots. Without CAP_SYS_ADMIN pagemap
-/// reads every PFN as zero, so the tables would describe PFN 0 for every
-/// page: they are left out and the snapshots degrade as for non-root users.
-fn kpage_files(root: &ProcRoot) -> KpageFiles {
-    if CapSets::current().is_ok_and(|c| !c.has(CAP_SYS_ADMIN)) {
-        return KpageFiles {
-            flags: None,
-            count: None,
-            cgroup: None,
-            ksm_unreliable: None,
-            missing: Some(
-                "no CAP_SYS_ADMIN: pagemap hides PFNs, so snapshots leave out what \
-                 /proc/kpageflags, kpagecount and kpagecgroup tell (Pss, clean/dirty, KSM, memcg, folios)"
-                    .to_owned(),
-            ),
-        };
-    }
-    KpageFiles::open(root)
-}
-
-/// CLOCK_MONOTONIC now, in ns (the clock of the events' timestamps).
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
+        Target::Pids(args.pids.iter().chain(extra_pids).copied().collect())
     };
-    // SAFETY: valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+    let families = if args.events.is_empty() {
+        Family::DEFAULT.to_vec()
+    } else {
+        args.events.clone()
+    };
+    Ok(SessionConfig {
+        interval: args.interval,
+        duration: args.duration,
+        probe: ProbeOptions {
+            ring_buffer_bytes: u32::try_from(rb).expect("bounded above"),
+            filter_tgids: !matches!(target, Target::All),
+            families,
+        },
+        snapshots: !matches!(target, Target::All),
+        target,
+        proc: proc.clone(),
+    })
 }
 
-impl Session {
-    /// Loads and attaches the hooks, saying on stderr what was skipped.
-    pub fn start(config: SessionConfig) -> anyhow::Result<Self> {
-        let proc = ProcRoot::default();
-        let (probe, ring) = Probe::load(&config.probe)?;
-        if probe.mounted_tracefs {
-            eprintln!("pagewatch: mounted tracefs on /sys/kernel/tracing");
-        }
-        for s in &probe.skipped {
-            eprintln!("pagewatch: skipping hook {}: {}", s.program, s.reason);
-        }
-        let names: Vec<&str> = probe
-            .attached
-            .iter()
-            .map(|a| a.tracepoint.as_str())
-            .collect();
-        eprintln!(
-            "pagewatch: attached {} hooks: {}",
-            names.len(),
-            names.join(", ")
-        );
-        let snap_root = ProcRoot::default();
-        let kpage = kpage_files(&snap_root);
-        if let Some(note) = &kpage.ksm_unreliable {
-            eprintln!("pagewatch: {note}");
-        }
-        if config.snapshots
-            && let Some(why) = &kpage.missing
-        {
-            eprintln!("pagewatch: note: {why}");
-        }
-        let mut session = Self {
-            decoder: Decoder::new(&probe.attached),
-            probe,
-            ring: Some(ring),
-            aggregator: Aggregator::default(),
-            evidence: Evidence::default(),
-            comms: CommCache::new(proc.clone()),
-            proc,
-            tracked: BTreeSet::new(),
-            followed: BTreeSet::new(),
-            exited: Vec::new(),
-            group_dead_known: false,
-            maybe_ended: BTreeSet::new(),
-            first_due: BTreeMap::new(),
-            first_counters: Vec::new(),
-            kpage: KpageFiles {
-                // The correlator compares pagemap entries, PMD mappings and
-                // kpageflags only: mapcounts (kpagecount) and memcgs
-                // (kpagecgroup) would be read every interval for nothing.
-                count: None,
-                cgroup: None,
-                ..kpage
-            },
-            nodes: NodeMap::read(std::path::Path::new("/sys")),
-            vmstat: Vmstat::read(),
-            last_snapshot: None,
-            swaps: SwapLedger::default(),
-            hugepages: HugepageTracker::default(),
-            initial_hugepages: (Vec::new(), Vec::new()),
-            snapshot_time: None,
-            snapshot_work: None,
-            rescan: RescanRule::default(),
-            exact_rss: exact_rss_counters(&ProcRoot::default()),
-            transitions: 0,
-            started: Instant::now(),
-            intervals: 0,
-            decode_errors: 0,
-            dropped_reported: 0,
-            said_scan_without_page: false,
-            pending_moves: Vec::new(),
-            config,
-        };
-        session.group_dead_known = session.decoder.has_field(Hook::ProcessExit, "group_dead");
-        if session.config.probe.filter_tgids
-            && session.config.probe.families.contains(&Family::Process)
-            && !session.decoder.attached(Hook::TaskNewtask)
-        {
-            eprintln!(
-                "pagewatch: note: task/task_newtask is not attached, so the new processes of \
-                 followed processes are not followed"
-            );
-        }
-        if session.config.snapshots && !session.exact_rss {
-            eprintln!(
-                "pagewatch: note: this kernel's per-process RSS counters are approximate, so \
-                 reclaim or swap anywhere on the machine makes every followed process be read again"
-            );
-        }
-        session.refresh_targets(true)?;
-        let ts_ns = monotonic_ns();
-        if session.config.snapshots {
-            let first = session.snapshot();
-            session.initial_hugepages.1 = session.hugepages.thp(&first, ts_ns);
-            session.last_snapshot = Some(first);
-        }
-        session.initial_hugepages.0 = session
-            .hugepages
-            .pools(snapshot::sysfs::hugetlb_pools(&session.proc), ts_ns);
-        Ok(session)
+/// Starts a session, saying on stderr which hooks it attached and which
+/// it skipped, and why.
+pub fn start(config: SessionConfig) -> anyhow::Result<Session> {
+    let session = Session::start(config)?;
+    let probe = session.probe();
+    if probe.mounted_tracefs {
+        eprintln!("pagewatch: mounted tracefs on /sys/kernel/tracing");
     }
-
-    /// Drops the capabilities the rest of the session does not need (see
-    /// `pagewatch::privileges`): call it once the output is open, before
-    /// the session starts any thread. A failure is said and tracing goes
-    /// on; it only loses the hardening.
-    pub fn drop_privileges(&self) {
-        match privileges::drop_unneeded() {
-            Ok(d) => eprintln!(
-                "pagewatch: dropped every capability but {}{}; no_new_privs set",
-                d.kept.join(", "),
-                if d.bounding {
-                    ""
-                } else {
-                    " (the bounding set is unchanged: no CAP_SETPCAP)"
-                }
-            ),
-            Err(e) => eprintln!("pagewatch: note: cannot drop capabilities: {e}"),
-        }
+    for s in &probe.skipped {
+        eprintln!("pagewatch: skipping hook {}: {}", s.program, s.reason);
     }
+    let names: Vec<&str> = probe
+        .attached
+        .iter()
+        .map(|a| a.tracepoint.as_str())
+        .collect();
+    eprintln!(
+        "pagewatch: attached {} hooks: {}",
+        names.len(),
+        names.join(", ")
+    );
+    Ok(session)
+}
 
-    /// The probe (hooks attached and skipped).
-    pub fn probe(&self) -> &Probe {
-        &self.probe
-    }
+/// Says that the session traces (from [`Sink::tracing`], once Ctrl-C
+/// stops it cleanly).
+pub fn say_tracing() -> anyhow::Result<()> {
+    eprintln!("pagewatch: tracing; Ctrl-C to stop");
+    Ok(())
+}
 
-    fn view(&mut self) -> SessionView<'_> {
-        SessionView {
-            probe: &self.probe,
-            decoder: &self.decoder,
-            comms: &mut self.comms,
-            tracked: &self.followed,
-            target: &self.config.target,
-        }
-    }
-
-    /// Adds matching processes to the in-kernel filter: `--pid`s once, at
-    /// the start (afterwards their children join at fork, and a pid that
-    /// exits is not followed again if reused), `--comm` every interval.
-    fn refresh_targets(&mut self, initial: bool) -> anyhow::Result<()> {
-        let wanted: Vec<u32> = match &self.config.target {
-            Target::All => return Ok(()),
-            Target::Pids(pids) if initial => pids.iter().copied().collect(),
-            Target::Pids(_) => return Ok(()),
-            Target::Comm(name) => self.proc.pids_named(name),
-        };
-        for pid in wanted {
-            self.track(pid)?;
-        }
-        Ok(())
-    }
-
-    fn track(&mut self, pid: u32) -> anyhow::Result<()> {
-        self.followed.insert(pid);
-        if self.tracked.insert(pid) {
-            self.probe.track_tgid(pid)?;
-            self.comms.get(pid);
-        }
-        Ok(())
-    }
-
-    /// Snapshot of the tracked processes (every process when tracing all)
-    /// that still exist, in pid order. One that exits mid-scan is normal:
-    /// it is left out, or kept with what was read before it went. A
-    /// process that cannot have changed since the last snapshot (see
-    /// `pagewatch::correlate::rescan`) is carried over without a read;
-    /// the others are read VMA batch by VMA batch straight into their
-    /// tables.
-    fn snapshot(&mut self) -> PageTable {
-        let root = ProcRoot::default();
-        let pids: Vec<u32> = match self.config.target {
-            Target::All => snapshot::select::all_pids(&root).unwrap_or_default(),
-            _ => self.tracked.iter().copied().collect(),
-        };
-        let all_because = self
-            .rescan
-            .begin(ForeignCounters::read(&root, !self.exact_rss));
-        let mut work = SnapshotWork {
-            all_because,
-            ..SnapshotWork::default()
-        };
-        let mut procs = Vec::with_capacity(pids.len());
-        for pid in pids {
-            // A process whose threads have all exited has no memory left.
-            let Some(reader) = root.live_thread(pid) else {
-                continue;
-            };
-            let stamp = ProcessStamp::read(&root, reader);
-            let last = self.last_snapshot.as_ref().and_then(|t| t.process(pid));
-            let rescan =
-                self.rescan
-                    .must_rescan(pid, stamp, work.all_because.is_some(), last.is_some());
-            if let Some(table) = last.filter(|_| !rescan) {
-                work.carried += 1;
-                work.carried_pages += table.len() as u64;
-                procs.push(Arc::clone(table));
-                continue;
-            }
-            if let Some(table) = self.read_process(&root, pid, reader, stamp) {
-                if work.all_because.is_none() {
-                    work.rescanned_pids.push(pid);
-                }
-                work.rescanned += 1;
-                work.rescanned_pages += table.len() as u64;
-                procs.push(Arc::new(table));
-            }
-        }
-        self.snapshot_work = Some(work);
-        PageTable::from_processes(procs)
-    }
-
-    /// Reads process `pid` (a thread group) through its live thread
-    /// `reader` into a table, sized by its `stamp`; None if it went first.
-    fn read_process(
-        &self,
-        root: &ProcRoot,
-        pid: u32,
-        reader: u32,
-        stamp: Option<ProcessStamp>,
-    ) -> Option<ProcessTable> {
-        let pages = stamp.map_or(0, |s| {
-            (s.rss_anon_kb + s.rss_file_kb + s.rss_shmem_kb + s.swap_kb) / 4
-        });
-        let mut table = ProcessTableBuilder::new(pid, pages as usize);
-        let mut info = scan_process_with(
-            root,
-            &self.kpage,
-            reader,
-            &ScanOptions::default(),
-            |vi, b, _| table.add(vi, b),
-        )
-        .ok()?;
-        // Read through a thread, kept as the process.
-        info.pid = pid;
-        Some(table.finish(&info))
-    }
-
-    /// The first snapshot of each process followed (or execed) since the
-    /// last drain, taken now rather than at the next interval so that a
-    /// process shorter than an interval is seen (its counters are that
-    /// interval's sample if it is gone by the interval's end). A new
-    /// process's snapshot is also its baseline in the last snapshot, so the
-    /// pages it shares with its parent are not reported as its faults. An
-    /// exec's is not: the process's baseline stays what it was before the
-    /// exec, so every page of the new image is still reported, as faulted
-    /// in, at the interval's end (and the old image's as unmapped). A
-    /// process already gone has no snapshot; what it did is still counted
-    /// from its events.
-    fn first_snapshots(&mut self) {
-        if self.first_due.is_empty() {
-            return;
-        }
-        let due = std::mem::take(&mut self.first_due);
-        let Some(last) = self.last_snapshot.take() else {
-            return;
-        };
-        let root = ProcRoot::default();
-        let mut procs: Vec<Arc<ProcessTable>> = last
-            .processes()
-            .iter()
-            .filter(|p| due.get(&p.pid) != Some(&true))
-            .cloned()
-            .collect();
-        for (pid, baseline) in due {
-            let Some(reader) = root.live_thread(pid) else {
-                continue;
-            };
-            let stamp = ProcessStamp::read(&root, reader);
-            if let Some(table) = self.read_process(&root, pid, reader, stamp) {
-                let table = Arc::new(table);
-                let alone = PageTable::from_processes(vec![Arc::clone(&table)]);
-                self.first_counters.retain(|c| c.pid != pid);
-                self.first_counters
-                    .extend(correlate::counters(&alone, &self.nodes));
-                if baseline {
-                    procs.push(table);
-                }
-            }
-        }
-        self.last_snapshot = Some(PageTable::from_processes(procs));
-    }
-
-    /// Runs until a signal, `--duration`, or `stop` completes.
-    pub async fn run(
-        mut self,
-        sink: &mut impl Sink,
-        stop: impl Future<Output = ()>,
-    ) -> anyhow::Result<()> {
-        let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
-        let mut sigterm =
-            signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
-        let mut ticker = tokio::time::interval_at(
-            tokio::time::Instant::now() + self.config.interval,
-            self.config.interval,
-        );
-        // A snapshot longer than the interval delays the next tick rather
-        // than making the missed ones fire back to back.
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let stop_at = self
-            .config
-            .duration
-            .map(|d| tokio::time::Instant::now() + d);
-        let deadline = async {
-            match stop_at {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(deadline);
-        tokio::pin!(stop);
-        let ring = self
-            .ring
-            .take()
-            .context("internal: ring buffer already polled")?;
-        // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged,
-        // for as long as the AsyncFd owns the RingBuf.
-        let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-            .map_err(|e| Error::Poll(e.into_parts().1))?;
-        eprintln!("pagewatch: tracing; Ctrl-C to stop");
-        loop {
-            tokio::select! {
-                guard = ring.readable_mut() => {
-                    let mut guard = guard.map_err(Error::Poll)?;
-                    self.drain(guard.get_inner_mut(), sink)?;
-                    guard.clear_ready();
-                    self.first_snapshots();
-                }
-                _ = ticker.tick() => {
-                    let after = self.next_snapshot();
-                    self.drain(ring.get_mut(), sink)?;
-                    self.end_interval(sink, after, false)?;
-                    self.refresh_targets(false)?;
-                    self.first_snapshots();
-                }
-                _ = sigint.recv() => break,
-                _ = sigterm.recv() => break,
-                () = &mut deadline => break,
-                () = &mut stop => break,
-            }
-        }
-        let after = self.next_snapshot();
-        self.drain(ring.get_mut(), sink)?;
-        // The last, partial interval, unless the stop fell on a tick (and
-        // nothing is left to report).
-        if self.aggregator.has_events()
-            || !self.pending_moves.is_empty()
-            || self.dropped_reported != self.drops_per_cpu()?.iter().sum::<u64>()
-        {
-            self.end_interval(sink, after, true)?;
-        }
-        self.finish(sink)
-    }
-
-    fn drain(&mut self, ring: &mut RingBuf<MapData>, sink: &mut impl Sink) -> anyhow::Result<()> {
-        while let Some(item) = ring.next() {
-            let event = match self.decoder.decode(&item) {
-                Ok(event) => event,
-                Err(e) => {
-                    self.decode_errors += 1;
-                    log::debug!("undecodable record: {e}");
-                    continue;
-                }
-            };
-            // Look the process (start time and name) up on first sight,
-            // while it most likely still exists; an exit event names those
-            // already gone.
-            let process = self.comms.key_at(event.tgid, event.ts_ns);
-            match event.kind {
-                EventKind::ProcessExit {
-                    pid,
-                    group_dead,
-                    comm,
-                } => {
-                    if pid == i64::from(event.tgid) {
-                        self.comms.learn(event.tgid, &comm);
-                    }
-                    // A process ends with its last thread, not its leader.
-                    if !self.group_dead_known {
-                        self.maybe_ended.insert(event.tgid);
-                    } else if group_dead != 0 {
-                        self.exited.push(event.tgid);
-                    }
-                }
-                // Exec keeps the process and renames it (and replaces its
-                // memory: it is read again at once, see first_snapshots).
-                EventKind::ProcessExec { .. } => {
-                    self.comms.refresh(event.tgid);
-                    self.rescan.touch(event.tgid);
-                    if self.tracked.contains(&event.tgid) {
-                        self.first_due.insert(event.tgid, false);
-                    }
-                }
-                EventKind::ScanPmd { pfn: u64::MAX, .. } if !self.said_scan_without_page => {
-                    self.said_scan_without_page = true;
-                    eprintln!(
-                        "pagewatch: this kernel's mm_khugepaged_scan_pmd events name no page \
-                         (scan_pfn -1): scan results are tallied system-wide \
-                         (thp_scan_results) but not per process and VMA; collapses are still \
-                         attributed through their isolation events"
-                    );
-                }
-                // A new process (a new thread is part of its process and
-                // changes nothing here). The kernel filter already took
-                // the child of a followed process in; it is followed too.
-                EventKind::TaskNew { pid, .. } if !event.kind.is_new_thread() => {
-                    self.rescan.touch(event.tgid);
-                    if let Ok(child) = u32::try_from(pid) {
-                        // If its pid was used before, it is not the process
-                        // that had it (this event precedes every event of
-                        // the child in the ring).
-                        self.comms.forked(child, event.ts_ns);
-                        if !matches!(self.config.target, Target::All)
-                            && self.tracked.contains(&event.tgid)
-                        {
-                            self.tracked.insert(child);
-                            self.followed.insert(child);
-                            self.first_due.insert(child, true);
-                        }
-                    }
-                }
-                // The kernel names the victim's thread: count its process.
-                EventKind::OomVictim { pid, .. } => {
-                    if let Ok(tid) = u32::try_from(pid) {
-                        let tgid = self.proc.tgid_of(tid).unwrap_or(tid);
-                        let victim = self.comms.key_at(tgid, event.ts_ns);
-                        self.aggregator.add_oom_victim(victim);
-                    }
-                }
-                _ => {}
-            }
-            let comms = &mut self.comms;
-            self.evidence
-                .add(&event, &self.decoder, |tgid| comms.get(tgid).to_owned());
-            self.aggregator.add_for(&event, process);
-            sink.event(&item, &event)?;
-        }
-        Ok(())
-    }
-
-    /// Drops per CPU summed over every hook.
-    fn drops_per_cpu(&self) -> anyhow::Result<Vec<u64>> {
-        let mut per_cpu: Vec<u64> = Vec::new();
-        for hook in Hook::ALL {
-            for (cpu, n) in self.probe.drops(hook)?.into_iter().enumerate() {
-                if per_cpu.len() <= cpu {
-                    per_cpu.resize(cpu + 1, 0);
-                }
-                per_cpu[cpu] += n;
-            }
-        }
-        Ok(per_cpu)
-    }
-
-    /// The snapshot that ends an interval, taken before the interval's last
-    /// drain of the ring buffer: an event emitted while the (slow) scan ran
-    /// then belongs to this interval, and its PFN resolves against the
-    /// previous snapshot, where the page it names was still mapped. (The
-    /// collapse tracepoints fire after the PMD is installed; draining first
-    /// would leave such an event to the next interval, whose previous
-    /// snapshot already shows the THP.)
-    fn next_snapshot(&mut self) -> Option<PageTable> {
-        let started = Instant::now();
-        let after = self.last_snapshot.is_some().then(|| self.snapshot());
-        self.snapshot_time = after.as_ref().map(|_| started.elapsed());
-        after
-    }
-
-    /// Ends an interval with the snapshot `after` (taken by the caller);
-    /// `last` when the session stops after it.
-    fn end_interval(
-        &mut self,
-        sink: &mut impl Sink,
-        after: Option<PageTable>,
-        last: bool,
-    ) -> anyhow::Result<()> {
-        // The snapshot (taken by the caller) first, then vmstat: a change
-        // the snapshot shows was counted by this read or an earlier one.
-        let now = Vmstat::read();
-        let delta = now.since(&self.vmstat);
-        self.vmstat = now;
-        // Balloon activity from vmstat: counted, and evidence of balloon
-        // pressure even where the balloon hooks cannot attach.
-        self.aggregator
-            .add_balloon_vmstat(delta.balloon_inflate, delta.balloon_deflate);
-        if delta.balloon_inflate > 0 {
-            self.evidence.set_balloon_inflating();
-        }
-        self.evidence
-            .set_thp_splits(delta.thp_split_pmd, delta.thp_split_page);
-        let tally = self.aggregator.take_interval();
-        self.intervals += 1;
-        // Kernels before 6.10: a process with a thread exit ended if none
-        // of its threads is alive now (or its pid is another process's).
-        let ended: Vec<u32> = self
-            .maybe_ended
-            .iter()
-            .copied()
-            .filter(|&tgid| {
-                let start = self.comms.key(tgid).start_ticks;
-                self.proc.live_thread(tgid).is_none()
-                    || self.proc.stat_fields(tgid).is_some_and(|s| s.1 != start)
-            })
-            .collect();
-        for tgid in ended {
-            self.maybe_ended.remove(&tgid);
-            self.exited.push(tgid);
-        }
-        let dropped_per_cpu = self.drops_per_cpu()?;
-        let dropped_total: u64 = dropped_per_cpu.iter().sum();
-        let dropped = dropped_total - self.dropped_reported;
-        self.dropped_reported = dropped_total;
-        let ts_ns = monotonic_ns();
-        let mut evidence = std::mem::take(&mut self.evidence);
-        let mut thp_scans = Vec::new();
-        let mut counters = Vec::new();
-        let (mut hugetlb_pools, mut thp_coverage) = std::mem::take(&mut self.initial_hugepages);
-        hugetlb_pools.extend(
-            self.hugepages
-                .pools(snapshot::sysfs::hugetlb_pools(&self.proc), ts_ns),
-        );
-        let snapshot_time = self.snapshot_time.take();
-        let snapshot_work = self.snapshot_work.take();
-        let mut transitions = match (self.last_snapshot.take(), after) {
-            (Some(before), Some(after)) => {
-                // A process inside a MAP_POPULATE mmap() is diffed once the
-                // call has returned: its table stays the one before until
-                // then, so the populated pages get their cause page by page.
-                let held = evidence.populating_processes();
-                let after = if held.is_empty() {
-                    after
-                } else {
-                    PageTable::from_processes(
-                        after
-                            .processes()
-                            .iter()
-                            .map(|p| {
-                                before
-                                    .processes()
-                                    .iter()
-                                    .find(|b| held.contains(&p.pid) && b.pid == p.pid)
-                                    .unwrap_or(p)
-                                    .clone()
-                            })
-                            .collect(),
-                    )
-                };
-                evidence.resolve_pfns(&before, &after);
-                for (&(pid, vma_start, status), &scans) in evidence.scan_results() {
-                    let vma = before
-                        .vma(pid, vma_start)
-                        .or_else(|| after.vma(pid, vma_start))
-                        .map(|v| v.name.clone())
-                        .unwrap_or_default();
-                    let result = self
-                        .decoder
-                        .symbol(Hook::ScanPmd, "status", status)
-                        .map_or_else(|| format!("status_{status}"), str::to_owned);
-                    thp_scans.push(ThpScans {
-                        pid,
-                        vma_start,
-                        vma,
-                        result,
-                        scans,
-                    });
-                }
-                let t = correlate::diff(
-                    &before,
-                    &after,
-                    &evidence,
-                    &self.nodes,
-                    &mut self.swaps,
-                    ts_ns,
-                );
-                self.evidence.inherit(&evidence);
-                counters = correlate::counters(&after, &self.nodes);
-                // First snapshots of processes gone by the interval's end.
-                let gone: Vec<ProcessCounters> = std::mem::take(&mut self.first_counters)
-                    .into_iter()
-                    .filter(|c| after.process(c.pid).is_none())
-                    .collect();
-                counters.extend(gone);
-                thp_coverage.extend(self.hugepages.thp(&after, ts_ns));
-                self.last_snapshot = Some(after);
-                t
-            }
-            _ => Vec::new(),
-        };
-        // Transitions whose evidence can come late and that no event of their
-        // interval explains wait one interval (see Evidence::can_arrive_late):
-        // mm_migrate_pages fires when a whole migrate_pages() call ends, mmap
-        // returns after MAP_POPULATE filled the range. Those still
-        // unexplained then are reported unexplained.
-        let waiting = std::mem::take(&mut self.pending_moves);
-        if !last {
-            let (later, now) = transitions.into_iter().partition(|g: &TransitionGroup| {
-                g.cause == Cause::Unexplained && Evidence::can_arrive_late(g.kind)
-            });
-            self.pending_moves = later;
-            transitions = now;
-        }
-        for mut g in waiting {
-            g.cause = evidence.late_cause(g.pid, g.vma_start, g.kind);
-            transitions.push(g);
-        }
-        self.transitions += transitions.len() as u64;
-        let report = IntervalReport {
-            index: self.intervals,
-            t: self.started.elapsed().as_secs_f64(),
-            ts_ns,
-            tally,
-            dropped,
-            dropped_total,
-            dropped_per_cpu,
-            transitions,
-            thp_scans,
-            counters,
-            swap_returns: self.swaps.take(ts_ns),
-            hugetlb_pools,
-            thp_coverage,
-            snapshot_time,
-            snapshot_work,
-        };
-        let mut view = self.view();
-        sink.interval(&mut view, &report)?;
-        // Exited processes leave the filter, the followed set and the name
-        // cache after their last report, so a reused pid is a new process.
-        for pid in std::mem::take(&mut self.exited) {
-            if self.tracked.remove(&pid) {
-                self.probe.untrack_tgid(pid)?;
-            }
-            self.comms.forget(pid);
-        }
-        let tracked = &self.tracked;
-        self.rescan.retain(|pid| tracked.contains(&pid));
-        self.maybe_ended.retain(|pid| tracked.contains(pid));
-        self.comms.end_interval();
-        Ok(())
-    }
-
-    fn finish(mut self, sink: &mut impl Sink) -> anyhow::Result<()> {
-        let dropped_per_cpu = self.drops_per_cpu()?;
-        let mut dropped_per_hook = BTreeMap::new();
-        for hook in Hook::ALL {
-            let n: u64 = self.probe.drops(hook)?.iter().sum();
-            if n > 0 {
-                dropped_per_hook.insert(pagewatch::hooks::spec(hook).program, n);
-            }
-        }
-        let summary = Summary {
-            end_ns: monotonic_ns(),
-            total: self.aggregator.total().clone(),
-            dropped_per_cpu,
-            dropped_per_hook,
-            decode_errors: self.decode_errors,
-            intervals: self.intervals,
-            duration_s: self.started.elapsed().as_secs_f64(),
-            transitions: self.transitions,
-        };
-        let mut view = self.view();
-        sink.finish(&mut view, &summary)?;
-        let dropped: u64 = summary.dropped_per_cpu.iter().sum();
-        if dropped > 0 {
-            eprintln!(
-                "pagewatch: {dropped} events were dropped because the ring buffer was full; \
-                 raise --ring-buffer-size"
-            );
-        }
-        Ok(())
+/// Prints a session's note on stderr.
+pub fn print_note(note: &Note) {
+    match note.severity {
+        Severity::Info => eprintln!("pagewatch: {}", note.text),
+        Severity::Warning => eprintln!("pagewatch: note: {}", note.text),
+        Severity::Error => eprintln!("pagewatch: error: {}", note.text),
     }
 }

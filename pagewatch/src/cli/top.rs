@@ -8,14 +8,14 @@ use std::{collections::BTreeMap, io::Write as _};
 use clap::Args;
 use pagewatch::{
     aggregate::{ProcessStats, SystemStats},
+    note::Note,
     output::{Item, SkippedHook, TopItem, TopLine, TopProcess, TopSummary, TopSystem, round3},
     proc::{CommCache, ProcessKey},
+    session::{IntervalReport, SessionView, Sink, Summary},
     transition::TransitionGroup,
 };
 
-use super::session::{
-    IntervalReport, Session, SessionConfig, SessionView, Sink, Summary, TraceArgs,
-};
+use super::session::{TraceArgs, config, print_note, say_tracing, start};
 
 #[derive(Debug, Args)]
 pub struct TopArgs {
@@ -33,14 +33,14 @@ pub struct TopArgs {
 }
 
 pub fn run(args: TopArgs) -> anyhow::Result<()> {
-    let config = SessionConfig::validate(args.trace, &pagewatch::proc::ProcRoot::default(), &[])?;
+    let config = config(args.trace, &pagewatch::proc::ProcRoot::default(), &[])?;
     let mut sink = TopSink {
         json: args.json,
         limit: args.limit,
         hidden: (!args.include_self).then(std::process::id),
     };
     super::block_on(async {
-        let session = Session::start(config)?;
+        let mut session = start(config)?;
         session.drop_privileges();
         session.run(&mut sink, std::future::pending()).await
     })
@@ -72,6 +72,15 @@ fn rows(
 }
 
 impl Sink for TopSink {
+    fn tracing(&mut self) -> anyhow::Result<()> {
+        say_tracing()
+    }
+
+    fn note(&mut self, note: &Note) -> anyhow::Result<()> {
+        print_note(note);
+        Ok(())
+    }
+
     fn interval(&mut self, view: &mut SessionView<'_>, r: &IntervalReport) -> anyhow::Result<()> {
         let rows = rows(view, &r.tally.processes, self.hidden);
         let scans = view.scan_results(&r.tally);

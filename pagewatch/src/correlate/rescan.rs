@@ -16,7 +16,7 @@
 //! Reclaim and swap unmap pages, which the per-process RSS and swap
 //! counters show exactly where the kernel sums them for /proc/PID/status
 //! (recent kernels such as 6.18 do; /proc/PID/stat's rss is approximate
-//! even there; [`exact_rss_counters`] checks): there reclaim elsewhere on
+//! even there; [`crate::kernel::quirks::exact_rss_counters`] checks): there reclaim elsewhere on
 //! the machine does not make every followed process be read again. Where
 //! they are approximate (per-CPU deltas of tens of pages not yet folded
 //! in) the reclaim and swap counters count as foreign too.
@@ -24,6 +24,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::{
+    kernel::status_kb,
     proc::ProcRoot,
     snapshot::sysfs::{read_u64, vmstat_where},
 };
@@ -74,14 +75,6 @@ impl ProcessStamp {
             hugetlb_kb: kb("HugetlbPages").unwrap_or(0),
         })
     }
-}
-
-/// A `Name:   123 kB` line of /proc/PID/status.
-fn status_kb(status: &str, name: &str) -> Option<u64> {
-    status.lines().find_map(|l| {
-        let v = l.strip_prefix(name)?.strip_prefix(':')?;
-        v.trim().trim_end_matches("kB").trim().parse().ok()
-    })
 }
 
 /// Whether the system-wide counter `name` of /proc/vmstat moves when
@@ -167,25 +160,6 @@ impl ForeignCounters {
             })
             .collect()
     }
-}
-
-/// Whether /proc/PID/status shows this kernel's RSS counters exactly (a
-/// page faulted in shows at once) rather than through per-CPU batches.
-/// Probed on this process with a fresh page, three times (another thread
-/// faulting at the same moment can spoil one try; an approximate counter
-/// never moves by exactly one page).
-pub fn exact_rss_counters(root: &ProcRoot) -> bool {
-    let status = root.proc_file("self/status");
-    let rss_anon = || status_kb(&std::fs::read_to_string(&status).ok()?, "RssAnon");
-    (0..3).any(|_| {
-        crate::proc::with_scratch_page(|p| {
-            let before = rss_anon();
-            // SAFETY: p is the scratch page.
-            unsafe { p.write_volatile(1) };
-            matches!((before, rss_anon()), (Some(b), Some(a)) if a == b + 4)
-        })
-        .unwrap_or(false)
-    })
 }
 
 /// Why a snapshot reads what it reads: the per-interval rescan decision.

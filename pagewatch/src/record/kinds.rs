@@ -11,6 +11,7 @@ use crate::{
         hugepages::{PoolSample, VmaThp},
         swap::SwapReturns,
     },
+    note::{Note, Severity},
     snapshot::sysfs::HugetlbPool,
     transition::{Cause, TransitionGroup, TransitionKind},
 };
@@ -121,25 +122,6 @@ pub struct Sample {
     pub thp_pages: u64,
     /// hugetlb pages held, indexed by NUMA node.
     pub hugetlb_pages_per_node: Vec<u64>,
-}
-
-/// How much a [`Note`] matters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-#[repr(u8)]
-pub enum Severity {
-    Info = 0,
-    Warning = 1,
-    Error = 2,
-}
-
-/// Something the reader of a report must be told: a skipped hook, a
-/// degraded mode, a process that exited mid-scan.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Note {
-    /// CLOCK_MONOTONIC ns when it happened.
-    pub ts_ns: u64,
-    pub severity: Severity,
-    pub text: String,
 }
 
 /// The clean end of a recording, with its totals.

@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     event::Decoder,
-    probe::{AttachedHook, FieldLayout, SkippedHook},
+    hooks::{AttachedHook, FieldLayout, SkippedHook},
+    kernel,
     tracefs::{EventFormat, Field},
 };
 
@@ -104,7 +105,7 @@ impl From<&SkippedHook> for SkippedMeta {
     fn from(s: &SkippedHook) -> Self {
         Self {
             program: s.program.to_owned(),
-            reason: s.reason.clone(),
+            reason: s.reason.to_string(),
         }
     }
 }
@@ -157,14 +158,14 @@ impl Metadata {
         attached: &[AttachedHook],
         skipped: &[SkippedHook],
     ) -> Self {
-        let monotonic = clock_ns(libc::CLOCK_MONOTONIC);
-        let realtime = clock_ns(libc::CLOCK_REALTIME);
-        let boottime = clock_ns(libc::CLOCK_BOOTTIME);
+        let monotonic = kernel::clock_ns(libc::CLOCK_MONOTONIC);
+        let realtime = kernel::clock_ns(libc::CLOCK_REALTIME);
+        let boottime = kernel::clock_ns(libc::CLOCK_BOOTTIME);
         Self {
             pagewatch_version: env!("CARGO_PKG_VERSION").to_owned(),
             kernel_release: kernel_release(),
-            page_size: sysconf(libc::_SC_PAGESIZE),
-            clock_ticks_per_sec: sysconf(libc::_SC_CLK_TCK),
+            page_size: kernel::page_size(),
+            clock_ticks_per_sec: kernel::clock_ticks_per_sec(),
             start_monotonic_ns: u64::try_from(monotonic).unwrap_or(0),
             realtime_offset_ns: i64::try_from(realtime - monotonic).unwrap_or(0),
             boottime_offset_ns: i64::try_from(boottime - monotonic).unwrap_or(0),
@@ -199,23 +200,6 @@ impl Metadata {
     pub fn start_time(&self) -> SystemTime {
         self.wall_time(self.start_monotonic_ns)
     }
-}
-
-/// Nanoseconds on `clock`.
-pub(crate) fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec to write; the clocks used exist on
-    // every Linux pagewatch supports, so the call cannot fail.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
-}
-
-fn sysconf(name: libc::c_int) -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    u64::try_from(unsafe { libc::sysconf(name) }).unwrap_or(0)
 }
 
 /// `uname -r`.

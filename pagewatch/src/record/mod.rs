@@ -24,9 +24,9 @@ mod metadata;
 mod reader;
 mod writer;
 
+pub use crate::note::{Note, Severity};
 pub use error::{Cut, CutReason, HeaderError, RecordError};
-pub use kinds::{End, Interval, IntervalSnapshot, Note, Process, Record, Sample, Severity};
-pub(crate) use metadata::clock_ns;
+pub use kinds::{End, Interval, IntervalSnapshot, Process, Record, Sample};
 pub use metadata::{FieldMeta, HookMeta, Metadata, SkippedMeta};
 pub use reader::RecordReader;
 pub use writer::RecordWriter;

@@ -21,7 +21,7 @@ use crate::{
         hugepages::{PoolSample, VmaThp},
         swap::SwapReturns,
     },
-    probe::{AttachedHook, FieldLayout, SkippedHook},
+    hooks::{AttachedHook, FieldLayout, SkipReason, SkippedHook},
     snapshot::sysfs::HugetlbPool,
     tracefs::EventFormat,
     transition::{Cause, TransitionGroup, TransitionKind},
@@ -109,7 +109,7 @@ pub(super) fn metadata() -> Metadata {
         hooks: vec![HookMeta::from(&scan_pmd_hook())],
         hooks_skipped: vec![SkippedMeta::from(&SkippedHook {
             program: "balloon_inflate",
-            reason: "the kernel refused fentry".into(),
+            reason: SkipReason::Failed("the kernel refused fentry".into()),
         })],
     }
 }

@@ -39,17 +39,7 @@ use super::flags::{PagemapEntry, has, kpf};
 
 /// PSS fixed-point shift used by the kernel (fs/proc/task_mmu.c).
 pub const PSS_SHIFT: u32 = 12;
-/// The base page size, read once at run time (`sysconf(_SC_PAGESIZE)`;
-/// 4096 on x86-64): the size of one pagemap, kpageflags or kpagecount
-/// entry's page.
-pub fn page_size() -> u64 {
-    static SIZE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *SIZE.get_or_init(|| {
-        // SAFETY: sysconf has no preconditions.
-        let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-        u64::try_from(size).ok().filter(|&s| s > 0).unwrap_or(4096)
-    })
-}
+pub use crate::kernel::page_size;
 
 /// The kpageflags bits [`MemStats::add_n`] reads: pages differing only in
 /// other bits (referenced, active, idle, ...) count alike.

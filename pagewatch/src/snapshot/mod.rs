@@ -4,8 +4,8 @@
 //!
 //! Modules by concern:
 //! - [`source`]: the [`ProcRoot`] every reader takes, batched u64 tables;
-//! - [`maps`], [`procmap_query`], [`flags`], [`pagemap_scan`]: the kernel
-//!   files and ioctls, and their bits;
+//! - [`vma`], [`maps`], [`procmap_query`], [`flags`], [`pagemap_scan`]: the
+//!   kernel files and ioctls, and their bits;
 //! - [`scan`], [`pfnplan`], [`batches`]: reading one process's pages
 //!   (pagemap, then kpage* for the PFNs found, on two threads);
 //! - [`account`], [`folios`], [`report`]: smaps-exact accounting,
@@ -37,6 +37,7 @@ pub mod scan;
 pub mod select;
 pub mod source;
 pub mod sysfs;
+pub mod vma;
 pub mod workingset;
 
 pub use error::{Result, SnapshotError};

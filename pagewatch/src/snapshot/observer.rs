@@ -21,10 +21,11 @@
 use std::{collections::HashSet, sync::OnceLock};
 
 use super::{
-    flags::{PM_EXCLUSIVE, PM_PFN_MASK, PM_PRESENT, PagemapEntry, has, kpf},
+    flags::{PM_EXCLUSIVE, PagemapEntry, has, kpf},
     maps::{Vma, VmaSource, read_vmas},
     source::{ProcRoot, U64Table},
 };
+use crate::kernel::quirks;
 
 /// How the running kernel counts mappings of a large folio's pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +46,8 @@ pub const ASSUMED_NOTE: &str = "cannot tell whether this kernel (6.15+) keeps pe
 
 impl MapcountMode {
     /// The live kernel's mode, probed once: kernels before 6.15 count per
-    /// page; later ones are asked with [`probe_folio_average`].
+    /// page; later ones are asked with
+    /// [`quirks::kpagecount_is_folio_average`].
     pub fn detect() -> Self {
         static MODE: OnceLock<MapcountMode> = OnceLock::new();
         *MODE.get_or_init(|| {
@@ -53,7 +55,7 @@ impl MapcountMode {
             if release_before(&release, (6, 15)) {
                 return MapcountMode::PerPage;
             }
-            match probe_folio_average() {
+            match quirks::kpagecount_is_folio_average() {
                 Some(true) => MapcountMode::FolioAverage,
                 Some(false) => MapcountMode::PerPage,
                 None => MapcountMode::Assumed,
@@ -69,64 +71,6 @@ pub fn release_before(r: &str, want: (u32, u32)) -> bool {
     match (it.next(), it.next()) {
         (Some(Ok(a)), Some(Ok(b))) => (a, b) < want,
         _ => false,
-    }
-}
-
-/// Split a PMD THP of this process's own and ask kpagecount of a mapped
-/// and an unmapped page of it: per-page mapcounts say 1 and 0, a folio
-/// average (256 of 512 pages mapped, rounded) says 1 for both. None when
-/// no THP could be had or the tables are unreadable.
-fn probe_folio_average() -> Option<bool> {
-    const PMD: usize = 2 << 20;
-    const PAGE: usize = 4096;
-    // SAFETY: a fresh private anonymous mapping, unmapped below, used only
-    // inside its bounds.
-    unsafe {
-        let len = 2 * PMD;
-        let raw = libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        );
-        if raw == libc::MAP_FAILED {
-            return None;
-        }
-        let p = ((raw as usize + PMD - 1) & !(PMD - 1)) as *mut u8;
-        let r = (|| {
-            libc::madvise(p.cast(), PMD, libc::MADV_HUGEPAGE);
-            p.write_volatile(1);
-            let pm = U64Table::open("/proc/self/pagemap").ok()?;
-            let e = *pm.read((p as usize / PAGE) as u64, 1).ok()?.first()?;
-            let pfn = (e & PM_PRESENT != 0).then_some(e & PM_PFN_MASK)?;
-            let flags = U64Table::open("/proc/kpageflags").ok()?;
-            let f = *flags.read(pfn, 1).ok()?.first()?;
-            if !has(f, kpf::THP) || !has(f, kpf::COMPOUND_HEAD) || pfn % 512 != 0 {
-                return None;
-            }
-            // Drop the second half: the PMD is split into PTEs for the
-            // first 256 pages, the folio stays whole until deferred split.
-            if libc::madvise(p.add(PMD / 2).cast(), PMD / 2, libc::MADV_DONTNEED) != 0 {
-                return None;
-            }
-            let count = U64Table::open("/proc/kpagecount").ok()?;
-            let c = count.read(pfn, 512).ok()?;
-            let (first, last) = (*c.first()?, *c.get(511)?);
-            let f_last = *flags.read(pfn + 511, 1).ok()?.first()?;
-            // Still one folio (not split meanwhile): its tail.
-            if !has(f_last, kpf::COMPOUND_TAIL) {
-                return None;
-            }
-            match (first, last) {
-                (1, 0) => Some(false),
-                (1, 1) => Some(true),
-                _ => None,
-            }
-        })();
-        libc::munmap(raw, len);
-        r
     }
 }
 
@@ -232,6 +176,7 @@ impl OwnPages {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::snapshot::flags::PM_PRESENT;
 
     #[test]
     fn releases_compare_by_major_and_minor() {

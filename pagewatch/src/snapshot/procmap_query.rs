@@ -8,7 +8,7 @@
 
 use std::{fs::File, io, os::fd::AsRawFd};
 
-use super::maps::Vma;
+use super::vma::Vma;
 
 /// `struct procmap_query` (104 bytes).
 #[repr(C)]

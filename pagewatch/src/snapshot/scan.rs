@@ -32,6 +32,10 @@ use super::{
     pfnplan::PfnPlan,
     source::{ProcRoot, U64Table},
 };
+use crate::{
+    kernel::quirks,
+    privileges::{CAP_SYS_ADMIN, CapSets},
+};
 
 /// Pages per PMD mapping (x86-64, arm64 with 4 KiB pages).
 pub const PMD_PAGES: u64 = 512;
@@ -69,7 +73,13 @@ impl KpageFiles {
         let mut flags = flags.ok();
         let ksm_unreliable = flags
             .as_mut()
-            .filter(|f| ksm_flag_on_plain_anon_page(root, f))
+            // Only for the live /proc: a captured tree has no such page.
+            .filter(|f| {
+                root.proc == std::path::Path::new("/proc")
+                    && quirks::ksm_flag_on_plain_anon_page(|pfn| {
+                        f.read(pfn, 1).ok()?.first().copied()
+                    })
+            })
             .map(|f| {
                 f.clear_bits(1 << kpf::KSM);
                 "this kernel's /proc/kpageflags sets KSM on every anonymous page (stable_page_flags() \
@@ -89,27 +99,27 @@ impl KpageFiles {
     }
 }
 
-/// Whether kpageflags says KSM for a page that cannot be one: a private
-/// anonymous page of this process, written, never marked mergeable. Only
-/// for the live /proc (a captured tree has no such page): false when the
-/// probe cannot run.
-fn ksm_flag_on_plain_anon_page(root: &ProcRoot, flags: &U64Table) -> bool {
-    if root.proc != std::path::Path::new("/proc") {
-        return false;
+impl KpageFiles {
+    /// The tables for snapshots by this process, as its capabilities
+    /// allow. Without CAP_SYS_ADMIN pagemap reads every PFN as zero, so
+    /// the tables would describe PFN 0 for every page: they are left out
+    /// and the snapshots degrade as for non-root users.
+    pub fn for_snapshots(root: &ProcRoot) -> Self {
+        if CapSets::current().is_ok_and(|c| !c.has(CAP_SYS_ADMIN)) {
+            return Self {
+                flags: None,
+                count: None,
+                cgroup: None,
+                ksm_unreliable: None,
+                missing: Some(
+                    "no CAP_SYS_ADMIN: pagemap hides PFNs, so snapshots leave out what \
+                     /proc/kpageflags, kpagecount and kpagecgroup tell (Pss, clean/dirty, KSM, memcg, folios)"
+                        .to_owned(),
+                ),
+            };
+        }
+        Self::open(root)
     }
-    let word = crate::proc::with_scratch_page(|p| {
-        // SAFETY: p is the scratch page.
-        unsafe { p.write_volatile(1) };
-        let pfn = U64Table::open(root.proc_file("self/pagemap"))
-            .and_then(|pm| pm.read(p as u64 / page_size(), 1))
-            .ok()
-            .and_then(|e| e.first().copied())
-            .filter(|e| e & PM_PRESENT != 0 && e & PM_PFN_MASK != 0)
-            .map(|e| e & PM_PFN_MASK);
-        pfn.and_then(|pfn| flags.read(pfn, 1).ok()?.first().copied())
-    })
-    .flatten();
-    word.is_some_and(|w| has(w, kpf::ANON) && has(w, kpf::KSM))
 }
 
 /// The pages of one VMA that are present or swapped, one entry per page or

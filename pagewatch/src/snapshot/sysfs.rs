@@ -169,6 +169,42 @@ pub(crate) fn vmstat_where(text: &str, keep: impl Fn(&str) -> bool) -> BTreeMap<
         .collect()
 }
 
+/// The /proc/vmstat counters a tracing session follows (0 where absent): balloon
+/// pages, and THP splits, which no x86 tracepoint marks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Vmstat {
+    pub balloon_inflate: u64,
+    pub balloon_deflate: u64,
+    pub thp_split_pmd: u64,
+    pub thp_split_page: u64,
+}
+
+impl Vmstat {
+    /// Reads `root`'s /proc/vmstat.
+    pub fn read(root: &ProcRoot) -> Self {
+        let counters = std::fs::read_to_string(root.proc_file("vmstat"))
+            .map(|t| vmstat_counters(&t))
+            .unwrap_or_default();
+        let get = |k: &str| counters.get(k).copied().unwrap_or(0);
+        Self {
+            balloon_inflate: get("balloon_inflate"),
+            balloon_deflate: get("balloon_deflate"),
+            thp_split_pmd: get("thp_split_pmd"),
+            thp_split_page: get("thp_split_page"),
+        }
+    }
+
+    /// Counts since `earlier`.
+    pub fn since(&self, earlier: &Self) -> Self {
+        Self {
+            balloon_inflate: self.balloon_inflate.saturating_sub(earlier.balloon_inflate),
+            balloon_deflate: self.balloon_deflate.saturating_sub(earlier.balloon_deflate),
+            thp_split_pmd: self.thp_split_pmd.saturating_sub(earlier.thp_split_pmd),
+            thp_split_page: self.thp_split_page.saturating_sub(earlier.thp_split_page),
+        }
+    }
+}
+
 /// Read the whole `--system` state.
 pub fn system_state(root: &ProcRoot) -> SystemState {
     SystemState {
