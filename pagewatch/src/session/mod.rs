@@ -465,12 +465,17 @@ impl Session {
             tokio::select! {
                 guard = ring.readable_mut() => {
                     let mut guard = guard.map_err(Error::Poll)?;
-                    self.drain(guard.get_inner_mut(), sink)?;
-                    guard.clear_ready();
+                    // Still readable when the drain stopped short: the
+                    // next turn (or a tick, picked as fairly) goes on.
+                    if self.drain(guard.get_inner_mut(), sink)? {
+                        guard.clear_ready();
+                    }
                     self.first_snapshots();
                 }
                 _ = ticker.tick() => {
                     let after = self.next_snapshot();
+                    // What a flood adds after the snapshot waits for the
+                    // next interval.
                     self.drain(ring.get_mut(), sink)?;
                     self.end_interval(sink, after, false)?;
                     self.refresh_targets(false)?;
@@ -495,8 +500,23 @@ impl Session {
         self.finish(sink)
     }
 
-    fn drain(&mut self, ring: &mut RingBuf<MapData>, sink: &mut impl Sink) -> anyhow::Result<()> {
-        while let Some(item) = ring.next() {
+    /// Reads the ring buffer until it is empty (true) or one buffer's
+    /// worth of records has been read (false): under a flood that the
+    /// kernel refills as fast as this reads, an unbounded drain never
+    /// returned, so no interval ended (a 12 s interval in a 7.3 guest whose
+    /// NUMA balancing migrated a swapping process's pages), and the
+    /// snapshots that tell a swap-out from a refault were not taken.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>, sink: &mut impl Sink) -> anyhow::Result<bool> {
+        let mut budget = self.config.probe.ring_buffer_bytes as usize;
+        loop {
+            if budget == 0 {
+                return Ok(false);
+            }
+            let Some(item) = ring.next() else {
+                return Ok(true);
+            };
+            // Each record also takes an 8-byte header in the buffer.
+            budget = budget.saturating_sub(item.len() + 8);
             let event = match self.decoder.decode(&item) {
                 Ok(event) => event,
                 Err(e) => {
@@ -579,7 +599,6 @@ impl Session {
             self.aggregator.add_for(&event, process);
             sink.event(&item, &event)?;
         }
-        Ok(())
     }
 
     /// Drops per CPU summed over every hook.
