@@ -223,10 +223,27 @@ fn swap_round_trips_are_matched_by_swap_slot_with_their_time_in_swap() {
         .collect();
     let in_region: Vec<_> = returns.iter().filter(|r| r.vma_start == region).collect();
     let trips: u64 = in_region.iter().map(|r| r.pages).sum();
+    // On a miss: what the region's pages went through instead, the drops,
+    // and the longest interval (a stalled collector sees a swap-out and
+    // the swap-in after it as one refault).
+    let mut kinds = std::collections::BTreeMap::<String, u64>::new();
+    for t in top_transitions(&lines).filter(|t| t.pid == pid && t.vma_start == region) {
+        *kinds.entry(format!("{}/{}", t.kind, t.cause)).or_default() += t.pages;
+    }
+    let times: Vec<f64> = lines
+        .iter()
+        .filter_map(|l| match l {
+            TopLine::System(s) => Some(s.t),
+            _ => None,
+        })
+        .collect();
+    let longest = times.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
     assert_eq!(
         trips,
         (swap_before - swap_after) / 4,
-        "round trips vs smaps Swap of the region"
+        "round trips vs smaps Swap of the region; the region's transitions {kinds:?}, \
+         {} events dropped, longest interval {longest:.1} s",
+        summary(&lines).dropped
     );
     // Not pswpin >= trips: a page faulted back from the swap cache comes
     // back without a read (7.3 guests: 18,884 round trips, pswpin +16,471);
