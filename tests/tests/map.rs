@@ -292,7 +292,8 @@ fn own_pfns(addr: usize, pages: usize) -> Vec<Option<u64>> {
         .collect()
 }
 
-/// `--owners` names this process for the blocks its anonymous pages fill.
+/// `--owners` names this process for the blocks that hold its anonymous
+/// pages.
 #[test]
 fn map_owners_name_the_process_mapping_a_block() {
     let name = "map_owners_name_the_process_mapping_a_block";
@@ -312,32 +313,42 @@ fn map_owners_name_the_process_mapping_a_block() {
     }
     let m = map(&["--owners"]);
     let pid = u64::from(std::process::id());
-    let mut checked = 0;
+    // Owners are listed for compactable and blocked blocks, at most 8 per
+    // block, most pages first: wherever we hold pages, we are named unless
+    // 8 others are, each with at least as many pages as we have there.
+    // (How many of our pages share a block depends on how fragmented free
+    // memory was: 1 to 65 of 512 after the rest of the suite.)
+    let (mut named, mut crowded) = (0, 0);
     for b in m["blocks"].as_array().unwrap() {
         let Some(&n) = ours.get(&b["pfn"].as_u64().unwrap()) else {
             continue;
         };
-        if n < 256 || !(b["verdict"] == "compactable" || b["verdict"] == "blocked") {
+        if !(b["verdict"] == "compactable" || b["verdict"] == "blocked") {
             continue;
         }
-        let mine = b["owners"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|o| o["pid"] == pid)
-            .unwrap_or_else(|| panic!("block {b} holds {n} of our pages but does not name us"));
-        assert!(
-            mine["pages"].as_u64().unwrap() >= n,
-            "{b}: we map {n} pages"
-        );
-        checked += 1;
+        let owners = b["owners"].as_array().unwrap();
+        match owners.iter().find(|o| o["pid"] == pid) {
+            Some(mine) => {
+                assert!(
+                    mine["pages"].as_u64().unwrap() >= n,
+                    "{b}: we map {n} pages"
+                );
+                named += 1;
+            }
+            None => {
+                assert!(
+                    owners.len() == 8 && owners.iter().all(|o| o["pages"].as_u64().unwrap() >= n),
+                    "block {b} holds {n} of our pages but does not name us"
+                );
+                crowded += 1;
+            }
+        }
     }
-    eprintln!("{checked} blocks name this process");
-    let mut fill: Vec<u64> = ours.values().copied().collect();
-    fill.sort_unstable();
+    eprintln!("{named} blocks name this process, {crowded} list 8 bigger owners");
     assert!(
-        checked > 0,
-        "no compactable or blocked block held half a block of our 64 MiB; pages per block: {fill:?}"
+        named > 0,
+        "no compactable or blocked block named us ({} blocks hold our pages)",
+        ours.len()
     );
     // SAFETY: unmapping the mapping made above.
     unsafe { libc::munmap(p.cast(), LEN) };
