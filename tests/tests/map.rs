@@ -62,6 +62,11 @@ fn pagetypeinfo_blocks() -> HashMap<(u64, String), u64> {
             on = true;
             continue;
         }
+        // The next node's tables start with their own headers.
+        if l.starts_with("Page block order") || l.starts_with("Free pages count") {
+            on = false;
+            continue;
+        }
         let Some((node, rest)) = l.strip_prefix("Node").and_then(|r| r.split_once(',')) else {
             continue;
         };

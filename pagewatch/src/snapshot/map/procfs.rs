@@ -101,10 +101,14 @@ pub fn parse_pagetypeinfo(text: &str, path: &Path) -> Result<PagetypeInfo> {
             line: i + 1,
             text: line.into(),
         };
+        // Each node has its own three tables (free pages, block counts,
+        // mixed blocks), each under its own header.
         if let Some(v) = line.strip_prefix("Page block order:") {
             order = Some(v.trim().parse().map_err(|_| bad())?);
+            in_counts = false;
         } else if let Some(v) = line.strip_prefix("Free pages count per migrate type at order") {
             orders = Some(v.split_whitespace().count() as u32);
+            in_counts = false;
         } else if line.starts_with("Number of blocks type") {
             in_counts = true;
         } else if in_counts {
@@ -220,13 +224,23 @@ Node    0, zone      DMA, type    Unmovable      0      0      0\n\n\
 Number of blocks type     Unmovable      Movable  Reclaimable   HighAtomic      Isolate\n\
 Node 0, zone      DMA            1            7            0            0            0\n\
 Node 0, zone   Normal          169         3333          210            0            0\n\
-Node 0, zone      DMA      0      0      0\n";
+Node 0, zone      DMA      0      0      0\n\
+Page block order: 9\nPages per block:  512\n\n\
+Free pages count per migrate type at order       0      1      2\n\
+Node    1, zone    DMA32, type    Unmovable     52     48     50\n\n\
+Number of blocks type     Unmovable      Movable  Reclaimable   HighAtomic      Isolate\n\
+Node 1, zone    DMA32            2          500            10            0            0\n";
         let p = parse_pagetypeinfo(pti, Path::new("p")).unwrap();
         assert_eq!(p.pageblock_order, 9);
         assert_eq!(p.orders, 3);
+        // Two nodes (a 2-node 6.1 guest): each has its own tables.
         assert_eq!(
             p.blocks,
-            vec![(0, "DMA".into(), 8), (0, "Normal".into(), 3712)]
+            vec![
+                (0, "DMA".into(), 8),
+                (0, "Normal".into(), 3712),
+                (1, "DMA32".into(), 512)
+            ]
         );
         let b = parse_buddyinfo(
             "Node 0, zone      DMA      0      1      3\nNode 1, zone   Normal 4 0 0\n",
