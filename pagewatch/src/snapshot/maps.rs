@@ -119,22 +119,20 @@ mod tests {
             .spawn()
             .unwrap();
         let root = ProcRoot::default();
-        // Compare once the list holds still: the same text before and
-        // after the ioctl's read (a 6.12 TCG guest was still in the
-        // dynamic loader 100 ms after the spawn).
-        let (mut text, mut ioctl, mut src);
-        let mut tries = 0;
-        loop {
-            let (before, text_src) = read_vmas(&root, child.id(), VmaSource::MapsText).unwrap();
-            assert_eq!(text_src, VmaSource::MapsText);
-            (ioctl, src) = read_vmas(&root, child.id(), VmaSource::ProcmapQuery).unwrap();
-            (text, _) = read_vmas(&root, child.id(), VmaSource::MapsText).unwrap();
-            tries += 1;
-            if before == text || tries == 100 {
+        // Compare once sleep is asleep (in clock_nanosleep or nanosleep,
+        // x86-64 syscalls 230 and 35, per /proc/PID/syscall), its loader
+        // done: a 6.12 TCG guest's was still mapping libraries 100 ms
+        // after the spawn.
+        for _ in 0..600 {
+            let call = std::fs::read_to_string(format!("/proc/{}/syscall", child.id()));
+            if call.is_ok_and(|c| c.starts_with("230 ") || c.starts_with("35 ")) {
                 break;
             }
-            std::thread::sleep(std::time::Duration::from_millis(100));
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
+        let (text, src) = read_vmas(&root, child.id(), VmaSource::MapsText).unwrap();
+        assert_eq!(src, VmaSource::MapsText);
+        let (ioctl, src) = read_vmas(&root, child.id(), VmaSource::ProcmapQuery).unwrap();
         let _ = child.kill();
         let _ = child.wait();
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
