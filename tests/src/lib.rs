@@ -82,6 +82,28 @@ pub fn vmstat(name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// `pagewatch record -o OUT --interval 300ms -- sh -c "(...) | PROGRAM
+/// ARGS"` with the program's stdin fed `gos` lines of `go` 0.8 s apart
+/// (and closed 0.8 s after the last); asserts the recording succeeded and
+/// returns pagewatch's stdout (the command's) and stderr.
+pub fn record_fed(out: &str, program: &str, args: &str, gos: usize) -> (String, String) {
+    let feed = "sleep 0.8; echo go; ".repeat(gos);
+    let script = format!("({feed}sleep 0.8) | {program} {args}; true");
+    let (status, stdout, err) = run_pagewatch(&[
+        "record",
+        "-o",
+        out,
+        "--interval",
+        "300ms",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert!(status.success(), "record failed: {err}");
+    (stdout, err)
+}
+
 /// Run pagewatch with `args` to completion, returning (status, stdout, stderr).
 pub fn run_pagewatch(args: &[&str]) -> (std::process::ExitStatus, String, String) {
     let out = Command::new(pagewatch_bin())

@@ -13,7 +13,7 @@ use std::{
 };
 
 use pagewatch_tests::{
-    Cause, ReportLine, Scratch, TransitionKind, pagewatch_bin, report_json,
+    Cause, ReportLine, Scratch, TransitionKind, pagewatch_bin, record_fed, report_json,
     report_summary as summary, run_pagewatch, skip_unless_root,
 };
 use serde_json::Value;
@@ -24,22 +24,7 @@ use serde_json::Value;
 /// snapshot or two more). Returns the recording.
 fn record_forked_collapse(dir: &Scratch) -> PathBuf {
     let out = dir.file("thp.pwrec");
-    let script = format!(
-        "(sleep 0.8; echo go; sleep 0.8) | {} 8; true",
-        env!("CARGO_BIN_EXE_pw-thp")
-    );
-    let (status, _, err) = run_pagewatch(&[
-        "record",
-        "-o",
-        out.to_str().unwrap(),
-        "--interval",
-        "300ms",
-        "--",
-        "sh",
-        "-c",
-        &script,
-    ]);
-    assert!(status.success(), "record failed: {err}");
+    let (_, err) = record_fed(out.to_str().unwrap(), env!("CARGO_BIN_EXE_pw-thp"), "8", 1);
     assert!(err.contains("recorded"), "{err}");
     out
 }

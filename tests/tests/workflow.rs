@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use pagewatch_tests::{
-    Cause, ReportLine, Scratch, TopLine, Tracer, TransitionKind, report_json, run_pagewatch,
-    skip_unless_root, summary,
+    Cause, ReportLine, Scratch, TopLine, Tracer, TransitionKind, record_fed, report_json,
+    run_pagewatch, skip_unless_root, summary,
 };
 use serde_json::Value;
 
@@ -102,23 +102,7 @@ fn top_leaves_out_its_own_faults_unless_asked() {
 /// line starting with `verb` (`collapse RC ERRNO before KB after KB`,
 /// `split ...`: `field` 4 is before, 6 after, smaps' AnonHugePages in kB).
 fn record_thp(out: &str, args: &str, lines: usize, verb: &str, field: usize) -> u64 {
-    let feed = "sleep 0.8; echo go; ".repeat(lines);
-    let script = format!(
-        "({feed}sleep 0.8) | {} {args}; true",
-        env!("CARGO_BIN_EXE_pw-thp")
-    );
-    let (status, stdout, err) = run_pagewatch(&[
-        "record",
-        "-o",
-        out,
-        "--interval",
-        "300ms",
-        "--",
-        "sh",
-        "-c",
-        &script,
-    ]);
-    assert!(status.success(), "record failed: {err}");
+    let (stdout, _) = record_fed(out, env!("CARGO_BIN_EXE_pw-thp"), args, lines);
     let line = stdout
         .lines()
         .find(|l| l.starts_with(&format!("{verb} ")))
