@@ -82,13 +82,30 @@ pub fn vmstat(name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// `pagewatch record -o OUT --interval 300ms -- sh -c "(...) | PROGRAM
-/// ARGS"` with the program's stdin fed `gos` lines of `go` 0.8 s apart
-/// (and closed 0.8 s after the last); asserts the recording succeeded and
-/// returns pagewatch's stdout (the command's) and stderr.
+/// `pagewatch record -o OUT --interval 300ms -- sh -c "FEED | PROGRAM ARGS
+/// | tee OUT.stdout"`, where PROGRAM prints `ready` as its third line and
+/// one line per `go` it reads. FEED waits for the events, not for time:
+/// after `ready`, and after each `go` is answered, two intervals pass (the
+/// recording grows twice: each interval's records are flushed after its
+/// snapshot, so the second snapshot began after the answer) before the
+/// next `go` is sent, `gos` times, and stdin is closed. Each wait gives up
+/// after 60 s (a stalled recorder fails the test rather than hanging it).
+/// Asserts the recording succeeded and returns pagewatch's stdout (the
+/// command's) and stderr.
 pub fn record_fed(out: &str, program: &str, args: &str, gos: usize) -> (String, String) {
-    let feed = "sleep 0.8; echo go; ".repeat(gos);
-    let script = format!("({feed}sleep 0.8) | {program} {args}; true");
+    let answers = format!("{out}.stdout");
+    let wait = format!(
+        "lines() {{ n=0; while [ \"$(cat '{answers}' 2>/dev/null | wc -l)\" -lt $1 ] \
+         && [ $n -lt 1200 ]; do sleep 0.05; n=$((n+1)); done; }}; \
+         grown() {{ s=$(stat -c %s '{out}'); n=0; while [ \"$(stat -c %s '{out}')\" = \"$s\" ] \
+         && [ $n -lt 1200 ]; do sleep 0.05; n=$((n+1)); done; }}; "
+    );
+    let mut feed = String::new();
+    for answered in 3..3 + gos {
+        feed += &format!("lines {answered}; grown; grown; echo go; ");
+    }
+    feed += &format!("lines {}; grown; grown", 3 + gos);
+    let script = format!("{wait}({feed}) | {program} {args} | tee '{answers}'; true");
     let (status, stdout, err) = run_pagewatch(&[
         "record",
         "-o",
@@ -101,7 +118,23 @@ pub fn record_fed(out: &str, program: &str, args: &str, gos: usize) -> (String, 
         &script,
     ]);
     assert!(status.success(), "record failed: {err}");
+    assert!(err.contains("recorded"), "{err}");
     (stdout, err)
+}
+
+/// The number in field `field` (0-based, space-separated) of the line of
+/// `stdout` starting with `verb`: pw-thp's answers `collapse RC ERRNO
+/// before KB after KB` and `split ...` (field 4 is before, 6 after, smaps'
+/// AnonHugePages in kB).
+pub fn answer_field(stdout: &str, verb: &str, field: usize) -> u64 {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("{verb} ")))
+        .unwrap_or_else(|| panic!("no {verb} line in: {stdout}"));
+    line.split(' ')
+        .nth(field)
+        .and_then(|kb| kb.parse().ok())
+        .unwrap_or_else(|| panic!("bad {verb} line {line:?}"))
 }
 
 /// Run pagewatch with `args` to completion, returning (status, stdout, stderr).

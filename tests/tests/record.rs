@@ -13,20 +13,20 @@ use std::{
 };
 
 use pagewatch_tests::{
-    Cause, ReportLine, Scratch, TransitionKind, pagewatch_bin, record_fed, report_json,
-    report_summary as summary, run_pagewatch, skip_unless_root,
+    Cause, ReportLine, Scratch, TransitionKind, answer_field, pagewatch_bin, record_fed,
+    report_json, report_summary as summary, run_pagewatch, skip_unless_root,
 };
 use serde_json::Value;
 
 /// Records `sh -c "... | pw-thp 8"`: the shell forks pw-thp, which builds
 /// 8 MiB of 4 KiB pages, collapses them with MADV_COLLAPSE when the pipe
-/// says go (after a snapshot or two), and exits a little later (after a
-/// snapshot or two more). Returns the recording.
-fn record_forked_collapse(dir: &Scratch) -> PathBuf {
+/// says go (two snapshots after it is ready), and exits two snapshots
+/// after the collapse. Returns the recording and the region's smaps
+/// AnonHugePages (kB) after the collapse.
+fn record_forked_collapse(dir: &Scratch) -> (PathBuf, u64) {
     let out = dir.file("thp.pwrec");
-    let (_, err) = record_fed(out.to_str().unwrap(), env!("CARGO_BIN_EXE_pw-thp"), "8", 1);
-    assert!(err.contains("recorded"), "{err}");
-    out
+    let (stdout, _) = record_fed(out.to_str().unwrap(), env!("CARGO_BIN_EXE_pw-thp"), "8", 1);
+    (out, answer_field(&stdout, "collapse", 6))
 }
 
 /// `record -- CMD` follows the command's forked child: the child's
@@ -38,7 +38,7 @@ fn record_follows_a_forked_child_and_reports_in_every_format() {
         return;
     }
     let dir = Scratch::new("fork");
-    let file = record_forked_collapse(&dir);
+    let (file, after_kb) = record_forked_collapse(&dir);
     let (lines, err) = report_json(&file);
     assert!(
         !err.contains("note:"),
@@ -55,7 +55,21 @@ fn record_follows_a_forked_child_and_reports_in_every_format() {
     // MADV_COLLAPSE collapses the region, unless khugepaged (woken when
     // the mm joins its empty list) takes a 2 MiB range of it first.
     let pages: u64 = collapsed.iter().map(|t| t.transition.pages).sum();
-    assert_eq!(pages, 2048, "8 MiB region = 2048 pages: {collapsed:?}");
+    let region: Vec<_> = lines
+        .iter()
+        .filter_map(ReportLine::transition)
+        .filter(|l| {
+            collapsed
+                .iter()
+                .any(|c| c.transition.vma_start == l.transition.vma_start)
+        })
+        .collect();
+    assert_eq!(after_kb, 8 << 10, "the kernel collapsed all 8 MiB");
+    assert_eq!(
+        pages,
+        after_kb / 4,
+        "8 MiB region = 2048 pages; every transition of its VMA: {region:#?}"
+    );
     let t = collapsed
         .iter()
         .find(|t| t.transition.cause == Cause::MadvCollapse)
@@ -124,7 +138,7 @@ fn truncated_recording_reports_up_to_the_cut() {
         return;
     }
     let dir = Scratch::new("cut");
-    let file = record_forked_collapse(&dir);
+    let (file, _) = record_forked_collapse(&dir);
     let bytes = std::fs::read(&file).unwrap();
     let cut = dir.file("cut.pwrec");
     std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use pagewatch_tests::{
-    Cause, ReportLine, Scratch, TopLine, Tracer, TransitionKind, record_fed, report_json,
-    run_pagewatch, skip_unless_root, summary,
+    Cause, ReportLine, Scratch, TopLine, Tracer, TransitionKind, answer_field, record_fed,
+    report_json, run_pagewatch, skip_unless_root, summary,
 };
 use serde_json::Value;
 
@@ -97,20 +97,12 @@ fn top_leaves_out_its_own_faults_unless_asked() {
     }
 }
 
-/// Records `pw-thp ARGS` fed `lines` lines 0.8 s apart (and ended 0.8 s
-/// after the last) into `out`; returns the number in the 5th field of its
-/// line starting with `verb` (`collapse RC ERRNO before KB after KB`,
-/// `split ...`: `field` 4 is before, 6 after, smaps' AnonHugePages in kB).
+/// Records `pw-thp ARGS` fed `lines` lines (see `record_fed`) into `out`;
+/// returns field `field` of its answer starting with `verb` (see
+/// `answer_field`).
 fn record_thp(out: &str, args: &str, lines: usize, verb: &str, field: usize) -> u64 {
     let (stdout, _) = record_fed(out, env!("CARGO_BIN_EXE_pw-thp"), args, lines);
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with(&format!("{verb} ")))
-        .unwrap_or_else(|| panic!("pw-thp printed no {verb} line: {stdout}"));
-    line.split(' ')
-        .nth(field)
-        .and_then(|kb| kb.parse().ok())
-        .unwrap_or_else(|| panic!("bad {verb} line {line:?}"))
+    answer_field(&stdout, verb, field)
 }
 
 /// `report --expect` on a real recording of an 8 MiB MADV_COLLAPSE: the
