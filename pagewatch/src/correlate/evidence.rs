@@ -161,14 +161,28 @@ pub struct Evidence {
     ranges: RangeSet,
     earlier_ranges: RangeSet,
     /// mmap calls with MAP_POPULATE/MAP_LOCKED waiting for their return
-    /// (thread id -> its process, length); a call can straddle several
-    /// intervals' ends.
-    populating: BTreeMap<u32, (u32, u64)>,
+    /// (thread id -> its process, length, entry time); a call can straddle
+    /// several intervals' ends.
+    populating: BTreeMap<u32, Populating>,
     /// (PFN, address) pairs of migration entries: the page left (set) or
     /// arrived at (remove) that address; this interval and the one before.
     migrated: HashSet<(u64, u64)>,
     earlier_migrated: HashSet<(u64, u64)>,
 }
+
+/// An mmap(MAP_POPULATE or MAP_LOCKED) call that has not returned.
+#[derive(Debug, Clone, Copy)]
+struct Populating {
+    tgid: u32,
+    len: u64,
+    /// When the call was entered (CLOCK_MONOTONIC, ns).
+    since_ns: u64,
+}
+
+/// How long a process inside a MAP_POPULATE mmap() is held back from the
+/// diff (see [`Evidence::populating_processes`]): a lost return event, or
+/// a call that runs for minutes, must not hide its pages for good.
+pub const POPULATE_HOLD_NS: u64 = 30_000_000_000;
 
 /// The madvise advice values that drop pages (include/uapi/asm-generic/mman-common.h).
 const MADV_DONTNEED: u64 = 4;
@@ -293,11 +307,18 @@ impl Evidence {
                     self.ranges.add(Cause::Munmap, e.tgid, addr, len);
                 }
                 if flags & (MAP_POPULATE | MAP_LOCKED) != 0 {
-                    self.populating.insert(e.tid, (e.tgid, len));
+                    self.populating.insert(
+                        e.tid,
+                        Populating {
+                            tgid: e.tgid,
+                            len,
+                            since_ns: e.ts_ns,
+                        },
+                    );
                 }
             }
             EventKind::MmapReturn { ret } => {
-                if let Some((_, len)) = self.populating.remove(&e.tid)
+                if let Some(Populating { len, .. }) = self.populating.remove(&e.tid)
                     && ret > 0
                 {
                     self.ranges.add(Cause::Populate, e.tgid, ret as u64, len);
@@ -379,8 +400,12 @@ impl Evidence {
             // (pid == tgid) stands for the process.
             EventKind::ProcessExit {
                 pid, group_dead, ..
-            } if group_dead != 0 || pid == i64::from(e.tgid) => {
-                self.exited.insert(e.tgid);
+            } => {
+                // A thread killed inside a MAP_POPULATE mmap() never returns.
+                self.populating.remove(&e.tid);
+                if group_dead != 0 || pid == i64::from(e.tgid) {
+                    self.exited.insert(e.tgid);
+                }
             }
             EventKind::ProcessExec { .. } => {
                 self.execed.insert(e.tgid);
@@ -581,19 +606,26 @@ impl Evidence {
         matches!(kind, Migrated | NodeChanged | FaultedIn | Refaulted)
     }
 
-    /// The cause of an unexplained transition of the previous interval
-    /// (see [`Evidence::can_arrive_late`]) from this interval's events:
-    /// only the late kinds of evidence count (a fault now explains no page
-    /// that appeared before it).
     /// The processes a thread of which is inside an mmap(MAP_POPULATE or
     /// MAP_LOCKED) that has not returned: the pages it has faulted in so
     /// far are `populate` only once the call returns with its address,
     /// which for a big mapping on a slow machine can be intervals later.
     /// The session diffs such a process only once it has returned.
-    pub fn populating_processes(&self) -> BTreeSet<u32> {
-        self.populating.values().map(|(tgid, _)| *tgid).collect()
+    /// A call entered more than [`POPULATE_HOLD_NS`] before `now_ns` no
+    /// longer holds its process back (its pages are then diffed, and
+    /// `populate` only if the return comes in time to explain them late).
+    pub fn populating_processes(&self, now_ns: u64) -> BTreeSet<u32> {
+        self.populating
+            .values()
+            .filter(|p| now_ns.saturating_sub(p.since_ns) < POPULATE_HOLD_NS)
+            .map(|p| p.tgid)
+            .collect()
     }
 
+    /// The cause of an unexplained transition of the previous interval
+    /// (see [`Evidence::can_arrive_late`]) from this interval's events:
+    /// only the late kinds of evidence count (a fault now explains no page
+    /// that appeared before it).
     pub fn late_cause(&self, pid: u32, va: u64, kind: TransitionKind) -> Cause {
         use TransitionKind::*;
         match kind {
@@ -890,13 +922,31 @@ mod tests {
         // A MAP_POPULATE mmap() running through several intervals holds its
         // process back until it returns.
         let entered = evidence(&[mmap(0, 0x8022)]);
-        assert_eq!(entered.populating_processes(), BTreeSet::from([5]));
+        assert_eq!(entered.populating_processes(1), BTreeSet::from([5]));
         let mut running = Evidence::default();
         running.inherit(&entered);
-        assert_eq!(running.populating_processes(), BTreeSet::from([5]));
-        assert!(evidence(&[mmap(0, 0x22)]).populating_processes().is_empty());
+        assert_eq!(running.populating_processes(1), BTreeSet::from([5]));
+        // ... but not for ever: a lost return, or a thread gone.
+        let later = POPULATE_HOLD_NS;
+        assert!(running.populating_processes(later).is_empty(), "expired");
+        let exit = EventKind::ProcessExit {
+            pid: 5,
+            group_dead: 0,
+            comm: [0; 16],
+        };
+        assert!(
+            evidence(&[mmap(0, 0x8022), ev(5, exit)])
+                .populating_processes(1)
+                .is_empty(),
+            "its thread exited"
+        );
+        assert!(
+            evidence(&[mmap(0, 0x22)])
+                .populating_processes(1)
+                .is_empty()
+        );
         let e = evidence(&[mmap(0, 0x8022), returned, ev(5, fault)]);
-        assert!(e.populating_processes().is_empty(), "returned");
+        assert!(e.populating_processes(1).is_empty(), "returned");
         assert!(Evidence::can_arrive_late(FaultedIn));
         assert!(!Evidence::can_arrive_late(Unmapped));
         assert_eq!(e.late_cause(5, 0x7000_1000, FaultedIn), Cause::Populate);

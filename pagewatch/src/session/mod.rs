@@ -690,7 +690,7 @@ impl Session {
                 // call has returned: its table stays the one before until
                 // then, so the populated pages get their cause page by page.
                 let after =
-                    IntervalAssembly::hold(&before, after, &evidence.populating_processes());
+                    IntervalAssembly::hold(&before, after, &evidence.populating_processes(ts_ns));
                 evidence.resolve_pfns(&before, &after);
                 thp_scans = IntervalAssembly::thp_scans(&evidence, &self.decoder, &before, &after);
                 let t = correlate::diff(
