@@ -2,8 +2,17 @@
 //! kernel of the default set unless `--kernel`), run `pagewatch ARGS` in it
 //! and stream its output. `--balloon` adds a virtio-balloon and a QMP
 //! socket that `cargo xtask balloon SIZE` drives while it runs.
+//!
+//! `--kernel A,B` runs the same ARGS in a guest of each kernel, one after
+//! another. A `record -o FILE` in ARGS is written to the host (its
+//! directory is shared with the guest read-write), as `STEM-KERNEL.EXT`
+//! with several kernels, and the recordings are then compared with
+//! `pagewatch diff` (the first kernel's against each other's).
 
-use std::time::Duration;
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::bail;
 use clap::Args;
@@ -18,8 +27,9 @@ pub struct VmOptions {
     #[arg(long)]
     pub vm: bool,
     /// Guest kernel: a vmlinuz, a kernel build tree, or a fetched release
-    /// prefix such as 6.1 (default: the newest fetched).
-    #[arg(long, value_name = "K", requires = "vm")]
+    /// prefix such as 6.1 (default: the newest fetched); several, comma
+    /// separated, run one after another and compare their recordings.
+    #[arg(long, value_name = "K[,K...]", requires = "vm")]
     pub kernel: Option<String>,
     /// Guest memory.
     #[arg(long, default_value = "2G", requires = "vm")]
@@ -42,49 +52,105 @@ pub struct VmOptions {
 }
 
 pub fn run(opts: VmOptions, args: Vec<String>) -> anyhow::Result<()> {
-    setup::ensure(opts.kernel.as_deref())?;
+    let specs: Vec<&str> = opts
+        .kernel
+        .as_deref()
+        .map(|k| k.split(',').filter(|s| !s.is_empty()).collect())
+        .unwrap_or_default();
+    let output = record_output(&args);
+    if specs.len() > 1 && output.is_none() {
+        bail!(
+            "--kernel {}: several kernels are compared through their recordings: \
+             run `record -o FILE -- CMD` (each kernel's is written as FILE-KERNEL)",
+            opts.kernel.as_deref().unwrap_or_default()
+        );
+    }
+    // A path kernel needs no download; anything else the default set.
+    let fetch = specs.iter().find(|k| !Path::new(k).exists()).copied();
+    setup::ensure(fetch.or(specs.first().copied()))?;
     let _lock = super::exclusive()?;
     build::run()?;
-    let kernel = match &opts.kernel {
-        Some(k) => kernels::resolve(k)?,
-        None => kernels::default_set()?.pop().ok_or_else(|| {
+    let kernels = if specs.is_empty() {
+        vec![kernels::default_set()?.pop().ok_or_else(|| {
             anyhow::anyhow!("the default kernel set is empty: run `cargo xtask vm-setup`")
-        })?,
+        })?]
+    } else {
+        specs
+            .iter()
+            .map(|k| kernels::resolve(k))
+            .collect::<anyhow::Result<_>>()?
     };
     let memory = parse_size(&opts.memory)?;
     if memory < 256 << 20 {
         bail!("--memory {}: the guest needs at least 256M", opts.memory);
     }
-    let accel = guest::accelerator(opts.kernel.as_deref())?;
-    let mut g = guest::Guest::new(kernel, memory >> 20, opts.cpus, accel);
-    g.numa = opts.numa;
-    g.balloon = opts.balloon;
-    g.timeout = Duration::from_secs(opts.timeout);
-    g.verbose = opts.verbose_boot;
-    if opts.balloon {
-        g.qmp = Some(default_qmp_socket());
-    }
+    let accel = guest::accelerator(specs.first().copied())?;
     let args = if args.is_empty() {
         // No Ctrl-C reaches the guest program: bound the default run.
         vec!["top".into(), "--duration".into(), "10s".into()]
     } else {
         args
     };
+    let mut recordings = Vec::new();
+    for kernel in kernels {
+        let mut args = args.clone();
+        let mut g = guest::Guest::new(kernel, memory >> 20, opts.cpus, accel);
+        if let Some(i) = output {
+            let (form, file) = split_output(
+                &args[i],
+                i > 0 && ["-o", "--output"].contains(&args[i - 1].as_str()),
+            );
+            let file = host_output(file, (specs.len() > 1).then_some(&g.kernel.name))?;
+            g.rwdirs = vec![file.parent().expect("an absolute file path").to_path_buf()];
+            args[i] = format!("{form}{}", file.display());
+            recordings.push(file);
+        }
+        g.numa = opts.numa;
+        g.balloon = opts.balloon;
+        g.timeout = Duration::from_secs(opts.timeout);
+        g.verbose = opts.verbose_boot;
+        if opts.balloon {
+            g.qmp = Some(default_qmp_socket());
+        }
+        boot(&g, &args, opts.balloon, opts.timeout)?;
+    }
+    if recordings.len() > 1 {
+        let bin = cmd::release_dir().join("pagewatch");
+        for other in &recordings[1..] {
+            cmd::step(&format!(
+                "comparing {} with {}",
+                recordings[0].display(),
+                other.display()
+            ));
+            cmd::run(
+                std::process::Command::new(&bin)
+                    .arg("diff")
+                    .arg(&recordings[0])
+                    .arg(other),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `pagewatch ARGS` in guest `g`; an error unless it exits 0.
+fn boot(g: &guest::Guest, args: &[String], balloon: bool, timeout: u64) -> anyhow::Result<()> {
     let bin = cmd::release_dir().join("pagewatch");
     let script = std::iter::once(bin.display().to_string())
-        .chain(args)
+        .chain(args.iter().cloned())
         .map(|a| shell_quote(&a))
         .collect::<Vec<_>>()
         .join(" ");
     cmd::step(&format!(
-        "booting {} under {accel} ({} MiB, {} CPUs{}{}) to run: {script}",
+        "booting {} under {} ({} MiB, {} CPUs{}{}) to run: {script}",
         g.kernel.name,
+        g.accel,
         g.memory_mib,
         g.cpus,
         if g.numa { ", 2 NUMA nodes" } else { "" },
         if g.balloon { ", balloon" } else { "" },
     ));
-    if opts.balloon {
+    if balloon {
         eprintln!(
             "    QMP socket: {} -- in another terminal: `cargo xtask balloon 1G` (guest size), \
              `cargo xtask balloon` (query)",
@@ -95,7 +161,8 @@ pub fn run(opts: VmOptions, args: Vec<String>) -> anyhow::Result<()> {
     match out.code {
         Some(0) => Ok(()),
         Some(c) => bail!(
-            "the guest command exited {c} after {:.0?}{}",
+            "the guest command on {} exited {c} after {:.0?}{}",
+            g.kernel.name,
             out.elapsed,
             if c == guest::EXIT_BOOT_FAILED {
                 " (255: the boot failed; rerun, or add --verbose-boot to see the console)"
@@ -103,8 +170,66 @@ pub fn run(opts: VmOptions, args: Vec<String>) -> anyhow::Result<()> {
                 ""
             }
         ),
-        None => bail!("the guest timed out after {} s", opts.timeout),
+        None => bail!("the guest on {} timed out after {timeout} s", g.kernel.name),
     }
+}
+
+/// The index in ARGS of `record`'s output file argument (`-o FILE`,
+/// `--output FILE`, `--output=FILE`, `-oFILE`), if ARGS run `record`.
+/// Only pagewatch's own options count: the recorded command's start at
+/// `--`.
+fn record_output(args: &[String]) -> Option<usize> {
+    if args.first().map(String::as_str) != Some("record") {
+        return None;
+    }
+    let own = args.iter().position(|a| a == "--").unwrap_or(args.len());
+    (1..own).find_map(|i| match args[i].as_str() {
+        "-o" | "--output" if i + 1 < own => Some(i + 1),
+        a if a.starts_with("--output=") || (a.starts_with("-o") && a.len() > 2) => Some(i),
+        _ => None,
+    })
+}
+
+/// The option part and the file of output argument `arg`: a whole
+/// `--output=FILE` or `-oFILE`, or the FILE after `-o`/`--output`
+/// (`separate`).
+fn split_output(arg: &str, separate: bool) -> (&str, &str) {
+    if separate {
+        ("", arg)
+    } else if let Some(file) = arg.strip_prefix("--output=") {
+        ("--output=", file)
+    } else {
+        arg.split_at(2)
+    }
+}
+
+/// The host path (absolute, its directory created) for the recording
+/// `file`, with `-KERNEL` before the extension when `kernel` is given.
+fn host_output(file: &str, kernel: Option<&String>) -> anyhow::Result<PathBuf> {
+    let mut path = std::path::absolute(file)
+        .map_err(|e| anyhow::anyhow!("record -o {file}: cannot make the path absolute: {e}"))?;
+    if let Some(k) = kernel {
+        let name: String = k
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "._+-".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+        let file_name = match path.extension() {
+            Some(ext) => format!("{stem}-{name}.{}", ext.to_string_lossy()),
+            None => format!("{stem}-{name}"),
+        };
+        path.set_file_name(file_name);
+    }
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(dir)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+    Ok(path)
 }
 
 /// Quotes `s` for the guest's shell.
@@ -121,6 +246,47 @@ pub fn shell_quote(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn finds_records_output_and_names_it_per_kernel() {
+        let args = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        assert_eq!(
+            super::record_output(&args("record -o r.pwrec -- true")),
+            Some(2)
+        );
+        assert_eq!(
+            super::record_output(&args("record --all --output r -- x")),
+            Some(3)
+        );
+        assert_eq!(
+            super::record_output(&args("record --output=r -- x")),
+            Some(1)
+        );
+        assert_eq!(super::record_output(&args("record -or -- x")), Some(1));
+        // The recorded command's own -o is not pagewatch's.
+        assert_eq!(super::record_output(&args("record --all -- cc -o x")), None);
+        assert_eq!(super::record_output(&args("top -o x")), None);
+        let dir = std::env::temp_dir().join(format!("pw-xtask-{}", std::process::id()));
+        let file = dir.join("run.pwrec").display().to_string();
+        let k = "7.3.4+deb13-amd64".to_string();
+        let named = super::host_output(&file, Some(&k)).unwrap();
+        assert_eq!(named, dir.join("run-7.3.4+deb13-amd64.pwrec"));
+        assert!(dir.is_dir(), "its directory is created");
+        let path_kernel = "../linux/arch/x86/boot/bzImage".to_string();
+        assert_eq!(
+            super::split_output("--output=x/r", false),
+            ("--output=", "x/r")
+        );
+        assert_eq!(super::split_output("-ox/r", false), ("-o", "x/r"));
+        assert_eq!(super::split_output("-ox/r", true), ("", "-ox/r"));
+        let named = super::host_output(&file, Some(&path_kernel)).unwrap();
+        assert_eq!(named, dir.join("run-.._linux_arch_x86_boot_bzImage.pwrec"));
+        assert_eq!(
+            super::host_output(&file, None).unwrap(),
+            dir.join("run.pwrec")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn quotes_for_the_guest_shell() {
         assert_eq!(super::shell_quote("--pid=4"), "--pid=4");
