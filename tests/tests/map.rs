@@ -547,3 +547,131 @@ fn snapshot_cont_counts_aligned_contiguous_blocks() {
         libc::munmap(small.cast(), SMALL_LEN);
     }
 }
+
+/// (zone, free blocks in the map, buddyinfo's bracket).
+type ZoneFree = ((u64, String), u64, (u64, u64));
+
+/// Free pageblocks in a map: per zone, the verdict count and what the
+/// buddyinfo read before and after the map says (2 MiB blocks of order 9
+/// and up, the smaller of the two reads first).
+fn free_blocks(m: &Value) -> Vec<ZoneFree> {
+    let order = m["pageblock_order"].as_u64().unwrap() as usize;
+    let blocks = |orders: &Value| -> u64 {
+        let v = orders.as_array().unwrap();
+        (order..v.len())
+            .map(|o| v[o].as_u64().unwrap() << (o - order))
+            .sum()
+    };
+    m["zones"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|z| {
+            let (b, a) = (
+                blocks(&z["buddyinfo_before"]),
+                blocks(&z["buddyinfo_after"]),
+            );
+            (
+                zone_key(z),
+                z["verdicts"]["free"].as_u64().unwrap(),
+                (b.min(a), b.max(a)),
+            )
+        })
+        .collect()
+}
+
+/// Fragmentation: 128 MiB of 4 KiB pages with every other page freed
+/// (MADV_DONTNEED) leaves the pageblocks holding them `compactable` (or
+/// `blocked`), never free, and the map names us in them; after
+/// `vm.compact_memory` the map's free pageblocks are what buddyinfo's
+/// order-9+ blocks read around it say.
+#[test]
+fn map_half_freed_memory_is_compactable_and_free_blocks_track_compaction() {
+    let name = "map_half_freed_memory_is_compactable_and_free_blocks_track_compaction";
+    if skip_unless_root(name) {
+        return;
+    }
+    if !std::path::Path::new("/proc/sys/vm/compact_memory").exists() {
+        return skip(
+            name,
+            "no /proc/sys/vm/compact_memory (CONFIG_COMPACTION off)",
+        );
+    }
+    let _serial = serial();
+    const LEN: usize = 128 << 20;
+    let p = map_anon_4k(LEN);
+    for i in (0..LEN).step_by(4096) {
+        // SAFETY: inside the mapping just made.
+        unsafe { p.add(i).write_volatile(1) };
+    }
+    for i in (0..LEN).step_by(8192) {
+        // SAFETY: one page inside the mapping.
+        assert_eq!(
+            unsafe { libc::madvise(p.add(i).cast(), 4096, libc::MADV_DONTNEED) },
+            0
+        );
+    }
+    let mut ours: HashMap<u64, u64> = HashMap::new();
+    for pfn in own_pfns(p as usize, LEN / 4096).into_iter().flatten() {
+        *ours.entry(pfn / 512 * 512).or_default() += 1;
+    }
+    let m = map(&["--owners"]);
+    let pid = u64::from(std::process::id());
+    // Every block holding our pages has a free page of ours next to them:
+    // none is free or a THP; those without unmovable pages are
+    // compactable, and name us unless 8 bigger owners fill the list.
+    let (mut compactable, mut named) = (0, 0);
+    for b in m["blocks"].as_array().unwrap() {
+        if !ours.contains_key(&b["pfn"].as_u64().unwrap()) {
+            continue;
+        }
+        assert!(
+            b["verdict"] == "compactable" || b["verdict"] == "blocked",
+            "a block holding our 4 KiB pages is neither compactable nor blocked: {b}"
+        );
+        if b["verdict"] == "compactable" {
+            compactable += 1;
+            named += usize::from(
+                b["owners"]
+                    .as_array()
+                    .is_some_and(|o| o.iter().any(|o| o["pid"] == pid)),
+            );
+        }
+    }
+    eprintln!(
+        "{} blocks hold our pages: {compactable} compactable, {named} of them naming us",
+        ours.len()
+    );
+    assert!(
+        named > 0,
+        "no compactable block names us ({compactable} compactable of {} holding our pages)",
+        ours.len()
+    );
+    let before = map(&[]);
+    std::fs::write("/proc/sys/vm/compact_memory", "1").expect("write vm.compact_memory");
+    let after = map(&[]);
+    // The map's free blocks follow buddyinfo through the compaction: each
+    // map within the bracket of the reads around it (off by no more than
+    // what changed between them, as in the buddyinfo test), so it rises
+    // by what buddyinfo's order-9+ count says. (How much compaction frees
+    // is the kernel's business: on the development host, whose movable
+    // pages it could hardly isolate, nothing.)
+    let mut total = [0, 0];
+    for (k, (m, label)) in [(&before, "before"), (&after, "after")].iter().enumerate() {
+        for (zone, free, (lo, hi)) in free_blocks(m) {
+            eprintln!("{label} compaction, {zone:?}: {free} free blocks, buddyinfo {lo}..={hi}");
+            let outside = lo.saturating_sub(free) + free.saturating_sub(hi);
+            assert!(
+                outside <= hi - lo,
+                "{label} compaction, {zone:?}: the map counts {free} free blocks, buddyinfo {lo}..={hi}"
+            );
+            total[k] += free;
+        }
+    }
+    eprintln!(
+        "free pageblocks: {} before compaction, {} after",
+        total[0], total[1]
+    );
+    // SAFETY: unmapping the mapping made above.
+    unsafe { libc::munmap(p.cast(), LEN) };
+}

@@ -1,7 +1,8 @@
 //! Balloon scenarios: the host inflates the guest's virtio-balloon from the
 //! full 2 GiB to 1 GiB and back through QMP, and the guest checks that
 //! pagewatch's census counts exactly the ballooned pages as OFFLINE, equal
-//! to vmstat balloon_inflate/deflate deltas and to QEMU's `query-balloon`;
+//! to vmstat balloon_inflate/deflate deltas, to QEMU's `query-balloon` and
+//! to `pagewatch map`'s OFFLINE pages;
 //! under pressure (a workload holding most of memory, zram swap, when the
 //! balloon takes a quarter of the guest) it checks
 //! that the pages the workload lost show in its snapshot as swap, and that
@@ -26,6 +27,8 @@ struct Before {
     inflate: u64,
     deflate: u64,
     offline: u64,
+    /// `pagewatch map`'s OFFLINE pages.
+    map_offline: u64,
     mem_total_kb: u64,
 }
 
@@ -34,6 +37,7 @@ fn before() -> Result<Before> {
         inflate: vmstat("balloon_inflate"),
         deflate: vmstat("balloon_deflate"),
         offline: census_offline()?,
+        map_offline: host::map_offline()?.0,
         mem_total_kb: host::kb_field("/proc/meminfo", "MemTotal")?,
     })
 }
@@ -127,6 +131,18 @@ pub fn inflate_and_back() -> Result {
         (b.mem_total_kb - mem_total.min(b.mem_total_kb)) * 1024 / PAGE,
         pages,
     );
+    // The physical map sees the same pages, and the blocks they empty.
+    let (map_pages, map_blocks) = host::map_offline()?;
+    checks.eq(
+        "pagewatch map OFFLINE pages, over the baseline",
+        map_pages - b.map_offline.min(map_pages),
+        pages,
+    );
+    println!("  pagewatch map: {map_blocks} pageblocks wholly offline");
+    checks.that(
+        "pagewatch map's wholly offline pageblocks hold at most its OFFLINE pages",
+        map_blocks * 512 <= map_pages,
+    );
     println!("  deflating back to {} MiB", full >> 20);
     let d = before()?;
     resize(full, pages, "balloon_deflate", d.deflate, &mut checks)?;
@@ -142,6 +158,11 @@ pub fn inflate_and_back() -> Result {
         "census OFFLINE pages after deflating",
         census_offline()?,
         b.offline,
+    );
+    checks.eq(
+        "pagewatch map OFFLINE pages after deflating",
+        host::map_offline()?.0,
+        b.map_offline,
     );
     checks.result()
 }

@@ -76,6 +76,25 @@ pub fn census_offline() -> Result<u64> {
         .ok_or_else(|| format!("no system.census.matched_pages in the snapshot: {v}"))
 }
 
+/// `pagewatch map`'s OFFLINE pages and blocks (verdict offline: every
+/// page of the block offline), summed over zones.
+pub fn map_offline() -> Result<(u64, u64)> {
+    let (status, out, err) = pagewatch_tests::run_pagewatch(&["map", "--format", "json"]);
+    if !status.success() {
+        return Err(format!("pagewatch map failed: {}", err.trim()));
+    }
+    let v: Value =
+        serde_json::from_str(&out).map_err(|e| format!("pagewatch map: bad JSON: {e}"))?;
+    let zones = v["zones"]
+        .as_array()
+        .ok_or_else(|| format!("no zones in pagewatch map's JSON: {}", one_line(&out, 300)))?;
+    let sum = |f: &dyn Fn(&Value) -> Option<u64>| zones.iter().filter_map(f).sum::<u64>();
+    Ok((
+        sum(&|z| z["pages"]["offline"].as_u64()),
+        sum(&|z| z["verdicts"]["offline"].as_u64()),
+    ))
+}
+
 /// A `Name: N kB` field of a /proc file such as meminfo or smaps_rollup.
 pub fn kb_field(path: &str, name: &str) -> Result<u64> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("read {path}: {e}"))?;
