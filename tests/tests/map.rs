@@ -581,8 +581,8 @@ fn free_blocks(m: &Value) -> Vec<ZoneFree> {
 }
 
 /// Fragmentation: 128 MiB of 4 KiB pages with every other page freed
-/// (MADV_DONTNEED) leaves the pageblocks holding them `compactable` (or
-/// `blocked`), never free, and the map names us in them; after
+/// (MADV_DONTNEED) leaves the pageblocks holding them `compactable` or
+/// `blocked`, never free, and the map names us in them; after
 /// `vm.compact_memory` the map's free pageblocks are what buddyinfo's
 /// order-9+ blocks read around it say.
 #[test]
@@ -617,9 +617,12 @@ fn map_half_freed_memory_is_compactable_and_free_blocks_track_compaction() {
     }
     let m = map(&["--owners"]);
     let pid = u64::from(std::process::id());
-    // Every block holding our pages has a free page of ours next to them:
-    // none is free or a THP; those without unmovable pages are
-    // compactable, and name us unless 8 bigger owners fill the list.
+    // Every block holding our pages has pages of ours freed next to them:
+    // none is free or a THP. Those freed pages still on a per-CPU free
+    // list have no flags, like a kernel allocation, so a block can be
+    // `blocked` rather than `compactable` (in a 2 GiB guest all 70 were;
+    // on the development host 42 of 2,510 were compactable). Both verdicts
+    // list their owners: we are named unless 8 bigger owners fill the list.
     let (mut compactable, mut named) = (0, 0);
     for b in m["blocks"].as_array().unwrap() {
         if !ours.contains_key(&b["pfn"].as_u64().unwrap()) {
@@ -629,22 +632,20 @@ fn map_half_freed_memory_is_compactable_and_free_blocks_track_compaction() {
             b["verdict"] == "compactable" || b["verdict"] == "blocked",
             "a block holding our 4 KiB pages is neither compactable nor blocked: {b}"
         );
-        if b["verdict"] == "compactable" {
-            compactable += 1;
-            named += usize::from(
-                b["owners"]
-                    .as_array()
-                    .is_some_and(|o| o.iter().any(|o| o["pid"] == pid)),
-            );
-        }
+        compactable += usize::from(b["verdict"] == "compactable");
+        named += usize::from(
+            b["owners"]
+                .as_array()
+                .is_some_and(|o| o.iter().any(|o| o["pid"] == pid)),
+        );
     }
     eprintln!(
-        "{} blocks hold our pages: {compactable} compactable, {named} of them naming us",
+        "{} blocks hold our pages: {compactable} compactable, {named} naming us",
         ours.len()
     );
     assert!(
         named > 0,
-        "no compactable block names us ({compactable} compactable of {} holding our pages)",
+        "no block holding our pages names us ({} blocks)",
         ours.len()
     );
     let before = map(&[]);

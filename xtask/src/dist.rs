@@ -126,17 +126,8 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         std::fs::copy(&from, stage.join(to))
             .with_context(|| format!("copy {} to {}", from.display(), stage.display()))?;
     }
-    // The man page and completions, from `pagewatch generate` where the
-    // binary has that subcommand.
-    if cmd::succeeds(Command::new(&bin).args(["generate", "--help"])) {
-        if let Err(e) = extras(&bin, &stage) {
-            cmd::step(&format!(
-                "WARNING: no man page or completions in the tarball: {e:#}"
-            ));
-        }
-    } else {
-        cmd::step("no `pagewatch generate` in this build: no man page or completions");
-    }
+    // The man page and completions, from `pagewatch generate`.
+    extras(&bin, &stage).context("the man page and completions for the tarball")?;
     let tarball = out.join(format!("{name}.tar.gz"));
     cmd::run(
         Command::new("tar")
@@ -151,20 +142,17 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `pagewatch generate man` and `pagewatch generate completions SHELL`,
-/// written into the tarball's directory.
+/// `pagewatch generate man DIR` (pagewatch.1 and one page per subcommand)
+/// into `man/`, and `pagewatch generate completions SHELL DIR` into
+/// `completions/`, in the tarball's directory.
 fn extras(bin: &Path, stage: &Path) -> anyhow::Result<()> {
-    let write = |args: &[&str], file: &str| -> anyhow::Result<()> {
-        let text = cmd::output(Command::new(bin).args(args))?;
-        std::fs::write(stage.join(file), text).with_context(|| format!("write {file}"))
-    };
-    write(&["generate", "man"], "pagewatch.1")?;
-    for (shell, file) in [
-        ("bash", "pagewatch.bash"),
-        ("zsh", "_pagewatch"),
-        ("fish", "pagewatch.fish"),
-    ] {
-        write(&["generate", "completions", shell], file)?;
+    cmd::run(Command::new(bin).args(["generate", "man"]).arg(stage.join("man")))?;
+    for shell in ["bash", "zsh", "fish"] {
+        cmd::run(
+            Command::new(bin)
+                .args(["generate", "completions", shell])
+                .arg(stage.join("completions")),
+        )?;
     }
     Ok(())
 }
