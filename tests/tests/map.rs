@@ -301,6 +301,25 @@ fn own_pfns(addr: usize, pages: usize) -> Vec<Option<u64>> {
         .collect()
 }
 
+/// `len` bytes of 4 KiB anonymous pages, each written once.
+fn written_4k(len: usize) -> *mut u8 {
+    let p = map_anon_4k(len);
+    for i in (0..len).step_by(4096) {
+        // SAFETY: inside the mapping just made.
+        unsafe { p.add(i).write_volatile(1) };
+    }
+    p
+}
+
+/// Pages of ours per pageblock (its first PFN) among the `len` bytes at `p`.
+fn own_blocks(p: *mut u8, len: usize) -> HashMap<u64, u64> {
+    let mut ours = HashMap::new();
+    for pfn in own_pfns(p as usize, len / 4096).into_iter().flatten() {
+        *ours.entry(pfn / 512 * 512).or_default() += 1;
+    }
+    ours
+}
+
 /// `--owners` names this process for the blocks that hold its anonymous
 /// pages.
 #[test]
@@ -311,15 +330,8 @@ fn map_owners_name_the_process_mapping_a_block() {
     }
     let _serial = serial();
     const LEN: usize = 64 << 20;
-    let p = map_anon_4k(LEN);
-    for i in (0..LEN).step_by(4096) {
-        // SAFETY: inside the mapping just made.
-        unsafe { p.add(i).write_volatile(1) };
-    }
-    let mut ours: HashMap<u64, u64> = HashMap::new();
-    for pfn in own_pfns(p as usize, LEN / 4096).into_iter().flatten() {
-        *ours.entry(pfn / 512 * 512).or_default() += 1;
-    }
+    let p = written_4k(LEN);
+    let ours = own_blocks(p, LEN);
     let m = map(&["--owners"]);
     let pid = u64::from(std::process::id());
     // Owners are listed for compactable and blocked blocks, at most 8 per
@@ -599,11 +611,7 @@ fn map_half_freed_memory_is_compactable_and_free_blocks_track_compaction() {
     }
     let _serial = serial();
     const LEN: usize = 128 << 20;
-    let p = map_anon_4k(LEN);
-    for i in (0..LEN).step_by(4096) {
-        // SAFETY: inside the mapping just made.
-        unsafe { p.add(i).write_volatile(1) };
-    }
+    let p = written_4k(LEN);
     for i in (0..LEN).step_by(8192) {
         // SAFETY: one page inside the mapping.
         assert_eq!(
@@ -611,10 +619,7 @@ fn map_half_freed_memory_is_compactable_and_free_blocks_track_compaction() {
             0
         );
     }
-    let mut ours: HashMap<u64, u64> = HashMap::new();
-    for pfn in own_pfns(p as usize, LEN / 4096).into_iter().flatten() {
-        *ours.entry(pfn / 512 * 512).or_default() += 1;
-    }
+    let ours = own_blocks(p, LEN);
     let m = map(&["--owners"]);
     let pid = u64::from(std::process::id());
     // Every block holding our pages has pages of ours freed next to them:

@@ -146,7 +146,11 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
 /// into `man/`, and `pagewatch generate completions SHELL DIR` into
 /// `completions/`, in the tarball's directory.
 fn extras(bin: &Path, stage: &Path) -> anyhow::Result<()> {
-    cmd::run(Command::new(bin).args(["generate", "man"]).arg(stage.join("man")))?;
+    cmd::run(
+        Command::new(bin)
+            .args(["generate", "man"])
+            .arg(stage.join("man")),
+    )?;
     for shell in ["bash", "zsh", "fish"] {
         cmd::run(
             Command::new(bin)
