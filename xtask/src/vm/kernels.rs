@@ -42,6 +42,26 @@ pub struct Kernel {
     pub image: PathBuf,
 }
 
+impl Kernel {
+    /// The name as a file name: characters other than ASCII letters,
+    /// digits and `.-+_` become `_`, and leading `.` and `_` go
+    /// (`../linux/vmlinux` gives `linux_vmlinux`).
+    pub fn slug(&self) -> String {
+        let slug: String = self
+            .name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || ".-+_".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        slug.trim_start_matches(['.', '_']).to_string()
+    }
+}
+
 /// Where the fetched kernels are unpacked, one directory per release.
 pub fn kernels_dir() -> PathBuf {
     vm_dir().join("kernels")

@@ -100,7 +100,8 @@ pub fn run(opts: VmOptions, args: Vec<String>) -> anyhow::Result<()> {
                 &args[i],
                 i > 0 && ["-o", "--output"].contains(&args[i - 1].as_str()),
             );
-            let file = host_output(file, (specs.len() > 1).then_some(&g.kernel.name))?;
+            let slug = g.kernel.slug();
+            let file = host_output(file, (specs.len() > 1).then_some(slug.as_str()))?;
             g.rwdirs = vec![file.parent().expect("an absolute file path").to_path_buf()];
             args[i] = format!("{form}{}", file.display());
             recordings.push(file);
@@ -204,21 +205,12 @@ fn split_output(arg: &str, separate: bool) -> (&str, &str) {
 }
 
 /// The host path (absolute, its directory created) for the recording
-/// `file`, with `-KERNEL` before the extension when `kernel` is given.
-fn host_output(file: &str, kernel: Option<&String>) -> anyhow::Result<PathBuf> {
+/// `file`, with `-KERNEL` before the extension when `kernel` (a
+/// [`kernels::Kernel::slug`]) is given.
+fn host_output(file: &str, kernel: Option<&str>) -> anyhow::Result<PathBuf> {
     let mut path = std::path::absolute(file)
         .map_err(|e| anyhow::anyhow!("record -o {file}: cannot make the path absolute: {e}"))?;
-    if let Some(k) = kernel {
-        let name: String = k
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "._+-".contains(c) {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
+    if let Some(name) = kernel {
         let stem = path.file_stem().unwrap_or_default().to_string_lossy();
         let file_name = match path.extension() {
             Some(ext) => format!("{stem}-{name}.{}", ext.to_string_lossy()),
@@ -267,11 +259,14 @@ mod tests {
         assert_eq!(super::record_output(&args("top -o x")), None);
         let dir = std::env::temp_dir().join(format!("pw-xtask-{}", std::process::id()));
         let file = dir.join("run.pwrec").display().to_string();
-        let k = "7.3.4+deb13-amd64".to_string();
-        let named = super::host_output(&file, Some(&k)).unwrap();
+        let kernel = |name: &str| super::kernels::Kernel {
+            name: name.into(),
+            image: "/".into(),
+        };
+        let named = super::host_output(&file, Some(&kernel("7.3.4+deb13-amd64").slug())).unwrap();
         assert_eq!(named, dir.join("run-7.3.4+deb13-amd64.pwrec"));
         assert!(dir.is_dir(), "its directory is created");
-        let path_kernel = "../linux/arch/x86/boot/bzImage".to_string();
+        let path_kernel = kernel("../linux/arch/x86/boot/bzImage").slug();
         assert_eq!(
             super::split_output("--output=x/r", false),
             ("--output=", "x/r")
@@ -279,7 +274,7 @@ mod tests {
         assert_eq!(super::split_output("-ox/r", false), ("-o", "x/r"));
         assert_eq!(super::split_output("-ox/r", true), ("", "-ox/r"));
         let named = super::host_output(&file, Some(&path_kernel)).unwrap();
-        assert_eq!(named, dir.join("run-.._linux_arch_x86_boot_bzImage.pwrec"));
+        assert_eq!(named, dir.join("run-linux_arch_x86_boot_bzImage.pwrec"));
         assert_eq!(
             super::host_output(&file, None).unwrap(),
             dir.join("run.pwrec")

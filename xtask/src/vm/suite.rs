@@ -372,20 +372,7 @@ fn run_kernel(
     test_args: &[String],
     pagewatch: &Path,
 ) -> anyhow::Result<Tally> {
-    let slug: String = kernel
-        .name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || ".-+_".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let rw = vm_dir()
-        .join("results")
-        .join(slug.trim_start_matches(['.', '_']));
+    let rw = vm_dir().join("results").join(kernel.slug());
     let selected = opts.selected_scenarios();
     let scenarios: &[&str] = if opts.no_scenarios || !test_args.is_empty() {
         &[]
