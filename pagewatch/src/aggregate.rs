@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, HashMap};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Event, EventKind, fault_bits};
+use pagewatch_common::fault::FaultCounts;
+
+use crate::event::{Event, EventKind};
 
 /// Page faults split the ways a developer asks about them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -25,6 +27,28 @@ pub struct FaultStats {
     pub user_addr: u64,
     /// Faulting address in the kernel half (always a bug or an exploit).
     pub kernel_addr: u64,
+}
+
+impl FaultStats {
+    /// The faults counted from `before` to `now`, two reads of the eBPF
+    /// side's cumulative per-process counters.
+    pub fn growth(now: &FaultCounts, before: &FaultCounts) -> Self {
+        Self {
+            faults: now.faults.saturating_sub(before.faults),
+            read: now.read.saturating_sub(before.read),
+            write: now.write.saturating_sub(before.write),
+            ifetch: now.ifetch.saturating_sub(before.ifetch),
+            protection: now.protection.saturating_sub(before.protection),
+            user_addr: now.user_addr.saturating_sub(before.user_addr),
+            kernel_addr: now.kernel_addr.saturating_sub(before.kernel_addr),
+        }
+    }
+}
+
+impl From<&FaultCounts> for FaultStats {
+    fn from(counts: &FaultCounts) -> Self {
+        Self::growth(counts, &FaultCounts::default())
+    }
 }
 
 /// Reclaim time and work, per process or system-wide.
@@ -227,15 +251,28 @@ pub struct Aggregator<K = u32> {
     open: HashMap<(Episode, u32), u64>,
     /// kswapd threads awake: nid -> wake ns.
     kswapd_awake: HashMap<i64, u64>,
+    /// Whether fault records are counted (every fault was sent); else they
+    /// are only the samples that carry addresses, and the counts come from
+    /// [`Aggregator::add_faults_for`].
+    count_fault_records: bool,
 }
 
 impl<K> Default for Aggregator<K> {
     fn default() -> Self {
+        Self::counting_fault_records(true)
+    }
+}
+
+impl<K> Aggregator<K> {
+    /// An aggregator that counts fault records (`true`: each is one fault)
+    /// or leaves fault counting to [`Aggregator::add_faults_for`].
+    pub fn counting_fault_records(count: bool) -> Self {
         Self {
             current: Tally::default(),
             total: Tally::default(),
             open: HashMap::new(),
             kswapd_awake: HashMap::new(),
+            count_fault_records: count,
         }
     }
 }
@@ -258,23 +295,10 @@ impl<K: Ord + Copy> Aggregator<K> {
                 error_code,
                 ..
             } => {
-                let f = &mut self.current.processes.entry(process).or_default().faults;
-                f.faults += 1;
-                if error_code & fault_bits::WRITE != 0 {
-                    f.write += 1;
-                } else if error_code & fault_bits::INSTRUCTION != 0 {
-                    f.ifetch += 1;
-                } else {
-                    f.read += 1;
-                }
-                if error_code & fault_bits::PROTECTION != 0 {
-                    f.protection += 1;
-                }
-                // The top bit splits user and kernel halves on x86-64 and arm64.
-                if address >> 63 == 0 {
-                    f.user_addr += 1;
-                } else {
-                    f.kernel_addr += 1;
+                if self.count_fault_records {
+                    let mut one = FaultCounts::default();
+                    one.count(address, error_code);
+                    self.add_faults_for(process, &FaultStats::from(&one));
                 }
             }
             EventKind::KswapdWake { nid, .. } => {
@@ -437,6 +461,15 @@ impl<K: Ord + Copy> Aggregator<K> {
         self.current.processes.entry(victim).or_default().oom_killed += 1;
     }
 
+    /// Adds faults counted elsewhere (the eBPF side's counters, or a
+    /// recording's fault counts) to `process`.
+    pub fn add_faults_for(&mut self, process: K, faults: &FaultStats) {
+        add_faults(
+            &mut self.current.processes.entry(process).or_default().faults,
+            faults,
+        );
+    }
+
     /// Adds balloon page counts read from /proc/vmstat deltas.
     pub fn add_balloon_vmstat(&mut self, inflated: u64, deflated: u64) {
         let p = &mut self.current.system.page_events;
@@ -446,7 +479,7 @@ impl<K: Ord + Copy> Aggregator<K> {
 
     /// Whether the current interval has counted anything yet.
     pub fn has_events(&self) -> bool {
-        self.current.events > 0
+        self.current.events > 0 || !self.current.processes.is_empty()
     }
 
     /// Totals of every interval taken so far.
