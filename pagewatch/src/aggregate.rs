@@ -534,6 +534,27 @@ mod tests {
         assert_eq!(a.total().processes[&10].faults.faults, 3);
     }
 
+    /// Counted in the kernel, fault records are samples: only the counts
+    /// handed over (the growth of cumulative counters) are faults, once.
+    #[test]
+    fn kernel_counts_are_the_only_fault_source_when_records_are_samples() {
+        let mut a = Aggregator::counting_fault_records(false);
+        a.add(&fault(10, 0x1000, 0b00110));
+        let mut first = FaultCounts::default();
+        first.count(0x1000, 0b00110);
+        first.count(0x2000, 0b00100);
+        let mut later = first;
+        later.count(0x3000, 0b10100);
+        a.add_faults_for(10, &FaultStats::growth(&first, &FaultCounts::default()));
+        let t = a.take_interval();
+        let p = t.processes[&10].faults;
+        assert_eq!((t.events, p.faults, p.write, p.read), (1, 2, 1, 1));
+        a.add_faults_for(10, &FaultStats::growth(&later, &first));
+        let t = a.take_interval();
+        assert_eq!(t.processes[&10].faults.ifetch, 1);
+        assert_eq!(a.total().processes[&10].faults.faults, 3);
+    }
+
     #[test]
     fn a_reused_pid_is_counted_as_another_process() {
         let mut a = Aggregator::<(u32, u64)>::default();

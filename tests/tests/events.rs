@@ -10,7 +10,7 @@ use std::{
 
 use pagewatch::hooks::{Attach, HOOKS};
 use pagewatch_tests::{
-    Cause, MemCgroup, TopLine, Tracer, TransitionKind, json_lines, no_numa_balancing,
+    Cause, MemCgroup, TopLine, TopSummary, Tracer, TransitionKind, json_lines, no_numa_balancing,
     pagewatch_bin, run_pagewatch, skip_unless_root, summary, top_transitions, vmstat,
 };
 
@@ -70,7 +70,9 @@ fn faults_of(lines: &[TopLine], pid: u32) -> u64 {
         .sum()
 }
 
-/// pagewatch counts exactly the faults the kernel counted for the process.
+/// pagewatch counts exactly the faults the kernel counted for the process,
+/// in the kernel (the default) or from one record per fault
+/// (`--fault-events`); returns the run's summary and the kernel's count.
 ///
 /// The kernel's minflt+majflt (mm_account_fault) and the
 /// exceptions/page_fault_user tracepoint agree here because the window
@@ -80,7 +82,7 @@ fn faults_of(lines: &[TopLine], pid: u32) -> u64 {
 /// this hook does not see) since the /proc/self/stat buffer was faulted in
 /// during the warm-up, and the workload is idle outside the window. NUMA
 /// balancing is switched off for the window (see [`no_numa_balancing`]).
-fn fault_counts_match_the_kernel(filter: bool) {
+fn fault_counts_match_the_kernel(filter: bool, fault_events: bool) -> (TopSummary, u64) {
     let _numa = no_numa_balancing();
     let mut wl = FaultWorkload::start(256);
     let pid_num = wl.pid;
@@ -88,6 +90,9 @@ fn fault_counts_match_the_kernel(filter: bool) {
     let mut args = vec!["--events", "faults", "--interval", "200ms"];
     if filter {
         args.extend(["--pid", &pid]);
+    }
+    if fault_events {
+        args.push("--fault-events");
     }
     let tracer = Tracer::start(&args);
     let (delta, pages) = wl.run_window();
@@ -118,6 +123,7 @@ fn fault_counts_match_the_kernel(filter: bool) {
                 .all(|p| p.pid == pid_num)
         );
     }
+    (s.clone(), delta)
 }
 
 #[test]
@@ -125,7 +131,7 @@ fn fault_count_is_exact_with_in_kernel_pid_filter() {
     if skip_unless_root("fault_count_is_exact_with_in_kernel_pid_filter") {
         return;
     }
-    fault_counts_match_the_kernel(true);
+    fault_counts_match_the_kernel(true, false);
 }
 
 #[test]
@@ -133,12 +139,50 @@ fn fault_count_is_exact_without_filter() {
     if skip_unless_root("fault_count_is_exact_without_filter") {
         return;
     }
-    fault_counts_match_the_kernel(false);
+    fault_counts_match_the_kernel(false, false);
+}
+
+/// With `--fault-events` every fault is one record, counted by the
+/// collector: the count is still the kernel's, and so is the number of
+/// records (the filter lets only the workload's faults through).
+#[test]
+fn fault_count_is_exact_with_fault_events() {
+    if skip_unless_root("fault_count_is_exact_with_fault_events") {
+        return;
+    }
+    let (s, delta) = fault_counts_match_the_kernel(true, true);
+    assert_eq!(s.events, delta, "one record per fault: {s:?}");
+}
+
+/// Counted in the kernel, the workload's 65,536 faults in a 256 MiB region
+/// send one record per 2 MiB range and interval: at least one per range
+/// it touched (128, or 129 if the region is not 2 MiB aligned), at most
+/// that many per interval of the run; the kernel's fault count is the
+/// oracle for how many records `--fault-events` would have sent.
+#[test]
+fn in_kernel_counting_sends_one_fault_record_per_range_and_interval() {
+    if skip_unless_root("in_kernel_counting_sends_one_fault_record_per_range_and_interval") {
+        return;
+    }
+    let (s, delta) = fault_counts_match_the_kernel(true, false);
+    let ranges = delta / 512;
+    assert!(
+        (ranges..=(ranges + 1) * s.intervals).contains(&s.events),
+        "{} fault records for {delta} faults in {ranges} 2 MiB ranges over {} intervals",
+        s.events,
+        s.intervals
+    );
+    assert!(
+        s.events * 100 < delta,
+        "{} records is not far fewer than the {delta} faults",
+        s.events
+    );
 }
 
 /// A one-page ring buffer under a fault storm, with the collector stalled
 /// (SIGSTOP) while it happens, drops events, counts every drop, and
-/// received + dropped equals the kernel's fault count.
+/// received + dropped equals the kernel's fault count (every fault a
+/// record: `--fault-events`).
 #[test]
 fn ring_buffer_drops_are_counted_exactly() {
     if skip_unless_root("ring_buffer_drops_are_counted_exactly") {
@@ -157,6 +201,7 @@ fn ring_buffer_drops_are_counted_exactly() {
         "4K",
         "--interval",
         "5s",
+        "--fault-events",
     ]);
     let pw = tracer.pid() as i32;
     // SAFETY: signalling our own child.

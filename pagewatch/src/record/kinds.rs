@@ -485,7 +485,7 @@ mod tests {
             .iter()
             .map(Record::kind)
             .collect();
-        assert_eq!(kinds, [1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 7]);
+        assert_eq!(kinds, [1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12, 7]);
     }
 
     #[test]
