@@ -11,7 +11,8 @@ use std::{
 use pagewatch::hooks::{Attach, HOOKS};
 use pagewatch_tests::{
     Cause, MemCgroup, TopLine, TopSummary, Tracer, TransitionKind, json_lines, no_numa_balancing,
-    pagewatch_bin, run_pagewatch, skip_unless_root, summary, top_transitions, vmstat,
+    pagewatch_bin, report_json, report_processes, report_summary, run_pagewatch, skip_unless_root,
+    summary, top_transitions, vmstat,
 };
 
 /// The fault workload, started and waiting for "go".
@@ -176,6 +177,70 @@ fn in_kernel_counting_sends_one_fault_record_per_range_and_interval() {
         s.events * 100 < delta,
         "{} records is not far fewer than the {delta} faults",
         s.events
+    );
+}
+
+/// A recording holds the same faults either way: `report` shows pw-faults
+/// with at least the faults the kernel counted in its window (minflt +
+/// majflt), the same number whether they were counted in the kernel or
+/// from one event per fault (`--fault-events`; the two runs differ only in
+/// start-up: a few faults, where counting the kernel-counted recording's
+/// fault events too would add one per 2 MiB range, 32 at least), and the
+/// kernel-counted recording holds far fewer events than the window had
+/// faults.
+#[test]
+fn a_recording_counts_the_same_faults_in_the_kernel_and_per_event() {
+    if skip_unless_root("a_recording_counts_the_same_faults_in_the_kernel_and_per_event") {
+        return;
+    }
+    let _numa = no_numa_balancing();
+    let dir = std::env::temp_dir().join(format!("pw-rec-faults-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let script = format!("echo go | {} window 64", env!("CARGO_BIN_EXE_pw-faults"));
+    let mut runs = Vec::new();
+    for mode in [None, Some("--fault-events")] {
+        let file = dir.join(format!("{}.pwrec", mode.unwrap_or("default")));
+        let file_arg = file.to_string_lossy().into_owned();
+        let mut args = vec!["record", "-o", &file_arg, "--interval", "300ms"];
+        args.extend(mode);
+        args.extend(["--", "sh", "-c", &script]);
+        let (status, out, err) = run_pagewatch(&args);
+        assert!(status.success(), "record {mode:?} failed: {err}");
+        let delta: u64 = out
+            .lines()
+            .find_map(|l| l.strip_prefix("delta "))
+            .and_then(|rest| rest.split(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no delta line from pw-faults: {out}"));
+        let (lines, _) = report_json(&file);
+        let faults = report_processes(&lines)
+            .find(|p| p.comm == "pw-faults")
+            .unwrap_or_else(|| panic!("pw-faults not reported ({mode:?})"))
+            .faults;
+        assert!(
+            faults >= delta,
+            "{mode:?}: report shows {faults} faults, the window alone had {delta}"
+        );
+        runs.push((faults, report_summary(&lines).events, delta));
+    }
+    std::fs::remove_dir_all(&dir).expect("remove temp dir");
+    let [
+        (in_kernel, kernel_events, delta),
+        (per_event, all_events, _),
+    ] = runs[..]
+    else {
+        unreachable!("two runs");
+    };
+    assert!(
+        in_kernel.abs_diff(per_event) < 16,
+        "counted in the kernel {in_kernel}, from events {per_event}"
+    );
+    assert!(
+        all_events >= per_event,
+        "--fault-events: {all_events} events for {per_event} faults"
+    );
+    assert!(
+        kernel_events * 10 < delta,
+        "counted in the kernel: {kernel_events} events for a window of {delta} faults"
     );
 }
 
