@@ -13,13 +13,18 @@ pub mod fault_bits {
     pub const INSTRUCTION: u64 = 1 << 4;
 }
 
-/// One process's user page faults by kind (56 bytes, no padding): the
+/// One process's user page faults by kind (40 bytes, no padding): the
 /// value of the eBPF side's per-CPU `FAULT_COUNTS` map, keyed by tgid.
+///
+/// Each fault increments exactly one of `read`, `write` and `ifetch`, so
+/// their sum is the fault count, and faults in the user half are that sum
+/// minus `kernel_addr`: a reader copying the counters while a fault is
+/// being counted (the collector does, each interval) cannot see a total
+/// that disagrees with its own split. (The counters themselves are never
+/// torn; only the copy of several may straddle one fault.)
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FaultCounts {
-    /// All user-mode page faults.
-    pub faults: u64,
     /// Data reads (neither write nor instruction fetch).
     pub read: u64,
     pub write: u64,
@@ -27,8 +32,6 @@ pub struct FaultCounts {
     pub ifetch: u64,
     /// Protection faults on a present page (e.g. copy-on-write).
     pub protection: u64,
-    /// Faulting address in the user half of the address space.
-    pub user_addr: u64,
     /// Faulting address in the kernel half.
     pub kernel_addr: u64,
 }
@@ -37,7 +40,6 @@ impl FaultCounts {
     /// Counts one fault at `address` with the x86 `error_code`.
     #[inline(always)]
     pub fn count(&mut self, address: u64, error_code: u64) {
-        self.faults += 1;
         if error_code & fault_bits::WRITE != 0 {
             self.write += 1;
         } else if error_code & fault_bits::INSTRUCTION != 0 {
@@ -49,21 +51,22 @@ impl FaultCounts {
             self.protection += 1;
         }
         // The top bit splits user and kernel halves on x86-64 and arm64.
-        if address >> 63 == 0 {
-            self.user_addr += 1;
-        } else {
+        if address >> 63 != 0 {
             self.kernel_addr += 1;
         }
     }
 
+    /// All faults counted.
+    pub fn faults(&self) -> u64 {
+        self.read + self.write + self.ifetch
+    }
+
     /// Adds `other`'s counts (another CPU's) to these.
     pub fn add(&mut self, other: &FaultCounts) {
-        self.faults += other.faults;
         self.read += other.read;
         self.write += other.write;
         self.ifetch += other.ifetch;
         self.protection += other.protection;
-        self.user_addr += other.user_addr;
         self.kernel_addr += other.kernel_addr;
     }
 }
@@ -88,6 +91,6 @@ mod user {
     // SAFETY: both are repr(C), Copy, and have no padding (asserted below).
     unsafe impl aya::Pod for super::FaultCounts {}
     unsafe impl aya::Pod for super::FaultRange {}
-    const _: () = assert!(core::mem::size_of::<super::FaultCounts>() == 56);
+    const _: () = assert!(core::mem::size_of::<super::FaultCounts>() == 40);
     const _: () = assert!(core::mem::size_of::<super::FaultRange>() == 16);
 }

@@ -33,14 +33,16 @@ impl FaultStats {
     /// The faults counted from `before` to `now`, two reads of the eBPF
     /// side's cumulative per-process counters.
     pub fn growth(now: &FaultCounts, before: &FaultCounts) -> Self {
+        let faults = now.faults().saturating_sub(before.faults());
+        let kernel_addr = now.kernel_addr.saturating_sub(before.kernel_addr);
         Self {
-            faults: now.faults.saturating_sub(before.faults),
+            faults,
             read: now.read.saturating_sub(before.read),
             write: now.write.saturating_sub(before.write),
             ifetch: now.ifetch.saturating_sub(before.ifetch),
             protection: now.protection.saturating_sub(before.protection),
-            user_addr: now.user_addr.saturating_sub(before.user_addr),
-            kernel_addr: now.kernel_addr.saturating_sub(before.kernel_addr),
+            user_addr: faults.saturating_sub(kernel_addr),
+            kernel_addr,
         }
     }
 }
