@@ -75,6 +75,14 @@ fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> Error {
     move |source| Error::Map { name, source }
 }
 
+/// The result of deleting a key from map `name`: already gone is fine.
+fn removed(name: &'static str, result: std::result::Result<(), aya::maps::MapError>) -> Result<()> {
+    match result {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(source) => Err(Error::Map { name, source }),
+    }
+}
+
 fn missing_map(name: &'static str) -> Error {
     Error::Map {
         name,
@@ -218,13 +226,7 @@ impl Probe {
     /// Removes `tgid` from the in-kernel filter (it exited; its pid may be
     /// reused by an unrelated process).
     pub fn untrack_tgid(&mut self, tgid: u32) -> Result<()> {
-        match self.tgids.remove(&tgid) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(Error::Map {
-                name: "TGIDS",
-                source,
-            }),
-        }
+        removed("TGIDS", self.tgids.remove(&tgid))
     }
 
     /// Every process's faults counted in the kernel so far (all CPUs).
@@ -253,13 +255,7 @@ impl Probe {
 
     /// Deletes `tgid`'s fault counters (their last growth was reported).
     pub fn forget_fault_counts(&mut self, tgid: u32) -> Result<()> {
-        match self.fault_counts.remove(&tgid) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(Error::Map {
-                name: "FAULT_COUNTS",
-                source,
-            }),
-        }
+        removed("FAULT_COUNTS", self.fault_counts.remove(&tgid))
     }
 
     /// Starts fault interval `generation`: each process's next fault in
