@@ -6,4 +6,5 @@
 #![no_std]
 
 pub mod event;
+pub mod fault;
 pub mod hook;
