@@ -168,10 +168,22 @@ fn swap_out_under_a_memcg_limit_is_attributed_and_matches_smaps() {
         (swap_kb / 4) as i64,
         "net swapped-out pages vs smaps Swap"
     );
-    let causes: Vec<Cause> = out_t.iter().map(|t| t.cause).collect();
+    let other: Vec<_> = out_t
+        .iter()
+        .filter(|t| t.cause != Cause::MemcgReclaim)
+        .collect();
+    // Each interval's reclaim lines, to tell what the odd group lacked.
+    let reclaim: Vec<String> = lines
+        .iter()
+        .filter_map(|l| l.system())
+        .map(|s| format!("t={} dropped={} {:?}", s.t, s.dropped, s.system))
+        .collect();
     assert!(
-        causes.iter().all(|c| *c == Cause::MemcgReclaim),
-        "swap-outs under the cgroup limit are memcg reclaim: {causes:?}"
+        other.is_empty(),
+        "swap-outs under the cgroup limit are memcg reclaim; {} of {} groups are not: {other:#?}; \
+         every swap-out: {out_t:?}; each interval's system counts: {reclaim:#?}",
+        other.len(),
+        out_t.len()
     );
 }
 

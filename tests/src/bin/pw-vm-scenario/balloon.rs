@@ -297,11 +297,21 @@ pub fn under_pressure() -> Result {
     let record = Top::record(recording, &follow)?;
     let b = before()?;
     resize(target, pages, "balloon_inflate", b.inflate, &mut checks)?;
+    // The census reads PFNs in order for seconds. Under pressure balloon
+    // compaction moves balloon pages meanwhile: one moved from a PFN
+    // already read to one not read yet counts twice (the other way, not at
+    // all), so the count may be off by at most the pages moved during the
+    // read (vmstat balloon_migrate; a 7.3 guest once counted 1,676 over).
+    let migrate = vmstat("balloon_migrate");
     let offline = census_offline()?;
-    checks.eq(
-        "census OFFLINE pages under pressure",
-        offline - b.offline.min(offline),
-        pages,
+    let moved = vmstat("balloon_migrate") - migrate;
+    let got = offline - b.offline.min(offline);
+    checks.that(
+        &format!(
+            "census OFFLINE pages under pressure: {got}, expected {pages} give or take the {moved} \
+             balloon pages compaction moved during the read"
+        ),
+        got.abs_diff(pages) <= moved,
     );
     let (rss_mid, swap_mid) = proc_totals(w.pid)?;
     println!("  workload while inflated: rss {rss_mid} kB swap {swap_mid} kB");
