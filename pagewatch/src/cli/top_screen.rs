@@ -137,90 +137,68 @@ enum Value<'a> {
 
 type RowRef<'a> = &'a (ProcessKey, Process);
 
+/// Where a column's value comes from.
+enum Source {
+    Pid,
+    Comm,
+    Count(fn(&Process) -> u64),
+    Ns(fn(&Process) -> u64),
+}
+
 /// A column of the process table.
 struct Column {
     name: &'static str,
     width: u16,
-    value: for<'a> fn(RowRef<'a>) -> Value<'a>,
-    /// Largest first (counts), or smallest first (pid and name).
-    descending: bool,
+    source: Source,
+}
+
+impl Column {
+    fn value<'a>(&self, (key, p): RowRef<'a>) -> Value<'a> {
+        match self.source {
+            Source::Pid => Value::Count(key.pid.into()),
+            Source::Comm => Value::Text(&p.comm),
+            Source::Count(f) => Value::Count(f(p)),
+            Source::Ns(f) => Value::Ns(f(p)),
+        }
+    }
+
+    /// Counts sort largest first, pid and name smallest first.
+    fn descending(&self) -> bool {
+        matches!(self.source, Source::Count(_) | Source::Ns(_))
+    }
+}
+
+const fn column(name: &'static str, width: u16, source: Source) -> Column {
+    Column {
+        name,
+        width,
+        source,
+    }
 }
 
 /// The process table's columns: the line output's, with TOTAL (faults
 /// since the screen started) after FAULTS (the last interval's).
 const COLUMNS: &[Column] = &[
-    Column {
-        name: "PID",
-        width: 8,
-        value: |r| Value::Count(r.0.pid.into()),
-        descending: false,
-    },
-    Column {
-        name: "COMM",
-        width: 16,
-        value: |r| Value::Text(&r.1.comm),
-        descending: false,
-    },
-    Column {
-        name: "FAULTS",
-        width: 9,
-        value: |r| Value::Count(r.1.last.faults.faults),
-        descending: true,
-    },
-    Column {
-        name: "TOTAL",
-        width: 10,
-        value: |r| Value::Count(r.1.total_faults),
-        descending: true,
-    },
-    Column {
-        name: "READ",
-        width: 9,
-        value: |r| Value::Count(r.1.last.faults.read),
-        descending: true,
-    },
-    Column {
-        name: "WRITE",
-        width: 9,
-        value: |r| Value::Count(r.1.last.faults.write),
-        descending: true,
-    },
-    Column {
-        name: "IFETCH",
-        width: 7,
-        value: |r| Value::Count(r.1.last.faults.ifetch),
-        descending: true,
-    },
-    Column {
-        name: "PROT",
-        width: 7,
-        value: |r| Value::Count(r.1.last.faults.protection),
-        descending: true,
-    },
-    Column {
-        name: "KADDR",
-        width: 6,
-        value: |r| Value::Count(r.1.last.faults.kernel_addr),
-        descending: true,
-    },
-    Column {
-        name: "DIRECT_MS",
-        width: 10,
-        value: |r| Value::Ns(r.1.last.reclaim.direct_reclaim_ns),
-        descending: true,
-    },
-    Column {
-        name: "MEMCG_MS",
-        width: 10,
-        value: |r| Value::Ns(r.1.last.reclaim.memcg_reclaim_ns),
-        descending: true,
-    },
-    Column {
-        name: "THP_COLL",
-        width: 8,
-        value: |r| Value::Count(r.1.last.thp_collapses),
-        descending: true,
-    },
+    column("PID", 8, Source::Pid),
+    column("COMM", 16, Source::Comm),
+    column("FAULTS", 9, Source::Count(|p| p.last.faults.faults)),
+    column("TOTAL", 10, Source::Count(|p| p.total_faults)),
+    column("READ", 9, Source::Count(|p| p.last.faults.read)),
+    column("WRITE", 9, Source::Count(|p| p.last.faults.write)),
+    column("IFETCH", 7, Source::Count(|p| p.last.faults.ifetch)),
+    column("PROT", 7, Source::Count(|p| p.last.faults.protection)),
+    column("KADDR", 6, Source::Count(|p| p.last.faults.kernel_addr)),
+    column(
+        "DIRECT_MS",
+        10,
+        Source::Ns(|p| p.last.reclaim.direct_reclaim_ns),
+    ),
+    column(
+        "MEMCG_MS",
+        10,
+        Source::Ns(|p| p.last.reclaim.memcg_reclaim_ns),
+    ),
+    column("THP_COLL", 8, Source::Count(|p| p.last.thp_collapses)),
 ];
 
 /// The default sort column.
@@ -445,8 +423,8 @@ impl State {
             .filter(|(_, p)| p.comm.contains(self.filter.as_str()))
             .collect();
         rows.sort_by(|a, b| {
-            let order = (column.value)(a).cmp(&(column.value)(b));
-            let order = if column.descending {
+            let order = column.value(a).cmp(&column.value(b));
+            let order = if column.descending() {
                 order.reverse()
             } else {
                 order
@@ -466,7 +444,7 @@ impl State {
         }))
         .style(Style::default().add_modifier(Modifier::BOLD));
         let body = rows.iter().map(|r| {
-            Row::new(COLUMNS.iter().map(|c| match (c.value)(r) {
+            Row::new(COLUMNS.iter().map(|c| match c.value(r) {
                 Value::Text(t) => Cell::from(t.to_owned()),
                 Value::Count(n) => Cell::from(Line::from(n.to_string()).right_aligned()),
                 Value::Ns(ns) => Cell::from(Line::from(format!("{:.1}", ms(ns))).right_aligned()),
