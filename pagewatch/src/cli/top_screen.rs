@@ -556,3 +556,30 @@ async fn keys(screen: Rc<RefCell<Screen>>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::pack;
+
+    #[test]
+    fn header_lines_split_at_bars_to_fit() {
+        let line = "reclaim: scanned 0 | kswapd 0 wakes 0.0ms | direct 0 0.0ms";
+        assert_eq!(pack(line, 80), vec![line]);
+        assert_eq!(
+            pack(line, 41),
+            vec![
+                "reclaim: scanned 0 | kswapd 0 wakes 0.0ms",
+                "direct 0 0.0ms"
+            ]
+        );
+        // A part wider than the screen stands alone (ratatui clips it).
+        assert_eq!(
+            pack(line, 10),
+            vec![
+                "reclaim: scanned 0",
+                "kswapd 0 wakes 0.0ms",
+                "direct 0 0.0ms"
+            ]
+        );
+    }
+}
