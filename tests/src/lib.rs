@@ -284,6 +284,55 @@ pub fn top_transitions(lines: &[TopLine]) -> impl Iterator<Item = &TransitionGro
     })
 }
 
+/// The fault workload (`pw-faults window MIB`, at `program`), started
+/// and waiting for "go".
+pub struct FaultWorkload {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    pub pid: u32,
+}
+
+impl FaultWorkload {
+    pub fn start(program: &str, mib: usize) -> Self {
+        use std::io::BufRead as _;
+        let mut child = Command::new(program)
+            .args(["window", &mib.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn pw-faults");
+        let stdin = child.stdin.take().expect("stdin");
+        let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let pid_line = lines.next().expect("pid line").expect("read");
+        let pid = pid_line
+            .strip_prefix("pid ")
+            .and_then(|p| p.parse().ok())
+            .expect("pid N");
+        assert_eq!(lines.next().expect("ready").expect("read"), "ready");
+        Self {
+            child,
+            stdin,
+            lines,
+            pid,
+        }
+    }
+
+    /// Runs the window; returns (kernel fault delta, pages touched).
+    pub fn run_window(&mut self) -> (u64, u64) {
+        writeln!(self.stdin, "go").expect("send go");
+        let line = self.lines.next().expect("result").expect("read");
+        let f: Vec<&str> = line.split(' ').collect();
+        assert_eq!((f[0], f[2]), ("delta", "pages"), "unexpected {line:?}");
+        (f[1].parse().unwrap(), f[3].parse().unwrap())
+    }
+
+    pub fn finish(mut self) {
+        drop(self.stdin);
+        assert!(self.child.wait().expect("wait").success());
+    }
+}
+
 /// NUMA balancing off until the guard drops (restored even on failure),
 /// where the kernel has it: on a NUMA machine (the test VM has two nodes)
 /// its hinting faults, some retried and some from kernel mode, add faults a

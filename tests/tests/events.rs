@@ -5,62 +5,15 @@
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    process::{Child, ChildStdin, Command, Stdio},
+    process::{Command, Stdio},
 };
 
 use pagewatch::hooks::{Attach, HOOKS};
 use pagewatch_tests::{
-    Cause, MemCgroup, TopLine, TopSummary, Tracer, TransitionKind, json_lines, no_numa_balancing,
-    pagewatch_bin, report_json, report_processes, report_summary, run_pagewatch, skip_unless_root,
-    summary, top_transitions, vmstat,
+    Cause, FaultWorkload, MemCgroup, TopLine, TopSummary, Tracer, TransitionKind, json_lines,
+    no_numa_balancing, pagewatch_bin, report_json, report_processes, report_summary, run_pagewatch,
+    skip_unless_root, summary, top_transitions, vmstat,
 };
-
-/// The fault workload, started and waiting for "go".
-struct FaultWorkload {
-    child: Child,
-    stdin: ChildStdin,
-    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
-    pid: u32,
-}
-
-impl FaultWorkload {
-    fn start(mib: usize) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pw-faults"))
-            .args(["window", &mib.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn pw-faults");
-        let stdin = child.stdin.take().expect("stdin");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let pid_line = lines.next().expect("pid line").expect("read");
-        let pid = pid_line
-            .strip_prefix("pid ")
-            .and_then(|p| p.parse().ok())
-            .expect("pid N");
-        assert_eq!(lines.next().expect("ready").expect("read"), "ready");
-        Self {
-            child,
-            stdin,
-            lines,
-            pid,
-        }
-    }
-
-    /// Runs the window; returns (kernel fault delta, pages touched).
-    fn run_window(&mut self) -> (u64, u64) {
-        writeln!(self.stdin, "go").expect("send go");
-        let line = self.lines.next().expect("result").expect("read");
-        let f: Vec<&str> = line.split(' ').collect();
-        assert_eq!((f[0], f[2]), ("delta", "pages"), "unexpected {line:?}");
-        (f[1].parse().unwrap(), f[3].parse().unwrap())
-    }
-
-    fn finish(mut self) {
-        drop(self.stdin);
-        assert!(self.child.wait().expect("wait").success());
-    }
-}
 
 fn faults_of(lines: &[TopLine], pid: u32) -> u64 {
     lines
@@ -85,7 +38,7 @@ fn faults_of(lines: &[TopLine], pid: u32) -> u64 {
 /// balancing is switched off for the window (see [`no_numa_balancing`]).
 fn fault_counts_match_the_kernel(filter: bool, fault_events: bool) -> (TopSummary, u64) {
     let _numa = no_numa_balancing();
-    let mut wl = FaultWorkload::start(256);
+    let mut wl = FaultWorkload::start(env!("CARGO_BIN_EXE_pw-faults"), 256);
     let pid_num = wl.pid;
     let pid = pid_num.to_string();
     let mut args = vec!["--events", "faults", "--interval", "200ms"];
@@ -254,7 +207,7 @@ fn ring_buffer_drops_are_counted_exactly() {
         return;
     }
     let _numa = no_numa_balancing();
-    let mut wl = FaultWorkload::start(256);
+    let mut wl = FaultWorkload::start(env!("CARGO_BIN_EXE_pw-faults"), 256);
     let pid_num = wl.pid;
     let pid = pid_num.to_string();
     let tracer = Tracer::start(&[

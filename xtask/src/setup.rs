@@ -4,7 +4,8 @@
 //!
 //! The recipe (docs/toolchain.md says why each step is there): Debian's
 //! LLVM 22 development packages, bpf-linker 0.13 built against them, the
-//! nightly toolchain with rust-src (for `-Z build-std=core`), and tracefs.
+//! nightly toolchain with rust-src (for `-Z build-std=core`), tracefs, and
+//! tmux for the tests.
 
 use std::{path::Path, process::Command};
 
@@ -12,8 +13,9 @@ use anyhow::bail;
 
 use crate::cmd::{self, step};
 
-/// Debian packages bpf-linker's LLVM 22 build links against.
-const APT_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev"];
+/// Debian packages bpf-linker's LLVM 22 build links against, and tmux,
+/// which the integration test of `top`'s live screen drives.
+const APT_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "tmux"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn run() -> anyhow::Result<()> {

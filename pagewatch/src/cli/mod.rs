@@ -10,6 +10,7 @@ mod report;
 mod session;
 mod snapshot;
 mod top;
+mod top_screen;
 
 use clap::{Parser, Subcommand};
 pub use duration::parse_duration;

@@ -1,9 +1,13 @@
 //! `pagewatch top`: live per-process page faults, reclaim stalls and THP
 //! collapses, system reclaim/THP/compaction/migration/KSM/OOM counts, and
 //! (with `--pid`/`--comm`) the attributed page transitions of the followed
-//! processes, every interval, as a table or JSON lines, then a summary.
+//! processes, every interval, as a table or JSON lines, then a summary;
+//! on a terminal, a live screen instead (see [`super::top_screen`]).
 
-use std::{collections::BTreeMap, io::Write as _};
+use std::{
+    collections::BTreeMap,
+    io::{IsTerminal as _, Write as _},
+};
 
 use clap::Args;
 use pagewatch::{
@@ -24,6 +28,10 @@ pub struct TopArgs {
     /// One JSON object per line instead of a table.
     #[arg(long)]
     json: bool,
+    /// Print each interval as lines even on a terminal (as when piped),
+    /// instead of the live screen.
+    #[arg(long)]
+    lines: bool,
     /// Rows per interval in the table.
     #[arg(long, default_value_t = 10)]
     limit: usize,
@@ -39,6 +47,9 @@ pub fn run(args: TopArgs) -> anyhow::Result<()> {
         limit: args.limit,
         hidden: (!args.include_self).then(std::process::id),
     };
+    if !args.json && !args.lines && std::io::stdout().is_terminal() {
+        return super::top_screen::run(config, sink);
+    }
     super::block_on(async {
         let mut session = start(config)?;
         session.drop_privileges();
@@ -47,17 +58,17 @@ pub fn run(args: TopArgs) -> anyhow::Result<()> {
 }
 
 /// Prints each interval as a table or JSON lines.
-struct TopSink {
+pub(super) struct TopSink {
     json: bool,
     limit: usize,
     /// pagewatch's own pid unless `--self`: its snapshots' page faults
     /// are not the workload's.
-    hidden: Option<u32>,
+    pub(super) hidden: Option<u32>,
 }
 
 /// One row per process (a reused pid is a row of its own), most faults
 /// first.
-fn rows(
+pub(super) fn rows(
     view: &SessionView<'_>,
     processes: &BTreeMap<ProcessKey, ProcessStats>,
     hidden: Option<u32>,
@@ -258,11 +269,11 @@ fn write_transitions(
     Ok(())
 }
 
-fn ms(ns: u64) -> f64 {
+pub(super) fn ms(ns: u64) -> f64 {
     ns as f64 / 1e6
 }
 
-fn reclaim_line(s: &SystemStats) -> String {
+pub(super) fn reclaim_line(s: &SystemStats) -> String {
     format!(
         "reclaim: scanned {} reclaimed {} written {} | kswapd {} wakes {:.1}ms | direct {} {:.1}ms | memcg {} {:.1}ms",
         s.pages_scanned,
@@ -278,7 +289,7 @@ fn reclaim_line(s: &SystemStats) -> String {
 }
 
 /// THP, compaction, migration, KSM, OOM and process counts, when any.
-fn page_events_line(s: &SystemStats, scans: &BTreeMap<String, u64>) -> Option<String> {
+pub(super) fn page_events_line(s: &SystemStats, scans: &BTreeMap<String, u64>) -> Option<String> {
     let p = &s.page_events;
     let any = [
         p.thp_scans + p.thp_pmd_splits + p.thp_folio_splits,
