@@ -6,5 +6,4 @@
 #![no_std]
 
 pub mod event;
-pub mod fault;
 pub mod hook;

@@ -6,30 +6,21 @@
 //! read their arguments themselves. Every program hands its record to
 //! [`submit`], which writes it to the `EVENTS` ring buffer, counting a
 //! per-CPU drop when it is full. Wakeups are batched (see `WAKEUP_BYTES`).
-//!
-//! Page faults are counted here, per process and kind, in `FAULT_COUNTS`
-//! (read by the collector each interval); only the first fault of a
-//! process in each 2 MiB range and interval goes through the ring buffer,
-//! for attribution. With `FAULT_EVENTS` set, every fault is a record and
-//! the collector counts them.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{
-        BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
-    },
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
     macros::{fentry, fexit, map, tracepoint},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::{FEntryContext, FExitContext, TracePointContext},
 };
 use pagewatch_common::{
     event::{EventHeader, MAX_ARGS, NARROW_ARGS, RawEvent},
-    fault::{FaultCounts, FaultRange, UNCOUNTED_FAULTS_SLOT},
     hook::{Hook, HookConfig, MAX_HOOKS},
 };
 
@@ -59,41 +50,6 @@ static FILTER_TGIDS: u8 = 0;
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: u64 = 0;
 
-/// User page faults per tgid, by kind, per CPU (the collector sums the
-/// CPUs and reports the growth since its last read). Allocated as
-/// processes fault, not up front: one slot per CPU per process.
-#[map]
-static FAULT_COUNTS: PerCpuHashMap<u32, FaultCounts> =
-    PerCpuHashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
-
-/// The interval in which each (tgid, 2 MiB range) last sent a fault record.
-/// Evicting a range early only sends one more record.
-#[map]
-static FAULT_RANGES: LruHashMap<FaultRange, u64> = LruHashMap::with_max_entries(16384, 0);
-
-/// The last range that sent a record (or found one sent), per CPU, and in
-/// which interval: a run of faults in one range on one CPU (a sequential
-/// touch: 512 per range) skips the `FAULT_RANGES` lookup.
-#[map]
-static LAST_RANGE: PerCpuArray<LastRange> = PerCpuArray::with_max_entries(1, 0);
-
-/// A [`LAST_RANGE`] entry.
-#[derive(Clone, Copy)]
-#[repr(C)]
-struct LastRange {
-    range: FaultRange,
-    generation: u64,
-}
-
-/// Slot 0: the current interval, bumped by the collector at each interval's end.
-#[map]
-static FAULT_GENERATION: Array<u64> = Array::with_max_entries(1, 0);
-
-/// Set to 1 by userspace (at load time) for `--fault-events`: every fault
-/// is a record, and nothing is counted here.
-#[unsafe(no_mangle)]
-static FAULT_EVENTS: u8 = 0;
-
 #[inline(always)]
 fn read_field(ctx: &TracePointContext, offset: u16, size: u8) -> u64 {
     let off = offset as usize;
@@ -119,7 +75,11 @@ fn emit(ctx: &TracePointContext, hook: Hook) -> u32 {
     };
     let pid_tgid = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
-    if !wanted(cfg, tgid) {
+    // SAFETY: FILTER_TGIDS is a load-time constant; read_volatile keeps the
+    // compiler from folding away the value userspace patches in.
+    let filtering = unsafe { core::ptr::read_volatile(&FILTER_TGIDS) } != 0;
+    // SAFETY: the value is only tested for presence, never held.
+    if filtering && cfg.per_process != 0 && unsafe { TGIDS.get(&tgid) }.is_none() {
         return 0;
     }
     if cfg.wide != 0 {
@@ -143,89 +103,6 @@ fn emit(ctx: &TracePointContext, hook: Hook) -> u32 {
         submit::<NARROW_ARGS>(hook, tgid, tid, |i| {
             read_field(ctx, cfg.offsets[i], cfg.sizes[i])
         })
-    }
-}
-
-/// Whether the tgid filter lets `tgid`'s events of the hook `cfg` through.
-#[inline(always)]
-fn wanted(cfg: &HookConfig, tgid: u32) -> bool {
-    // SAFETY: FILTER_TGIDS is a load-time constant; read_volatile keeps the
-    // compiler from folding away the value userspace patches in.
-    let filtering = unsafe { core::ptr::read_volatile(&FILTER_TGIDS) } != 0;
-    // SAFETY: the value is only tested for presence, never held.
-    !(filtering && cfg.per_process != 0 && unsafe { TGIDS.get(&tgid) }.is_none())
-}
-
-/// `exceptions/page_fault_user`: counted in `FAULT_COUNTS`, and a record
-/// only for the process's first fault in its 2 MiB range this interval
-/// (or for every fault, with `FAULT_EVENTS`).
-#[tracepoint]
-pub fn page_fault_user(ctx: TracePointContext) -> u32 {
-    // SAFETY: load-time constant (see wanted).
-    if unsafe { core::ptr::read_volatile(&FAULT_EVENTS) } != 0 {
-        return emit(&ctx, Hook::PageFaultUser);
-    }
-    let Some(cfg) = HOOKS.get(Hook::PageFaultUser as u32) else {
-        return 0;
-    };
-    let tgid = ctx.tgid();
-    if !wanted(cfg, tgid) {
-        return 0;
-    }
-    // Fields 0 and 2: address and error_code, in one read when they are
-    // contiguous (as on every kernel so far).
-    let (address, error_code) = if cfg.contiguous != 0 {
-        // SAFETY: bpf_probe_read_kernel on the tracepoint record; failure
-        // yields zeros.
-        let all = unsafe { ctx.read_at::<[u64; 3]>(cfg.offsets[0] as usize) }.unwrap_or([0; 3]);
-        (all[0], all[2])
-    } else {
-        (
-            read_field(&ctx, cfg.offsets[0], cfg.sizes[0]),
-            read_field(&ctx, cfg.offsets[2], cfg.sizes[2]),
-        )
-    };
-    count_fault(tgid, address, error_code);
-    let generation = FAULT_GENERATION.get(0).copied().unwrap_or(0);
-    let range = FaultRange {
-        tgid,
-        _pad: 0,
-        range: address >> 21,
-    };
-    let Some(last) = LAST_RANGE.get_ptr_mut(0) else {
-        return 0;
-    };
-    // SAFETY: this CPU's slot (see count_fault).
-    let last = unsafe { &mut *last };
-    if last.generation == generation && last.range == range {
-        return 0;
-    }
-    *last = LastRange { range, generation };
-    // SAFETY: the value is copied at once.
-    if unsafe { FAULT_RANGES.get(&range) }.copied() == Some(generation) {
-        return 0;
-    }
-    let _ = FAULT_RANGES.insert(&range, &generation, 0);
-    emit(&ctx, Hook::PageFaultUser)
-}
-
-/// Adds one fault to `tgid`'s counters on this CPU, creating them on its
-/// first fault; a fault the full map has no room for is counted in the
-/// `DROPS` slot [`UNCOUNTED_FAULTS_SLOT`].
-#[inline(always)]
-fn count_fault(tgid: u32, address: u64, error_code: u64) {
-    if FAULT_COUNTS.get_ptr_mut(tgid).is_none() {
-        // NOEXIST: if another CPU created them first, its entry (and count)
-        // stands; this CPU's slot in it starts at zero.
-        let _ = FAULT_COUNTS.insert(tgid, FaultCounts::default(), BPF_NOEXIST.into());
-    }
-    if let Some(counts) = FAULT_COUNTS.get_ptr_mut(tgid) {
-        // SAFETY: this CPU's slot; a tracepoint program is not preempted
-        // by another on the same CPU.
-        unsafe { (*counts).count(address, error_code) };
-    } else if let Some(lost) = DROPS.get_ptr_mut(UNCOUNTED_FAULTS_SLOT) {
-        // SAFETY: per-CPU slot, as in submit.
-        unsafe { *lost += 1 };
     }
 }
 
@@ -311,6 +188,7 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
 }
 
 programs! {
+    page_fault_user => PageFaultUser,
     kswapd_wake => KswapdWake,
     kswapd_sleep => KswapdSleep,
     direct_reclaim_begin => DirectReclaimBegin,

@@ -7,9 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use pagewatch_common::fault::FaultCounts;
-
-use crate::event::{Event, EventKind};
+use crate::event::{Event, EventKind, fault_bits};
 
 /// Page faults split the ways a developer asks about them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -27,30 +25,6 @@ pub struct FaultStats {
     pub user_addr: u64,
     /// Faulting address in the kernel half (always a bug or an exploit).
     pub kernel_addr: u64,
-}
-
-impl FaultStats {
-    /// The faults counted from `before` to `now`, two reads of the eBPF
-    /// side's cumulative per-process counters.
-    pub fn growth(now: &FaultCounts, before: &FaultCounts) -> Self {
-        let faults = now.faults().saturating_sub(before.faults());
-        let kernel_addr = now.kernel_addr.saturating_sub(before.kernel_addr);
-        Self {
-            faults,
-            read: now.read.saturating_sub(before.read),
-            write: now.write.saturating_sub(before.write),
-            ifetch: now.ifetch.saturating_sub(before.ifetch),
-            protection: now.protection.saturating_sub(before.protection),
-            user_addr: faults.saturating_sub(kernel_addr),
-            kernel_addr,
-        }
-    }
-}
-
-impl From<&FaultCounts> for FaultStats {
-    fn from(counts: &FaultCounts) -> Self {
-        Self::growth(counts, &FaultCounts::default())
-    }
 }
 
 /// Reclaim time and work, per process or system-wide.
@@ -253,28 +227,15 @@ pub struct Aggregator<K = u32> {
     open: HashMap<(Episode, u32), u64>,
     /// kswapd threads awake: nid -> wake ns.
     kswapd_awake: HashMap<i64, u64>,
-    /// Whether fault records are counted (every fault was sent); else they
-    /// are only the samples that carry addresses, and the counts come from
-    /// [`Aggregator::add_faults_for`].
-    count_fault_records: bool,
 }
 
 impl<K> Default for Aggregator<K> {
     fn default() -> Self {
-        Self::counting_fault_records(true)
-    }
-}
-
-impl<K> Aggregator<K> {
-    /// An aggregator that counts fault records (`true`: each is one fault)
-    /// or leaves fault counting to [`Aggregator::add_faults_for`].
-    pub fn counting_fault_records(count: bool) -> Self {
         Self {
             current: Tally::default(),
             total: Tally::default(),
             open: HashMap::new(),
             kswapd_awake: HashMap::new(),
-            count_fault_records: count,
         }
     }
 }
@@ -297,10 +258,23 @@ impl<K: Ord + Copy> Aggregator<K> {
                 error_code,
                 ..
             } => {
-                if self.count_fault_records {
-                    let mut one = FaultCounts::default();
-                    one.count(address, error_code);
-                    self.add_faults_for(process, &FaultStats::from(&one));
+                let f = &mut self.current.processes.entry(process).or_default().faults;
+                f.faults += 1;
+                if error_code & fault_bits::WRITE != 0 {
+                    f.write += 1;
+                } else if error_code & fault_bits::INSTRUCTION != 0 {
+                    f.ifetch += 1;
+                } else {
+                    f.read += 1;
+                }
+                if error_code & fault_bits::PROTECTION != 0 {
+                    f.protection += 1;
+                }
+                // The top bit splits user and kernel halves on x86-64 and arm64.
+                if address >> 63 == 0 {
+                    f.user_addr += 1;
+                } else {
+                    f.kernel_addr += 1;
                 }
             }
             EventKind::KswapdWake { nid, .. } => {
@@ -463,15 +437,6 @@ impl<K: Ord + Copy> Aggregator<K> {
         self.current.processes.entry(victim).or_default().oom_killed += 1;
     }
 
-    /// Adds faults counted elsewhere (the eBPF side's counters, or a
-    /// recording's fault counts) to `process`.
-    pub fn add_faults_for(&mut self, process: K, faults: &FaultStats) {
-        add_faults(
-            &mut self.current.processes.entry(process).or_default().faults,
-            faults,
-        );
-    }
-
     /// Adds balloon page counts read from /proc/vmstat deltas.
     pub fn add_balloon_vmstat(&mut self, inflated: u64, deflated: u64) {
         let p = &mut self.current.system.page_events;
@@ -481,7 +446,7 @@ impl<K: Ord + Copy> Aggregator<K> {
 
     /// Whether the current interval has counted anything yet.
     pub fn has_events(&self) -> bool {
-        self.current.events > 0 || !self.current.processes.is_empty()
+        self.current.events > 0
     }
 
     /// Totals of every interval taken so far.
@@ -533,27 +498,6 @@ mod tests {
         assert_eq!((p.user_addr, p.kernel_addr), (3, 0));
         assert_eq!(t.processes[&11].faults.kernel_addr, 1);
         assert_eq!(t.events, 4);
-        assert_eq!(a.total().processes[&10].faults.faults, 3);
-    }
-
-    /// Counted in the kernel, fault records are samples: only the counts
-    /// handed over (the growth of cumulative counters) are faults, once.
-    #[test]
-    fn kernel_counts_are_the_only_fault_source_when_records_are_samples() {
-        let mut a = Aggregator::counting_fault_records(false);
-        a.add(&fault(10, 0x1000, 0b00110));
-        let mut first = FaultCounts::default();
-        first.count(0x1000, 0b00110);
-        first.count(0x2000, 0b00100);
-        let mut later = first;
-        later.count(0x3000, 0b10100);
-        a.add_faults_for(10, &FaultStats::growth(&first, &FaultCounts::default()));
-        let t = a.take_interval();
-        let p = t.processes[&10].faults;
-        assert_eq!((t.events, p.faults, p.write, p.read), (1, 2, 1, 1));
-        a.add_faults_for(10, &FaultStats::growth(&later, &first));
-        let t = a.take_interval();
-        assert_eq!(t.processes[&10].faults.ifetch, 1);
         assert_eq!(a.total().processes[&10].faults.faults, 3);
     }
 

@@ -14,6 +14,16 @@ use crate::{
     tracefs::EventFormat,
 };
 
+/// x86 page fault error code bits (arch/x86/include/asm/trap_pf.h).
+pub mod fault_bits {
+    /// The fault was a protection violation (the page was present).
+    pub const PROTECTION: u64 = 1 << 0;
+    /// The access was a write.
+    pub const WRITE: u64 = 1 << 1;
+    /// The access was an instruction fetch.
+    pub const INSTRUCTION: u64 = 1 << 4;
+}
+
 /// One decoded event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Event {

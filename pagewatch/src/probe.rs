@@ -6,12 +6,11 @@
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{FEntry, FExit, ProgramError, TracePoint},
 };
 use pagewatch_common::{
     event::{MAX_ARGS, NARROW_ARGS},
-    fault::{FaultCounts, UNCOUNTED_FAULTS_SLOT},
     hook::{Hook, HookConfig},
 };
 
@@ -49,11 +48,6 @@ pub struct ProbeOptions {
     pub filter_tgids: bool,
     /// Which hook families to attach.
     pub families: Vec<Family>,
-    /// Send every page fault as a record, counted by the collector;
-    /// else faults are counted per process in the kernel
-    /// ([`Probe::fault_counts`]) and only the first fault of a process in
-    /// each 2 MiB range and interval is sent (see [`Probe::next_fault_interval`]).
-    pub fault_events: bool,
 }
 
 /// The loaded object with its control maps. The event ring buffer is handed
@@ -63,8 +57,6 @@ pub struct Probe {
     _ebpf: Ebpf,
     drops: PerCpuArray<MapData, u64>,
     tgids: HashMap<MapData, u32, u8>,
-    fault_counts: PerCpuHashMap<MapData, u32, FaultCounts>,
-    fault_generation: Array<MapData, u64>,
     pub attached: Vec<AttachedHook>,
     pub skipped: Vec<SkippedHook>,
     /// Set when pagewatch had to mount tracefs itself.
@@ -73,14 +65,6 @@ pub struct Probe {
 
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> Error {
     move |source| Error::Map { name, source }
-}
-
-/// The result of deleting a key from map `name`: already gone is fine.
-fn removed(name: &'static str, result: std::result::Result<(), aya::maps::MapError>) -> Result<()> {
-    match result {
-        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-        Err(source) => Err(Error::Map { name, source }),
-    }
 }
 
 fn missing_map(name: &'static str) -> Error {
@@ -111,7 +95,6 @@ impl Probe {
         }
         let (tracefs, mounted_tracefs) = Tracefs::find_or_mount()?;
         let filter = u8::from(opts.filter_tgids);
-        let fault_events = u8::from(opts.fault_events);
         let wakeup = u64::from(opts.ring_buffer_bytes / WAKEUP_FRACTION);
         let proc = ProcRoot::default();
         let btf_hooks: Vec<&HookSpec> = HOOKS
@@ -143,7 +126,6 @@ impl Probe {
                 .map_max_entries("EVENTS", opts.ring_buffer_bytes)
                 .override_global("FILTER_TGIDS", &filter, true)
                 .override_global("WAKEUP_BYTES", &wakeup, true)
-                .override_global("FAULT_EVENTS", &fault_events, true)
                 .override_global("VMEMMAP_BASE_SYM", &vmemmap_base_sym, true)
                 .override_global("VMEMMAP_START", &X86_64_VMEMMAP_START, true)
                 .override_global("PAGE_STRUCT_SIZE", &STRUCT_PAGE_SIZE, true)
@@ -201,16 +183,10 @@ impl Probe {
         let events = RingBuf::try_from(take(&mut ebpf, "EVENTS")?).map_err(map_err("EVENTS"))?;
         let drops = PerCpuArray::try_from(take(&mut ebpf, "DROPS")?).map_err(map_err("DROPS"))?;
         let tgids = HashMap::try_from(take(&mut ebpf, "TGIDS")?).map_err(map_err("TGIDS"))?;
-        let fault_counts = PerCpuHashMap::try_from(take(&mut ebpf, "FAULT_COUNTS")?)
-            .map_err(map_err("FAULT_COUNTS"))?;
-        let fault_generation = Array::try_from(take(&mut ebpf, "FAULT_GENERATION")?)
-            .map_err(map_err("FAULT_GENERATION"))?;
         let probe = Self {
             _ebpf: ebpf,
             drops,
             tgids,
-            fault_counts,
-            fault_generation,
             attached,
             skipped,
             mounted_tracefs,
@@ -226,54 +202,13 @@ impl Probe {
     /// Removes `tgid` from the in-kernel filter (it exited; its pid may be
     /// reused by an unrelated process).
     pub fn untrack_tgid(&mut self, tgid: u32) -> Result<()> {
-        removed("TGIDS", self.tgids.remove(&tgid))
-    }
-
-    /// Every process's faults counted in the kernel so far (all CPUs).
-    pub fn fault_counts(&self) -> Result<Vec<(u32, FaultCounts)>> {
-        let mut all = Vec::new();
-        for entry in self.fault_counts.iter() {
-            // A process deleted between listing and lookup is simply gone.
-            let (tgid, per_cpu) = match entry {
-                Ok(entry) => entry,
-                Err(aya::maps::MapError::KeyNotFound) => continue,
-                Err(source) => {
-                    return Err(Error::Map {
-                        name: "FAULT_COUNTS",
-                        source,
-                    });
-                }
-            };
-            let mut sum = FaultCounts::default();
-            for c in per_cpu.iter() {
-                sum.add(c);
-            }
-            all.push((tgid, sum));
+        match self.tgids.remove(&tgid) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(Error::Map {
+                name: "TGIDS",
+                source,
+            }),
         }
-        Ok(all)
-    }
-
-    /// Deletes `tgid`'s fault counters (their last growth was reported).
-    pub fn forget_fault_counts(&mut self, tgid: u32) -> Result<()> {
-        removed("FAULT_COUNTS", self.fault_counts.remove(&tgid))
-    }
-
-    /// Starts fault interval `generation`: each process's next fault in
-    /// each 2 MiB range is sent as a record again.
-    pub fn next_fault_interval(&mut self, generation: u64) -> Result<()> {
-        self.fault_generation
-            .set(0, generation, 0)
-            .map_err(map_err("FAULT_GENERATION"))
-    }
-
-    /// Faults the kernel could not count (its counter map was full), all
-    /// CPUs.
-    pub fn uncounted_faults(&self) -> Result<u64> {
-        let values = self
-            .drops
-            .get(&UNCOUNTED_FAULTS_SLOT, 0)
-            .map_err(map_err("DROPS"))?;
-        Ok(values.iter().sum())
     }
 
     /// Records dropped so far for `hook`, one entry per possible CPU.

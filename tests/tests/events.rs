@@ -10,9 +10,9 @@ use std::{
 
 use pagewatch::hooks::{Attach, HOOKS};
 use pagewatch_tests::{
-    Cause, FaultWorkload, MemCgroup, TopLine, TopSummary, Tracer, TransitionKind, json_lines,
-    no_numa_balancing, pagewatch_bin, report_json, report_processes, report_summary, run_pagewatch,
-    skip_unless_root, summary, top_transitions, vmstat,
+    Cause, FaultWorkload, MemCgroup, TopLine, Tracer, TransitionKind, json_lines,
+    no_numa_balancing, pagewatch_bin, run_pagewatch, skip_unless_root, summary, top_transitions,
+    vmstat,
 };
 
 fn faults_of(lines: &[TopLine], pid: u32) -> u64 {
@@ -24,9 +24,7 @@ fn faults_of(lines: &[TopLine], pid: u32) -> u64 {
         .sum()
 }
 
-/// pagewatch counts exactly the faults the kernel counted for the process,
-/// in the kernel (the default) or from one record per fault
-/// (`--fault-events`); returns the run's summary and the kernel's count.
+/// pagewatch counts exactly the faults the kernel counted for the process.
 ///
 /// The kernel's minflt+majflt (mm_account_fault) and the
 /// exceptions/page_fault_user tracepoint agree here because the window
@@ -36,7 +34,7 @@ fn faults_of(lines: &[TopLine], pid: u32) -> u64 {
 /// this hook does not see) since the /proc/self/stat buffer was faulted in
 /// during the warm-up, and the workload is idle outside the window. NUMA
 /// balancing is switched off for the window (see [`no_numa_balancing`]).
-fn fault_counts_match_the_kernel(filter: bool, fault_events: bool) -> (TopSummary, u64) {
+fn fault_counts_match_the_kernel(filter: bool) {
     let _numa = no_numa_balancing();
     let mut wl = FaultWorkload::start(env!("CARGO_BIN_EXE_pw-faults"), 256);
     let pid_num = wl.pid;
@@ -44,9 +42,6 @@ fn fault_counts_match_the_kernel(filter: bool, fault_events: bool) -> (TopSummar
     let mut args = vec!["--events", "faults", "--interval", "200ms"];
     if filter {
         args.extend(["--pid", &pid]);
-    }
-    if fault_events {
-        args.push("--fault-events");
     }
     let tracer = Tracer::start(&args);
     let (delta, pages) = wl.run_window();
@@ -77,7 +72,6 @@ fn fault_counts_match_the_kernel(filter: bool, fault_events: bool) -> (TopSummar
                 .all(|p| p.pid == pid_num)
         );
     }
-    (s.clone(), delta)
 }
 
 #[test]
@@ -85,7 +79,7 @@ fn fault_count_is_exact_with_in_kernel_pid_filter() {
     if skip_unless_root("fault_count_is_exact_with_in_kernel_pid_filter") {
         return;
     }
-    fault_counts_match_the_kernel(true, false);
+    fault_counts_match_the_kernel(true);
 }
 
 #[test]
@@ -93,114 +87,12 @@ fn fault_count_is_exact_without_filter() {
     if skip_unless_root("fault_count_is_exact_without_filter") {
         return;
     }
-    fault_counts_match_the_kernel(false, false);
-}
-
-/// With `--fault-events` every fault is one record, counted by the
-/// collector: the count is still the kernel's, and so is the number of
-/// records (the filter lets only the workload's faults through).
-#[test]
-fn fault_count_is_exact_with_fault_events() {
-    if skip_unless_root("fault_count_is_exact_with_fault_events") {
-        return;
-    }
-    let (s, delta) = fault_counts_match_the_kernel(true, true);
-    assert_eq!(s.events, delta, "one record per fault: {s:?}");
-}
-
-/// Counted in the kernel, the workload's 65,536 faults in a 256 MiB region
-/// send one record per 2 MiB range and interval: at least one per range
-/// it touched (128, or 129 if the region is not 2 MiB aligned), at most
-/// that many per interval of the run; the kernel's fault count is the
-/// oracle for how many records `--fault-events` would have sent.
-#[test]
-fn in_kernel_counting_sends_one_fault_record_per_range_and_interval() {
-    if skip_unless_root("in_kernel_counting_sends_one_fault_record_per_range_and_interval") {
-        return;
-    }
-    let (s, delta) = fault_counts_match_the_kernel(true, false);
-    let ranges = delta / 512;
-    assert!(
-        (ranges..=(ranges + 1) * s.intervals).contains(&s.events),
-        "{} fault records for {delta} faults in {ranges} 2 MiB ranges over {} intervals",
-        s.events,
-        s.intervals
-    );
-    assert!(
-        s.events * 100 < delta,
-        "{} records is not far fewer than the {delta} faults",
-        s.events
-    );
-}
-
-/// A recording holds the same faults either way: `report` shows pw-faults
-/// with at least the faults the kernel counted in its window (minflt +
-/// majflt), the same number whether they were counted in the kernel or
-/// from one event per fault (`--fault-events`; the two runs differ only in
-/// start-up: a few faults, where counting the kernel-counted recording's
-/// fault events too would add one per 2 MiB range, 32 at least), and the
-/// kernel-counted recording holds far fewer events than the window had
-/// faults.
-#[test]
-fn a_recording_counts_the_same_faults_in_the_kernel_and_per_event() {
-    if skip_unless_root("a_recording_counts_the_same_faults_in_the_kernel_and_per_event") {
-        return;
-    }
-    let _numa = no_numa_balancing();
-    let dir = std::env::temp_dir().join(format!("pw-rec-faults-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let script = format!("echo go | {} window 64", env!("CARGO_BIN_EXE_pw-faults"));
-    let mut runs = Vec::new();
-    for mode in [None, Some("--fault-events")] {
-        let file = dir.join(format!("{}.pwrec", mode.unwrap_or("default")));
-        let file_arg = file.to_string_lossy().into_owned();
-        let mut args = vec!["record", "-o", &file_arg, "--interval", "300ms"];
-        args.extend(mode);
-        args.extend(["--", "sh", "-c", &script]);
-        let (status, out, err) = run_pagewatch(&args);
-        assert!(status.success(), "record {mode:?} failed: {err}");
-        let delta: u64 = out
-            .lines()
-            .find_map(|l| l.strip_prefix("delta "))
-            .and_then(|rest| rest.split(' ').next()?.parse().ok())
-            .unwrap_or_else(|| panic!("no delta line from pw-faults: {out}"));
-        let (lines, _) = report_json(&file);
-        let faults = report_processes(&lines)
-            .find(|p| p.comm == "pw-faults")
-            .unwrap_or_else(|| panic!("pw-faults not reported ({mode:?})"))
-            .faults;
-        assert!(
-            faults >= delta,
-            "{mode:?}: report shows {faults} faults, the window alone had {delta}"
-        );
-        runs.push((faults, report_summary(&lines).events, delta));
-    }
-    std::fs::remove_dir_all(&dir).expect("remove temp dir");
-    let [
-        (in_kernel, kernel_events, delta),
-        (per_event, all_events, _),
-    ] = runs[..]
-    else {
-        unreachable!("two runs");
-    };
-    assert!(
-        in_kernel.abs_diff(per_event) < 16,
-        "counted in the kernel {in_kernel}, from events {per_event}"
-    );
-    assert!(
-        all_events >= per_event,
-        "--fault-events: {all_events} events for {per_event} faults"
-    );
-    assert!(
-        kernel_events * 10 < delta,
-        "counted in the kernel: {kernel_events} events for a window of {delta} faults"
-    );
+    fault_counts_match_the_kernel(false);
 }
 
 /// A one-page ring buffer under a fault storm, with the collector stalled
 /// (SIGSTOP) while it happens, drops events, counts every drop, and
-/// received + dropped equals the kernel's fault count (every fault a
-/// record: `--fault-events`).
+/// received + dropped equals the kernel's fault count.
 #[test]
 fn ring_buffer_drops_are_counted_exactly() {
     if skip_unless_root("ring_buffer_drops_are_counted_exactly") {
@@ -219,7 +111,6 @@ fn ring_buffer_drops_are_counted_exactly() {
         "4K",
         "--interval",
         "5s",
-        "--fault-events",
     ]);
     let pw = tracer.pid() as i32;
     // SAFETY: signalling our own child.

@@ -4,8 +4,7 @@
 //!
 //! Faults: the pw-faults workload at its peak fault rate (map, touch, unmap
 //! 256 MiB of 4 KiB pages, repeatedly), untraced, traced by `pagewatch top`
-//! (all processes, fault hook; faults counted in the kernel, and with
-//! `--fault-events`, every fault a record) and traced by `perf stat -a -e
+//! (all processes, fault hook) and traced by `perf stat -a -e
 //! exceptions:page_fault_user` (the counting peer), interleaved.
 //!
 //! Snapshots: see bench_snapshot.rs (pagewatch snapshot against a plain
@@ -100,45 +99,6 @@ fn rate_of(stdout: &str) -> anyhow::Result<f64> {
     Ok(faults / secs)
 }
 
-/// The fault rate of one workload run under `pagewatch top` (with `extra`
-/// as a further option), and the events pagewatch dropped.
-fn traced_rate(
-    dir: &Path,
-    extra: Option<&str>,
-    workload: &Path,
-    wl_args: &[String],
-) -> anyhow::Result<(f64, u64)> {
-    let mut pw = Command::new(dir.join("pagewatch"))
-        .args(["top", "--json", "--events", "faults", "--interval", "10s"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting pagewatch")?;
-    let stderr = BufReader::new(pw.stderr.take().expect("piped"));
-    for line in stderr.lines() {
-        if line?.contains("tracing;") {
-            break;
-        }
-    }
-    let rate = rate_of(&cmd::output(Command::new(workload).args(wl_args))?)?;
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(pw.id() as i32, libc::SIGINT) };
-    let out = pw.wait_with_output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let summary = text
-        .lines()
-        .find(|l| l.contains("\"summary\""))
-        .context("pagewatch printed no summary")?;
-    let dropped = summary
-        .split("\"dropped\":")
-        .nth(1)
-        .and_then(|s| s.split([',', '}']).next())
-        .and_then(|n| n.parse::<u64>().ok())
-        .context("no dropped count in the summary")?;
-    Ok((rate, dropped))
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -147,22 +107,43 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn faults(dir: &Path, opts: &Options) -> anyhow::Result<String> {
     let workload = dir.join("pw-faults");
     let wl_args = ["rate".to_string(), "256".into(), opts.rounds.to_string()];
-    let (mut plain, mut traced, mut per_event, mut perf, mut drops) =
-        (vec![], vec![], vec![], vec![], 0u64);
+    let (mut plain, mut traced, mut perf, mut drops) = (vec![], vec![], vec![], 0u64);
     for rep in 1..=opts.reps {
         cmd::step(&format!("fault benchmark, repetition {rep}/{}", opts.reps));
         plain.push(rate_of(&cmd::output(
             Command::new(&workload).args(&wl_args),
         )?)?);
 
-        for (rates, extra) in [
-            (&mut traced, None),
-            (&mut per_event, Some("--fault-events")),
-        ] {
-            let (rate, dropped) = traced_rate(dir, extra, &workload, &wl_args)?;
-            rates.push(rate);
-            drops += dropped;
+        let mut pw = Command::new(dir.join("pagewatch"))
+            .args(["top", "--json", "--events", "faults", "--interval", "10s"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting pagewatch")?;
+        let stderr = BufReader::new(pw.stderr.take().expect("piped"));
+        for line in stderr.lines() {
+            if line?.contains("tracing;") {
+                break;
+            }
         }
+        traced.push(rate_of(&cmd::output(
+            Command::new(&workload).args(&wl_args),
+        )?)?);
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pw.id() as i32, libc::SIGINT) };
+        let out = pw.wait_with_output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let summary = text
+            .lines()
+            .find(|l| l.contains("\"summary\""))
+            .context("pagewatch printed no summary")?;
+        let dropped = summary
+            .split("\"dropped\":")
+            .nth(1)
+            .and_then(|s| s.split([',', '}']).next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .context("no dropped count in the summary")?;
+        drops += dropped;
 
         let out = cmd::output(
             Command::new("perf")
@@ -180,12 +161,7 @@ fn faults(dir: &Path, opts: &Options) -> anyhow::Result<String> {
         perf.push(rate_of(&out)?);
         std::thread::sleep(Duration::from_millis(200));
     }
-    let (p, t, e, f) = (
-        median(plain),
-        median(traced),
-        median(per_event),
-        median(perf),
-    );
+    let (p, t, f) = (median(plain), median(traced), median(perf));
     let pct = |x: f64| (p / x - 1.0) * 100.0;
     Ok(format!(
         "## Fault tracing overhead\n\n\
@@ -193,8 +169,7 @@ fn faults(dir: &Path, opts: &Options) -> anyhow::Result<String> {
          median of {reps} interleaved runs)\n\n\
          | variant | faults/s (median) | slowdown vs untraced |\n|---|---:|---:|\n\
          | untraced | {p:.0} | 1.00x |\n\
-         | `pagewatch top --events faults` (all processes; counted in the kernel) | {t:.0} | {rt:.2}x ({pt:+.1}%) |\n\
-         | `pagewatch top --events faults --fault-events` (every fault a record) | {e:.0} | {re:.2}x ({pe:+.1}%) |\n\
+         | `pagewatch top --events faults` (all processes) | {t:.0} | {rt:.2}x ({pt:+.1}%) |\n\
          | `perf stat -a -e exceptions:page_fault_user` | {f:.0} | {rf:.2}x ({pf:+.1}%) |\n\n\
          pagewatch dropped events over all runs: {drops} (default 4 MiB ring buffer).\n",
         rounds = opts.rounds,
@@ -202,8 +177,6 @@ fn faults(dir: &Path, opts: &Options) -> anyhow::Result<String> {
         reps = opts.reps,
         rt = p / t,
         pt = pct(t),
-        re = p / e,
-        pe = pct(e),
         rf = p / f,
         pf = pct(f),
     ))

@@ -24,8 +24,8 @@ use pagewatch::{
     event::Event,
     proc::{ProcRoot, ProcessKey},
     record::{
-        End, Interval, IntervalSnapshot, Metadata, Note, Process, ProcessFaults, Record,
-        RecordError, RecordWriter, Sample,
+        End, Interval, IntervalSnapshot, Metadata, Note, Process, Record, RecordError,
+        RecordWriter, Sample,
     },
     session::{IntervalReport, SessionView, Sink, Summary},
 };
@@ -105,7 +105,6 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
     let extra: Vec<u32> = workload.iter().map(|w| w.pid as u32).collect();
     let mut config = config(args.trace, &proc, &extra)?;
     config.snapshots = true;
-    let fault_events = config.probe.fault_events;
     let mut session = start(config)?;
     if let Some(signo) = signals.received().await {
         eprintln!(
@@ -120,8 +119,7 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(128 + signo as u8));
     }
     let probe = session.probe();
-    let mut metadata = Metadata::capture(command_line, target, &probe.attached, &probe.skipped);
-    metadata.fault_counts = !fault_events;
+    let metadata = Metadata::capture(command_line, target, &probe.attached, &probe.skipped);
     let writer = output.start(&metadata)?;
     // The hooks are attached and the recording is open: what is left needs
     // only the capabilities for reading pages. The command, started
@@ -135,7 +133,6 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         proc,
         events: 0,
         transitions: 0,
-        fault_counts: !fault_events,
     };
     let (result, status) = match workload {
         Some(mut workload) => {
@@ -524,8 +521,6 @@ struct RecordSink {
     proc: ProcRoot,
     events: u64,
     transitions: u64,
-    /// Write each interval's fault counts (`Metadata::fault_counts`).
-    fault_counts: bool,
 }
 
 impl RecordSink {
@@ -605,19 +600,6 @@ impl Sink for RecordSink {
         for key in processes {
             let comm = view.comms.name(key).to_owned();
             self.describe(key, r.ts_ns, &comm)?;
-        }
-        // Fault counts from the kernel (with --fault-events, where the
-        // recording's events are every fault, the tally counted those).
-        if self.fault_counts {
-            for (key, p) in &r.tally.processes {
-                if p.faults.faults > 0 && view.shown(key.pid) {
-                    self.writer()?.write(&Record::Faults(ProcessFaults {
-                        ts_ns: r.ts_ns,
-                        pid: key.pid,
-                        faults: p.faults,
-                    }))?;
-                }
-            }
         }
         for t in &r.transitions {
             self.transitions += 1;
@@ -724,7 +706,6 @@ mod tests {
             proc: ProcRoot::default(),
             events: 0,
             transitions: 0,
-            fault_counts: false,
         };
         let text = "this kernel's per-process RSS counters are approximate";
         sink.note(&Note::now(Severity::Warning, text)).unwrap();

@@ -129,9 +129,6 @@ pub(super) fn load(args: &ReportArgs) -> anyhow::Result<Loaded> {
     let meta = reader.metadata().clone();
     let decoder = meta.decoder();
     let wanted = |pid: u32| args.wanted(pid);
-    // Fault events are every fault, or (kernel-counted recordings)
-    // samples, with the counts in Faults records.
-    let aggregator = Aggregator::counting_fault_records(!meta.fault_counts);
     let mut l = Loaded {
         meta,
         transitions: Vec::new(),
@@ -144,7 +141,7 @@ pub(super) fn load(args: &ReportArgs) -> anyhow::Result<Loaded> {
         balloon: Vec::new(),
         notes: Vec::new(),
         events: Vec::new(),
-        aggregator,
+        aggregator: Aggregator::default(),
         intervals: 0,
         snapshots: Vec::new(),
         dropped: 0,
@@ -179,7 +176,6 @@ pub(super) fn load(args: &ReportArgs) -> anyhow::Result<Loaded> {
             Ok(Record::HugetlbPool(p)) => l.pools.push(p),
             Ok(Record::VmaThp(t)) if wanted(t.pid) => l.thp_coverage.push(t),
             Ok(Record::Balloon(b)) => l.balloon.push(b),
-            Ok(Record::Faults(f)) if wanted(f.pid) => l.aggregator.add_faults_for(f.pid, &f.faults),
             Ok(Record::Note(n)) => l.notes.push(n),
             Ok(Record::End(e)) => {
                 l.end = true;

@@ -39,12 +39,6 @@ pub struct TraceArgs {
     /// Ring buffer size: a power of two of at least one page, e.g. 4M.
     #[arg(long, default_value = "4M", value_parser = parse_size)]
     pub ring_buffer_size: u64,
-    /// Send every page fault through the ring buffer (its address, ip and
-    /// error code) and count faults from those records, instead of counting
-    /// them per process in the kernel and sending only the first fault of
-    /// a process in each 2 MiB range per interval.
-    #[arg(long)]
-    pub fault_events: bool,
 }
 
 /// Checks `args` against the system; `extra_pids` (a command started by
@@ -88,7 +82,6 @@ pub fn config(
             ring_buffer_bytes: u32::try_from(rb).expect("bounded above"),
             filter_tgids: !matches!(target, Target::All),
             families,
-            fault_events: args.fault_events,
         },
         snapshots: !matches!(target, Target::All),
         target,

@@ -6,7 +6,6 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut, TryGetError};
 
 use crate::{
-    aggregate::FaultStats,
     correlate::{
         balloon::BalloonInterval,
         hugepages::{PoolSample, VmaThp},
@@ -39,8 +38,6 @@ const HUGETLB_POOL: u8 = 9;
 const VMA_THP: u8 = 10;
 /// Kind byte of [`Record::Balloon`].
 const BALLOON: u8 = 11;
-/// Kind byte of [`Record::Faults`].
-const FAULTS: u8 = 12;
 
 /// One record of a recording.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,18 +60,6 @@ pub enum Record {
     VmaThp(VmaThp),
     /// Balloon activity in one interval (none: no record).
     Balloon(BalloonInterval),
-    /// One process's faults in one interval, as counted in the kernel (in
-    /// recordings whose metadata says `fault_counts`; their fault events
-    /// are only the first fault per 2 MiB range and interval).
-    Faults(ProcessFaults),
-}
-
-/// A process's page faults in the interval ending at `ts_ns`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProcessFaults {
-    pub ts_ns: u64,
-    pub pid: u32,
-    pub faults: FaultStats,
 }
 
 /// The end of one reporting interval.
@@ -167,7 +152,7 @@ impl From<TryGetError> for Undecodable {
 
 impl Record {
     /// The record's kind byte (fixed forever: 1 Event ... 7 End, 8
-    /// SwapReturns, 9 HugetlbPool, 10 VmaThp, 11 Balloon, 12 Faults).
+    /// SwapReturns, 9 HugetlbPool, 10 VmaThp, 11 Balloon).
     pub fn kind(&self) -> u8 {
         match self {
             Self::Event(_) => EVENT,
@@ -181,7 +166,6 @@ impl Record {
             Self::HugetlbPool(_) => HUGETLB_POOL,
             Self::VmaThp(_) => VMA_THP,
             Self::Balloon(_) => BALLOON,
-            Self::Faults(_) => FAULTS,
         }
     }
 
@@ -281,22 +265,6 @@ impl Record {
                 buf.put_u64_le(b.vmstat_deflated);
                 buf.put_u64_le(b.hook_inflated);
                 buf.put_u64_le(b.hook_deflated);
-            }
-            Self::Faults(f) => {
-                buf.put_u64_le(f.ts_ns);
-                buf.put_u32_le(f.pid);
-                let c = &f.faults;
-                for n in [
-                    c.faults,
-                    c.read,
-                    c.write,
-                    c.ifetch,
-                    c.protection,
-                    c.user_addr,
-                    c.kernel_addr,
-                ] {
-                    buf.put_u64_le(n);
-                }
             }
         }
     }
@@ -408,19 +376,6 @@ impl Record {
                 hook_inflated: b.try_get_u64_le()?,
                 hook_deflated: b.try_get_u64_le()?,
             }),
-            FAULTS => Self::Faults(ProcessFaults {
-                ts_ns: b.try_get_u64_le()?,
-                pid: b.try_get_u32_le()?,
-                faults: FaultStats {
-                    faults: b.try_get_u64_le()?,
-                    read: b.try_get_u64_le()?,
-                    write: b.try_get_u64_le()?,
-                    ifetch: b.try_get_u64_le()?,
-                    protection: b.try_get_u64_le()?,
-                    user_addr: b.try_get_u64_le()?,
-                    kernel_addr: b.try_get_u64_le()?,
-                },
-            }),
             _ => return Err(Undecodable::Newer),
         })
     }
@@ -485,7 +440,7 @@ mod tests {
             .iter()
             .map(Record::kind)
             .collect();
-        assert_eq!(kinds, [1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12, 7]);
+        assert_eq!(kinds, [1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 7]);
     }
 
     #[test]

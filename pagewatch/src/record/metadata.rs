@@ -44,12 +44,6 @@ pub struct Metadata {
     pub hooks: Vec<HookMeta>,
     /// Hooks that could not be attached, and why.
     pub hooks_skipped: Vec<SkippedMeta>,
-    /// Faults were counted in the kernel: the counts are in `Faults`
-    /// records, and fault events are only the first fault of a process
-    /// per 2 MiB range and interval. Absent (false): every fault is an
-    /// event (`--fault-events`, and recordings of older versions).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub fault_counts: bool,
 }
 
 /// An attached hook: a serializable mirror of [`AttachedHook`].
@@ -179,7 +173,6 @@ impl Metadata {
             target,
             hooks: attached.iter().map(HookMeta::from).collect(),
             hooks_skipped: skipped.iter().map(SkippedMeta::from).collect(),
-            fault_counts: false,
         }
     }
 

@@ -12,7 +12,7 @@
 //! ```
 //!
 //! Kinds are fixed forever (1 Event, 2 Interval, 3 Transition, 4 Process,
-//! 5 Sample, 6 Note, 7 End, 8 SwapReturns, 9 HugetlbPool, 10 VmaThp, 11 Balloon, 12 Faults); a reader skips kinds it does not know, so an
+//! 5 Sample, 6 Note, 7 End, 8 SwapReturns, 9 HugetlbPool, 10 VmaThp, 11 Balloon); a reader skips kinds it does not know, so an
 //! older pagewatch reads the records it knows from a newer one's file. The
 //! format version changes only when a reader could no longer do that.
 //! A recording cut short (SIGKILL, a full disk) reads back up to its last
@@ -26,7 +26,7 @@ mod writer;
 
 pub use crate::note::{Note, Severity};
 pub use error::{Cut, CutReason, HeaderError, RecordError};
-pub use kinds::{End, Interval, IntervalSnapshot, Process, ProcessFaults, Record, Sample};
+pub use kinds::{End, Interval, IntervalSnapshot, Process, Record, Sample};
 pub use metadata::{FieldMeta, HookMeta, Metadata, SkippedMeta};
 pub use reader::RecordReader;
 pub use writer::RecordWriter;

@@ -16,7 +16,6 @@ use pagewatch_common::{
 
 use super::*;
 use crate::{
-    aggregate::FaultStats,
     correlate::{
         balloon::BalloonInterval,
         hugepages::{PoolSample, VmaThp},
@@ -112,7 +111,6 @@ pub(super) fn metadata() -> Metadata {
             program: "balloon_inflate",
             reason: SkipReason::Failed("the kernel refused fentry".into()),
         })],
-        fault_counts: false,
     }
 }
 
@@ -195,19 +193,6 @@ pub(super) fn one_of_each() -> Vec<Record> {
             vmstat_deflated: 0,
             hook_inflated: 131_072,
             hook_deflated: 0,
-        }),
-        Record::Faults(ProcessFaults {
-            ts_ns: 2_000_000,
-            pid: 4711,
-            faults: FaultStats {
-                faults: 9,
-                read: 2,
-                write: 6,
-                ifetch: 1,
-                protection: 3,
-                user_addr: 9,
-                kernel_addr: 0,
-            },
         }),
         Record::End(End {
             ts_ns: 3_000_000,
@@ -527,7 +512,7 @@ fn the_writer_never_overwrites_and_never_follows_a_symlink() {
 }
 
 /// The fixture holds the kinds v1 started with (1-7); kinds added since
-/// (8 SwapReturns, 9 HugetlbPool, 10 VmaThp, 11 Balloon, 12 Faults) are covered by the round trips above. Regenerate with
+/// (8 SwapReturns, 9 HugetlbPool, 10 VmaThp, 11 Balloon) are covered by the round trips above. Regenerate with
 /// `PAGEWATCH_BLESS=1 cargo test -p pagewatch record::` only when the
 /// format version changes.
 #[test]

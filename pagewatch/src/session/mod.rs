@@ -14,7 +14,7 @@ mod interval;
 mod output;
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet},
     future::Future,
     sync::Arc,
     time::{Duration, Instant},
@@ -22,7 +22,7 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use pagewatch_common::{fault::FaultCounts, hook::Hook};
+use pagewatch_common::hook::Hook;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -33,7 +33,7 @@ pub use interval::IntervalAssembly;
 pub use output::{IntervalReport, SessionView, Sink, SnapshotWork, Summary, ThpScans};
 
 use crate::{
-    aggregate::{Aggregator, FaultStats},
+    aggregate::Aggregator,
     correlate::{
         self, ProcessCounters,
         evidence::Evidence,
@@ -92,9 +92,6 @@ pub struct Session {
     /// Per-process tallies by pid and start time: a reused pid is a new
     /// process.
     aggregator: Aggregator<ProcessKey>,
-    /// The kernel's per-process fault counters at their last read (unless
-    /// every fault is a record: `--fault-events`).
-    fault_counts: HashMap<u32, FaultCounts>,
     evidence: Evidence,
     comms: CommCache,
     proc: ProcRoot,
@@ -171,8 +168,7 @@ impl Session {
             decoder: Decoder::new(&probe.attached),
             probe,
             ring: Some(ring),
-            aggregator: Aggregator::counting_fault_records(config.probe.fault_events),
-            fault_counts: HashMap::new(),
+            aggregator: Aggregator::default(),
             evidence: Evidence::default(),
             comms: CommCache::new(proc.clone()),
             proc,
@@ -493,7 +489,6 @@ impl Session {
         }
         let after = self.next_snapshot();
         self.drain(ring.get_mut(), sink)?;
-        self.count_faults()?;
         // The last, partial interval, unless the stop fell on a tick (and
         // nothing is left to report).
         if self.aggregator.has_events()
@@ -606,36 +601,6 @@ impl Session {
         }
     }
 
-    /// Counts the faults the kernel counted since the last read, per
-    /// process (nothing with `--fault-events`, where records are counted).
-    /// The counters are cumulative and never reset here, so a fault counted
-    /// while they are read is in this read or the next, never lost; those
-    /// of a process that is gone and had nothing new are deleted.
-    fn count_faults(&mut self) -> anyhow::Result<()> {
-        if self.config.probe.fault_events {
-            return Ok(());
-        }
-        for (tgid, now) in self.probe.fault_counts()? {
-            let before = self.fault_counts.insert(tgid, now).unwrap_or_default();
-            let growth = FaultStats::growth(&now, &before);
-            if growth.faults > 0 {
-                let process = self.comms.key(tgid);
-                self.aggregator.add_faults_for(process, &growth);
-            } else if !self.proc.pid_exists(tgid) {
-                self.forget_faults(tgid)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Deletes the fault counters of `tgid`, whose last growth was reported.
-    fn forget_faults(&mut self, tgid: u32) -> anyhow::Result<()> {
-        if self.fault_counts.remove(&tgid).is_some() {
-            self.probe.forget_fault_counts(tgid)?;
-        }
-        Ok(())
-    }
-
     /// Drops per CPU summed over every hook.
     fn drops_per_cpu(&self) -> anyhow::Result<Vec<u64>> {
         let mut per_cpu: Vec<u64> = Vec::new();
@@ -672,14 +637,6 @@ impl Session {
         after: Option<PageTable>,
         last: bool,
     ) -> anyhow::Result<()> {
-        // A new fault interval: each process's next fault in a 2 MiB range
-        // is sent again, as evidence for the next interval (the ones sent
-        // since this interval's last drain serve it too: fault evidence
-        // spans two intervals).
-        if !self.config.probe.fault_events {
-            self.probe.next_fault_interval(self.intervals + 1)?;
-        }
-        self.count_faults()?;
         // The snapshot (taken by the caller) first, then vmstat: a change
         // the snapshot shows was counted by this read or an earlier one.
         let now = Vmstat::read(&self.proc);
@@ -790,7 +747,6 @@ impl Session {
             if self.tracked.remove(&pid) {
                 self.probe.untrack_tgid(pid)?;
             }
-            self.forget_faults(pid)?;
             self.comms.forget(pid);
         }
         let tracked = &self.tracked;
@@ -819,17 +775,6 @@ impl Session {
             duration_s: self.started.elapsed().as_secs_f64(),
             transitions: self.transitions,
         };
-        let uncounted = self.probe.uncounted_faults()?;
-        if uncounted > 0 {
-            sink.note(&Note::now(
-                Severity::Warning,
-                format!(
-                    "{uncounted} page faults were not counted: the kernel's per-process fault \
-                     counters were full (65536 processes); --fault-events counts every fault \
-                     from its record"
-                ),
-            ))?;
-        }
         let dropped: u64 = summary.dropped_per_cpu.iter().sum();
         if dropped > 0 {
             sink.note(&Note::now(
