@@ -95,13 +95,12 @@ pub fn run(opts: VmOptions, args: Vec<String>) -> anyhow::Result<()> {
     for kernel in kernels {
         let mut args = args.clone();
         let mut g = guest::Guest::new(kernel, memory >> 20, opts.cpus, accel);
-        if let Some(i) = output {
-            let (form, file) = split_output(
-                &args[i],
-                i > 0 && ["-o", "--output"].contains(&args[i - 1].as_str()),
-            );
+        if let Some((i, form)) = output {
             let slug = g.kernel.slug();
-            let file = host_output(file, (specs.len() > 1).then_some(slug.as_str()))?;
+            let file = host_output(
+                &args[i][form.len()..],
+                (specs.len() > 1).then_some(slug.as_str()),
+            )?;
             g.rwdirs = vec![file.parent().expect("an absolute file path").to_path_buf()];
             args[i] = format!("{form}{}", file.display());
             recordings.push(file);
@@ -175,33 +174,22 @@ fn boot(g: &guest::Guest, args: &[String], balloon: bool, timeout: u64) -> anyho
     }
 }
 
-/// The index in ARGS of `record`'s output file argument (`-o FILE`,
-/// `--output FILE`, `--output=FILE`, `-oFILE`), if ARGS run `record`.
-/// Only pagewatch's own options count: the recorded command's start at
-/// `--`.
-fn record_output(args: &[String]) -> Option<usize> {
+/// Where `record`'s output file is in ARGS, if ARGS run `record`: the
+/// index of the argument holding it and the option text before the file
+/// in that argument (`""` for the FILE after `-o`/`--output`,
+/// `"--output="` or `"-o"` for `--output=FILE` or `-oFILE`). Only
+/// pagewatch's own options count: the recorded command's start at `--`.
+fn record_output(args: &[String]) -> Option<(usize, &'static str)> {
     if args.first().map(String::as_str) != Some("record") {
         return None;
     }
     let own = args.iter().position(|a| a == "--").unwrap_or(args.len());
     (1..own).find_map(|i| match args[i].as_str() {
-        "-o" | "--output" if i + 1 < own => Some(i + 1),
-        a if a.starts_with("--output=") || (a.starts_with("-o") && a.len() > 2) => Some(i),
+        "-o" | "--output" if i + 1 < own => Some((i + 1, "")),
+        a if a.starts_with("--output=") => Some((i, "--output=")),
+        a if a.starts_with("-o") && a.len() > 2 => Some((i, "-o")),
         _ => None,
     })
-}
-
-/// The option part and the file of output argument `arg`: a whole
-/// `--output=FILE` or `-oFILE`, or the FILE after `-o`/`--output`
-/// (`separate`).
-fn split_output(arg: &str, separate: bool) -> (&str, &str) {
-    if separate {
-        ("", arg)
-    } else if let Some(file) = arg.strip_prefix("--output=") {
-        ("--output=", file)
-    } else {
-        arg.split_at(2)
-    }
 }
 
 /// The host path (absolute, its directory created) for the recording
@@ -243,17 +231,25 @@ mod tests {
         let args = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
         assert_eq!(
             super::record_output(&args("record -o r.pwrec -- true")),
-            Some(2)
+            Some((2, ""))
         );
         assert_eq!(
             super::record_output(&args("record --all --output r -- x")),
-            Some(3)
+            Some((3, ""))
         );
         assert_eq!(
             super::record_output(&args("record --output=r -- x")),
-            Some(1)
+            Some((1, "--output="))
         );
-        assert_eq!(super::record_output(&args("record -or -- x")), Some(1));
+        assert_eq!(
+            super::record_output(&args("record -or -- x")),
+            Some((1, "-o"))
+        );
+        // A file after -o that itself starts with -o is the whole argument.
+        assert_eq!(
+            super::record_output(&args("record -o -or -- x")),
+            Some((2, ""))
+        );
         // The recorded command's own -o is not pagewatch's.
         assert_eq!(super::record_output(&args("record --all -- cc -o x")), None);
         assert_eq!(super::record_output(&args("top -o x")), None);
@@ -267,12 +263,6 @@ mod tests {
         assert_eq!(named, dir.join("run-7.3.4+deb13-amd64.pwrec"));
         assert!(dir.is_dir(), "its directory is created");
         let path_kernel = kernel("../linux/arch/x86/boot/bzImage").slug();
-        assert_eq!(
-            super::split_output("--output=x/r", false),
-            ("--output=", "x/r")
-        );
-        assert_eq!(super::split_output("-ox/r", false), ("-o", "x/r"));
-        assert_eq!(super::split_output("-ox/r", true), ("", "-ox/r"));
         let named = super::host_output(&file, Some(&path_kernel)).unwrap();
         assert_eq!(named, dir.join("run-linux_arch_x86_boot_bzImage.pwrec"));
         assert_eq!(
