@@ -110,7 +110,7 @@ pub fn inflate_and_back() -> Result {
     let b = before()?;
     // `pagewatch map`'s OFFLINE pages before (read here only: a whole map
     // is a read of every PFN).
-    let map_before = host::map_offline()?.0;
+    let map_before = host::map_offline()?.pages;
     println!(
         "  inflating: {} MiB -> {} MiB ({pages} pages)",
         full >> 20,
@@ -132,16 +132,29 @@ pub fn inflate_and_back() -> Result {
         pages,
     );
     // The physical map sees the same pages, and the blocks they empty.
-    let (map_pages, map_blocks) = host::map_offline()?;
+    let map = host::map_offline()?;
     checks.eq(
         "pagewatch map OFFLINE pages, over the baseline",
-        map_pages - map_before.min(map_pages),
+        map.pages - map_before.min(map.pages),
         pages,
     );
-    println!("  pagewatch map: {map_blocks} pageblocks wholly offline");
+    println!(
+        "  pagewatch map: {} pageblocks wholly offline",
+        map.whole_blocks
+    );
     checks.that(
         "pagewatch map's wholly offline pageblocks hold at most its OFFLINE pages",
-        map_blocks * 512 <= map_pages,
+        map.whole_blocks * 512 <= map.pages,
+    );
+    checks.eq(
+        "pagewatch map: wholly offline pageblocks not judged `offline`",
+        map.whole_blocks_misjudged,
+        0,
+    );
+    checks.eq(
+        "pagewatch map: `offline` pageblocks holding no OFFLINE page or an unmovable one",
+        map.offline_verdicts_wrong,
+        0,
     );
     println!("  deflating back to {} MiB", full >> 20);
     let d = before()?;
@@ -161,7 +174,7 @@ pub fn inflate_and_back() -> Result {
     );
     checks.eq(
         "pagewatch map OFFLINE pages after deflating",
-        host::map_offline()?.0,
+        host::map_offline()?.pages,
         map_before,
     );
     checks.result()

@@ -76,9 +76,22 @@ pub fn census_offline() -> Result<u64> {
         .ok_or_else(|| format!("no system.census.matched_pages in the snapshot: {v}"))
 }
 
-/// `pagewatch map`'s OFFLINE pages and blocks (verdict offline: every
-/// page of the block offline), summed over zones.
-pub fn map_offline() -> Result<(u64, u64)> {
+/// What `pagewatch map` says of ballooned-out (OFFLINE) memory.
+pub struct MapOffline {
+    /// OFFLINE pages, summed over zones.
+    pub pages: u64,
+    /// Blocks whose every page is OFFLINE, from the per-block page counts.
+    pub whole_blocks: u64,
+    /// Of those, the blocks whose verdict is not `offline`.
+    pub whole_blocks_misjudged: u64,
+    /// Blocks with the verdict `offline` (OFFLINE pages and nothing
+    /// unmovable) that hold an unmovable page or no OFFLINE page.
+    pub offline_verdicts_wrong: u64,
+}
+
+/// Reads `pagewatch map --format json` for its OFFLINE pages and checks
+/// its verdicts against its own per-block page counts.
+pub fn map_offline() -> Result<MapOffline> {
     let (status, out, err) = pagewatch_tests::run_pagewatch(&["map", "--format", "json"]);
     if !status.success() {
         return Err(format!("pagewatch map failed: {}", err.trim()));
@@ -88,11 +101,47 @@ pub fn map_offline() -> Result<(u64, u64)> {
     let zones = v["zones"]
         .as_array()
         .ok_or_else(|| format!("no zones in pagewatch map's JSON: {}", one_line(&out, 300)))?;
-    let sum = |f: &dyn Fn(&Value) -> Option<u64>| zones.iter().filter_map(f).sum::<u64>();
-    Ok((
-        sum(&|z| z["pages"]["offline"].as_u64()),
-        sum(&|z| z["verdicts"]["offline"].as_u64()),
-    ))
+    let blocks = v["blocks"]
+        .as_array()
+        .ok_or_else(|| format!("no blocks in pagewatch map's JSON: {}", one_line(&out, 300)))?;
+    let per_block = v["pages_per_block"]
+        .as_u64()
+        .ok_or("no pages_per_block in pagewatch map's JSON")?;
+    let mut m = MapOffline {
+        pages: zones
+            .iter()
+            .filter_map(|z| z["pages"]["offline"].as_u64())
+            .sum(),
+        whole_blocks: 0,
+        whole_blocks_misjudged: 0,
+        offline_verdicts_wrong: 0,
+    };
+    // The classes that do not block compaction (PageClass::blocks is
+    // false): an `offline` block holds only these.
+    const MOVABLE: [&str; 7] = [
+        "offline",
+        "free",
+        "thp",
+        "hugetlb",
+        "anon",
+        "file",
+        "reclaimable",
+    ];
+    for b in blocks {
+        let pages = b["pages"].as_object().ok_or("a map block without pages")?;
+        let offline = pages.get("offline").and_then(Value::as_u64).unwrap_or(0);
+        let verdict = b["verdict"].as_str().unwrap_or("");
+        if offline == per_block {
+            m.whole_blocks += 1;
+            m.whole_blocks_misjudged += u64::from(verdict != "offline");
+        }
+        if verdict == "offline"
+            && (offline == 0 || pages.keys().any(|k| !MOVABLE.contains(&k.as_str())))
+        {
+            m.offline_verdicts_wrong += 1;
+        }
+    }
+    Ok(m)
 }
 
 /// A `Name: N kB` field of a /proc file such as meminfo or smaps_rollup.
