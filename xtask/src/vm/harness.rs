@@ -32,7 +32,18 @@ pub struct Harness {
     pub current: Option<(String, f64)>,
     /// Every finished step and its seconds, in order.
     pub step_secs: Vec<(String, f64)>,
+    /// Why steps failed, as the console said it (a scenario's FAIL checks,
+    /// a test's panic message), each after its step: the summary repeats
+    /// them, since a CI log may keep only its tail.
+    pub why: Vec<String>,
+    /// The test whose captured output libtest is printing.
+    test: Option<String>,
+    /// The previous line said a thread panicked: this one is the message.
+    after_panic: bool,
 }
+
+/// At most this many [`Harness::why`] lines per boot.
+const WHY_LINES: usize = 40;
 
 impl Harness {
     pub fn new(kernel: String, memory_mib: u64, rw: PathBuf, qmp_path: PathBuf) -> Self {
@@ -52,6 +63,9 @@ impl Harness {
             booted_at: None,
             current: None,
             step_secs: Vec::new(),
+            why: Vec::new(),
+            test: None,
+            after_panic: false,
         }
     }
 
@@ -79,6 +93,7 @@ impl Harness {
                 }
                 ["binary", label] => {
                     self.binary = Some(label.to_string());
+                    self.test = None;
                     self.failures_before = self.failed_tests.len();
                     self.current = Some((label.to_string(), secs));
                 }
@@ -113,6 +128,7 @@ impl Harness {
             }
             return;
         }
+        self.note_why(line.trim());
         if let Some(name) = line
             .strip_prefix("test ")
             .and_then(|l| l.strip_suffix(" ... FAILED"))
@@ -124,6 +140,30 @@ impl Harness {
             self.passed += p;
             self.failed += f;
         }
+    }
+
+    /// Keeps `line` in [`Harness::why`] if it says why a step failed.
+    fn note_why(&mut self, line: &str) {
+        if let Some(name) = line
+            .strip_prefix("---- ")
+            .and_then(|l| l.strip_suffix(" stdout ----"))
+        {
+            self.test = Some(name.to_string());
+        }
+        let failed = self.after_panic || line.starts_with("FAIL ") || line.contains(": FAILED: ");
+        self.after_panic = line.starts_with("thread '") && line.contains("panicked at");
+        if !failed || self.why.len() >= WHY_LINES {
+            return;
+        }
+        let step = match (&self.current, &self.test) {
+            (Some((step, _)), Some(test)) if self.binary.as_deref() == Some(step) => {
+                format!("{step} {test}")
+            }
+            (Some((step, _)), _) => step.clone(),
+            (None, _) => "?".into(),
+        };
+        let cut: String = line.chars().take(400).collect();
+        self.why.push(format!("{step}: {cut}"));
     }
 
     fn qmp_request(&mut self, request: &[&str]) -> anyhow::Result<Value> {
@@ -174,5 +214,36 @@ mod tests {
         let ok = "test result: ok. 27 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.23s";
         assert_eq!(super::test_result(ok), Some((27, 0)));
         assert_eq!(super::test_result("running 6 tests"), None);
+    }
+
+    #[test]
+    fn keeps_why_steps_failed() {
+        let mut h = super::Harness::new("k".into(), 2048, "/nonexistent".into(), "/q".into());
+        for (i, line) in [
+            "@@pw-vm begin 6.1",
+            "@@pw-vm binary test:record",
+            "---- record_x stdout ----",
+            "thread 'record_x' panicked at tests/tests/record.rs:1:2:",
+            "collapsed 1202 of 2048 pages",
+            "more detail nobody needs in the summary",
+            "@@pw-vm binary-exit test:record 101",
+            "@@pw-vm scenario balloon",
+            "  ok   census OFFLINE pages: 1 (expected 1)",
+            "  FAIL map blocks hold at most its OFFLINE pages",
+            "pw-vm-scenario balloon: FAILED: map blocks hold at most its OFFLINE pages",
+        ]
+        .iter()
+        .enumerate()
+        {
+            h.line(line, i as f64);
+        }
+        assert_eq!(
+            h.why,
+            [
+                "test:record record_x: collapsed 1202 of 2048 pages",
+                "scenario balloon: FAIL map blocks hold at most its OFFLINE pages",
+                "scenario balloon: pw-vm-scenario balloon: FAILED: map blocks hold at most its OFFLINE pages",
+            ]
+        );
     }
 }

@@ -48,6 +48,12 @@ else
 fi
 "#;
 
+/// The guest kernel's log in the `--rwdir`.
+const DMESG: &str = "dmesg.log";
+
+/// At most this many lines of [`DMESG`] in the summary.
+const DMESG_TAIL: usize = 30;
+
 /// The scenarios `pw-vm-scenario` knows, in the order they run.
 const SCENARIOS: &[&str] = &[
     "balloon",
@@ -124,6 +130,11 @@ struct Tally {
     scenarios_failed: Vec<String>,
     scenarios_skipped: Vec<String>,
     failures: Vec<String>,
+    /// Why steps failed, from the console ([`Harness::why`]).
+    why: Vec<String>,
+    /// The end of the guest kernel's log (warnings and worse) of each boot
+    /// that died before its script ended, and which boot it was.
+    guest_logs: Vec<(&'static str, Vec<String>)>,
     skips: Vec<String>,
     finished: bool,
     exit: Option<i32>,
@@ -214,6 +225,19 @@ pub fn run(opts: &VmTestOptions, test_args: &[String]) -> anyhow::Result<()> {
         }
         for f in &t.failures {
             println!("  FAILED on {}: {f}", t.kernel);
+        }
+        for w in &t.why {
+            println!("  WHY on {}: {w}", t.kernel);
+        }
+        for (boot, log) in &t.guest_logs {
+            println!(
+                "  guest kernel log on {} before {boot} died (warnings and worse, last {} lines):",
+                t.kernel,
+                log.len()
+            );
+            for l in log {
+                println!("    {l}");
+            }
         }
     }
     let sum = |f: fn(&Tally) -> u64| tallies.iter().map(f).sum::<u64>();
@@ -341,6 +365,13 @@ fn script(
         shell_quote(&cmd::workspace().display().to_string())
     );
     s.push_str(SCRATCH);
+    // The kernel's warnings and worse, kept on the host: if the guest dies
+    // (an oops, the OOM killer, a panic), the summary shows how.
+    let _ = writeln!(
+        s,
+        "dmesg --follow --level=emerg,alert,crit,err,warn > {} 2>&1 &",
+        shell_quote(&rw.join(DMESG).display().to_string())
+    );
     let args: String = test_args
         .iter()
         .map(|a| format!(" {}", shell_quote(a)))
@@ -427,6 +458,9 @@ fn run_kernel(
         };
         let mut before_retry = || {
             let _ = std::fs::remove_file(rw.join("skips.log"));
+            tally
+                .guest_logs
+                .push(("the first boot (retried)", dmesg_tail(&rw)));
         };
         g.boot_retrying(&script_cmd, &mut on_line, &mut before_retry, &mut retries)?
     };
@@ -440,8 +474,21 @@ fn run_kernel(
         let (name, reason) = line.split_once('\t').unwrap_or((line, ""));
         tally.skips.push(format!("{name}: {reason}"));
     }
+    if !state.finished {
+        tally.guest_logs.push(("the last boot", dmesg_tail(&rw)));
+    }
     tally.finish(state, scenarios);
     Ok(tally)
+}
+
+/// The last [`DMESG_TAIL`] lines of the guest kernel's log.
+fn dmesg_tail(rw: &Path) -> Vec<String> {
+    let log = std::fs::read_to_string(rw.join(DMESG)).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(DMESG_TAIL)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect()
 }
 
 impl Tally {
@@ -449,6 +496,7 @@ impl Tally {
         self.finished = h.finished;
         self.booted_at = h.booted_at;
         self.step_secs.clone_from(&h.step_secs);
+        self.why.clone_from(&h.why);
         let skipped_names: Vec<&str> = self
             .skips
             .iter()
