@@ -46,6 +46,40 @@ pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Starts `cmd` with stdout and stderr on one pipe (so their lines arrive
+/// in order and nothing needs a terminal), hands each line to `on_line` as
+/// it arrives (invalid UTF-8 replaced), and returns its exit status.
+pub fn lines(
+    mut cmd: Command,
+    on_line: &mut dyn FnMut(&str),
+) -> anyhow::Result<std::process::ExitStatus> {
+    use std::io::BufRead as _;
+    let (reader, writer) = std::io::pipe().context("cannot create a pipe")?;
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(writer.try_clone().context("cannot clone a pipe")?)
+        .stderr(writer);
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {}", describe(&cmd)))?;
+    // The Command holds the pipe's write ends: close them so the read end
+    // sees EOF once the command and its children are gone.
+    let name = describe(&cmd);
+    drop(cmd);
+    let mut reader = std::io::BufReader::new(reader);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .with_context(|| format!("reading the output of {name}"))?;
+        if n == 0 {
+            break;
+        }
+        on_line(String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']));
+    }
+    child.wait().with_context(|| format!("waiting for {name}"))
+}
+
 fn describe(cmd: &Command) -> String {
     std::iter::once(cmd.get_program())
         .chain(cmd.get_args())

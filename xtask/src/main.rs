@@ -11,6 +11,7 @@ mod cmd;
 mod dist;
 mod docs;
 mod fuzz;
+mod libtest;
 mod run;
 mod setup;
 mod test;

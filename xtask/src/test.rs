@@ -5,15 +5,10 @@
 //! each test kernel. Tests that cannot run here log a reason to a skip
 //! file; the closing lines count them as skipped, not passed.
 
-use std::{
-    io::{BufRead as _, BufReader},
-    process::Stdio,
-};
-
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use clap::Args;
 
-use crate::{build, cmd};
+use crate::{build, cmd, libtest::Reader};
 
 #[derive(Debug, Args)]
 pub struct Options {
@@ -69,25 +64,34 @@ fn host(opts: &Options) -> anyhow::Result<()> {
     let skip_log = cmd::release_dir().join("test-skips.log");
     let _ = std::fs::remove_file(&skip_log);
     cmd::step("unit and integration tests (one at a time)");
-    let mut child = cmd::cargo()
-        .args(["test", "--release", "--", "--test-threads=1"])
+    // Every binary runs even after one fails, so the summary lists every
+    // failure.
+    let mut command = cmd::cargo();
+    command
+        .args([
+            "test",
+            "--release",
+            // Every binary runs even after one fails, so the summary
+            // lists every failure.
+            "--no-fail-fast",
+            "--",
+            "--test-threads=1",
+        ])
         .args(&opts.args)
         .env("PAGEWATCH_BIN", cmd::release_dir().join("pagewatch"))
-        .env("PAGEWATCH_SKIP_LOG", &skip_log)
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("cannot start cargo test")?;
-    let (mut passed, mut failed) = (0u64, 0u64);
-    let stdout = child.stdout.take().expect("piped stdout");
-    for line in BufReader::new(stdout).lines() {
-        let line = line.context("reading cargo test output")?;
+        .env("PAGEWATCH_SKIP_LOG", &skip_log);
+    let mut tests = Reader::default();
+    let mut binary = String::from("?");
+    // cargo names each binary it runs on stderr, before the binary's own
+    // lines on stdout: cmd::lines keeps them in order.
+    let status = cmd::lines(command, &mut |line| {
         println!("{line}");
-        if let Some((p, f)) = parse_result(&line) {
-            passed += p;
-            failed += f;
+        tests.line(&binary, line);
+        if let Some(name) = running(line) {
+            binary = name;
+            tests.step();
         }
-    }
-    let status = child.wait().context("waiting for cargo test")?;
+    })?;
     let skips = std::fs::read_to_string(&skip_log).unwrap_or_default();
     let skipped = skips.lines().count() as u64;
     if skipped > 0 {
@@ -97,37 +101,42 @@ fn host(opts: &Options) -> anyhow::Result<()> {
             eprintln!("  SKIPPED {name}: {reason}");
         }
     }
+    for f in &tests.failed_tests {
+        println!("  FAILED {f}");
+    }
+    for w in &tests.why {
+        println!("  WHY {w}");
+    }
     // Skipped tests return early and so count as passed in cargo's tally.
     println!(
-        "\nxtask test: {} passed, {failed} failed, {skipped} skipped",
-        passed.saturating_sub(skipped)
+        "\nxtask test: {} passed, {} failed, {skipped} skipped",
+        tests.passed.saturating_sub(skipped),
+        tests.failed
     );
-    if !status.success() || failed > 0 {
+    if !status.success() || tests.failed > 0 {
         bail!("tests failed");
     }
     Ok(())
 }
 
-/// Reads cargo's `test result: ok. 6 passed; 0 failed; ...` line.
-fn parse_result(line: &str) -> Option<(u64, u64)> {
-    let rest = line.strip_prefix("test result: ")?;
-    // Each `;`-separated part ends in "<count> <word>".
-    let num = |word: &str| {
-        rest.split(';').find_map(|part| {
-            let mut w = part.split_whitespace().rev();
-            let (name, count) = (w.next()?, w.next()?);
-            (name == word).then(|| count.parse().ok())?
-        })
-    };
-    Some((num("passed")?, num("failed")?))
+/// The test binary cargo's `Running tests/map.rs (target/...)` line
+/// starts (`tests/map.rs`), or `unittests src/lib.rs` and such.
+fn running(line: &str) -> Option<String> {
+    let rest = line.trim().strip_prefix("Running ")?;
+    Some(rest.split(" (").next().unwrap_or(rest).to_string())
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
-    fn reads_cargo_test_result_lines() {
-        let line = "test result: ok. 6 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 4.16s";
-        assert_eq!(super::parse_result(line), Some((6, 1)));
-        assert_eq!(super::parse_result("running 6 tests"), None);
+    fn names_the_binary_cargo_runs() {
+        let line = "     Running tests/map.rs (target/release/deps/map-0123abcd)";
+        assert_eq!(super::running(line).as_deref(), Some("tests/map.rs"));
+        let unit = "     Running unittests src/lib.rs (target/release/deps/pagewatch-0123abcd)";
+        assert_eq!(
+            super::running(unit).as_deref(),
+            Some("unittests src/lib.rs")
+        );
+        assert_eq!(super::running("running 6 tests"), None);
     }
 }

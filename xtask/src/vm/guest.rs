@@ -5,9 +5,8 @@
 //! oopses or exits silently under TCG), and the KVM probe.
 
 use std::{
-    io::{BufRead as _, BufReader},
     path::PathBuf,
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -153,38 +152,15 @@ impl Guest {
     /// Boots once, runs `script` (a shell command line) in the guest and
     /// hands every console line to `on_line` as it arrives.
     pub fn boot(&self, script: &str, on_line: &mut dyn FnMut(&str)) -> anyhow::Result<Outcome> {
-        let mut command = self.command(script)?;
-        // QEMU opens stdout and stderr separately: give both one pipe, so
-        // lines arrive in order and nothing needs a terminal.
-        let (reader, writer) = std::io::pipe().context("cannot create a pipe for vng")?;
-        command
-            .stdin(Stdio::null())
-            .stdout(writer.try_clone().context("cannot clone the vng pipe")?)
-            .stderr(writer);
+        let command = self.command(script)?;
         if let Some(qmp) = &self.qmp {
             let _ = std::fs::remove_file(qmp);
         }
         let start = Instant::now();
-        let mut child = command
-            .spawn()
-            .with_context(|| format!("cannot start vng for {}", self.kernel.name))?;
-        // The Command holds the pipe's write ends: close them so the read
-        // ends at EOF once the guest is gone.
-        drop(command);
-        let mut lines = BufReader::new(reader);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            let n = lines
-                .read_until(b'\n', &mut buf)
-                .context("reading the guest console")?;
-            if n == 0 {
-                break;
-            }
-            let line = String::from_utf8_lossy(&buf);
-            on_line(line.trim_end_matches(['\n', '\r']));
-        }
-        let status = child.wait().context("waiting for vng")?;
+        // QEMU opens stdout and stderr separately: cmd::lines gives both
+        // one pipe.
+        let status = cmd::lines(command, on_line)
+            .with_context(|| format!("running vng for {}", self.kernel.name))?;
         let code = status.code().filter(|&c| c != 124 && c != 137);
         Ok(Outcome {
             code,

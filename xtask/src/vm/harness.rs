@@ -1,6 +1,6 @@
 //! The host side of one guest boot of `cargo xtask test --vm`: reads the
 //! console line by line, counts libtest's results and failing tests,
-//! records the scenarios' exit codes, and is the scenarios' QMP proxy
+//! records the scenarios' exit codes and why steps failed, and is the scenarios' QMP proxy
 //! (`@@pw-vm qmp SEQ REQUEST` on the console; the answer goes to
 //! `qmp-SEQ.json` in the guest's `--rwdir`, written atomically).
 
@@ -10,6 +10,7 @@ use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
 use super::qmp::Qmp;
+use crate::libtest::Reader;
 
 /// What the console has told us so far in one boot.
 pub struct Harness {
@@ -23,27 +24,15 @@ pub struct Harness {
     pub binary: Option<String>,
     pub failures_before: usize,
     pub scenario_exits: Vec<(String, i32)>,
-    pub passed: u64,
-    pub failed: u64,
-    pub failed_tests: Vec<String>,
+    /// The tests' counts, failures and why steps failed.
+    pub tests: Reader,
     /// Seconds since the boot started when the guest's script began.
     pub booted_at: Option<f64>,
     /// The step (binary or scenario) running and when it started.
     pub current: Option<(String, f64)>,
     /// Every finished step and its seconds, in order.
     pub step_secs: Vec<(String, f64)>,
-    /// Why steps failed, as the console said it (a scenario's FAIL checks,
-    /// a test's panic message), each after its step: the summary repeats
-    /// them, since a CI log may keep only its tail.
-    pub why: Vec<String>,
-    /// The test whose captured output libtest is printing.
-    test: Option<String>,
-    /// The previous line said a thread panicked: this one is the message.
-    after_panic: bool,
 }
-
-/// At most this many [`Harness::why`] lines per boot.
-const WHY_LINES: usize = 40;
 
 impl Harness {
     pub fn new(kernel: String, memory_mib: u64, rw: PathBuf, qmp_path: PathBuf) -> Self {
@@ -57,15 +46,10 @@ impl Harness {
             binary: None,
             failures_before: 0,
             scenario_exits: Vec::new(),
-            passed: 0,
-            failed: 0,
-            failed_tests: Vec::new(),
+            tests: Reader::default(),
             booted_at: None,
             current: None,
             step_secs: Vec::new(),
-            why: Vec::new(),
-            test: None,
-            after_panic: false,
         }
     }
 
@@ -93,17 +77,22 @@ impl Harness {
                 }
                 ["binary", label] => {
                     self.binary = Some(label.to_string());
-                    self.test = None;
-                    self.failures_before = self.failed_tests.len();
+                    self.tests.step();
+                    self.failures_before = self.tests.failed_tests.len();
                     self.current = Some((label.to_string(), secs));
                 }
-                ["scenario", name] => self.current = Some((format!("scenario {name}"), secs)),
+                ["scenario", name] => {
+                    self.tests.step();
+                    self.current = Some((format!("scenario {name}"), secs));
+                }
                 ["binary-exit", label, code]
-                    if *code != "0" && self.failed_tests.len() == self.failures_before =>
+                    if *code != "0" && self.tests.failed_tests.len() == self.failures_before =>
                 {
                     // A binary that died without a failing test line (a crash, a panic in setup).
-                    self.failed_tests.push(format!("{label} exited {code}"));
-                    self.failed += 1;
+                    self.tests
+                        .failed_tests
+                        .push(format!("{label} exited {code}"));
+                    self.tests.failed += 1;
                 }
                 ["scenario-exit", name, code] => {
                     self.scenario_exits
@@ -128,42 +117,8 @@ impl Harness {
             }
             return;
         }
-        self.note_why(line.trim());
-        if let Some(name) = line
-            .strip_prefix("test ")
-            .and_then(|l| l.strip_suffix(" ... FAILED"))
-        {
-            self.failed_tests
-                .push(format!("{} {name}", self.binary.as_deref().unwrap_or("?")));
-        }
-        if let Some((p, f)) = test_result(line.trim()) {
-            self.passed += p;
-            self.failed += f;
-        }
-    }
-
-    /// Keeps `line` in [`Harness::why`] if it says why a step failed.
-    fn note_why(&mut self, line: &str) {
-        if let Some(name) = line
-            .strip_prefix("---- ")
-            .and_then(|l| l.strip_suffix(" stdout ----"))
-        {
-            self.test = Some(name.to_string());
-        }
-        let failed = self.after_panic || line.starts_with("FAIL ") || line.contains(": FAILED: ");
-        self.after_panic = line.starts_with("thread '") && line.contains("panicked at");
-        if !failed || self.why.len() >= WHY_LINES {
-            return;
-        }
-        let step = match (&self.current, &self.test) {
-            (Some((step, _)), Some(test)) if self.binary.as_deref() == Some(step) => {
-                format!("{step} {test}")
-            }
-            (Some((step, _)), _) => step.clone(),
-            (None, _) => "?".into(),
-        };
-        let cut: String = line.chars().take(400).collect();
-        self.why.push(format!("{step}: {cut}"));
+        let step = self.current.as_ref().map_or("?", |(step, _)| step.as_str());
+        self.tests.line(step, line);
     }
 
     fn qmp_request(&mut self, request: &[&str]) -> anyhow::Result<Value> {
@@ -192,58 +147,5 @@ impl Harness {
             }
             other => bail!("unknown QMP request {other:?}"),
         }
-    }
-}
-
-/// Reads libtest's `test result: ok. 6 passed; 1 failed; ...` line.
-fn test_result(line: &str) -> Option<(u64, u64)> {
-    let rest = line.strip_prefix("test result: ")?;
-    let num = |word: &str| {
-        rest.split([';', '.'])
-            .find_map(|part| part.trim().strip_suffix(word)?.trim().parse().ok())
-    };
-    Some((num("passed")?, num("failed")?))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn reads_libtest_result_lines() {
-        let line = "test result: FAILED. 6 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 4.16s";
-        assert_eq!(super::test_result(line), Some((6, 1)));
-        let ok = "test result: ok. 27 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.23s";
-        assert_eq!(super::test_result(ok), Some((27, 0)));
-        assert_eq!(super::test_result("running 6 tests"), None);
-    }
-
-    #[test]
-    fn keeps_why_steps_failed() {
-        let mut h = super::Harness::new("k".into(), 2048, "/nonexistent".into(), "/q".into());
-        for (i, line) in [
-            "@@pw-vm begin 6.1",
-            "@@pw-vm binary test:record",
-            "---- record_x stdout ----",
-            "thread 'record_x' panicked at tests/tests/record.rs:1:2:",
-            "collapsed 1202 of 2048 pages",
-            "more detail nobody needs in the summary",
-            "@@pw-vm binary-exit test:record 101",
-            "@@pw-vm scenario balloon",
-            "  ok   census OFFLINE pages: 1 (expected 1)",
-            "  FAIL map blocks hold at most its OFFLINE pages",
-            "pw-vm-scenario balloon: FAILED: map blocks hold at most its OFFLINE pages",
-        ]
-        .iter()
-        .enumerate()
-        {
-            h.line(line, i as f64);
-        }
-        assert_eq!(
-            h.why,
-            [
-                "test:record record_x: collapsed 1202 of 2048 pages",
-                "scenario balloon: FAIL map blocks hold at most its OFFLINE pages",
-                "scenario balloon: pw-vm-scenario balloon: FAILED: map blocks hold at most its OFFLINE pages",
-            ]
-        );
     }
 }

@@ -496,7 +496,6 @@ impl Tally {
         self.finished = h.finished;
         self.booted_at = h.booted_at;
         self.step_secs.clone_from(&h.step_secs);
-        self.why.clone_from(&h.why);
         let skipped_names: Vec<&str> = self
             .skips
             .iter()
@@ -508,9 +507,10 @@ impl Tally {
             .filter(|s| skipped_names.iter().any(|n| *n == format!("vm-{s}")))
             .count() as u64;
         self.skipped = (skipped_names.len() as u64).saturating_sub(scenario_skips);
-        self.passed = h.passed.saturating_sub(self.skipped);
-        self.failed = h.failed;
-        self.failures.extend(h.failed_tests);
+        self.passed = h.tests.passed.saturating_sub(self.skipped);
+        self.failed = h.tests.failed;
+        self.failures.extend(h.tests.failed_tests);
+        self.why = h.tests.why;
         for name in scenarios {
             let skipped = skipped_names.iter().any(|n| *n == format!("vm-{name}"));
             match h.scenario_exits.iter().find(|(n, _)| n == name) {
