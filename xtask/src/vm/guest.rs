@@ -37,6 +37,10 @@ pub struct Guest {
     pub balloon: bool,
     /// A QMP socket for QEMU.
     pub qmp: Option<PathBuf>,
+    /// QEMU's log of CPU resets (`-d cpu_reset`): a guest that dies
+    /// without a word (a triple fault ends QEMU under `-no-reboot`) leaves
+    /// "Triple fault" and the registers there.
+    pub qemu_log: Option<PathBuf>,
     /// Host directories the guest may write (mounted at the same path).
     pub rwdirs: Vec<PathBuf>,
     pub timeout: Duration,
@@ -79,6 +83,7 @@ impl Guest {
             numa: false,
             balloon: false,
             qmp: None,
+            qemu_log: None,
             rwdirs: Vec::new(),
             timeout: Duration::from_secs(600),
             verbose: false,
@@ -130,6 +135,9 @@ impl Guest {
                 "--qemu-opts=-qmp unix:{},server=on,wait=off",
                 qmp.display()
             ));
+        }
+        if let Some(log) = &self.qemu_log {
+            c.arg(format!("--qemu-opts=-d cpu_reset -D {}", log.display()));
         }
         for dir in &self.rwdirs {
             c.arg(format!("--rwdir={}", dir.display()));

@@ -54,6 +54,9 @@ const DMESG: &str = "dmesg.log";
 /// At most this many lines of [`DMESG`] in the summary.
 const DMESG_TAIL: usize = 30;
 
+/// QEMU's CPU reset log in the `--rwdir` ([`Guest::qemu_log`]).
+const QEMU_LOG: &str = "qemu.log";
+
 /// The scenarios `pw-vm-scenario` knows, in the order they run.
 const SCENARIOS: &[&str] = &[
     "balloon",
@@ -132,8 +135,8 @@ struct Tally {
     failures: Vec<String>,
     /// Why steps failed, from the console ([`Harness::why`]).
     why: Vec<String>,
-    /// The end of the guest kernel's log (warnings and worse) of each boot
-    /// that died before its script ended, and which boot it was.
+    /// How each boot that died before its script ended went
+    /// ([`death_report`]), and which boot it was.
     guest_logs: Vec<(&'static str, Vec<String>)>,
     skips: Vec<String>,
     finished: bool,
@@ -231,9 +234,8 @@ pub fn run(opts: &VmTestOptions, test_args: &[String]) -> anyhow::Result<()> {
         }
         for (boot, log) in &t.guest_logs {
             println!(
-                "  guest kernel log on {} before {boot} died (warnings and worse, last {} lines):",
-                t.kernel,
-                log.len()
+                "  {} died in {boot}: QEMU's triple fault report, then the kernel's warnings and worse:",
+                t.kernel
             );
             for l in log {
                 println!("    {l}");
@@ -414,6 +416,7 @@ fn run_kernel(
     g.numa = true;
     g.balloon = true;
     g.qmp = Some(rw.join("qmp.sock"));
+    g.qemu_log = Some(rw.join(QEMU_LOG));
     g.rwdirs = vec![rw.clone()];
     g.timeout = Duration::from_secs(opts.boot_timeout);
     let mut tally = Tally {
@@ -460,7 +463,7 @@ fn run_kernel(
             let _ = std::fs::remove_file(rw.join("skips.log"));
             tally
                 .guest_logs
-                .push(("the first boot (retried)", dmesg_tail(&rw)));
+                .push(("the first boot (retried)", death_report(&rw)));
         };
         g.boot_retrying(&script_cmd, &mut on_line, &mut before_retry, &mut retries)?
     };
@@ -475,20 +478,33 @@ fn run_kernel(
         tally.skips.push(format!("{name}: {reason}"));
     }
     if !state.finished {
-        tally.guest_logs.push(("the last boot", dmesg_tail(&rw)));
+        tally.guest_logs.push(("the last boot", death_report(&rw)));
     }
     tally.finish(state, scenarios);
     Ok(tally)
 }
 
-/// The last [`DMESG_TAIL`] lines of the guest kernel's log.
-fn dmesg_tail(rw: &Path) -> Vec<String> {
+/// How a guest that died before its script ended went: QEMU's triple
+/// fault report if it logged one, then the last [`DMESG_TAIL`] lines of
+/// the kernel's log.
+fn death_report(rw: &Path) -> Vec<String> {
+    let qemu = std::fs::read_to_string(rw.join(QEMU_LOG)).unwrap_or_default();
+    let mut report: Vec<String> = match qemu.rfind("Triple fault") {
+        Some(at) => qemu[at..]
+            .lines()
+            .take(DMESG_TAIL)
+            .map(|l| format!("qemu: {l}"))
+            .collect(),
+        None => vec!["qemu: no triple fault logged".into()],
+    };
     let log = std::fs::read_to_string(rw.join(DMESG)).unwrap_or_default();
     let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(DMESG_TAIL)..]
-        .iter()
-        .map(|l| l.to_string())
-        .collect()
+    report.extend(
+        lines[lines.len().saturating_sub(DMESG_TAIL)..]
+            .iter()
+            .map(|l| l.to_string()),
+    );
+    report
 }
 
 impl Tally {
