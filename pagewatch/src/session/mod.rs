@@ -583,6 +583,14 @@ impl Session {
                         }
                     }
                 }
+                // Pages move before pgmigrate_success does (it counts a
+                // whole migrate_pages() call at its end): every process is
+                // read again while they move.
+                EventKind::MigratePagesStart { .. }
+                | EventKind::SetMigrationPte { .. }
+                | EventKind::RemoveMigrationPte { .. } => {
+                    self.rescan.foreign_event("migration");
+                }
                 // The kernel names the victim's thread: count its process.
                 EventKind::OomVictim { pid, .. } => {
                     if let Ok(tid) = u32::try_from(pid) {
