@@ -176,7 +176,16 @@ pub fn numa_migrate() -> Result {
     let on1 = numa_maps_pages(w.pid, 1)?;
     println!("  workload {pid}: {on0} pages on node 0, {on1} on node 1");
     checks.that("the workload's memory is on node 0 first", on0 >= MIB * 256);
-    let mut top = Top::start(&["--pid", &pid, "--events", "migration", "--interval", "1s"])?;
+    // Intervals much shorter than the call (0.8 to 3.8 s under TCG), so
+    // its pages move over several of them, before pgmigrate_success moves.
+    let mut top = Top::start(&[
+        "--pid",
+        &pid,
+        "--events",
+        "migration",
+        "--interval",
+        "250ms",
+    ])?;
     let migrated0 = pagewatch_tests::vmstat("pgmigrate_success");
     let (old, new): (u64, u64) = (1 << 0, 1 << 1);
     let call = std::time::Instant::now();
