@@ -377,9 +377,23 @@ fn verdicts(text: &str) -> Vec<String> {
 }
 
 /// Runs `argv` in its own process group in `cwd`, killed after `limit`,
-/// sampling KSM and hugetlb use meanwhile.
-fn run(argv: &[String], cwd: &Path, limit: Duration) -> Result<(Run, String)> {
+/// sampling KSM and hugetlb use meanwhile: all along, or, given `running`,
+/// only while that file exists.
+///
+/// Under record, the wrapper shell creates `running` once pagewatch has
+/// attached its hooks and resumed it, and removes it when the selftest
+/// ends, before pagewatch detaches them: a 7.x guest under multi-threaded
+/// TCG oopses now and then when a tracepoint is switched on or off while
+/// another CPU runs its site, and this sampler's reads, 5 ms apart, were
+/// that other CPU ("Oops: int3" in trace_syscall_exit; docs/testing.md).
+fn run(
+    argv: &[String],
+    cwd: &Path,
+    limit: Duration,
+    running: Option<&Path>,
+) -> Result<(Run, String)> {
     let before = vmstat_now();
+    let running = running.map(Path::to_path_buf);
     let stop = Arc::new(AtomicBool::new(false));
     let (ksm_max, huge_rises) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let sampler = {
@@ -387,6 +401,10 @@ fn run(argv: &[String], cwd: &Path, limit: Duration) -> Result<(Run, String)> {
         std::thread::spawn(move || {
             let mut last = hugetlb_used();
             while !stop.load(Ordering::Relaxed) {
+                if running.as_ref().is_some_and(|f| !f.exists()) {
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
                 if let Some(n) = pagewatch_tests::read_u64("/sys/kernel/mm/ksm/pages_sharing") {
                     ksm_max.fetch_max(n, Ordering::Relaxed);
                 }
@@ -693,7 +711,7 @@ fn one(
     };
     let mut argv = vec![bin.display().to_string()];
     argv.extend(case.args.iter().map(|a| a.to_string()));
-    let (alone, alone_out) = run(&argv, &cwd, ALONE_BUDGET)?;
+    let (alone, alone_out) = run(&argv, &cwd, ALONE_BUDGET, None)?;
     if alone.timed_out {
         skip(
             &format!("{TEST}/{}", case.bin),
@@ -736,14 +754,16 @@ fn one(
         "sh".into(),
         "-c".into(),
         // On a line of its own: khugepaged ends its progress lines without one.
-        r#""$0" "$@"; s=$?; printf '\n@@pw-selftest-exit %s\n' $s; exit $s"#.into(),
+        r#": > .running; "$0" "$@"; s=$?; rm -f .running; printf '\n@@pw-selftest-exit %s\n' $s; exit $s"#.into(),
     ];
     traced.extend(argv.iter().cloned());
     let acct = Acct::start(cwd.join("acct"));
     // pagewatch's start costs ~9 s in a TCG guest; the selftest's own
     // slowdown under record stayed under 3x (docs/selftests.md).
     let limit = Duration::from_secs_f64(60.0 + 4.0 * alone.secs);
-    let (under, under_out) = run(&traced, &cwd, limit)?;
+    let running = cwd.join(".running");
+    let _ = std::fs::remove_file(&running);
+    let (under, under_out) = run(&traced, &cwd, limit, Some(&running))?;
     let accounted = acct.and_then(Acct::stop);
     let selftest_exit = under_out.lines().find_map(|l| {
         l.split_once("@@pw-selftest-exit ")?
@@ -770,7 +790,7 @@ fn one(
     // alone once more, and the recorded run must match one of the two.
     let mut alone = alone;
     if alone.verdicts != under.verdicts || alone.status != selftest_exit {
-        let (again, _) = run(&argv, &cwd, ALONE_BUDGET)?;
+        let (again, _) = run(&argv, &cwd, ALONE_BUDGET, None)?;
         println!(
             "  verdict or exit differed; alone again: exit {:?}, {} verdict lines{}",
             again.status,
