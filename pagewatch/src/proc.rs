@@ -266,10 +266,23 @@ impl CommCache {
 
     /// A fork at CLOCK_MONOTONIC `ts_ns` gave `pid` to a new process: the
     /// next lookup is of that process.
+    ///
+    /// The kernel stamps the start time before the fork event fires, so
+    /// the event's tick can be one late (a 6.12 guest under TCG named a
+    /// process that started at tick 14305 by 14306). The child's own stat
+    /// has it exactly: it is read now, while the child most likely still
+    /// runs, and taken if it is that child's (no later than the event).
+    /// Only a child already gone keeps the event's tick.
     pub fn forked(&mut self, pid: u32, ts_ns: u64) {
         self.current.remove(&pid);
         self.departed.remove(&pid);
-        let ticks = self.ticks_at(ts_ns);
+        let at = self.ticks_at(ts_ns);
+        let ticks = self
+            .root
+            .stat_fields(pid)
+            .map(|s| s.1)
+            .filter(|&t| t <= at && t + 1 >= at)
+            .unwrap_or(at);
         self.born.insert(pid, ticks);
     }
 
@@ -443,6 +456,16 @@ mod tests {
             "exec then exit: the exit names it"
         );
         cache.end_interval();
+        // A fork event a tick after the kernel's start stamp (999999):
+        // the child's stat, read at the event, has the exact tick, which
+        // stays once the child is gone.
+        cache.forked(42, (1_000_000 * tick).saturating_sub(cache.boot_offset_ns));
+        std::fs::remove_dir_all(dir.join("42")).unwrap();
+        assert_eq!(
+            cache.key_at(42, 1_000_000 * tick).start_ticks,
+            999999,
+            "the start tick of /proc, not the event's"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
