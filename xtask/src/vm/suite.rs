@@ -54,6 +54,9 @@ const DMESG: &str = "dmesg.log";
 /// At most this many lines of [`DMESG`] in the summary.
 const DMESG_TAIL: usize = 30;
 
+/// The hook-holding pagewatch's stderr in the `--rwdir`.
+const KEEPER_LOG: &str = "keeper.log";
+
 /// QEMU's CPU reset log in the `--rwdir` ([`Guest::qemu_log`]).
 const QEMU_LOG: &str = "qemu.log";
 
@@ -373,6 +376,24 @@ fn script(
         s,
         "dmesg --follow --level=emerg,alert,crit,err,warn > {} 2>&1 &",
         shell_quote(&rw.join(DMESG).display().to_string())
+    );
+    // A pagewatch that holds every default hook from here to the end,
+    // following only an idle `sleep`: each tracepoint is switched on once,
+    // before any test runs, and the tests' own attaches and detaches then
+    // only add and remove programs. Switching a tracepoint patches kernel
+    // text, and under multi-threaded TCG a CPU now and then runs the
+    // patch's breakpoint after the patch is done (`Oops: int3`, then a
+    // panic; docs/testing.md).
+    let _ = writeln!(
+        s,
+        "sleep 1000000 &\n\
+         {} top --pid $! --interval 3600s --json > /dev/null 2> {} &\n\
+         i=0; while [ $i -lt 1200 ] && ! grep -q 'tracing;' {}; do sleep 0.1; i=$((i+1)); done\n\
+         echo \"@@pw-vm note hooks held by pid $!: $(grep -c 'tracing;' {}) pagewatch tracing\"",
+        shell_quote(&pagewatch.display().to_string()),
+        shell_quote(&rw.join(KEEPER_LOG).display().to_string()),
+        shell_quote(&rw.join(KEEPER_LOG).display().to_string()),
+        shell_quote(&rw.join(KEEPER_LOG).display().to_string()),
     );
     let args: String = test_args
         .iter()
