@@ -384,16 +384,20 @@ fn script(
     // text, and under multi-threaded TCG a CPU now and then runs the
     // patch's breakpoint after the patch is done (`Oops: int3`, then a
     // panic; docs/testing.md).
+    // It is waited for without a poll: the waiting shell blocks opening a
+    // FIFO that the keeper's stderr reader opens once "tracing;" went by
+    // (a polling loop's forks, each 0.1 s, killed a 6.12 guest during
+    // the keeper's own attach).
+    let log = shell_quote(&rw.join(KEEPER_LOG).display().to_string());
     let _ = writeln!(
         s,
-        "sleep 1000000 &\n\
-         {} top --pid $! --interval 3600s --json > /dev/null 2> {} &\n\
-         i=0; while [ $i -lt 1200 ] && ! grep -q 'tracing;' {}; do sleep 0.1; i=$((i+1)); done\n\
-         echo \"@@pw-vm note hooks held by pid $!: $(grep -c 'tracing;' {}) pagewatch tracing\"",
+        "sleep 1000000 & PW_IDLE=$!\n\
+         mkfifo /tmp/pw-keeper-ready\n\
+         {{ {} top --pid $PW_IDLE --interval 3600s --json 2>&1 > /dev/null; }} | \
+         {{ sed '/tracing;/q' > {log}; echo > /tmp/pw-keeper-ready; cat >> {log}; }} &\n\
+         read -r _ < /tmp/pw-keeper-ready\n\
+         echo \"@@pw-vm note hooks held for the whole boot: $(grep -c 'tracing;' {log}) pagewatch tracing\"",
         shell_quote(&pagewatch.display().to_string()),
-        shell_quote(&rw.join(KEEPER_LOG).display().to_string()),
-        shell_quote(&rw.join(KEEPER_LOG).display().to_string()),
-        shell_quote(&rw.join(KEEPER_LOG).display().to_string()),
     );
     let args: String = test_args
         .iter()
