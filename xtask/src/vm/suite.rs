@@ -136,7 +136,7 @@ struct Tally {
     scenarios_failed: Vec<String>,
     scenarios_skipped: Vec<String>,
     failures: Vec<String>,
-    /// Why steps failed, from the console ([`Harness::why`]).
+    /// Why steps failed, from the console ([`crate::libtest::Reader::why`]).
     why: Vec<String>,
     /// How each boot that died before its script ended went
     /// ([`death_report`]), and which boot it was.
