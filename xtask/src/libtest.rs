@@ -1,6 +1,7 @@
 //! Reading what libtest and the VM scenarios print, line by line: the
 //! passed and failed counts, the failing tests, and why each step failed
-//! (a test's panic message, a scenario's FAIL checks). The closing
+//! (a test's panic message, a scenario's FAIL checks), and what passed
+//! only on a second try or as a known issue. The closing
 //! summaries of `cargo xtask test` repeat the reasons, since a CI log may
 //! keep only its tail.
 
@@ -19,6 +20,9 @@ pub struct Reader {
     pub failed_tests: Vec<String>,
     /// `STEP[ TEST]: LINE` for each line that says why something failed.
     pub why: Vec<String>,
+    /// `STEP: LINE` for each `FLAKY:` or `KNOWN ISSUE:` line: not failures,
+    /// but not passes to keep quiet about either.
+    pub flaky: Vec<String>,
     /// The test whose captured output libtest is printing.
     test: Option<String>,
     /// The previous line said a thread panicked: this one is the message.
@@ -53,12 +57,19 @@ impl Reader {
         }
         let says_why = self.after_panic || line.starts_with("FAIL ") || line.contains(": FAILED: ");
         self.after_panic = line.starts_with("thread '") && line.contains("panicked at");
-        if says_why && self.why.len() < WHY_LINES {
+        let cut = || -> String {
             let cut: String = line.chars().take(WHY_CHARS).collect();
-            self.why.push(match &self.test {
+            match &self.test {
                 Some(test) => format!("{step} {test}: {cut}"),
                 None => format!("{step}: {cut}"),
-            });
+            }
+        };
+        if says_why && self.why.len() < WHY_LINES {
+            self.why.push(cut());
+        }
+        let flaky = line.starts_with("FLAKY: ") || line.starts_with("KNOWN ISSUE: ");
+        if flaky && self.flaky.len() < WHY_LINES {
+            self.flaky.push(cut());
         }
     }
 }
@@ -103,6 +114,7 @@ mod tests {
             "  ok   census OFFLINE pages: 1 (expected 1)",
             "  FAIL map blocks hold at most its OFFLINE pages",
             "pw-vm-scenario balloon: FAILED: map blocks hold at most its OFFLINE pages",
+            "  FLAKY: the first recorded run differed",
         ] {
             r.line("scenario balloon", line);
         }
@@ -115,6 +127,10 @@ mod tests {
                 "scenario balloon: FAIL map blocks hold at most its OFFLINE pages",
                 "scenario balloon: pw-vm-scenario balloon: FAILED: map blocks hold at most its OFFLINE pages",
             ]
+        );
+        assert_eq!(
+            r.flaky,
+            ["scenario balloon: FLAKY: the first recorded run differed"]
         );
     }
 }

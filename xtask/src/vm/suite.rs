@@ -138,6 +138,9 @@ struct Tally {
     failures: Vec<String>,
     /// Why steps failed, from the console ([`crate::libtest::Reader::why`]).
     why: Vec<String>,
+    /// What passed only on a second try, or as a known issue
+    /// ([`crate::libtest::Reader::flaky`]).
+    flaky: Vec<String>,
     /// How each boot that died before its script ended went
     /// ([`death_report`]), and which boot it was.
     guest_logs: Vec<(&'static str, Vec<String>)>,
@@ -234,6 +237,9 @@ pub fn run(opts: &VmTestOptions, test_args: &[String]) -> anyhow::Result<()> {
         }
         for w in &t.why {
             println!("  WHY on {}: {w}", t.kernel);
+        }
+        for f in &t.flaky {
+            println!("  FLAKY or KNOWN ISSUE on {}: {f}", t.kernel);
         }
         for (boot, log) in &t.guest_logs {
             println!(
@@ -552,6 +558,7 @@ impl Tally {
         self.failed = h.tests.failed;
         self.failures.extend(h.tests.failed_tests);
         self.why = h.tests.why;
+        self.flaky = h.tests.flaky;
         for name in scenarios {
             let skipped = skipped_names.iter().any(|n| *n == format!("vm-{name}"));
             match h.scenario_exits.iter().find(|(n, _)| n == name) {
