@@ -3,7 +3,8 @@
 //! process of its own, and exec keeps the process but renames it; a
 //! process is its thread group (threads are not processes, and it lives
 //! until its last thread exits, not its leader); a process shorter than an
-//! interval is counted from its events.
+//! interval is counted from its events; one read while it exits or execs
+//! loses its pages to the exit or exec.
 
 use std::{
     io::{BufRead as _, BufReader, Lines},
@@ -13,8 +14,8 @@ use std::{
 };
 
 use pagewatch_tests::{
-    Knobs, ProcessSummary, TopLine, Tracer, pagewatch_bin, report_json, report_processes, skip,
-    skip_unless_root,
+    Cause, Knobs, ProcessSummary, TopLine, Tracer, TransitionKind, pagewatch_bin, report_json,
+    report_processes, skip, skip_unless_root,
 };
 
 const PW_HOLD: &str = env!("CARGO_BIN_EXE_pw-hold");
@@ -334,6 +335,59 @@ fn a_process_shorter_than_an_interval_is_counted_from_its_events() {
         row.ends_with("no snapshot"),
         snapshots == 0,
         "{row} vs {snapshots} snapshots"
+    );
+    let _ = std::fs::remove_file(file);
+}
+
+/// Processes that exec and exit while the snapshots read them: 40 times,
+/// a shell execs pw-short, which writes 32 MiB and exits 0.1 s later,
+/// recorded at 50 ms intervals, so snapshots often read a process midway
+/// through its exit or just before its exec. Every page they lose is
+/// explained by the exit or the exec (sched_process_exit fires after the
+/// memory is gone, sched_process_exec after the new image is in), none is
+/// left `unexplained` for the interval after.
+#[test]
+fn processes_read_while_they_exit_or_exec_lose_their_pages_to_the_exit_or_exec() {
+    let name = "processes_read_while_they_exit_or_exec_lose_their_pages_to_the_exit_or_exec";
+    if skip_unless_root(name) {
+        return;
+    }
+    let file = std::env::temp_dir().join(format!("pw-exits-{}.rec", std::process::id()));
+    let _ = std::fs::remove_file(&file);
+    let status = Command::new(pagewatch_bin())
+        .args(["record", "-o"])
+        .arg(&file)
+        .args(["--interval", "50ms", "--", "sh", "-c"])
+        .arg(
+            r#"for i in $(seq 40); do sleep 0.1 | sh -c 'exec "$0" 32' "$0" > /dev/null || exit 1; done"#,
+        )
+        .arg(PW_SHORT)
+        .status()
+        .expect("run pagewatch record");
+    assert!(status.success(), "pagewatch record: {status}");
+    let (lines, _) = report_json(&file);
+    let lost = |cause: Option<Cause>| -> u64 {
+        lines
+            .iter()
+            .filter_map(|l| l.transition())
+            .filter(|t| t.comm == "pw-short" && t.transition.kind == TransitionKind::Unmapped)
+            .filter(|t| cause.is_none_or(|c| t.transition.cause == c))
+            .map(|t| t.transition.pages)
+            .sum()
+    };
+    let (all, exit, unexplained) = (
+        lost(None),
+        lost(Some(Cause::Exit)),
+        lost(Some(Cause::Unexplained)),
+    );
+    let written = 40 * (32 << 20) / 4096;
+    assert!(
+        exit >= written / 2,
+        "{exit} pages unmapped by exit of the {written} pw-short wrote (all unmapped: {all})"
+    );
+    assert_eq!(
+        unexplained, 0,
+        "pages unmapped by unexplained, of {all} unmapped (exit {exit})"
     );
     let _ = std::fs::remove_file(file);
 }

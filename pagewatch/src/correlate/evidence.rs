@@ -140,6 +140,10 @@ pub struct Evidence {
     migrations_begun: HashSet<Cause>,
     exited: HashSet<u32>,
     execed: HashSet<u32>,
+    /// Processes that exec'd in the previous interval: its snapshot may
+    /// have read the old image just before the exec, which then vanishes
+    /// in this one.
+    earlier_execed: HashSet<u32>,
     oom_victims: HashSet<u32>,
     /// /proc/vmstat (thp_split_pmd, thp_split_page) deltas of this interval
     /// and of the one before (a split just before a snapshot is counted by
@@ -438,6 +442,7 @@ impl Evidence {
         self.earlier_fault_ranges = previous.fault_ranges.clone();
         self.earlier_ranges = previous.ranges.clone();
         self.earlier_migrated = previous.migrated.clone();
+        self.earlier_execed = previous.execed.clone();
         self.populating = previous.populating.clone();
     }
 
@@ -598,12 +603,18 @@ impl Evidence {
     /// explained by the next interval's events: the evidence of a move's
     /// reason (`mm_migrate_pages` fires when the whole call ends) and of a
     /// MAP_POPULATE range (known when mmap returns, after the pages are
-    /// in) can arrive after the snapshot that shows the change. The
-    /// evidence that decides a kind (migration entries, collapse
+    /// in) can arrive after the snapshot that shows the change, and so can
+    /// an exit or exec: the old memory is gone (exit_mm(), exec_mmap())
+    /// before sched_process_exit or sched_process_exec fires, and under
+    /// emulation loading the new image takes milliseconds. The evidence
+    /// that decides the other kinds (migration entries, collapse
     /// isolation, the syscalls' entries, faults) precedes the change.
     pub fn can_arrive_late(kind: TransitionKind) -> bool {
         use TransitionKind::*;
-        matches!(kind, Migrated | NodeChanged | FaultedIn | Refaulted)
+        matches!(
+            kind,
+            Migrated | NodeChanged | FaultedIn | Refaulted | Unmapped
+        )
     }
 
     /// The processes a thread of which is inside an mmap(MAP_POPULATE or
@@ -631,6 +642,8 @@ impl Evidence {
         match kind {
             Migrated | NodeChanged => self.cause(pid, va, None, kind),
             FaultedIn | Refaulted if self.populated(pid, va) => Cause::Populate,
+            Unmapped if self.exited.contains(&pid) => Cause::Exit,
+            Unmapped if self.execed.contains(&pid) => Cause::Exec,
             _ => Cause::Unexplained,
         }
     }
@@ -662,7 +675,12 @@ impl Evidence {
             Unmapped if self.oom_victims.contains(&pid) => Cause::Oom,
             Unmapped if self.exited.contains(&pid) => Cause::Exit,
             Unmapped if self.execed.contains(&pid) => Cause::Exec,
-            Unmapped => self.dropped(pid, va).unwrap_or(Cause::Unexplained),
+            // Then the process's own unmapping calls; only then an exec of
+            // the previous interval (its old image read just before).
+            Unmapped => self
+                .dropped(pid, va)
+                .or_else(|| self.earlier_execed.contains(&pid).then_some(Cause::Exec))
+                .unwrap_or(Cause::Unexplained),
             // The split hooks name the process; where they cannot attach,
             // the vmstat counter that rose is the evidence, labelled so.
             SplitFromThp | FolioSplit => {
@@ -799,6 +817,27 @@ mod tests {
         assert_eq!(e.cause(4, 0, None, TransitionKind::Unmapped), Cause::Exit);
         let x = evidence(&[ev(6, EventKind::ProcessExec { pid: 6, old_pid: 6 })]);
         assert_eq!(x.cause(6, 0, None, TransitionKind::Unmapped), Cause::Exec);
+        // The old image read just before the exec vanishes one interval
+        // later: the exec still explains it.
+        let mut next = Evidence::default();
+        next.inherit(&x);
+        assert_eq!(
+            next.cause(6, 0, None, TransitionKind::Unmapped),
+            Cause::Exec
+        );
+        assert_eq!(
+            next.cause(7, 0, None, TransitionKind::Unmapped),
+            Cause::Unexplained
+        );
+        // The old memory is gone before the exit or exec event fires: a
+        // snapshot can show it gone an interval before the event is read.
+        assert!(Evidence::can_arrive_late(TransitionKind::Unmapped));
+        assert_eq!(x.late_cause(6, 0, TransitionKind::Unmapped), Cause::Exec);
+        assert_eq!(e.late_cause(4, 0, TransitionKind::Unmapped), Cause::Exit);
+        assert_eq!(
+            e.late_cause(1, 0, TransitionKind::Unmapped),
+            Cause::Unexplained
+        );
         assert_eq!(
             e.cause(1, 0, None, TransitionKind::Unmapped),
             Cause::Unexplained
@@ -948,7 +987,7 @@ mod tests {
         let e = evidence(&[mmap(0, 0x8022), returned, ev(5, fault)]);
         assert!(e.populating_processes(1).is_empty(), "returned");
         assert!(Evidence::can_arrive_late(FaultedIn));
-        assert!(!Evidence::can_arrive_late(Unmapped));
+        assert!(!Evidence::can_arrive_late(TransitionKind::SwappedOut));
         assert_eq!(e.late_cause(5, 0x7000_1000, FaultedIn), Cause::Populate);
         assert_eq!(e.late_cause(5, 0x7000_2000, Refaulted), Cause::Unexplained);
         // A fault after the change explains nothing about it.

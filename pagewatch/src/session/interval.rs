@@ -80,6 +80,26 @@ impl IntervalAssembly {
         )
     }
 
+    /// `after` without the processes in `ended` (their last thread exited
+    /// in this interval). sched_process_exit fires after do_exit() has let
+    /// go of the memory (exit_mm()), so a table read while the process was
+    /// exiting holds at most the part read before its pages went. Dropped,
+    /// all of the process's pages end in this interval, where its exit is
+    /// the evidence, instead of the rest ending unexplained in the next.
+    pub fn without_ended(after: PageTable, ended: &[u32]) -> PageTable {
+        if !after.processes().iter().any(|p| ended.contains(&p.pid)) {
+            return after;
+        }
+        PageTable::from_processes(
+            after
+                .processes()
+                .iter()
+                .filter(|p| !ended.contains(&p.pid))
+                .cloned()
+                .collect(),
+        )
+    }
+
     /// khugepaged's scans of the followed processes' VMAs in `evidence`,
     /// with each VMA's name (from either snapshot) and the running
     /// kernel's name for each result.
@@ -137,7 +157,7 @@ mod tests {
         let mut a = IntervalAssembly::default();
         let late = group(1, TransitionKind::FaultedIn, Cause::Unexplained);
         let explained = group(1, TransitionKind::FaultedIn, Cause::Fault);
-        let never_late = group(2, TransitionKind::Unmapped, Cause::Unexplained);
+        let never_late = group(2, TransitionKind::SwappedOut, Cause::Unexplained);
         let now = a.settle(
             vec![late.clone(), explained.clone(), never_late.clone()],
             &evidence,
@@ -158,7 +178,7 @@ mod tests {
     }
 
     #[test]
-    fn a_held_process_keeps_its_table_from_before() {
+    fn a_held_process_keeps_its_table_from_before_and_an_ended_one_has_none() {
         let table = |pid, pages: u32| {
             let idx: Vec<u32> = (0..pages).collect();
             let n = idx.len();
@@ -182,5 +202,9 @@ mod tests {
         let after = both(table(1, 5), table(2, 7));
         let free = IntervalAssembly::hold(&before, after, &BTreeSet::new());
         assert_eq!((pages(&free, 1), pages(&free, 2)), (Some(5), Some(7)));
+        // A process that exited in the interval has no table after it,
+        // whatever was read of it while it went.
+        let gone = IntervalAssembly::without_ended(free, &[2, 3]);
+        assert_eq!((pages(&gone, 1), pages(&gone, 2)), (Some(5), None));
     }
 }

@@ -303,7 +303,8 @@ impl Session {
 
     /// Snapshot of the tracked processes (every process when tracing all)
     /// that still exist, in pid order. One that exits mid-scan is normal:
-    /// it is left out, or kept with what was read before it went. A
+    /// it is left out, or kept with what was read before it went (and
+    /// dropped once its exit is drained: [`IntervalAssembly::without_ended`]). A
     /// process that cannot have changed since the last snapshot (see
     /// [`crate::correlate::rescan`]) is carried over without a read;
     /// the others are read VMA batch by VMA batch straight into their
@@ -697,6 +698,7 @@ impl Session {
                 // A process inside a MAP_POPULATE mmap() is diffed once the
                 // call has returned: its table stays the one before until
                 // then, so the populated pages get their cause page by page.
+                let after = IntervalAssembly::without_ended(after, &self.exited);
                 let after =
                     IntervalAssembly::hold(&before, after, &evidence.populating_processes(ts_ns));
                 evidence.resolve_pfns(&before, &after);
