@@ -105,6 +105,7 @@ fn map_free_blocks_and_pageblocks_match_buddyinfo_and_pagetypeinfo() {
         return;
     }
     let _serial = serial();
+    let reporting = page_reporting();
     let (pt0, b0) = (pagetypeinfo_blocks(), buddyinfo());
     let m = map(&[]);
     let (b1, pt1) = (buddyinfo(), pagetypeinfo_blocks());
@@ -127,18 +128,22 @@ fn map_free_blocks_and_pageblocks_match_buddyinfo_and_pagetypeinfo() {
         let (before, after) = (&b0[&key], &b1[&key]);
         assert_eq!(ours.len(), before.len(), "{key:?}: orders");
         let mut churn = 0;
-        let mut outside = 0;
+        let (mut below, mut above) = (0, 0);
         for o in 0..ours.len() {
             let (lo, hi) = (before[o].min(after[o]), before[o].max(after[o]));
             churn += (hi - lo) << o;
-            outside += (lo.saturating_sub(ours[o]) + ours[o].saturating_sub(hi)) << o;
+            below += lo.saturating_sub(ours[o]) << o;
+            above += ours[o].saturating_sub(hi) << o;
         }
+        // Chunks free page reporting holds off the free lists while the
+        // map reads (see the compaction test below).
+        let reported = if reporting { 32 << (ours.len() - 1) } else { 0 };
         eprintln!(
-            "{key:?}: free per order {ours:?}, buddyinfo {before:?} .. {after:?}: {outside} pages outside, churn {churn}"
+            "{key:?}: free per order {ours:?}, buddyinfo {before:?} .. {after:?}: {below} pages below, {above} above, churn {churn}"
         );
         assert!(
-            outside <= churn,
-            "{key:?}: free blocks per order {ours:?} leave buddyinfo's bracket {before:?} .. {after:?} by {outside} pages, more than the {churn} pages that changed"
+            below.saturating_sub(reported) + above <= churn,
+            "{key:?}: free blocks per order {ours:?} leave buddyinfo's bracket {before:?} .. {after:?} by {below} pages below and {above} above, more than the {churn} pages that changed (free page reporting may hide {reported})"
         );
         // Every page of the zone's blocks is in one class.
         let pages: u64 = z["pages"]
@@ -592,6 +597,19 @@ fn free_blocks(m: &Value) -> Vec<ZoneFree> {
         .collect()
 }
 
+/// Whether a virtio-balloon reports free pages to the host (feature bit 5,
+/// VIRTIO_BALLOON_F_REPORTING, in /sys/bus/virtio/devices/*/features).
+fn page_reporting() -> bool {
+    std::fs::read_dir("/sys/bus/virtio/devices")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|d| {
+            let read = |f: &str| std::fs::read_to_string(d.path().join(f)).unwrap_or_default();
+            read("device").trim() == "0x0005" && read("features").as_bytes().get(5) == Some(&b'1')
+        })
+}
+
 /// Fragmentation: 128 MiB of 4 KiB pages with every other page freed
 /// (MADV_DONTNEED) leaves the pageblocks holding them `compactable` or
 /// `blocked`, never free, and the map names us in them; after
@@ -662,14 +680,38 @@ fn map_half_freed_memory_is_compactable_and_free_blocks_track_compaction() {
     // by what buddyinfo's order-9+ count says. (How much compaction frees
     // is the kernel's business: on the development host, whose movable
     // pages it could hardly isolate, nothing.)
+    //
+    // Free page reporting (a virtio-balloon with VIRTIO_BALLOON_F_REPORTING,
+    // as on the development host) takes free chunks of pageblock order and
+    // up off the free lists, 32 at a time (PAGE_REPORTING_CAPACITY), while
+    // it reports them to the host, about 2 s after frees such as a
+    // compaction's: a map read meanwhile sees those blocks without their
+    // buddy head, and buddyinfo before and after it counts them free (seen
+    // once: 2013 free blocks, buddyinfo 2031). So the map may fall short by
+    // up to 32 chunks of the largest order there.
+    let reporting = page_reporting();
     let mut total = [0, 0];
     for (k, (m, label)) in [(&before, "before"), (&after, "after")].iter().enumerate() {
+        let order = m["pageblock_order"].as_u64().unwrap();
+        let orders = m["zones"][0]["buddyinfo_before"].as_array().unwrap().len() as u64;
+        let reported = if reporting {
+            32 << (orders - 1 - order)
+        } else {
+            0
+        };
         for (zone, free, (lo, hi)) in free_blocks(m) {
-            eprintln!("{label} compaction, {zone:?}: {free} free blocks, buddyinfo {lo}..={hi}");
-            let outside = lo.saturating_sub(free) + free.saturating_sub(hi);
+            eprintln!(
+                "{label} compaction, {zone:?}: {free} free blocks, buddyinfo {lo}..={hi}{}",
+                if reporting {
+                    " (free page reporting on)"
+                } else {
+                    ""
+                }
+            );
+            let outside = lo.saturating_sub(free + reported) + free.saturating_sub(hi);
             assert!(
                 outside <= hi - lo,
-                "{label} compaction, {zone:?}: the map counts {free} free blocks, buddyinfo {lo}..={hi}"
+                "{label} compaction, {zone:?}: the map counts {free} free blocks, buddyinfo {lo}..={hi} (free page reporting may hide {reported})"
             );
             total[k] += free;
         }
