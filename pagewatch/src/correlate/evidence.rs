@@ -140,10 +140,12 @@ pub struct Evidence {
     migrations_begun: HashSet<Cause>,
     exited: HashSet<u32>,
     execed: HashSet<u32>,
-    /// Processes that exec'd in the previous interval: its snapshot may
-    /// have read the old image just before the exec, which then vanishes
-    /// in this one.
+    /// Processes that exec'd or exited in the previous interval: its
+    /// snapshot may have read the old image just before the exec, or a
+    /// process still in do_exit() (before 6.10 its end is known only once
+    /// no thread is alive), whose pages then vanish in this one.
     earlier_execed: HashSet<u32>,
+    earlier_exited: HashSet<u32>,
     oom_victims: HashSet<u32>,
     /// /proc/vmstat (thp_split_pmd, thp_split_page) deltas of this interval
     /// and of the one before (a split just before a snapshot is counted by
@@ -443,6 +445,7 @@ impl Evidence {
         self.earlier_ranges = previous.ranges.clone();
         self.earlier_migrated = previous.migrated.clone();
         self.earlier_execed = previous.execed.clone();
+        self.earlier_exited = previous.exited.clone();
         self.populating = previous.populating.clone();
     }
 
@@ -675,10 +678,11 @@ impl Evidence {
             Unmapped if self.oom_victims.contains(&pid) => Cause::Oom,
             Unmapped if self.exited.contains(&pid) => Cause::Exit,
             Unmapped if self.execed.contains(&pid) => Cause::Exec,
-            // Then the process's own unmapping calls; only then an exec of
-            // the previous interval (its old image read just before).
+            // Then the process's own unmapping calls; only then an exit or
+            // exec of the previous interval (read just before it).
             Unmapped => self
                 .dropped(pid, va)
+                .or_else(|| self.earlier_exited.contains(&pid).then_some(Cause::Exit))
                 .or_else(|| self.earlier_execed.contains(&pid).then_some(Cause::Exec))
                 .unwrap_or(Cause::Unexplained),
             // The split hooks name the process; where they cannot attach,
@@ -727,8 +731,18 @@ impl Evidence {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// The evidence of an interval in which process `tgid` exited.
+    pub(crate) fn evidence_with_exit(tgid: u32) -> Evidence {
+        let exit = EventKind::ProcessExit {
+            pid: i64::from(tgid),
+            group_dead: 1,
+            comm: [0; 16],
+        };
+        evidence(&[ev(tgid, exit)])
+    }
 
     fn ev(tgid: u32, kind: EventKind) -> Event {
         Event {
@@ -828,6 +842,12 @@ mod tests {
         assert_eq!(
             next.cause(7, 0, None, TransitionKind::Unmapped),
             Cause::Unexplained
+        );
+        let mut after_exit = Evidence::default();
+        after_exit.inherit(&e);
+        assert_eq!(
+            after_exit.cause(4, 0, None, TransitionKind::Unmapped),
+            Cause::Exit
         );
         // The old memory is gone before the exit or exec event fires: a
         // snapshot can show it gone an interval before the event is read.
