@@ -605,7 +605,14 @@ pub fn rollup(pid: u32) -> std::collections::HashMap<String, u64> {
 /// fields 10 and 12, summed by the kernel over all its threads, those
 /// that exited included), for workloads to report as the oracle.
 pub fn own_faults() -> (u64, u64) {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("read /proc/self/stat");
+    faults_of("self")
+}
+
+/// The page faults (minflt, majflt) of process `pid` (a number or `self`)
+/// so far, as [`own_faults`] reads them.
+pub fn faults_of(pid: &str) -> (u64, u64) {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
     let f: Vec<&str> = stat[stat.rfind(')').expect("comm end") + 2..]
         .split(' ')
         .collect();
