@@ -105,12 +105,14 @@ fn map_free_blocks_and_pageblocks_match_buddyinfo_and_pagetypeinfo() {
         return;
     }
     let _serial = serial();
-    let reporting = page_reporting();
     let (pt0, b0) = (pagetypeinfo_blocks(), buddyinfo());
     let m = map(&[]);
     let (b1, pt1) = (buddyinfo(), pagetypeinfo_blocks());
     let zones = m["zones"].as_array().unwrap();
     assert!(!zones.is_empty(), "no zones in {m}");
+    // Pages free page reporting holds off the free lists while the map
+    // reads (see the compaction test below).
+    let reported = page_reporting_pages(zones[0]["free_by_order"].as_array().unwrap().len());
     for z in zones {
         let key = zone_key(z);
         let blocks = z["blocks"].as_u64().unwrap();
@@ -135,9 +137,6 @@ fn map_free_blocks_and_pageblocks_match_buddyinfo_and_pagetypeinfo() {
             below += lo.saturating_sub(ours[o]) << o;
             above += ours[o].saturating_sub(hi) << o;
         }
-        // Chunks free page reporting holds off the free lists while the
-        // map reads (see the compaction test below).
-        let reported = if reporting { 32 << (ours.len() - 1) } else { 0 };
         eprintln!(
             "{key:?}: free per order {ours:?}, buddyinfo {before:?} .. {after:?}: {below} pages below, {above} above, churn {churn}"
         );
@@ -597,17 +596,21 @@ fn free_blocks(m: &Value) -> Vec<ZoneFree> {
         .collect()
 }
 
-/// Whether a virtio-balloon reports free pages to the host (feature bit 5,
-/// VIRTIO_BALLOON_F_REPORTING, in /sys/bus/virtio/devices/*/features).
-fn page_reporting() -> bool {
-    std::fs::read_dir("/sys/bus/virtio/devices")
+/// The free pages free page reporting can hold off the free lists at once,
+/// given buddyinfo's number of `orders`: 32 chunks (PAGE_REPORTING_CAPACITY)
+/// of the largest order where a virtio-balloon reports free pages to the
+/// host (feature bit 5, VIRTIO_BALLOON_F_REPORTING, in
+/// /sys/bus/virtio/devices/*/features), else none.
+fn page_reporting_pages(orders: usize) -> u64 {
+    let reporting = std::fs::read_dir("/sys/bus/virtio/devices")
         .into_iter()
         .flatten()
         .flatten()
         .any(|d| {
             let read = |f: &str| std::fs::read_to_string(d.path().join(f)).unwrap_or_default();
             read("device").trim() == "0x0005" && read("features").as_bytes().get(5) == Some(&b'1')
-        })
+        });
+    if reporting { 32 << (orders - 1) } else { 0 }
 }
 
 /// Fragmentation: 128 MiB of 4 KiB pages with every other page freed
@@ -689,20 +692,15 @@ fn map_half_freed_memory_is_compactable_and_free_blocks_track_compaction() {
     // buddy head, and buddyinfo before and after it counts them free (seen
     // once: 2013 free blocks, buddyinfo 2031). So the map may fall short by
     // up to 32 chunks of the largest order there.
-    let reporting = page_reporting();
     let mut total = [0, 0];
     for (k, (m, label)) in [(&before, "before"), (&after, "after")].iter().enumerate() {
         let order = m["pageblock_order"].as_u64().unwrap();
-        let orders = m["zones"][0]["buddyinfo_before"].as_array().unwrap().len() as u64;
-        let reported = if reporting {
-            32 << (orders - 1 - order)
-        } else {
-            0
-        };
+        let orders = m["zones"][0]["buddyinfo_before"].as_array().unwrap().len();
+        let reported = page_reporting_pages(orders) >> order;
         for (zone, free, (lo, hi)) in free_blocks(m) {
             eprintln!(
                 "{label} compaction, {zone:?}: {free} free blocks, buddyinfo {lo}..={hi}{}",
-                if reporting {
+                if reported > 0 {
                     " (free page reporting on)"
                 } else {
                     ""
