@@ -145,6 +145,14 @@ fn print_table(map: &PhysMap, owned: &HashMap<usize, Vec<Owner>>, nearly: usize)
             nonzero(&z.verdicts)
         );
         println!("  pages: {}", nonzero(&z.pages));
+        if z.pages.get("kernel").is_some_and(|n| *n > 0) {
+            println!(
+                "  of the kernel pages, free on per-CPU lists (zoneinfo before/after): {}/{}",
+                z.zone.pcp_free,
+                z.pcp_free_after
+                    .map_or_else(|| "?".into(), |n| n.to_string())
+            );
+        }
         println!("  free blocks per order  {}", orders_row(&z.free_by_order));
         if let Some(b) = &z.buddyinfo_before {
             println!("  buddyinfo before       {}", orders_row(b));

@@ -97,6 +97,10 @@ pub struct ZoneMap {
     pub buddyinfo_before: Option<Vec<u64>>,
     /// And just after.
     pub buddyinfo_after: Option<Vec<u64>>,
+    /// Free pages on the zone's per-CPU lists by /proc/zoneinfo read just
+    /// after the PFNs (`pcp_free` is the read before): they are among the
+    /// `kernel` pages.
+    pub pcp_free_after: Option<u64>,
 }
 
 /// The whole map.
@@ -384,6 +388,7 @@ pub fn build(root: &ProcRoot, threads: usize) -> Result<PhysMap> {
     .map_err(|e| SnapshotError::read(&path, e))?;
     let seconds = t0.elapsed().as_secs_f64();
     let after = buddyinfo(root, &mut notes);
+    let zones_after = read_text(&zi).and_then(|t| parse_zoneinfo(&t, &zi));
     let mut blocks = Vec::new();
     let mut free = vec![vec![0u64; orders as usize]; zones.len()];
     let mut read_end = lo;
@@ -459,11 +464,16 @@ pub fn build(root: &ProcRoot, threads: usize) -> Result<PhysMap> {
                 free_by_order: free[z].clone(),
                 buddyinfo_before: find(&before),
                 buddyinfo_after: find(&after),
+                pcp_free_after: zones_after.as_ref().ok().and_then(|a| {
+                    a.iter()
+                        .find(|x| x.node == zone.node && x.name == zone.name)
+                        .map(|x| x.pcp_free)
+                }),
             }
         })
         .collect();
     notes.push(
-        "a page with no flags ('kernel') is a kernel allocation without a page type or a free page on a per-CPU list; a whole memory block without flags is counted as a hole (struct pages never initialized); slab pages of reclaimable caches count as slab".into(),
+        "a page with no flags ('kernel') is a kernel allocation without a page type or a free page on a per-CPU list (each zone's pcp_free, from /proc/zoneinfo, says how many of those there were); a whole memory block without flags is counted as a hole (struct pages never initialized); slab pages of reclaimable caches count as slab".into(),
     );
     Ok(PhysMap {
         pageblock_order,

@@ -20,6 +20,9 @@ pub struct Zone {
     pub start_pfn: u64,
     /// PFNs spanned, holes included.
     pub spanned: u64,
+    /// Free pages waiting on the zone's per-CPU lists (the `count:` of
+    /// every CPU's pageset): flagless in kpageflags, like kernel pages.
+    pub pcp_free: u64,
 }
 
 impl Zone {
@@ -58,6 +61,7 @@ pub fn parse_zoneinfo(text: &str, path: &Path) -> Result<Vec<Zone>> {
                 name: name.into(),
                 start_pfn: 0,
                 spanned: 0,
+                pcp_free: 0,
             });
             spanned = None;
             continue;
@@ -69,6 +73,11 @@ pub fn parse_zoneinfo(text: &str, path: &Path) -> Result<Vec<Zone>> {
                 let z = zones.last_mut().ok_or_else(bad)?;
                 z.start_pfn = v.parse().map_err(|_| bad())?;
                 z.spanned = spanned.ok_or_else(bad)?;
+            }
+            // One `count:` per CPU in the zone's pagesets.
+            (Some("count:"), Some(v)) => {
+                let z = zones.last_mut().ok_or_else(bad)?;
+                z.pcp_free += v.parse::<u64>().map_err(|_| bad())?;
             }
             _ => {}
         }
@@ -201,16 +210,16 @@ mod tests {
         ))
         .unwrap();
         let z = parse_zoneinfo(&text, Path::new("zoneinfo")).unwrap();
-        let got: Vec<(&str, u64, u64)> = z
+        let got: Vec<(&str, u64, u64, u64)> = z
             .iter()
-            .map(|z| (z.name.as_str(), z.start_pfn, z.spanned))
+            .map(|z| (z.name.as_str(), z.start_pfn, z.spanned, z.pcp_free))
             .collect();
         assert_eq!(
             got,
             vec![
-                ("DMA", 1, 4095),
-                ("DMA32", 4096, 1044480),
-                ("Normal", 1048576, 5505024)
+                ("DMA", 1, 4095, 0),
+                ("DMA32", 4096, 1044480, 0),
+                ("Normal", 1048576, 5505024, 16576 + 5035)
             ]
         );
         assert!(parse_zoneinfo("Node 0, zone DMA\n  start_pfn: x\n", Path::new("z")).is_err());
