@@ -108,11 +108,14 @@ pub enum Hook {
     /// `migrate/mm_migrate_pages_start`: mode, reason (a migrate_pages()
     /// call begins; `MigratePages` marks its end).
     MigratePagesStart = 42,
+    /// `syscalls/sys_enter_process_madvise`: pidfd, behavior. Not
+    /// filtered: the caller advises another process's memory.
+    SysProcessMadvise = 43,
 }
 
 impl Hook {
     /// Every hook, in discriminant order.
-    pub const ALL: [Hook; 43] = [
+    pub const ALL: [Hook; 44] = [
         Hook::PageFaultUser,
         Hook::KswapdWake,
         Hook::KswapdSleep,
@@ -156,6 +159,7 @@ impl Hook {
         Hook::SetMigrationPmd,
         Hook::RemoveMigrationPmd,
         Hook::MigratePagesStart,
+        Hook::SysProcessMadvise,
     ];
 
     /// The hook with discriminant `value`, if there is one.

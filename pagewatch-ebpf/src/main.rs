@@ -226,6 +226,7 @@ programs! {
     set_migration_pmd => SetMigrationPmd,
     remove_migration_pmd => RemoveMigrationPmd,
     migrate_pages_start => MigratePagesStart,
+    sys_process_madvise => SysProcessMadvise,
 }
 
 /// Address of the kernel's `vmemmap_base` variable (from /proc/kallsyms,

@@ -326,6 +326,7 @@ impl<K: Ord + Copy> Aggregator<K> {
             | EventKind::RemoveMigrationPte { .. }
             | EventKind::Munmap { .. }
             | EventKind::Madvise { .. }
+            | EventKind::ProcessMadvise { .. }
             | EventKind::Mremap { .. }
             | EventKind::Mmap { .. }
             | EventKind::MmapReturn { .. }

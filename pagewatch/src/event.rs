@@ -234,6 +234,12 @@ pub enum EventKind {
         len: u64,
         advice: u64,
     },
+    /// process_madvise(pidfd, ..., advice) by this thread, on the memory
+    /// of the process `pidfd` names.
+    ProcessMadvise {
+        pidfd: i64,
+        advice: u64,
+    },
     /// mremap(addr, old_len, new_len, flags, new_addr) by the process.
     Mremap {
         addr: u64,
@@ -482,6 +488,10 @@ impl Decoder {
                 start: a[0],
                 len: a[1],
                 advice: a[2],
+            },
+            Hook::SysProcessMadvise => EventKind::ProcessMadvise {
+                pidfd: s(0),
+                advice: a[1],
             },
             Hook::SysMremap => EventKind::Mremap {
                 addr: a[0],

@@ -656,6 +656,19 @@ pub const HOOKS: &[HookSpec] = &[
         per_process: false,
         attach: Attach::Tracepoint,
     },
+    // process_madvise(2) works on another process's memory (a pidfd's):
+    // the caller is not the process whose pages go, so it is not
+    // filtered. MADV_PAGEOUT's write-outs run in the caller's thread.
+    HookSpec {
+        hook: Hook::SysProcessMadvise,
+        family: Family::Syscalls,
+        program: "sys_process_madvise",
+        category: "syscalls",
+        names: &["sys_enter_process_madvise"],
+        fields: &["pidfd", "behavior"],
+        per_process: false,
+        attach: Attach::Tracepoint,
+    },
 ];
 
 /// The spec of `hook`.

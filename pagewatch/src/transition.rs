@@ -154,11 +154,15 @@ pub enum Cause {
     /// Its mmap(MAP_POPULATE or MAP_LOCKED) populated the range: the
     /// kernel faulted the pages in for it, without a user page fault.
     Populate = 24,
+    /// madvise(MADV_PAGEOUT) of the range by the process, or a
+    /// process_madvise(MADV_PAGEOUT) whose thread wrote the page to swap:
+    /// reclaimed on request, not under memory pressure.
+    MadvPageout = 25,
 }
 
 impl Cause {
     /// Every cause, in discriminant order.
-    pub const ALL: [Cause; 25] = [
+    pub const ALL: [Cause; 26] = [
         Self::Unexplained,
         Self::Fault,
         Self::KswapdReclaim,
@@ -184,6 +188,7 @@ impl Cause {
         Self::MadvRemove,
         Self::Mremap,
         Self::Populate,
+        Self::MadvPageout,
     ];
 
     /// The cause with discriminant `v`.

@@ -281,6 +281,190 @@ fn swap_round_trips_are_matched_by_swap_slot_with_their_time_in_swap() {
     }
 }
 
+/// process_madvise(2) of `len` bytes at `start` in `pid` through a pidfd:
+/// the bytes advised, or -1.
+fn process_madvise(pid: u32, start: u64, len: u64, advice: libc::c_int) -> i64 {
+    // SAFETY: pidfd_open, then process_madvise with one valid iovec (the
+    // range is in the other process, which the kernel checks); the pidfd
+    // is closed after.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
+        assert!(pidfd >= 0, "pidfd_open({pid})");
+        let iov = libc::iovec {
+            iov_base: start as *mut _,
+            iov_len: len as usize,
+        };
+        let n = libc::syscall(libc::SYS_process_madvise, pidfd, &iov, 1, advice, 0);
+        libc::close(pidfd);
+        n
+    }
+}
+
+/// Pages of `pid` in swap among the `pages` pages from `addr`, by its
+/// pagemap (bit 62).
+fn swapped_pages(pid: u32, addr: u64, pages: u64) -> u64 {
+    use std::os::unix::fs::FileExt as _;
+    let f = std::fs::File::open(format!("/proc/{pid}/pagemap")).expect("open pagemap");
+    let mut buf = vec![0u8; pages as usize * 8];
+    f.read_exact_at(&mut buf, addr / 4096 * 8)
+        .expect("read pagemap");
+    buf.chunks(8)
+        .filter(|c| u64::from_ne_bytes((*c).try_into().unwrap()) >> 62 & 1 == 1)
+        .count() as u64
+}
+
+/// Reclaim asked for, with no memory pressure: the process pages out the
+/// first half of a region with madvise(MADV_PAGEOUT), and this test the
+/// second half with process_madvise(MADV_PAGEOUT) through a pidfd. Every
+/// page the kernel put in swap (the process's pagemap says which) is
+/// `swapped_out` by `madv_pageout`, those of the second half too, whose
+/// call came from a process pagewatch does not follow.
+#[test]
+fn pageout_by_madvise_and_process_madvise_is_attributed() {
+    let name = "pageout_by_madvise_and_process_madvise_is_attributed";
+    if skip_unless_root(name) {
+        return;
+    }
+    if !Path::new("/sys/kernel/tracing/events/syscalls/sys_enter_process_madvise").exists() {
+        return skip(name, "no syscalls/sys_enter_process_madvise tracepoint");
+    }
+    let _swap = match ZramSwap::setup("512M") {
+        Ok(s) => s,
+        Err(why) => return skip(name, &why),
+    };
+    const MIB: u64 = 64;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pw-faults"))
+        .args(["window", &MIB.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn pw-faults");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let pid: u32 = out.next().unwrap().unwrap()[4..].parse().unwrap();
+    assert_eq!(out.next().unwrap().unwrap(), "ready");
+    let tracer = Tracer::start(&["--pid", &pid.to_string(), "--interval", "300ms"]);
+    writeln!(stdin, "go").unwrap();
+    assert!(out.next().unwrap().unwrap().starts_with("delta "));
+    std::thread::sleep(Duration::from_millis(700));
+    writeln!(stdin, "pageout").unwrap();
+    assert_eq!(out.next().unwrap().unwrap(), "paged out 0");
+    let region = pagewatch_tests::smaps(pid)
+        .into_iter()
+        .find(|v| v.name.is_empty() && v.kb["Size"] == MIB << 10)
+        .expect("the region in smaps")
+        .start;
+    let half = MIB << 19;
+    assert_eq!(
+        process_madvise(pid, region + half, half, libc::MADV_PAGEOUT),
+        half as i64,
+        "process_madvise advised the second half"
+    );
+    std::thread::sleep(Duration::from_millis(900));
+    let first = swapped_pages(pid, region, half / 4096);
+    let second = swapped_pages(pid, region + half, half / 4096);
+    let lines = tracer.stop();
+    drop(stdin);
+    let _ = child.wait();
+    let mut seen = std::collections::BTreeMap::<String, u64>::new();
+    for t in transitions(&lines, pid, TransitionKind::SwappedOut) {
+        *seen.entry(t.cause.to_string()).or_default() += t.pages;
+    }
+    eprintln!("{name}: in swap {first} + {second} pages; swapped_out by cause {seen:?}");
+    // zram takes them all where memory is plenty; not every page is
+    // asserted, what the kernel put in swap is the oracle.
+    assert!(
+        first > 0 && second > 0,
+        "MADV_PAGEOUT swapped nothing: {first} + {second}"
+    );
+    assert_eq!(
+        seen,
+        std::collections::BTreeMap::from([("madv_pageout".to_string(), first + second)]),
+        "every page in swap went out by madv_pageout"
+    );
+}
+
+/// A collapse asked for by another process: this test collapses a
+/// region of 4 KiB pages with process_madvise(MADV_COLLAPSE). Its
+/// collapse events fire in this (unfollowed) process's context: every
+/// page the region gained as THP (smaps AnonHugePages) is
+/// `collapsed_to_thp` by `madv_collapse`, but those khugepaged collapsed
+/// first (its pages_collapsed counter says how many).
+#[test]
+fn collapse_by_process_madvise_is_madv_collapse() {
+    let name = "collapse_by_process_madvise_is_madv_collapse";
+    if skip_unless_root(name) {
+        return;
+    }
+    if !Path::new("/sys/kernel/tracing/events/syscalls/sys_enter_process_madvise").exists() {
+        return skip(name, "no syscalls/sys_enter_process_madvise tracepoint");
+    }
+    let thp =
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    if thp.is_empty() || thp.contains("[never]") {
+        return skip(name, "THP disabled (transparent_hugepage/enabled is never)");
+    }
+    const MIB: u64 = 8;
+    // MADV_HUGEPAGE only, no wait for khugepaged.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pw-thp"))
+        .args([&MIB.to_string(), "khugepaged", "100", "0"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn pw-thp");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let pid: u32 = out.next().unwrap().unwrap()[4..].parse().unwrap();
+    let region: u64 = out
+        .next()
+        .unwrap()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(out.next().unwrap().unwrap(), "ready");
+    let collapsed = "/sys/kernel/mm/transparent_hugepage/khugepaged/pages_collapsed";
+    let by_khugepaged = pagewatch_tests::read_u64(collapsed).unwrap_or(0);
+    let tracer = Tracer::start(&["--pid", &pid.to_string(), "--interval", "300ms"]);
+    writeln!(stdin, "go").unwrap();
+    assert!(out.next().unwrap().unwrap().starts_with("collapse "));
+    let rc = process_madvise(pid, region, MIB << 20, 25);
+    std::thread::sleep(Duration::from_millis(900));
+    let huge_kb = pagewatch_tests::smaps(pid)
+        .into_iter()
+        .find(|v| v.start == region)
+        .expect("the region in smaps")
+        .kb["AnonHugePages"];
+    let by_khugepaged = pagewatch_tests::read_u64(collapsed).unwrap_or(0) - by_khugepaged;
+    let lines = tracer.stop();
+    drop(stdin);
+    let _ = child.wait();
+    let mut seen = std::collections::BTreeMap::<String, u64>::new();
+    for t in transitions(&lines, pid, TransitionKind::CollapsedToThp) {
+        *seen.entry(t.cause.to_string()).or_default() += t.pages;
+    }
+    eprintln!(
+        "{name}: process_madvise {rc}, AnonHugePages {huge_kb} kB, \
+         khugepaged collapsed {by_khugepaged} meanwhile; collapsed_to_thp by cause {seen:?}"
+    );
+    if rc < 0 {
+        return skip(
+            name,
+            "process_madvise(MADV_COLLAPSE) failed (before 6.1, or no THP to be had)",
+        );
+    }
+    assert_eq!(huge_kb, MIB << 10, "the whole region is THP");
+    // khugepaged's counter counts other processes' collapses too: its
+    // share here is at most what it counted.
+    let get = |c: &str| seen.get(c).copied().unwrap_or(0);
+    let (madv, khugepaged) = (get("madv_collapse"), get("khugepaged"));
+    assert_eq!(madv + khugepaged, huge_kb / 4, "collapsed pages: {seen:?}");
+    assert!(khugepaged <= by_khugepaged * 512, "khugepaged: {seen:?}");
+    assert!(madv > 0 || by_khugepaged >= 4, "madv_collapse: {seen:?}");
+}
+
 /// Pages of `pid` currently merged by KSM (/proc/PID/ksm_merging_pages).
 fn ksm_merging(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/ksm_merging_pages"))

@@ -174,6 +174,19 @@ pub struct Evidence {
     /// arrived at (remove) that address; this interval and the one before.
     migrated: HashSet<(u64, u64)>,
     earlier_migrated: HashSet<(u64, u64)>,
+    /// Threads that called madvise or process_madvise(MADV_PAGEOUT), this
+    /// interval and the one before (a call on a big range outlasts an
+    /// interval); their write-outs are reclaim they asked for.
+    pageout_threads: HashSet<u32>,
+    earlier_pageout_threads: HashSet<u32>,
+    /// PFNs those threads wrote to swap, this interval and the one before.
+    paged_out: HashSet<u64>,
+    earlier_paged_out: HashSet<u64>,
+    /// Processes that called process_madvise(MADV_COLLAPSE), this interval
+    /// and the one before: their collapse events are of another process's
+    /// memory.
+    remote_collapsers: HashSet<u32>,
+    earlier_remote_collapsers: HashSet<u32>,
 }
 
 /// An mmap(MAP_POPULATE or MAP_LOCKED) call that has not returned.
@@ -195,6 +208,8 @@ const MADV_DONTNEED: u64 = 4;
 const MADV_FREE: u64 = 8;
 const MADV_REMOVE: u64 = 9;
 const MADV_DONTNEED_LOCKED: u64 = 24;
+/// Reclaim the range now (since 5.4).
+const MADV_PAGEOUT: u64 = 21;
 const MADV_COLLAPSE: u64 = 25;
 /// The madvise advice values that fault pages in.
 const MADV_POPULATE_READ: u64 = 22;
@@ -207,12 +222,13 @@ const MAP_POPULATE: u64 = 0x8000;
 /// mremap flags under which the mapping may move away.
 const MREMAP_MAYMOVE: u64 = 1;
 /// Range causes, in the order they are asked about.
-const RANGE_CAUSES: [Cause; 6] = [
+const RANGE_CAUSES: [Cause; 7] = [
     Cause::Munmap,
     Cause::Mremap,
     Cause::MadvDontneed,
     Cause::MadvRemove,
     Cause::MadvFree,
+    Cause::MadvPageout,
     Cause::Populate,
 ];
 
@@ -277,6 +293,10 @@ impl Evidence {
                     MADV_FREE => Cause::MadvFree,
                     MADV_REMOVE => Cause::MadvRemove,
                     MADV_POPULATE_READ | MADV_POPULATE_WRITE => Cause::Populate,
+                    MADV_PAGEOUT => {
+                        self.pageout_threads.insert(e.tid);
+                        Cause::MadvPageout
+                    }
                     MADV_COLLAPSE => {
                         let end = start.saturating_add(len);
                         let mut pmd = start & !(PMD_SIZE - 1);
@@ -290,6 +310,17 @@ impl Evidence {
                 };
                 self.ranges.add(cause, e.tgid, start, len);
             }
+            // Another process's memory: which one the pidfd names is not
+            // known here; the pages this thread writes to swap tell.
+            EventKind::ProcessMadvise { advice, .. } => match advice {
+                MADV_PAGEOUT => {
+                    self.pageout_threads.insert(e.tid);
+                }
+                MADV_COLLAPSE => {
+                    self.remote_collapsers.insert(e.tgid);
+                }
+                _ => {}
+            },
             // Moved (it may have): the whole old range; else what shrank.
             EventKind::Mremap {
                 addr,
@@ -361,6 +392,12 @@ impl Evidence {
             // sleeping in it; its LRU shrinking shows it ran.
             EventKind::LruShrinkInactive { .. } if !self.reclaim.kswapd_ran => {
                 self.reclaim.kswapd_ran = comm(e.tgid).starts_with("kswapd");
+            }
+            EventKind::WriteFolio { pfn, .. }
+                if self.pageout_threads.contains(&e.tid)
+                    || self.earlier_pageout_threads.contains(&e.tid) =>
+            {
+                self.paged_out.insert(pfn);
             }
             EventKind::LruShrinkInactive { .. } | EventKind::WriteFolio { .. } => {}
             EventKind::ScanPmd { pfn, status, .. } => self.scans.push(Scan {
@@ -444,6 +481,9 @@ impl Evidence {
         self.earlier_fault_ranges = previous.fault_ranges.clone();
         self.earlier_ranges = previous.ranges.clone();
         self.earlier_migrated = previous.migrated.clone();
+        self.earlier_pageout_threads = previous.pageout_threads.clone();
+        self.earlier_paged_out = previous.paged_out.clone();
+        self.earlier_remote_collapsers = previous.remote_collapsers.clone();
         self.earlier_execed = previous.execed.clone();
         self.earlier_exited = previous.exited.clone();
         self.populating = previous.populating.clone();
@@ -547,8 +587,16 @@ impl Evidence {
                     (true, None) => self.khugepaged_ranges.insert(range),
                     // MADV_COLLAPSE scans in the caller's context: a PFN
                     // that was another process's in the snapshot before
-                    // (freed and reused since) says nothing about it.
-                    (true, Some(tgid)) if tgid == o.pid => self.madv_ranges.insert(range),
+                    // (freed and reused since) says nothing about it,
+                    // unless the caller collapses others' memory through
+                    // process_madvise.
+                    (true, Some(tgid))
+                        if tgid == o.pid
+                            || self.remote_collapsers.contains(&tgid)
+                            || self.earlier_remote_collapsers.contains(&tgid) =>
+                    {
+                        self.madv_ranges.insert(range)
+                    }
                     _ => false,
                 };
                 if by.is_none() && scan {
@@ -651,8 +699,8 @@ impl Evidence {
         }
     }
 
-    /// Why page `va` of `pid` (on `pfn` afterwards, if present) went
-    /// through `kind`, or `Unexplained`.
+    /// Why page `va` of `pid` (on `pfn`: its PFN afterwards, or before
+    /// when it has none afterwards) went through `kind`, or `Unexplained`.
     pub fn cause(&self, pid: u32, va: u64, pfn: Option<u64>, kind: TransitionKind) -> Cause {
         use TransitionKind::*;
         let faulted = || {
@@ -671,6 +719,17 @@ impl Evidence {
                 faulted()
             }
             PfnChanged => Cause::Unexplained,
+            // Asked for (its own MADV_PAGEOUT of the range, or a write-out
+            // of the page by a thread in process_madvise), before pressure.
+            SwappedOut
+                if self.ranges.contains(Cause::MadvPageout, pid, va)
+                    || self.earlier_ranges.contains(Cause::MadvPageout, pid, va)
+                    || pfn.is_some_and(|p| {
+                        self.paged_out.contains(&p) || self.earlier_paged_out.contains(&p)
+                    }) =>
+            {
+                Cause::MadvPageout
+            }
             SwappedOut => match self.reclaim.cause(pid) {
                 Cause::Unexplained => self.earlier_reclaim.cause(pid),
                 cause => cause,
@@ -958,6 +1017,64 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn pageout_on_request_is_told_from_reclaim_under_pressure() {
+        use TransitionKind::{SwappedOut, Unmapped};
+        let pageout = |start| EventKind::Madvise {
+            start,
+            len: 8192,
+            advice: MADV_PAGEOUT,
+        };
+        let write = |pfn| EventKind::WriteFolio {
+            pfn,
+            reclaim_flags: 0,
+        };
+        let kswapd = EventKind::KswapdWake { nid: 0, order: 0 };
+        // Its own madvise: the range's pages, swapped or dropped (file).
+        let e = evidence(&[ev(5, pageout(0x1000)), ev(5, kswapd)]);
+        assert_eq!(e.cause(5, 0x2000, None, SwappedOut), Cause::MadvPageout);
+        assert_eq!(e.cause(5, 0x2000, None, Unmapped), Cause::MadvPageout);
+        assert_eq!(e.cause(5, 0x3000, None, SwappedOut), Cause::KswapdReclaim);
+        assert_eq!(e.cause(6, 0x2000, None, SwappedOut), Cause::KswapdReclaim);
+        // process_madvise by pid 9 on some other process: the pages its
+        // thread wrote out, by the PFN they left; not its other writes
+        // before the call, nor another thread's.
+        let advise = EventKind::ProcessMadvise {
+            pidfd: 3,
+            advice: MADV_PAGEOUT,
+        };
+        let e = evidence(&[
+            ev(9, write(70)),
+            ev(9, advise),
+            ev(9, write(77)),
+            ev(8, write(78)),
+        ]);
+        assert_eq!(e.cause(5, 0x2000, Some(77), SwappedOut), Cause::MadvPageout);
+        for pfn in [70, 78] {
+            assert_eq!(
+                e.cause(5, 0x2000, Some(pfn), SwappedOut),
+                Cause::Unexplained
+            );
+        }
+        // A call that outlasts the interval: its writes in the next one,
+        // and the page seen swapped one interval after its write-out.
+        let mut next = Evidence::default();
+        next.inherit(&e);
+        next.add(&ev(9, write(80)), &Decoder::default(), |_| "pw".into());
+        for pfn in [77, 80] {
+            assert_eq!(
+                next.cause(5, 0x2000, Some(pfn), SwappedOut),
+                Cause::MadvPageout
+            );
+        }
+        let cold = EventKind::ProcessMadvise {
+            pidfd: 3,
+            advice: 20,
+        };
+        let e = evidence(&[ev(9, cold), ev(9, write(77))]);
+        assert_eq!(e.cause(5, 0x2000, Some(77), SwappedOut), Cause::Unexplained);
+    }
+
+    #[test]
     fn a_populate_known_after_its_snapshot_explains_the_pages_late() {
         use TransitionKind::{FaultedIn, Refaulted, Unmapped};
         // mmap(addr, 8 KiB, flags) by pid 5.
@@ -1140,7 +1257,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn madv_collapse_scans_explain_only_the_callers_own_memory() {
+    fn madv_collapse_scans_explain_the_callers_own_memory_or_a_process_madvise_target() {
         let scan = EventKind::ScanPmd {
             mm: 0,
             pfn: 0x500,
@@ -1159,6 +1276,14 @@ pub(crate) mod tests {
         let mut other = evidence(&[ev(50, scan)]);
         other.resolve_pfns(&owned_by(7), &owned_by(7));
         assert_eq!(other.cause(7, 0x200000, None, kind), Cause::Unexplained);
+        // ... unless it collapses others' memory with process_madvise.
+        let remote = EventKind::ProcessMadvise {
+            pidfd: 3,
+            advice: MADV_COLLAPSE,
+        };
+        let mut other = evidence(&[ev(50, remote), ev(50, scan)]);
+        other.resolve_pfns(&owned_by(7), &owned_by(7));
+        assert_eq!(other.cause(7, 0x200000, None, kind), Cause::MadvCollapse);
         // khugepaged (tgid 77 in these tests) scans any process's memory.
         let mut k = evidence(&[ev(77, scan)]);
         k.resolve_pfns(&owned_by(7), &owned_by(7));

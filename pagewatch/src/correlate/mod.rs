@@ -394,8 +394,10 @@ fn diff_process(
     let Some(pid) = before.or(after).map(|p| p.pid) else {
         return;
     };
-    let mut add = |table: &ProcessTable, row: Row, change: PageChange| {
-        let cause = evidence.cause(pid, row.va, row.state.pfn(), change.kind);
+    // The page's PFN after the change, else the one it had (a page swapped
+    // out is named by the PFN it left).
+    let mut add = |table: &ProcessTable, row: Row, pfn: Option<u64>, change: PageChange| {
+        let cause = evidence.cause(pid, row.va, pfn, change.kind);
         groups.add(pid, &table.vmas[row.vma as usize], change, cause);
     };
     let empty = ProcessTable::default();
@@ -415,7 +417,7 @@ fn diff_process(
                 let vma_start = bt.vmas[row.vma as usize].start;
                 swaps.observe(pid, row.va, vma_start, Some(row.state), None, ts_ns);
                 if let Some(c) = classify(Some(row.state), None, nodes, evidence, pid, row.va) {
-                    add(bt, row, c);
+                    add(bt, row, row.state.pfn(), c);
                 }
             }
             std::cmp::Ordering::Greater => {
@@ -423,7 +425,7 @@ fn diff_process(
                 let vma_start = at.vmas[row.vma as usize].start;
                 swaps.observe(pid, row.va, vma_start, None, Some(row.state), ts_ns);
                 if let Some(c) = classify(None, Some(row.state), nodes, evidence, pid, row.va) {
-                    add(at, row, c);
+                    add(at, row, row.state.pfn(), c);
                 }
             }
             std::cmp::Ordering::Equal => {
@@ -432,7 +434,7 @@ fn diff_process(
                 swaps.observe(pid, y.va, vma_start, Some(x.state), Some(y.state), ts_ns);
                 if let Some(c) = classify(Some(x.state), Some(y.state), nodes, evidence, pid, y.va)
                 {
-                    add(at, y, c);
+                    add(at, y, y.state.pfn().or(x.state.pfn()), c);
                 }
             }
         }

@@ -7,7 +7,8 @@
 //! stdin, runs the window, prints `delta D pages P`, then waits for stdin
 //! to close before exiting (so a tracer sees no other faults from it);
 //! each `touch` line meanwhile touches the region again and prints
-//! `touched`.
+//! `touched`, and each `pageout` line calls madvise(MADV_PAGEOUT) on the
+//! first half of the region and prints `paged out RC`.
 //!
 //! `pw-faults rate MIB ROUNDS`: maps, touches and unmaps the region ROUNDS
 //! times as fast as it can and prints `faults F seconds S` (benchmark).
@@ -96,6 +97,11 @@ fn window(mib: usize) {
             let mut stdout = std::io::stdout();
             stdout.write_all(b"touched\n").expect("write touched");
             stdout.flush().expect("flush");
+        } else if line.trim() == "pageout" {
+            // SAFETY: the first half of the mapping made above.
+            let rc = unsafe { libc::madvise(region.cast(), len / 2, libc::MADV_PAGEOUT) };
+            println!("paged out {rc}");
+            std::io::stdout().flush().expect("flush");
         }
         line.clear();
     }
