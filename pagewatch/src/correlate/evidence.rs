@@ -12,7 +12,7 @@
 //! merges name the KSM page,
 //! which the merged pages map afterwards.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use pagewatch_common::hook::Hook;
 
@@ -171,9 +171,14 @@ pub struct Evidence {
     /// several intervals' ends.
     populating: BTreeMap<u32, Populating>,
     /// (PFN, address) pairs of migration entries: the page left (set) or
-    /// arrived at (remove) that address; this interval and the one before.
-    migrated: HashSet<(u64, u64)>,
-    earlier_migrated: HashSet<(u64, u64)>,
+    /// arrived at (remove) that address, with the reason of the
+    /// migrate_pages() call the thread that moved it was in (Unexplained
+    /// if none was seen begin); this interval and the one before.
+    migrated: HashMap<(u64, u64), Cause>,
+    earlier_migrated: HashMap<(u64, u64), Cause>,
+    /// The reason of the migrate_pages() call each thread is in (begun,
+    /// not ended), carried from interval to interval.
+    migrating_threads: HashMap<u32, Cause>,
     /// Threads that called madvise or process_madvise(MADV_PAGEOUT), this
     /// interval and the one before (a call on a big range outlasts an
     /// interval); their write-outs are reclaim they asked for.
@@ -375,8 +380,14 @@ impl Evidence {
             } if pfn != 0 => {
                 let pages = if pmd { PMD_SIZE / 4096 } else { 1 };
                 let va = addr & !4095;
+                // Both entries are made by the thread moving the page.
+                let why = self
+                    .migrating_threads
+                    .get(&e.tid)
+                    .copied()
+                    .unwrap_or(Cause::Unexplained);
                 for i in 0..pages {
-                    self.migrated.insert((pfn + i, va + i * 4096));
+                    self.migrated.insert((pfn + i, va + i * 4096), why);
                 }
             }
             EventKind::DirectReclaimBegin { .. } | EventKind::DirectReclaimEnd { .. } => {
@@ -425,6 +436,7 @@ impl Evidence {
                     .symbol(Hook::MigratePages, "reason", reason)
                     .map_or(Cause::Unexplained, migrate_cause);
                 *self.migrations.entry(cause).or_default() += succeeded;
+                self.migrating_threads.remove(&e.tid);
                 if let Some(n) = self.migrating.get_mut(&cause) {
                     *n -= 1;
                     if *n == 0 {
@@ -438,6 +450,7 @@ impl Evidence {
                     .map_or(Cause::Unexplained, migrate_cause);
                 *self.migrating.entry(cause).or_default() += 1;
                 self.migrations_begun.insert(cause);
+                self.migrating_threads.insert(e.tid, cause);
             }
             // group_dead exists from 6.10; before, the leader's exit
             // (pid == tgid) stands for the process.
@@ -476,6 +489,7 @@ impl Evidence {
         self.earlier_reclaim = previous.reclaim.clone();
         self.earlier_migrations = previous.migrations.clone();
         self.migrating = previous.migrating.clone();
+        self.migrating_threads = previous.migrating_threads.clone();
         self.earlier_thp_splits = previous.thp_splits;
         self.earlier_split_ranges = previous.split_ranges.clone();
         self.earlier_fault_ranges = previous.fault_ranges.clone();
@@ -497,8 +511,9 @@ impl Evidence {
     /// faulted by the process (`Refaulted`); else `PfnChanged`.
     pub fn replaced(&self, pid: u32, va: u64, from: u64, to: u64, thp: bool) -> TransitionKind {
         let page = va & !4095;
-        let moved =
-            |set: &HashSet<(u64, u64)>| set.contains(&(from, page)) || set.contains(&(to, page));
+        let moved = |set: &HashMap<(u64, u64), Cause>| {
+            set.contains_key(&(from, page)) || set.contains_key(&(to, page))
+        };
         if moved(&self.migrated) || moved(&self.earlier_migrated) {
             TransitionKind::Migrated
         } else if thp && self.collapse_cause(pid, va).is_some() {
@@ -769,11 +784,13 @@ impl Evidence {
             // The merge events name the KSM page the page now maps.
             KsmMerged if pfn.is_some_and(|p| self.ksm_pfns.contains(&p)) => Cause::Ksm,
             KsmMerged => Cause::Unexplained,
-            // Only one cause of migration in the interval (calls ended,
-            // begun, or still running) identifies it; with none, the
-            // previous interval's (a move completed after a snapshot shows
-            // in the next, its event drained before it).
-            Migrated | NodeChanged => {
+            // The reason of the call that moved this page, by the thread
+            // that made its migration entries; without one, only one cause
+            // of migration in the interval (calls ended, begun, or still
+            // running) identifies it; with none, the previous interval's (a
+            // move completed after a snapshot shows in the next, its event
+            // drained before it).
+            Migrated | NodeChanged => self.moved_by(pfn, va).unwrap_or_else(|| {
                 let mut now = self.migrations.clone();
                 for cause in self.migrating.keys().chain(&self.migrations_begun) {
                     *now.entry(*cause).or_default() += 1;
@@ -784,8 +801,19 @@ impl Evidence {
                     }
                     cause => cause.unwrap_or(Cause::Unexplained),
                 }
-            }
+            }),
         }
+    }
+
+    /// The reason of the migrate_pages() call that moved page `va` to
+    /// `pfn`, if its migration entry was made inside one.
+    fn moved_by(&self, pfn: Option<u64>, va: u64) -> Option<Cause> {
+        let key = (pfn?, va & !4095);
+        self.migrated
+            .get(&key)
+            .or_else(|| self.earlier_migrated.get(&key))
+            .copied()
+            .filter(|c| *c != Cause::Unexplained)
     }
 }
 
@@ -980,6 +1008,76 @@ pub(crate) mod tests {
             Cause::Unexplained
         );
         assert_eq!(migrate_cause("syscall_or_cpuset"), Cause::MigrateSyscall);
+    }
+
+    #[test]
+    fn concurrent_moves_of_two_reasons_each_have_their_callers_reason() {
+        use crate::{hooks::AttachedHook, tracefs::EventFormat};
+        let format = EventFormat::parse(include_str!(
+            "../../test_data/tracefs/mm_migrate_pages_start.format"
+        ))
+        .unwrap();
+        let decoder = Decoder::new(&[AttachedHook {
+            hook: Hook::MigratePagesStart,
+            tracepoint: "migrate/mm_migrate_pages_start".into(),
+            layout: Default::default(),
+            format,
+        }]);
+        // Thread 20 in migrate_pages(2) (reason 3, syscall_or_cpuset) and
+        // thread 30 compacting (reason 0) move pages in the same interval.
+        let on = |tid: u32, kind| Event {
+            tid,
+            ..ev(tid, kind)
+        };
+        let start = |reason| EventKind::MigratePagesStart { mode: 0, reason };
+        let entry = |pfn, set| {
+            if set {
+                EventKind::SetMigrationPte {
+                    addr: 0x1000 * pfn,
+                    order: 0,
+                    old_pfn: pfn,
+                    pmd: false,
+                }
+            } else {
+                EventKind::RemoveMigrationPte {
+                    addr: 0x1000 * (pfn - 100),
+                    order: 0,
+                    new_pfn: pfn,
+                    pmd: false,
+                }
+            }
+        };
+        let mut e = Evidence::default();
+        for x in [
+            on(20, start(3)),
+            on(30, start(0)),
+            on(20, entry(1, true)),
+            on(30, entry(2, true)),
+            on(20, entry(101, false)),
+            on(30, entry(102, false)),
+            // A thread in no call seen begin (its start event was dropped).
+            on(40, entry(103, false)),
+        ] {
+            e.add(&x, &decoder, |_| "pw".into());
+        }
+        let kind = TransitionKind::NodeChanged;
+        assert_eq!(e.cause(1, 0x1000, Some(101), kind), Cause::MigrateSyscall);
+        assert_eq!(e.cause(1, 0x2000, Some(102), kind), Cause::Compaction);
+        // Without its own entry's reason: two reasons, no guess.
+        assert_eq!(e.cause(1, 0x3000, Some(103), kind), Cause::Unexplained);
+        assert_eq!(e.cause(1, 0x1000, None, kind), Cause::Unexplained);
+        // A call still running in the next interval keeps its reason.
+        let mut next = Evidence::default();
+        next.inherit(&e);
+        next.add(&on(20, entry(104, false)), &decoder, |_| "pw".into());
+        assert_eq!(
+            next.cause(1, 0x4000, Some(104), kind),
+            Cause::MigrateSyscall
+        );
+        assert_eq!(
+            next.cause(1, 0x1000, Some(101), kind),
+            Cause::MigrateSyscall
+        );
     }
 
     #[test]
