@@ -714,8 +714,9 @@ impl Evidence {
         }
     }
 
-    /// Why page `va` of `pid` (on `pfn`: its PFN afterwards, or before
-    /// when it has none afterwards) went through `kind`, or `Unexplained`.
+    /// Why page `va` of `pid` went through `kind`, or `Unexplained`. `pfn`
+    /// is the PFN the page left, if it had one (or, for `KsmMerged`, the
+    /// KSM page it maps now).
     pub fn cause(&self, pid: u32, va: u64, pfn: Option<u64>, kind: TransitionKind) -> Cause {
         use TransitionKind::*;
         let faulted = || {
@@ -805,7 +806,7 @@ impl Evidence {
         }
     }
 
-    /// The reason of the migrate_pages() call that moved page `va` to
+    /// The reason of the migrate_pages() call that moved page `va` off
     /// `pfn`, if its migration entry was made inside one.
     fn moved_by(&self, pfn: Option<u64>, va: u64) -> Option<Cause> {
         let key = (pfn?, va & !4095);
@@ -1056,28 +1057,30 @@ pub(crate) mod tests {
             on(20, entry(101, false)),
             on(30, entry(102, false)),
             // A thread in no call seen begin (its start event was dropped).
+            on(40, entry(3, true)),
             on(40, entry(103, false)),
+            // Moved to another node by the call, then within it by
+            // compaction: the node changed by the first move.
+            on(20, entry(5, true)),
+            on(20, entry(105, false)),
+            on(30, entry(105, true)),
+            on(30, entry(205, false)),
         ] {
             e.add(&x, &decoder, |_| "pw".into());
         }
         let kind = TransitionKind::NodeChanged;
-        assert_eq!(e.cause(1, 0x1000, Some(101), kind), Cause::MigrateSyscall);
-        assert_eq!(e.cause(1, 0x2000, Some(102), kind), Cause::Compaction);
+        assert_eq!(e.cause(1, 0x1000, Some(1), kind), Cause::MigrateSyscall);
+        assert_eq!(e.cause(1, 0x2000, Some(2), kind), Cause::Compaction);
+        assert_eq!(e.cause(1, 0x5000, Some(5), kind), Cause::MigrateSyscall);
         // Without its own entry's reason: two reasons, no guess.
-        assert_eq!(e.cause(1, 0x3000, Some(103), kind), Cause::Unexplained);
+        assert_eq!(e.cause(1, 0x3000, Some(3), kind), Cause::Unexplained);
         assert_eq!(e.cause(1, 0x1000, None, kind), Cause::Unexplained);
         // A call still running in the next interval keeps its reason.
         let mut next = Evidence::default();
         next.inherit(&e);
-        next.add(&on(20, entry(104, false)), &decoder, |_| "pw".into());
-        assert_eq!(
-            next.cause(1, 0x4000, Some(104), kind),
-            Cause::MigrateSyscall
-        );
-        assert_eq!(
-            next.cause(1, 0x1000, Some(101), kind),
-            Cause::MigrateSyscall
-        );
+        next.add(&on(20, entry(4, true)), &decoder, |_| "pw".into());
+        assert_eq!(next.cause(1, 0x4000, Some(4), kind), Cause::MigrateSyscall);
+        assert_eq!(next.cause(1, 0x1000, Some(1), kind), Cause::MigrateSyscall);
     }
 
     #[test]

@@ -394,8 +394,10 @@ fn diff_process(
     let Some(pid) = before.or(after).map(|p| p.pid) else {
         return;
     };
-    // The page's PFN after the change, else the one it had (a page swapped
-    // out is named by the PFN it left).
+    // The PFN the evidence names: the one the page left (a page swapped
+    // out or moved is named by it: a page moved twice in an interval, to
+    // another node by migrate_pages(2), then within it by compaction,
+    // changed node by the first move), else the one it has.
     let mut add = |table: &ProcessTable, row: Row, pfn: Option<u64>, change: PageChange| {
         let cause = evidence.cause(pid, row.va, pfn, change.kind);
         groups.add(pid, &table.vmas[row.vma as usize], change, cause);
@@ -434,7 +436,12 @@ fn diff_process(
                 swaps.observe(pid, y.va, vma_start, Some(x.state), Some(y.state), ts_ns);
                 if let Some(c) = classify(Some(x.state), Some(y.state), nodes, evidence, pid, y.va)
                 {
-                    add(at, y, y.state.pfn().or(x.state.pfn()), c);
+                    let pfn = if c.kind == TransitionKind::KsmMerged {
+                        y.state.pfn()
+                    } else {
+                        x.state.pfn().or(y.state.pfn())
+                    };
+                    add(at, y, pfn, c);
                 }
             }
         }
