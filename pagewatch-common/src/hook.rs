@@ -111,11 +111,14 @@ pub enum Hook {
     /// `syscalls/sys_enter_process_madvise`: pidfd, behavior. Not
     /// filtered: the caller advises another process's memory.
     SysProcessMadvise = 43,
+    /// `syscalls/sys_enter_brk`: brk (the program break asked for; 0
+    /// asks for the current one).
+    SysBrk = 44,
 }
 
 impl Hook {
     /// Every hook, in discriminant order.
-    pub const ALL: [Hook; 44] = [
+    pub const ALL: [Hook; 45] = [
         Hook::PageFaultUser,
         Hook::KswapdWake,
         Hook::KswapdSleep,
@@ -160,6 +163,7 @@ impl Hook {
         Hook::RemoveMigrationPmd,
         Hook::MigratePagesStart,
         Hook::SysProcessMadvise,
+        Hook::SysBrk,
     ];
 
     /// The hook with discriminant `value`, if there is one.

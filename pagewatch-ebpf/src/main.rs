@@ -227,6 +227,7 @@ programs! {
     remove_migration_pmd => RemoveMigrationPmd,
     migrate_pages_start => MigratePagesStart,
     sys_process_madvise => SysProcessMadvise,
+    sys_brk => SysBrk,
 }
 
 /// Address of the kernel's `vmemmap_base` variable (from /proc/kallsyms,

@@ -327,6 +327,7 @@ impl<K: Ord + Copy> Aggregator<K> {
             | EventKind::Munmap { .. }
             | EventKind::Madvise { .. }
             | EventKind::ProcessMadvise { .. }
+            | EventKind::Brk { .. }
             | EventKind::Mremap { .. }
             | EventKind::Mmap { .. }
             | EventKind::MmapReturn { .. }

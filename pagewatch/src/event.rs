@@ -240,6 +240,10 @@ pub enum EventKind {
         pidfd: i64,
         advice: u64,
     },
+    /// brk(brk) by the process: the program break it asks for.
+    Brk {
+        brk: u64,
+    },
     /// mremap(addr, old_len, new_len, flags, new_addr) by the process.
     Mremap {
         addr: u64,
@@ -493,6 +497,7 @@ impl Decoder {
                 pidfd: s(0),
                 advice: a[1],
             },
+            Hook::SysBrk => EventKind::Brk { brk: a[0] },
             Hook::SysMremap => EventKind::Mremap {
                 addr: a[0],
                 old_len: a[1],

@@ -669,6 +669,17 @@ pub const HOOKS: &[HookSpec] = &[
         per_process: false,
         attach: Attach::Tracepoint,
     },
+    // malloc gives the top of its heap back by lowering the program break.
+    HookSpec {
+        hook: Hook::SysBrk,
+        family: Family::Syscalls,
+        program: "sys_brk",
+        category: "syscalls",
+        names: &["sys_enter_brk"],
+        fields: &["brk"],
+        per_process: true,
+        attach: Attach::Tracepoint,
+    },
 ];
 
 /// The spec of `hook`.

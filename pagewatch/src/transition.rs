@@ -158,11 +158,14 @@ pub enum Cause {
     /// process_madvise(MADV_PAGEOUT) whose thread wrote the page to swap:
     /// reclaimed on request, not under memory pressure.
     MadvPageout = 25,
+    /// Its brk(2) lowered the program break below the page: a page of the
+    /// `[heap]` VMA given back (malloc trimming the top of its heap).
+    Brk = 26,
 }
 
 impl Cause {
     /// Every cause, in discriminant order.
-    pub const ALL: [Cause; 26] = [
+    pub const ALL: [Cause; 27] = [
         Self::Unexplained,
         Self::Fault,
         Self::KswapdReclaim,
@@ -189,6 +192,7 @@ impl Cause {
         Self::Mremap,
         Self::Populate,
         Self::MadvPageout,
+        Self::Brk,
     ];
 
     /// The cause with discriminant `v`.

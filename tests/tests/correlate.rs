@@ -465,6 +465,60 @@ fn collapse_by_process_madvise_is_madv_collapse() {
     assert!(madv > 0 || by_khugepaged >= 4, "madv_collapse: {seen:?}");
 }
 
+/// A heap given back by lowering the program break (what malloc does
+/// when the top of its heap is free): the `[heap]` pages gone are
+/// `unmapped` by `brk`, as many as smaps says the heap's Rss lost.
+#[test]
+fn heap_given_back_with_brk_is_unmapped_by_brk() {
+    let name = "heap_given_back_with_brk_is_unmapped_by_brk";
+    if skip_unless_root(name) {
+        return;
+    }
+    if !Path::new("/sys/kernel/tracing/events/syscalls/sys_enter_brk").exists() {
+        return skip(name, "no syscalls/sys_enter_brk tracepoint");
+    }
+    const MIB: u64 = 32;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pw-faults"))
+        .args(["heap", &MIB.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn pw-faults");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let pid: u32 = out.next().unwrap().unwrap()[4..].parse().unwrap();
+    assert_eq!(out.next().unwrap().unwrap(), "ready");
+    let heap_rss = || {
+        pagewatch_tests::smaps(pid)
+            .into_iter()
+            .find(|v| v.name == "[heap]")
+            .map_or(0, |v| v.kb["Rss"])
+    };
+    let tracer = Tracer::start(&["--pid", &pid.to_string(), "--interval", "300ms"]);
+    std::thread::sleep(Duration::from_millis(700));
+    let before = heap_rss();
+    writeln!(stdin, "shrink").unwrap();
+    assert_eq!(out.next().unwrap().unwrap(), "shrunk");
+    let after = heap_rss();
+    std::thread::sleep(Duration::from_millis(900));
+    let lines = tracer.stop();
+    drop(stdin);
+    let _ = child.wait();
+    let mut seen = std::collections::BTreeMap::<String, u64>::new();
+    for t in transitions(&lines, pid, TransitionKind::Unmapped) {
+        *seen
+            .entry(format!("{} by {}", t.vma_label(), t.cause))
+            .or_default() += t.pages;
+    }
+    eprintln!("{name}: heap Rss {before} -> {after} kB; unmapped {seen:?}");
+    assert!(before - after >= MIB << 10, "the heap shrank by {MIB} MiB");
+    assert_eq!(
+        seen,
+        std::collections::BTreeMap::from([("[heap] by brk".to_string(), (before - after) / 4)]),
+        "unmapped pages"
+    );
+}
+
 /// Pages of `pid` currently merged by KSM (/proc/PID/ksm_merging_pages).
 fn ksm_merging(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/ksm_merging_pages"))

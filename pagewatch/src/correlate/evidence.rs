@@ -192,6 +192,10 @@ pub struct Evidence {
     /// memory.
     remote_collapsers: HashSet<u32>,
     earlier_remote_collapsers: HashSet<u32>,
+    /// The lowest program break each process asked brk(2) for, this
+    /// interval and the one before: its heap's pages from there up went.
+    brk_floor: HashMap<u32, u64>,
+    earlier_brk_floor: HashMap<u32, u64>,
 }
 
 /// An mmap(MAP_POPULATE or MAP_LOCKED) call that has not returned.
@@ -326,6 +330,11 @@ impl Evidence {
                 }
                 _ => {}
             },
+            // brk(0) asks where the break is.
+            EventKind::Brk { brk } if brk != 0 => {
+                let floor = self.brk_floor.entry(e.tgid).or_insert(brk);
+                *floor = (*floor).min(brk);
+            }
             // Moved (it may have): the whole old range; else what shrank.
             EventKind::Mremap {
                 addr,
@@ -498,6 +507,7 @@ impl Evidence {
         self.earlier_pageout_threads = previous.pageout_threads.clone();
         self.earlier_paged_out = previous.paged_out.clone();
         self.earlier_remote_collapsers = previous.remote_collapsers.clone();
+        self.earlier_brk_floor = previous.brk_floor.clone();
         self.earlier_execed = previous.execed.clone();
         self.earlier_exited = previous.exited.clone();
         self.populating = previous.populating.clone();
@@ -806,6 +816,16 @@ impl Evidence {
         }
     }
 
+    /// Whether `pid` lowered its program break to `va` or below, in this
+    /// interval or the one before: its heap's page at `va` was given back
+    /// (the caller knows the page was in the `[heap]` VMA).
+    pub fn below_brk(&self, pid: u32, va: u64) -> bool {
+        [&self.brk_floor, &self.earlier_brk_floor].iter().any(|f| {
+            f.get(&pid)
+                .is_some_and(|floor| va >= floor.next_multiple_of(4096))
+        })
+    }
+
     /// The reason of the migrate_pages() call that moved page `va` off
     /// `pfn`, if its migration entry was made inside one.
     fn moved_by(&self, pfn: Option<u64>, va: u64) -> Option<Cause> {
@@ -1009,6 +1029,22 @@ pub(crate) mod tests {
             Cause::Unexplained
         );
         assert_eq!(migrate_cause("syscall_or_cpuset"), Cause::MigrateSyscall);
+    }
+
+    #[test]
+    fn a_lowered_program_break_gives_back_the_heap_above_it() {
+        let brk = |brk| EventKind::Brk { brk };
+        // brk(0) only asks; a raise then a lower: the lowest counts.
+        let e = evidence(&[ev(5, brk(0)), ev(5, brk(0x60_0000)), ev(5, brk(0x40_0800))]);
+        assert!(!e.below_brk(5, 0x40_0000));
+        assert!(e.below_brk(5, 0x40_1000));
+        assert!(e.below_brk(5, 0x70_0000));
+        assert!(!e.below_brk(6, 0x70_0000));
+        assert!(!evidence(&[ev(5, brk(0))]).below_brk(5, 0x70_0000));
+        // The snapshot can straddle the call: the one before counts too.
+        let mut next = Evidence::default();
+        next.inherit(&e);
+        assert!(next.below_brk(5, 0x40_1000));
     }
 
     #[test]

@@ -399,8 +399,19 @@ fn diff_process(
     // another node by migrate_pages(2), then within it by compaction,
     // changed node by the first move), else the one it has.
     let mut add = |table: &ProcessTable, row: Row, pfn: Option<u64>, change: PageChange| {
-        let cause = evidence.cause(pid, row.va, pfn, change.kind);
-        groups.add(pid, &table.vmas[row.vma as usize], change, cause);
+        let vma = &table.vmas[row.vma as usize];
+        let cause = match evidence.cause(pid, row.va, pfn, change.kind) {
+            // Only the heap VMA ends at the program break.
+            Cause::Unexplained
+                if change.kind == TransitionKind::Unmapped
+                    && vma.name == "[heap]"
+                    && evidence.below_brk(pid, row.va) =>
+            {
+                Cause::Brk
+            }
+            cause => cause,
+        };
+        groups.add(pid, vma, change, cause);
     };
     let empty = ProcessTable::default();
     let (bt, at) = (before.unwrap_or(&empty), after.unwrap_or(&empty));

@@ -12,6 +12,11 @@
 //!
 //! `pw-faults rate MIB ROUNDS`: maps, touches and unmaps the region ROUNDS
 //! times as fast as it can and prints `faults F seconds S` (benchmark).
+//!
+//! `pw-faults heap MIB`: raises the program break by MIB MiB with sbrk(2),
+//! touches the new heap pages, prints `pid N` and `ready`; on a line from
+//! stdin lowers the break back with sbrk and prints `shrunk`; exits when
+//! stdin closes.
 
 use std::{
     fs::File,
@@ -119,19 +124,47 @@ fn rate(mib: usize, rounds: usize) {
     println!("faults {} seconds {secs:.6}", rounds * len / PAGE);
 }
 
+fn heap(mib: usize) {
+    let len = mib << 20;
+    // SAFETY: sbrk grows the heap by `len` bytes, all ours; malloc
+    // notices a foreign break and leaves that range alone.
+    let p = unsafe { libc::sbrk(len as libc::intptr_t) };
+    assert_ne!(p as isize, -1, "sbrk");
+    touch(p.cast(), len);
+    println!("pid {}", std::process::id());
+    println!("ready");
+    std::io::stdout().flush().expect("flush");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).expect("read line");
+    // SAFETY: gives back exactly the range taken above.
+    assert_ne!(unsafe { libc::sbrk(-(len as libc::intptr_t)) } as isize, -1);
+    println!("shrunk");
+    std::io::stdout().flush().expect("flush");
+    while std::io::stdin()
+        .read_line(&mut line)
+        .map(|n| n > 0)
+        .unwrap_or(false)
+    {}
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let num = |i: usize| -> usize {
         args.get(i).and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            eprintln!("usage: pw-faults window MIB | pw-faults rate MIB ROUNDS");
+            eprintln!(
+                "usage: pw-faults window MIB | pw-faults rate MIB ROUNDS | pw-faults heap MIB"
+            );
             std::process::exit(2)
         })
     };
     match args.get(1).map(String::as_str) {
         Some("window") => window(num(2)),
         Some("rate") => rate(num(2), num(3)),
+        Some("heap") => heap(num(2)),
         _ => {
-            eprintln!("usage: pw-faults window MIB | pw-faults rate MIB ROUNDS");
+            eprintln!(
+                "usage: pw-faults window MIB | pw-faults rate MIB ROUNDS | pw-faults heap MIB"
+            );
             std::process::exit(2)
         }
     }
