@@ -29,6 +29,58 @@ fn record_forked_collapse(dir: &Scratch) -> (PathBuf, u64) {
     (out, answer_field(&stdout, "collapse", 6))
 }
 
+/// A process that builds 8 MiB of 4 KiB pages, collapses them with
+/// MADV_COLLAPSE and exits, all within one 10 s interval: no snapshot
+/// ever holds the collapsed memory, and the collapses are counted from
+/// their events for it (the process's own MADV_COLLAPSE names its mm),
+/// as many pages as smaps said it had as THP, in the pseudo-VMA
+/// `[between snapshots]`.
+#[test]
+fn collapses_between_two_snapshots_are_counted_from_their_events() {
+    if skip_unless_root("collapses_between_two_snapshots_are_counted_from_their_events") {
+        return;
+    }
+    let dir = Scratch::new("unseen");
+    let out = dir.file("unseen.pwrec");
+    let answers = dir.file("answers");
+    let script = format!(
+        "echo go | {} 8 madvise > '{}'",
+        env!("CARGO_BIN_EXE_pw-thp"),
+        answers.display()
+    );
+    let (status, _, err) = run_pagewatch(&[
+        "record",
+        "-o",
+        out.to_str().unwrap(),
+        "--interval",
+        "10s",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert!(status.success(), "record failed: {err}");
+    let stdout = std::fs::read_to_string(&answers).expect("pw-thp's answers");
+    let pid: u32 = stdout.lines().next().unwrap()[4..].parse().unwrap();
+    let after_kb = answer_field(&stdout, "collapse", 6);
+    let (lines, _) = report_json(&out);
+    let collapsed: Vec<_> = lines
+        .iter()
+        .filter_map(ReportLine::transition)
+        .map(|l| &l.transition)
+        .filter(|t| t.pid == pid && t.kind == TransitionKind::CollapsedToThp)
+        .collect();
+    let pages: u64 = collapsed.iter().map(|t| t.pages).sum();
+    assert_eq!(after_kb, 8 << 10, "the kernel collapsed all 8 MiB");
+    assert_eq!(pages, after_kb / 4, "collapsed pages: {collapsed:#?}");
+    // khugepaged (woken when the mm joins its list) may take a range first.
+    assert!(
+        collapsed.iter().all(|t| t.vma == "[between snapshots]"
+            && matches!(t.cause, Cause::MadvCollapse | Cause::Khugepaged)),
+        "{collapsed:#?}"
+    );
+}
+
 /// `record -- CMD` follows the command's forked child: the child's
 /// MADV_COLLAPSE shows in the report as its own transition (not the
 /// shell's), with smaps-sized page counts, in every output format.

@@ -83,6 +83,18 @@ struct Scan {
     by: Option<u32>,
     /// A scan's result (tallied per VMA), not an isolation.
     scan: bool,
+    /// The mm scanned (0: the event names none).
+    mm: u64,
+}
+
+/// A successful collapse (`mm_collapse_huge_page`), before resolution.
+#[derive(Debug, Clone, Copy)]
+struct Collapse {
+    mm: u64,
+    /// The page its thread isolated just before (None: no isolation seen).
+    pfn: Option<u64>,
+    /// As [`Scan::by`].
+    by: Option<u32>,
 }
 
 /// A THP split the split hooks saw, before resolution.
@@ -196,6 +208,20 @@ pub struct Evidence {
     /// interval and the one before: its heap's pages from there up went.
     brk_floor: HashMap<u32, u64>,
     earlier_brk_floor: HashMap<u32, u64>,
+    /// The page each thread isolated last for a collapse, until the
+    /// collapse's own event.
+    isolated: HashMap<u32, u64>,
+    /// Successful collapses, before resolution.
+    collapses: Vec<Collapse>,
+    /// Which process each mm (the kernel's `struct mm_struct *`, named by
+    /// the collapse events) is, learnt from collapse events resolved
+    /// through a snapshot or made in the process's own context; carried
+    /// from interval to interval until the process exits.
+    mm_owners: HashMap<u64, u32>,
+    /// Collapses of memory no snapshot saw (a range faulted in, collapsed
+    /// and freed between two snapshots), per (process, cause), after
+    /// resolution.
+    unseen_collapses: BTreeMap<(u32, Cause), u64>,
 }
 
 /// An mmap(MAP_POPULATE or MAP_LOCKED) call that has not returned.
@@ -413,28 +439,50 @@ impl Evidence {
             EventKind::LruShrinkInactive { .. } if !self.reclaim.kswapd_ran => {
                 self.reclaim.kswapd_ran = comm(e.tgid).starts_with("kswapd");
             }
+            // A call writing out a big range runs through several
+            // intervals (8,192 pages to zram took three 300 ms intervals
+            // in a 6.1 guest): a thread stays a pageout caller while it
+            // writes.
             EventKind::WriteFolio { pfn, .. }
                 if self.pageout_threads.contains(&e.tid)
                     || self.earlier_pageout_threads.contains(&e.tid) =>
             {
                 self.paged_out.insert(pfn);
+                self.pageout_threads.insert(e.tid);
             }
             EventKind::LruShrinkInactive { .. } | EventKind::WriteFolio { .. } => {}
-            EventKind::ScanPmd { pfn, status, .. } => self.scans.push(Scan {
+            EventKind::ScanPmd {
+                pfn, status, mm, ..
+            } => self.scans.push(Scan {
                 pfn,
                 status,
                 by: (comm(e.tgid) != "khugepaged").then_some(e.tgid),
                 scan: true,
+                mm,
             }),
             // A successful isolation names a page of the range about to be
             // collapsed: on kernels whose scan events no longer name a page
             // after a collapse (7.x reports PFN -1), it is the one that does.
-            EventKind::CollapseIsolate { pfn, status: 1, .. } => self.scans.push(Scan {
-                pfn,
-                status: 1,
-                by: (comm(e.tgid) != "khugepaged").then_some(e.tgid),
-                scan: false,
-            }),
+            EventKind::CollapseIsolate { pfn, status: 1, .. } => {
+                self.isolated.insert(e.tid, pfn);
+                self.scans.push(Scan {
+                    pfn,
+                    status: 1,
+                    by: (comm(e.tgid) != "khugepaged").then_some(e.tgid),
+                    scan: false,
+                    mm: 0,
+                });
+            }
+            EventKind::CollapseHugePage { mm, status, .. } => {
+                let pfn = self.isolated.remove(&e.tid);
+                if status == 1 {
+                    self.collapses.push(Collapse {
+                        mm,
+                        pfn,
+                        by: (comm(e.tgid) != "khugepaged").then_some(e.tgid),
+                    });
+                }
+            }
             EventKind::KsmMerge { pfn, err: 0, .. } => {
                 self.ksm_pfns.insert(pfn);
             }
@@ -508,6 +556,12 @@ impl Evidence {
         self.earlier_paged_out = previous.paged_out.clone();
         self.earlier_remote_collapsers = previous.remote_collapsers.clone();
         self.earlier_brk_floor = previous.brk_floor.clone();
+        self.mm_owners = previous
+            .mm_owners
+            .iter()
+            .filter(|(_, pid)| !previous.exited.contains(pid) && !previous.execed.contains(pid))
+            .map(|(mm, pid)| (*mm, *pid))
+            .collect();
         self.earlier_execed = previous.execed.clone();
         self.earlier_exited = previous.exited.clone();
         self.populating = previous.populating.clone();
@@ -600,11 +654,15 @@ impl Evidence {
             status,
             by,
             scan,
+            mm,
         } in self.scans.drain(..)
         {
             let mut owners = before.owners(pfn);
             if owners.is_empty() && status != 1 {
                 owners = after.owners(pfn);
+            }
+            if let (Some(o), true) = (owners.first(), mm != 0) {
+                self.mm_owners.insert(mm, o.pid);
             }
             for o in owners {
                 let range = (o.pid, o.va & !(PMD_SIZE - 1));
@@ -632,6 +690,58 @@ impl Evidence {
                 }
             }
         }
+        self.resolve_collapses(before, after);
+    }
+
+    /// Counts the successful collapses the diff cannot show (the page
+    /// isolated for it is nobody's in the snapshot before, or its owner
+    /// has no table in the one after), for the process whose mm it was:
+    /// the caller of its own MADV_COLLAPSE, or the process that mm was
+    /// learnt to be. A collapse without an isolation seen is not counted
+    /// (the diff may have seen it).
+    fn resolve_collapses(&mut self, before: &PageTable, after: &PageTable) {
+        let collapses = std::mem::take(&mut self.collapses);
+        // Learn every mm first: khugepaged may collapse a range of a
+        // process before the process's own MADV_COLLAPSE names its mm.
+        let remote = |t: u32| {
+            self.remote_collapsers.contains(&t) || self.earlier_remote_collapsers.contains(&t)
+        };
+        let mut learnt = Vec::new();
+        for c in &collapses {
+            if let Some(tgid) = c.by.filter(|t| !remote(*t)) {
+                learnt.push((c.mm, tgid));
+            }
+            if let Some(o) = c.pfn.and_then(|p| before.owners(p).first().copied()) {
+                learnt.push((c.mm, o.pid));
+            }
+        }
+        self.mm_owners.extend(learnt);
+        for Collapse { mm, pfn, by } in collapses {
+            let Some(pfn) = pfn else { continue };
+            // The diff shows it, unless the process is gone by the
+            // snapshot after (it exited, its pages were unmapped).
+            if before
+                .owners(pfn)
+                .first()
+                .is_some_and(|o| after.process(o.pid).is_some())
+            {
+                continue;
+            }
+            if let Some(pid) = self.mm_owners.get(&mm) {
+                let cause = if by.is_some() {
+                    Cause::MadvCollapse
+                } else {
+                    Cause::Khugepaged
+                };
+                *self.unseen_collapses.entry((*pid, cause)).or_default() += 1;
+            }
+        }
+    }
+
+    /// Collapses of memory no snapshot saw, per (process, cause): see
+    /// [`Evidence::resolve_pfns`].
+    pub fn unseen_collapses(&self) -> &BTreeMap<(u32, Cause), u64> {
+        &self.unseen_collapses
     }
 
     /// Resolves the split hooks' PFNs to (pid, PMD range): the THP was
@@ -862,14 +972,19 @@ pub(crate) mod tests {
         }
     }
 
+    /// Thread names in these tests: 77 is khugepaged, 78 kswapd.
+    fn comm_of(tgid: u32) -> String {
+        match tgid {
+            77 => "khugepaged".into(),
+            78 => "kswapd0".into(),
+            _ => "proc".into(),
+        }
+    }
+
     fn evidence(events: &[Event]) -> Evidence {
         let mut e = Evidence::default();
         for x in events {
-            e.add(x, &Decoder::default(), |tgid| match tgid {
-                77 => "khugepaged".into(),
-                78 => "kswapd0".into(),
-                _ => "proc".into(),
-            });
+            e.add(x, &Decoder::default(), comm_of);
         }
         e
     }
@@ -1203,6 +1318,14 @@ pub(crate) mod tests {
                 Cause::MadvPageout
             );
         }
+        // ... and in the one after that, as long as it writes.
+        let mut third = Evidence::default();
+        third.inherit(&next);
+        third.add(&ev(9, write(81)), &Decoder::default(), |_| "pw".into());
+        assert_eq!(
+            third.cause(5, 0x2000, Some(81), SwappedOut),
+            Cause::MadvPageout
+        );
         let cold = EventKind::ProcessMadvise {
             pidfd: 3,
             advice: 20,
@@ -1346,6 +1469,59 @@ pub(crate) mod tests {
             vec![0],
             vec![false],
         )
+    }
+
+    #[test]
+    fn collapses_no_snapshot_saw_are_counted_for_the_mm_they_were_learnt_to_be() {
+        let isolate = |pfn| EventKind::CollapseIsolate {
+            pfn,
+            none_or_zero: 0,
+            referenced: 0,
+            status: 1,
+        };
+        let collapse = |mm, status| EventKind::CollapseHugePage {
+            mm,
+            isolated: 1,
+            status,
+        };
+        let unseen = |e: &Evidence| e.unseen_collapses().clone().into_iter().collect::<Vec<_>>();
+        // khugepaged (tgid 77): a collapse of PFN 0x500 (pid 7's in the
+        // snapshot) teaches that mm 0xa0 is pid 7; the next one, of a page
+        // no snapshot held, is counted for pid 7; a failed one is not, nor
+        // one of an mm never learnt.
+        let mut e = evidence(&[
+            ev(77, isolate(0x500)),
+            ev(77, collapse(0xa0, 1)),
+            ev(77, isolate(0x900)),
+            ev(77, collapse(0xa0, 1)),
+            ev(77, isolate(0x901)),
+            ev(77, collapse(0xa0, 3)),
+            ev(77, isolate(0x902)),
+            ev(77, collapse(0xb0, 1)),
+        ]);
+        e.resolve_pfns(&owned_by(7), &owned_by(7));
+        assert_eq!(unseen(&e), vec![((7, Cause::Khugepaged), 1)]);
+        // The mm stays known in later intervals, until its process exits.
+        let later = |before: &Evidence| {
+            let mut next = Evidence::default();
+            next.inherit(before);
+            next.add(&ev(77, isolate(0x903)), &Decoder::default(), comm_of);
+            next.add(&ev(77, collapse(0xa0, 1)), &Decoder::default(), comm_of);
+            next.resolve_pfns(&owned_by(9), &owned_by(9));
+            unseen(&next)
+        };
+        assert_eq!(later(&e), vec![((7, Cause::Khugepaged), 1)]);
+        let exit = EventKind::ProcessExit {
+            pid: 7,
+            group_dead: 1,
+            comm: [0; 16],
+        };
+        e.add(&ev(7, exit), &Decoder::default(), comm_of);
+        assert_eq!(later(&e), vec![]);
+        // A process's own MADV_COLLAPSE names its mm itself.
+        let mut own = evidence(&[ev(8, isolate(0x904)), ev(8, collapse(0xc0, 1))]);
+        own.resolve_pfns(&owned_by(9), &owned_by(9));
+        assert_eq!(unseen(&own), vec![((8, Cause::MadvCollapse), 1)]);
     }
 
     #[test]

@@ -22,12 +22,16 @@ pub mod numa;
 pub mod rescan;
 pub mod swap;
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use crate::{
     snapshot::{
         columns::{PageTable, ProcessTable, VmaMeta},
         flags::{PM_PFN_MASK, PM_PRESENT, PagemapEntry, has, kpf},
+        scan::PMD_PAGES,
     },
     transition::{Cause, TransitionGroup, TransitionKind},
 };
@@ -376,6 +380,36 @@ pub fn diff(
             pages,
             from_node: k.from_node,
             to_node: k.to_node,
+        })
+        .collect()
+}
+
+/// The VMA name of collapses no snapshot saw: the range was faulted in,
+/// collapsed and freed between two snapshots, so no VMA is known.
+pub const BETWEEN_SNAPSHOTS: &str = "[between snapshots]";
+
+/// Collapses of memory no snapshot saw, counted from their events (see
+/// [`Evidence::unseen_collapses`]), for the `followed` processes (None:
+/// all): 512 pages each, in the pseudo-VMA [`BETWEEN_SNAPSHOTS`].
+pub fn unseen_collapses(
+    evidence: &Evidence,
+    followed: Option<&BTreeSet<u32>>,
+    ts_ns: u64,
+) -> Vec<TransitionGroup> {
+    evidence
+        .unseen_collapses()
+        .iter()
+        .filter(|((pid, _), _)| followed.is_none_or(|f| f.contains(pid)))
+        .map(|(&(pid, cause), &n)| TransitionGroup {
+            ts_ns,
+            pid,
+            vma_start: 0,
+            vma: BETWEEN_SNAPSHOTS.into(),
+            kind: TransitionKind::CollapsedToThp,
+            cause,
+            pages: n * PMD_PAGES,
+            from_node: -1,
+            to_node: -1,
         })
         .collect()
 }

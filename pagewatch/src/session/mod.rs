@@ -703,7 +703,7 @@ impl Session {
                     IntervalAssembly::hold(&before, after, &evidence.populating_processes(ts_ns));
                 evidence.resolve_pfns(&before, &after);
                 thp_scans = IntervalAssembly::thp_scans(&evidence, &self.decoder, &before, &after);
-                let t = correlate::diff(
+                let mut t = correlate::diff(
                     &before,
                     &after,
                     &evidence,
@@ -711,6 +711,9 @@ impl Session {
                     &mut self.swaps,
                     ts_ns,
                 );
+                let followed =
+                    (!matches!(self.config.target, Target::All)).then_some(&self.followed);
+                t.extend(correlate::unseen_collapses(&evidence, followed, ts_ns));
                 self.evidence.inherit(&evidence);
                 counters = correlate::counters(&after, &self.nodes);
                 // First snapshots of processes gone by the interval's end.
