@@ -28,6 +28,48 @@ fn pages(ts: &[&TransitionGroup]) -> u64 {
     ts.iter().map(|t| t.pages).sum()
 }
 
+/// Starts `program ARGS` with stdin and stdout piped and reads its first
+/// line, `pid N`: (child, its stdin, its stdout's lines, N).
+fn start_piped(
+    program: &str,
+    args: &[&str],
+) -> (
+    std::process::Child,
+    std::process::ChildStdin,
+    std::io::Lines<BufReader<std::process::ChildStdout>>,
+    u32,
+) {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
+    let stdin = child.stdin.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let pid = out.next().unwrap().unwrap()[4..].parse().unwrap();
+    (child, stdin, out, pid)
+}
+
+/// `pw-thp ARGS` started as [`start_piped`] does, past its `region START
+/// LEN` and `ready` lines: (child, stdin, stdout's lines, pid, START).
+fn start_pw_thp(
+    args: &[&str],
+) -> (
+    std::process::Child,
+    std::process::ChildStdin,
+    std::io::Lines<BufReader<std::process::ChildStdout>>,
+    u32,
+    u64,
+) {
+    let (child, stdin, mut out, pid) = start_piped(env!("CARGO_BIN_EXE_pw-thp"), args);
+    let line = out.next().unwrap().unwrap();
+    let region = line.split(' ').nth(1).and_then(|r| r.parse().ok());
+    let region = region.unwrap_or_else(|| panic!("not `region START LEN`: {line}"));
+    assert_eq!(out.next().unwrap().unwrap(), "ready");
+    (child, stdin, out, pid, region)
+}
+
 /// zram0 as a swap device for the test; swapped off and reset on drop.
 struct ZramSwap;
 
@@ -95,15 +137,8 @@ impl Swapping {
             skip(name, "no cgroup v1 memory controller");
             return None;
         };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pw-faults"))
-            .args(["window", mib])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn pw-faults");
-        let mut stdin = child.stdin.take().unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-        let pid: u32 = out.next().unwrap().unwrap()[4..].parse().unwrap();
+        let (child, mut stdin, mut out, pid) =
+            start_piped(env!("CARGO_BIN_EXE_pw-faults"), &["window", mib]);
         assert_eq!(out.next().unwrap().unwrap(), "ready");
         cg.add(pid);
         let started = std::time::Instant::now();
@@ -333,15 +368,10 @@ fn pageout_by_madvise_and_process_madvise_is_attributed() {
         Err(why) => return skip(name, &why),
     };
     const MIB: u64 = 64;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pw-faults"))
-        .args(["window", &MIB.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn pw-faults");
-    let mut stdin = child.stdin.take().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-    let pid: u32 = out.next().unwrap().unwrap()[4..].parse().unwrap();
+    let (mut child, mut stdin, mut out, pid) = start_piped(
+        env!("CARGO_BIN_EXE_pw-faults"),
+        &["window", &MIB.to_string()],
+    );
     assert_eq!(out.next().unwrap().unwrap(), "ready");
     let tracer = Tracer::start(&["--pid", &pid.to_string(), "--interval", "300ms"]);
     writeln!(stdin, "go").unwrap();
@@ -406,25 +436,8 @@ fn collapse_by_process_madvise_is_madv_collapse() {
     }
     const MIB: u64 = 8;
     // MADV_HUGEPAGE only, no wait for khugepaged.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pw-thp"))
-        .args([&MIB.to_string(), "khugepaged", "100", "0"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn pw-thp");
-    let mut stdin = child.stdin.take().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-    let pid: u32 = out.next().unwrap().unwrap()[4..].parse().unwrap();
-    let region: u64 = out
-        .next()
-        .unwrap()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert_eq!(out.next().unwrap().unwrap(), "ready");
+    let (mut child, mut stdin, mut out, pid, region) =
+        start_pw_thp(&[&MIB.to_string(), "khugepaged", "100", "0"]);
     let collapsed = "/sys/kernel/mm/transparent_hugepage/khugepaged/pages_collapsed";
     let by_khugepaged = pagewatch_tests::read_u64(collapsed).unwrap_or(0);
     let tracer = Tracer::start(&["--pid", &pid.to_string(), "--interval", "300ms"]);
@@ -478,15 +491,8 @@ fn heap_given_back_with_brk_is_unmapped_by_brk() {
         return skip(name, "no syscalls/sys_enter_brk tracepoint");
     }
     const MIB: u64 = 32;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pw-faults"))
-        .args(["heap", &MIB.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn pw-faults");
-    let mut stdin = child.stdin.take().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-    let pid: u32 = out.next().unwrap().unwrap()[4..].parse().unwrap();
+    let (mut child, mut stdin, mut out, pid) =
+        start_piped(env!("CARGO_BIN_EXE_pw-faults"), &["heap", &MIB.to_string()]);
     assert_eq!(out.next().unwrap().unwrap(), "ready");
     let heap_rss = || {
         pagewatch_tests::smaps(pid)
@@ -665,25 +671,7 @@ struct ThpRun {
 /// Runs `pw-thp ARGS` under a tracer (following `--events thp,faults`),
 /// lets it act, and lets two more snapshots see the result.
 fn pw_thp_run(args: &[&str]) -> ThpRun {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pw-thp"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn pw-thp");
-    let mut stdin = child.stdin.take().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-    let pid: u32 = out.next().unwrap().unwrap()[4..].parse().unwrap();
-    let region: u64 = out
-        .next()
-        .unwrap()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert_eq!(out.next().unwrap().unwrap(), "ready");
+    let (mut child, mut stdin, mut out, pid, region) = start_pw_thp(args);
     let tracer = Tracer::start(&[
         "--pid",
         &pid.to_string(),
@@ -1313,15 +1301,10 @@ fn free_and_refault_populate_and_unmap_are_told_by_their_syscalls() {
     }
     const MIB: u64 = 16;
     const POPULATE_MIB: u64 = 64;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pw-refault"))
-        .args([MIB.to_string(), POPULATE_MIB.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn pw-refault");
-    let mut stdin = child.stdin.take().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-    let pid: u32 = out.next().unwrap().unwrap()[4..].parse().unwrap();
+    let (mut child, mut stdin, mut out, pid) = start_piped(
+        env!("CARGO_BIN_EXE_pw-refault"),
+        &[&MIB.to_string(), &POPULATE_MIB.to_string()],
+    );
     let _region = out.next().unwrap().unwrap();
     assert_eq!(out.next().unwrap().unwrap(), "ready");
     let tracer = Tracer::start(&["--pid", &pid.to_string(), "--interval", "300ms"]);
