@@ -45,14 +45,23 @@ enum Generate {
     },
 }
 
+/// `cmd` without its hidden subcommands (`generate`): clap_complete 4.5
+/// offers hidden subcommands in its completions, clap_mangen does not.
+fn without_hidden(cmd: &clap::Command) -> clap::Command {
+    clap::Command::new("pagewatch")
+        .version(env!("CARGO_PKG_VERSION"))
+        .args(cmd.get_arguments().cloned())
+        .subcommands(cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned())
+}
+
 pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
-    let mut cmd = super::Cli::command();
+    let cmd = super::Cli::command();
     let (Generate::Man { dir } | Generate::Completions { dir, .. }) = &args.what;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let written = match &args.what {
         Generate::Man { dir } => clap_mangen::generate_to(cmd, dir).map(|()| dir.clone()),
         Generate::Completions { shell, dir } => {
-            clap_complete::generate_to(*shell, &mut cmd, "pagewatch", dir)
+            clap_complete::generate_to(*shell, &mut without_hidden(&cmd), "pagewatch", dir)
         }
     };
     let written = written.with_context(|| format!("writing into {}", dir.display()))?;
@@ -97,5 +106,25 @@ mod tests {
             "the hidden subcommand is in the page"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Every shell's completions offer the visible subcommands and their
+    /// options, not the hidden one.
+    #[test]
+    fn completions_offer_the_visible_subcommands_only() {
+        let cmd = without_hidden(&super::super::Cli::command());
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd.clone(), "pagewatch", &mut script);
+            let script = String::from_utf8(script).unwrap();
+            for word in ["snapshot", "record", "report", "interval", "expect"] {
+                assert!(script.contains(word), "{shell}: no {word}");
+            }
+            assert!(!script.contains("generate"), "{shell} offers `generate`");
+        }
     }
 }
