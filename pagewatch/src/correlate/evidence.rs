@@ -694,8 +694,8 @@ impl Evidence {
     }
 
     /// Counts the successful collapses the diff cannot show (the page
-    /// isolated for it is nobody's in the snapshot before, or its owner
-    /// has no table in the one after), for the process whose mm it was:
+    /// isolated for it is nobody's in the snapshot before, or its range
+    /// is no THP in the one after), for the process whose mm it was:
     /// the caller of its own MADV_COLLAPSE, or the process that mm was
     /// learnt to be. A collapse without an isolation seen is not counted
     /// (the diff may have seen it).
@@ -718,13 +718,14 @@ impl Evidence {
         self.mm_owners.extend(learnt);
         for Collapse { mm, pfn, by } in collapses {
             let Some(pfn) = pfn else { continue };
-            // The diff shows it, unless the process is gone by the
-            // snapshot after (it exited, its pages were unmapped).
-            if before
-                .owners(pfn)
-                .first()
-                .is_some_and(|o| after.process(o.pid).is_some())
-            {
+            // The diff shows it where the range was a process's before and
+            // is a THP after; not where it was freed (unmapped, or the
+            // process exited) by the snapshot after.
+            if before.owners(pfn).first().is_some_and(|o| {
+                after
+                    .process(o.pid)
+                    .is_some_and(|t| t.thp_at(o.va & !(PMD_SIZE - 1)))
+            }) {
                 continue;
             }
             if let Some(pid) = self.mm_owners.get(&mm) {
@@ -1458,6 +1459,19 @@ pub(crate) mod tests {
         assert_eq!(later.cause(1, 0, None, SplitFromThp), Cause::Unexplained);
     }
 
+    /// A table in which `pid` maps a THP at 0x200000 (PFN 0x1000).
+    fn thp_of(pid: u32) -> PageTable {
+        use crate::snapshot::{columns::test_table, flags::PM_PRESENT};
+        test_table(
+            pid,
+            0x200000,
+            vec![0],
+            vec![PM_PRESENT | 0x1000],
+            vec![1 << crate::snapshot::flags::kpf::THP],
+            vec![true],
+        )
+    }
+
     /// A table in which `pid` maps PFN 0x500 at 0x200000.
     fn owned_by(pid: u32) -> PageTable {
         use crate::snapshot::{columns::test_table, flags::PM_PRESENT};
@@ -1486,9 +1500,10 @@ pub(crate) mod tests {
         };
         let unseen = |e: &Evidence| e.unseen_collapses().clone().into_iter().collect::<Vec<_>>();
         // khugepaged (tgid 77): a collapse of PFN 0x500 (pid 7's in the
-        // snapshot) teaches that mm 0xa0 is pid 7; the next one, of a page
-        // no snapshot held, is counted for pid 7; a failed one is not, nor
-        // one of an mm never learnt.
+        // snapshot, a THP in the next: the diff shows it) teaches that mm
+        // 0xa0 is pid 7; the next one, of a page no snapshot held, is
+        // counted for pid 7; a failed one is not, nor one of an mm never
+        // learnt.
         let mut e = evidence(&[
             ev(77, isolate(0x500)),
             ev(77, collapse(0xa0, 1)),
@@ -1499,8 +1514,12 @@ pub(crate) mod tests {
             ev(77, isolate(0x902)),
             ev(77, collapse(0xb0, 1)),
         ]);
-        e.resolve_pfns(&owned_by(7), &owned_by(7));
+        e.resolve_pfns(&owned_by(7), &thp_of(7));
         assert_eq!(unseen(&e), vec![((7, Cause::Khugepaged), 1)]);
+        // Collapsed, then freed before the next snapshot: counted too.
+        let mut freed = evidence(&[ev(77, isolate(0x500)), ev(77, collapse(0xa0, 1))]);
+        freed.resolve_pfns(&owned_by(7), &owned_by(7));
+        assert_eq!(unseen(&freed), vec![((7, Cause::Khugepaged), 1)]);
         // The mm stays known in later intervals, until its process exits.
         let later = |before: &Evidence| {
             let mut next = Evidence::default();
