@@ -208,6 +208,12 @@ pub struct Evidence {
     /// interval and the one before: its heap's pages from there up went.
     brk_floor: HashMap<u32, u64>,
     earlier_brk_floor: HashMap<u32, u64>,
+    /// Processes in a madvise(MADV_COLLAPSE) call, this interval and the
+    /// one before (kept while their collapse events come): their collapse
+    /// events are theirs even when they are named khugepaged, as the mm
+    /// selftest that tests MADV_COLLAPSE is.
+    madv_collapsers: HashSet<u32>,
+    earlier_madv_collapsers: HashSet<u32>,
     /// The page each thread isolated last for a collapse, until the
     /// collapse's own event.
     isolated: HashMap<u32, u64>,
@@ -333,6 +339,7 @@ impl Evidence {
                         Cause::MadvPageout
                     }
                     MADV_COLLAPSE => {
+                        self.madv_collapsers.insert(e.tgid);
                         let end = start.saturating_add(len);
                         let mut pmd = start & !(PMD_SIZE - 1);
                         while pmd < end {
@@ -453,22 +460,26 @@ impl Evidence {
             EventKind::LruShrinkInactive { .. } | EventKind::WriteFolio { .. } => {}
             EventKind::ScanPmd {
                 pfn, status, mm, ..
-            } => self.scans.push(Scan {
-                pfn,
-                status,
-                by: (comm(e.tgid) != "khugepaged").then_some(e.tgid),
-                scan: true,
-                mm,
-            }),
+            } => {
+                let by = self.collapser(e.tgid, &mut comm);
+                self.scans.push(Scan {
+                    pfn,
+                    status,
+                    by,
+                    scan: true,
+                    mm,
+                });
+            }
             // A successful isolation names a page of the range about to be
             // collapsed: on kernels whose scan events no longer name a page
             // after a collapse (7.x reports PFN -1), it is the one that does.
             EventKind::CollapseIsolate { pfn, status: 1, .. } => {
                 self.isolated.insert(e.tid, pfn);
+                let by = self.collapser(e.tgid, &mut comm);
                 self.scans.push(Scan {
                     pfn,
                     status: 1,
-                    by: (comm(e.tgid) != "khugepaged").then_some(e.tgid),
+                    by,
                     scan: false,
                     mm: 0,
                 });
@@ -476,11 +487,8 @@ impl Evidence {
             EventKind::CollapseHugePage { mm, status, .. } => {
                 let pfn = self.isolated.remove(&e.tid);
                 if status == 1 {
-                    self.collapses.push(Collapse {
-                        mm,
-                        pfn,
-                        by: (comm(e.tgid) != "khugepaged").then_some(e.tgid),
-                    });
+                    let by = self.collapser(e.tgid, &mut comm);
+                    self.collapses.push(Collapse { mm, pfn, by });
                 }
             }
             EventKind::KsmMerge { pfn, err: 0, .. } => {
@@ -556,6 +564,7 @@ impl Evidence {
         self.earlier_paged_out = previous.paged_out.clone();
         self.earlier_remote_collapsers = previous.remote_collapsers.clone();
         self.earlier_brk_floor = previous.brk_floor.clone();
+        self.earlier_madv_collapsers = previous.madv_collapsers.clone();
         self.mm_owners = previous
             .mm_owners
             .iter()
@@ -924,6 +933,21 @@ impl Evidence {
                     cause => cause.unwrap_or(Cause::Unexplained),
                 }
             }),
+        }
+    }
+
+    /// The process a collapse event of thread group `tgid` is of its own
+    /// accord (its MADV_COLLAPSE, or a process_madvise), or None for
+    /// khugepaged's: the kernel thread is told by its name, unless the
+    /// group is in a madvise(MADV_COLLAPSE) call (a program may be called
+    /// khugepaged too).
+    fn collapser(&mut self, tgid: u32, comm: &mut impl FnMut(u32) -> String) -> Option<u32> {
+        let calling = |set: &HashSet<u32>| set.contains(&tgid);
+        if calling(&self.madv_collapsers) || calling(&self.earlier_madv_collapsers) {
+            self.madv_collapsers.insert(tgid);
+            Some(tgid)
+        } else {
+            (comm(tgid) != "khugepaged").then_some(tgid)
         }
     }
 
@@ -1616,6 +1640,35 @@ pub(crate) mod tests {
         let mut other = evidence(&[ev(50, remote), ev(50, scan)]);
         other.resolve_pfns(&owned_by(7), &owned_by(7));
         assert_eq!(other.cause(7, 0x200000, None, kind), Cause::MadvCollapse);
+        // A program named khugepaged (as the mm selftest is) collapsing
+        // its own memory with MADV_COLLAPSE: its own, not the kernel
+        // thread's.
+        let own_collapse = EventKind::Madvise {
+            start: 0x200000,
+            len: 2 << 20,
+            advice: MADV_COLLAPSE,
+        };
+        let done = EventKind::CollapseHugePage {
+            mm: 0xd0,
+            isolated: 1,
+            status: 1,
+        };
+        let isolate = EventKind::CollapseIsolate {
+            pfn: 0x900,
+            none_or_zero: 0,
+            referenced: 0,
+            status: 1,
+        };
+        let mut named = evidence(&[ev(77, own_collapse), ev(77, isolate), ev(77, done)]);
+        named.resolve_pfns(&owned_by(9), &owned_by(9));
+        assert_eq!(
+            named
+                .unseen_collapses()
+                .clone()
+                .into_iter()
+                .collect::<Vec<_>>(),
+            vec![((77, Cause::MadvCollapse), 1)]
+        );
         // khugepaged (tgid 77 in these tests) scans any process's memory.
         let mut k = evidence(&[ev(77, scan)]);
         k.resolve_pfns(&owned_by(7), &owned_by(7));
