@@ -70,6 +70,21 @@ fn start_pw_thp(
     (child, stdin, out, pid, region)
 }
 
+/// Skip (returning true) unless running as root on a kernel with the
+/// tracepoint `category/name` the test is about.
+fn skip_unless_root_and_tracepoint(test: &str, tracepoint: &str) -> bool {
+    if skip_unless_root(test) {
+        return true;
+    }
+    let present = Path::new("/sys/kernel/tracing/events")
+        .join(tracepoint)
+        .exists();
+    if !present {
+        skip(test, &format!("no {tracepoint} tracepoint"));
+    }
+    !present
+}
+
 /// zram0 as a swap device for the test; swapped off and reset on drop.
 struct ZramSwap;
 
@@ -357,11 +372,8 @@ fn swapped_pages(pid: u32, addr: u64, pages: u64) -> u64 {
 #[test]
 fn pageout_by_madvise_and_process_madvise_is_attributed() {
     let name = "pageout_by_madvise_and_process_madvise_is_attributed";
-    if skip_unless_root(name) {
+    if skip_unless_root_and_tracepoint(name, "syscalls/sys_enter_process_madvise") {
         return;
-    }
-    if !Path::new("/sys/kernel/tracing/events/syscalls/sys_enter_process_madvise").exists() {
-        return skip(name, "no syscalls/sys_enter_process_madvise tracepoint");
     }
     let _swap = match ZramSwap::setup("512M") {
         Ok(s) => s,
@@ -423,11 +435,8 @@ fn pageout_by_madvise_and_process_madvise_is_attributed() {
 #[test]
 fn collapse_by_process_madvise_is_madv_collapse() {
     let name = "collapse_by_process_madvise_is_madv_collapse";
-    if skip_unless_root(name) {
+    if skip_unless_root_and_tracepoint(name, "syscalls/sys_enter_process_madvise") {
         return;
-    }
-    if !Path::new("/sys/kernel/tracing/events/syscalls/sys_enter_process_madvise").exists() {
-        return skip(name, "no syscalls/sys_enter_process_madvise tracepoint");
     }
     let thp =
         std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
@@ -484,11 +493,8 @@ fn collapse_by_process_madvise_is_madv_collapse() {
 #[test]
 fn heap_given_back_with_brk_is_unmapped_by_brk() {
     let name = "heap_given_back_with_brk_is_unmapped_by_brk";
-    if skip_unless_root(name) {
+    if skip_unless_root_and_tracepoint(name, "syscalls/sys_enter_brk") {
         return;
-    }
-    if !Path::new("/sys/kernel/tracing/events/syscalls/sys_enter_brk").exists() {
-        return skip(name, "no syscalls/sys_enter_brk tracepoint");
     }
     const MIB: u64 = 32;
     let (mut child, mut stdin, mut out, pid) =

@@ -325,22 +325,6 @@ impl ProcessTable {
             va: r.va + (i - r.first as usize) as u64 * page_size(),
         }
     }
-    /// Whether the page at `va` is present and part of a THP.
-    pub fn thp_at(&self, va: u64) -> bool {
-        let Some(r) = self
-            .runs
-            .partition_point(|r| r.va <= va)
-            .checked_sub(1)
-            .map(|k| &self.runs[k])
-        else {
-            return false;
-        };
-        let k = (va - r.va) / page_size();
-        k < u64::from(r.len) && {
-            let i = r.first as usize + k as usize;
-            self.pfn(i).is_some() && has(self.flags(i), kpf::THP)
-        }
-    }
     /// Every mapping of `pfn` in this process.
     pub fn owners(&self, pfn: u64) -> impl Iterator<Item = Owner> + '_ {
         let by_pfn = self.by_pfn.get_or_init(|| {
