@@ -7,7 +7,7 @@
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     path::Path,
-    process::{Command, Stdio},
+    process::{ChildStdin, ChildStdout, Command, Stdio},
     time::Duration,
 };
 
@@ -28,17 +28,14 @@ fn pages(ts: &[&TransitionGroup]) -> u64 {
     ts.iter().map(|t| t.pages).sum()
 }
 
+/// A workload's stdout, line by line.
+type Lines = std::io::Lines<BufReader<ChildStdout>>;
+/// A started workload: (child, its stdin, its stdout's lines, its pid).
+type Piped = (std::process::Child, ChildStdin, Lines, u32);
+
 /// Starts `program ARGS` with stdin and stdout piped and reads its first
 /// line, `pid N`: (child, its stdin, its stdout's lines, N).
-fn start_piped(
-    program: &str,
-    args: &[&str],
-) -> (
-    std::process::Child,
-    std::process::ChildStdin,
-    std::io::Lines<BufReader<std::process::ChildStdout>>,
-    u32,
-) {
+fn start_piped(program: &str, args: &[&str]) -> Piped {
     let mut child = Command::new(program)
         .args(args)
         .stdin(Stdio::piped())
@@ -53,15 +50,7 @@ fn start_piped(
 
 /// `pw-thp ARGS` started as [`start_piped`] does, past its `region START
 /// LEN` and `ready` lines: (child, stdin, stdout's lines, pid, START).
-fn start_pw_thp(
-    args: &[&str],
-) -> (
-    std::process::Child,
-    std::process::ChildStdin,
-    std::io::Lines<BufReader<std::process::ChildStdout>>,
-    u32,
-    u64,
-) {
+fn start_pw_thp(args: &[&str]) -> (std::process::Child, ChildStdin, Lines, u32, u64) {
     let (child, stdin, mut out, pid) = start_piped(env!("CARGO_BIN_EXE_pw-thp"), args);
     let line = out.next().unwrap().unwrap();
     let region = line.split(' ').nth(1).and_then(|r| r.parse().ok());

@@ -664,7 +664,7 @@ impl Evidence {
             by,
             scan,
             mm,
-        } in self.scans.drain(..)
+        } in std::mem::take(&mut self.scans)
         {
             let mut owners = before.owners(pfn);
             if owners.is_empty() && status != 1 {
@@ -682,11 +682,7 @@ impl Evidence {
                     // (freed and reused since) says nothing about it,
                     // unless the caller collapses others' memory through
                     // process_madvise.
-                    (true, Some(tgid))
-                        if tgid == o.pid
-                            || self.remote_collapsers.contains(&tgid)
-                            || self.earlier_remote_collapsers.contains(&tgid) =>
-                    {
+                    (true, Some(tgid)) if tgid == o.pid || self.remote_collapser(tgid) => {
                         self.madv_ranges.insert(range)
                     }
                     _ => false,
@@ -712,12 +708,9 @@ impl Evidence {
         let collapses = std::mem::take(&mut self.collapses);
         // Learn every mm first: khugepaged may collapse a range of a
         // process before the process's own MADV_COLLAPSE names its mm.
-        let remote = |t: u32| {
-            self.remote_collapsers.contains(&t) || self.earlier_remote_collapsers.contains(&t)
-        };
         let mut learnt = Vec::new();
         for c in &collapses {
-            if let Some(tgid) = c.by.filter(|t| !remote(*t)) {
+            if let Some(tgid) = c.by.filter(|t| !self.remote_collapser(*t)) {
                 learnt.push((c.mm, tgid));
             }
             if let Some(o) = c.pfn.and_then(|p| before.owners(p).first().copied()) {
@@ -938,6 +931,12 @@ impl Evidence {
                 }
             }),
         }
+    }
+
+    /// Whether `tgid` called process_madvise(MADV_COLLAPSE), this interval
+    /// or the one before: its collapse events are of another process.
+    fn remote_collapser(&self, tgid: u32) -> bool {
+        self.remote_collapsers.contains(&tgid) || self.earlier_remote_collapsers.contains(&tgid)
     }
 
     /// The process a collapse event of thread group `tgid` is of its own
